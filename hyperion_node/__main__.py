@@ -1,0 +1,3 @@
+from hyperion_node.cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""Runtimes that ship with Hyperion Node; each is registered under the ``hyperion.runtimes`` entry points."""

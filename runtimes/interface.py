@@ -1,0 +1,155 @@
+"""The contract every runtime implements: inference, ZK proving, rendering, or one a third party ships.
+
+A runtime is found through the ``hyperion.runtimes`` entry-point group. The entry point names a factory
+(usually the class itself) called with a :class:`RuntimeContext`; what it returns must satisfy
+:class:`Runtime`. The node never imports a runtime by name, so a separate distribution can add one
+without touching the core.
+
+Life of a runtime inside the daemon::
+
+    factory(context) -> runtime
+    await runtime.start()                 # check the machine; raise RuntimeUnavailable if it cannot work here
+    await runtime.benchmark()             # only when no cached result matches (hardware, name, version)
+    runtime.offers(benchmark)             # advertised to the network
+    runtime.estimate(task)                # admission: can it run this, how long, how many work units
+    await runtime.run(task, emit)         # emit(Partial) as work progresses, return the Final result
+    await runtime.aclose()
+
+Cancellation is trio's: when the caller's scope is cancelled, ``run`` must stop its work (a worker thread
+or process included) promptly and release what it holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+JSON = Any  # values that survive json.dumps; kept loose on purpose for runtime-specific payloads
+
+
+@dataclass(frozen=True)
+class HardwareSummary:
+    """What a runtime needs to know about the machine to decide what it can offer."""
+
+    cpu_model: str
+    cpu_cores: int
+    ram_total_bytes: int
+    ram_available_bytes: int
+    gpus: tuple[Mapping[str, JSON], ...] = ()
+    fingerprint: str = ""  # stable hash of the hardware; part of the benchmark cache key
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """Everything a runtime factory gets. No globals: what a runtime needs is injected here."""
+
+    data_dir: Path
+    cache_dir: Path
+    settings: Mapping[str, JSON]  # this runtime's table from the config ([runtimes.<name>])
+    hardware: HardwareSummary
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One thing this node can do for the network, as advertised in its capability record."""
+
+    runtime: str  # runtime name, e.g. "inference"
+    item: str  # what exactly: a model id, a circuit size class, a renderer
+    unit: str  # the work unit prices and throughput are in: "token", "constraint", "pixel-sample"
+    price_per_unit: float
+    capacity: int  # tasks it admits at once
+    throughput: float | None  # measured units per second (from the cached benchmark), None if unmeasured
+    details: Mapping[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work as a runtime sees it. The orchestrator owns the rest of the task's life."""
+
+    task_id: str
+    runtime: str
+    payload: Mapping[str, JSON]
+    requirements: Mapping[str, JSON] = field(default_factory=dict)
+    deadline: float | None = None  # trio.current_time() value after which the work is worthless
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Admission answer: whether the runtime can run the task here, and what it would cost."""
+
+    accepted: bool
+    reason: str = ""
+    work_units: float = 0.0
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A piece of a result streamed while work goes on (tokens, a rendered frame, progress)."""
+
+    data: Mapping[str, JSON]
+
+
+@dataclass(frozen=True)
+class Final:
+    """The finished result plus what the receipt needs to prove the work was done."""
+
+    output: Mapping[str, JSON]
+    evidence: Mapping[str, JSON]
+    work_units: float
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """A runtime's micro-benchmark, cached by (hardware fingerprint, runtime name, runtime version)."""
+
+    runtime: str
+    version: str
+    unit: str
+    throughput: float  # units per second
+    seconds: float  # how long the benchmark took
+    details: Mapping[str, JSON] = field(default_factory=dict)
+
+
+Emit = Callable[[Partial], Awaitable[None]]
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """What the daemon and orchestrator call. See the module docstring for the order of calls."""
+
+    name: str
+
+    @property
+    def version(self) -> str:
+        """Runtime version string; a change invalidates the cached benchmark."""
+        ...
+
+    async def start(self) -> None:
+        """Check that the runtime can work here; raise ``RuntimeUnavailable`` with the fix if not."""
+        ...
+
+    async def benchmark(self) -> BenchmarkResult:
+        """Measure throughput on this machine. Called only on a benchmark-cache miss."""
+        ...
+
+    def offers(self, benchmark: BenchmarkResult | None) -> list[Offer]:
+        """What this node can offer with this runtime, given the measured throughput."""
+        ...
+
+    def estimate(self, task: Task) -> Estimate:
+        """Admission check for a task; cheap and without side effects."""
+        ...
+
+    async def run(self, task: Task, emit: Emit) -> Final:
+        """Do the work, emitting partial results; honour trio cancellation promptly."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release models, processes and files."""
+        ...
+
+
+RuntimeFactory = Callable[[RuntimeContext], Runtime]
