@@ -1,0 +1,148 @@
+"""Config precedence (defaults < file < environment < flags), provenance, and every validation error."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from hyperion_node.config import load_config
+from hyperion_node.config.loader import DEFAULTS_SOURCE, default_toml_text
+from hyperion_node.errors import ConfigError, UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_embedded_defaults_are_the_documented_file() -> None:
+    assert default_toml_text() == (REPO / "configs" / "default.toml").read_text()
+
+
+def test_defaults_alone_give_a_complete_config(tmp_path: Path) -> None:
+    cfg = load_config(environ={"HOME": str(tmp_path)})
+    assert cfg.api.host == "127.0.0.1"
+    assert cfg.api.port == 8787
+    assert cfg.node.data_dir == tmp_path / ".local/share/hyperion"
+    assert all(source == DEFAULTS_SOURCE for _, _, source in cfg.show())
+    # Every key of the documented file is shown.
+    documented = tomllib.loads(default_toml_text())
+    assert len(cfg.show()) == sum(
+        len([v for v in t.values() if not isinstance(v, dict)]) + sum(len(s) for s in t.values() if isinstance(s, dict))
+        for t in documented.values()
+    )
+
+
+def test_xdg_data_home_is_honoured(tmp_path: Path) -> None:
+    cfg = load_config(environ={"HOME": "/nowhere", "XDG_DATA_HOME": str(tmp_path)})
+    assert cfg.node.data_dir == tmp_path / "hyperion"
+
+
+def test_file_then_env_then_flags_override_in_that_order(tmp_path: Path) -> None:
+    user = write(tmp_path / "user.toml", '[api]\nport = 9000\n[logging]\nlevel = "debug"\n[p2p]\ntcp_port = 5000\n')
+    env = {"HOME": str(tmp_path), "HYPERION_API__PORT": "9001", "HYPERION_P2P__TCP_PORT": "5001"}
+    cfg = load_config(config_file=user, environ=env, sets=["p2p.tcp_port=5002"])
+    assert cfg.logging.level == "debug"  # file only
+    assert cfg.api.port == 9001  # env beats file
+    assert cfg.p2p.tcp_port == 5002  # flag beats env and file
+    assert cfg.sources["logging.level"] == str(user)
+    assert cfg.sources["api.port"] == "environment HYPERION_API__PORT"
+    assert cfg.sources["p2p.tcp_port"] == "flag --set p2p.tcp_port"
+
+
+def test_data_dir_flag_beats_environment_short_form(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "HYPERION_DATA_DIR": str(tmp_path / "from-env")}
+    assert load_config(environ=env).node.data_dir == tmp_path / "from-env"
+    cfg = load_config(environ=env, data_dir=tmp_path / "from-flag")
+    assert cfg.node.data_dir == tmp_path / "from-flag"
+    assert cfg.sources["node.data_dir"] == "flag --data-dir"
+
+
+def test_config_toml_in_the_data_dir_is_picked_up(tmp_path: Path) -> None:
+    write(tmp_path / "config.toml", "[api]\nport = 7000\n")
+    cfg = load_config(data_dir=tmp_path, environ={"HOME": "/nowhere"})
+    assert cfg.api.port == 7000
+    assert cfg.sources["api.port"] == str(tmp_path / "config.toml")
+
+
+def test_env_values_are_read_as_toml(tmp_path: Path) -> None:
+    env = {"HOME": str(tmp_path), "HYPERION_P2P__BOOTSTRAP": '["/ip4/127.0.0.1/tcp/4001/p2p/QmX"]',
+           "HYPERION_HARDWARE__BENCHMARK_ON_START": "false", "HYPERION_NODE__NAME": "gpu-box"}
+    cfg = load_config(environ=env)
+    assert cfg.p2p.bootstrap == ("/ip4/127.0.0.1/tcp/4001/p2p/QmX",)
+    assert cfg.hardware.benchmark_on_start is False
+    assert cfg.node.name == "gpu-box"
+
+
+def test_an_integer_is_accepted_where_a_number_is_expected(tmp_path: Path) -> None:
+    cfg = load_config(environ={"HOME": str(tmp_path)}, sets=["hardware.telemetry_interval_s=2"])
+    assert cfg.hardware.telemetry_interval_s == 2.0
+
+
+def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
+    user = write(tmp_path / "u.toml", '[runtimes.audio]\nvoices = ["a"]\n[runtimes.inference]\nslots = 3\n')
+    cfg = load_config(config_file=user, environ={"HOME": str(tmp_path)})
+    assert cfg.runtime_settings["audio"] == {"voices": ["a"]}
+    assert cfg.runtime_settings["inference"]["slots"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        ("[api]\nprt = 1\n", "api.prt", "one of: api.host, api.port"),
+        ('[api]\nport = "80"\n', "api.port", "an integer"),
+        ("[api]\nport = 70000\n", "api.port", "a port from 0 to 65535"),
+        ('[logging]\nlevel = "loud"\n', "logging.level", "one of debug, info, warning, error"),
+        ('[logging]\nformat = "xml"\n', "logging.format", "one of auto, console, json"),
+        ("[hardware]\ntelemetry_interval_s = 0\n", "hardware.telemetry_interval_s", "above 0"),
+        ("[hardware]\nbenchmark_on_start = 1\n", "hardware.benchmark_on_start", "true or false"),
+        ('[p2p]\nbootstrap = ["example.com:4001"]\n', "p2p.bootstrap", "multiaddrs"),
+        ("[p2p]\nbootstrap = [1]\n", "p2p.bootstrap", "a list of strings"),
+        ("[runtimes.inference]\nslotz = 2\n", "runtimes.inference.slotz", "runtimes.inference.slots"),
+    ],
+)
+def test_validation_errors_name_file_key_and_expectation(tmp_path: Path, text: str, key: str, expected: str) -> None:
+    user = write(tmp_path / "bad.toml", text)
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=user, environ={"HOME": str(tmp_path)})
+    err = info.value
+    assert err.source == str(user)
+    assert err.key == key
+    assert expected in err.one_line()
+    assert str(user) in err.one_line()
+    assert key in err.one_line()
+    assert err.exit_code == 2
+
+
+def test_validation_error_from_environment_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"HOME": str(tmp_path), "HYPERION_API__PORT": "many"})
+    assert info.value.source == "environment HYPERION_API__PORT"
+    assert "an integer" in info.value.one_line()
+
+
+def test_validation_error_from_a_flag_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(environ={"HOME": str(tmp_path)}, sets=["api.port=-1"])
+    assert info.value.source == "flag --set api.port"
+
+
+@pytest.mark.parametrize("item", ["api.port", "=3", "noequals"])
+def test_malformed_set_flag(tmp_path: Path, item: str) -> None:
+    with pytest.raises(UserError, match=r"section\.key=value"):
+        load_config(environ={"HOME": str(tmp_path)}, sets=[item])
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    user = write(tmp_path / "broken.toml", "[api\nport = 1\n")
+    with pytest.raises(UserError, match=r"broken\.toml: not valid TOML"):
+        load_config(config_file=user, environ={"HOME": str(tmp_path)})
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(config_file=tmp_path / "nope.toml", environ={"HOME": str(tmp_path)})
