@@ -1,0 +1,59 @@
+"""The node's identity: an Ed25519 libp2p key pair kept in the data dir with mode 0600.
+
+Created on first start, reused afterwards. A key file that is corrupt, or that others can read, stops the
+node with a clear error and is never replaced: a node that quietly got a new identity would lose its
+reputation and orphan every receipt it signed.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair, KeyType
+from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.peer.id import ID
+
+from hyperion_node.datadir import DataDir, write_private
+from hyperion_node.errors import IdentityError
+
+
+@dataclass(frozen=True)
+class Identity:
+    key_pair: KeyPair
+    peer_id: ID
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self.key_pair.private_key.sign(data))
+
+
+def load_identity(data_dir: DataDir, *, create: bool) -> Identity:
+    """Load the key, or create it when absent and ``create`` is true."""
+    path = data_dir.key_path
+    if not path.exists():
+        if not create:
+            raise IdentityError(
+                f"no identity key at {path}", hint="run `hyperion-node start` once to create it"
+            )
+        key_pair = create_new_key_pair()
+        write_private(path, key_pair.private_key.serialize())
+        return Identity(key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key))
+
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise IdentityError(
+            f"identity key {path} is readable by other users (mode {mode:04o})",
+            hint=f"run `chmod 600 {path}`",
+        )
+    try:
+        private_key = deserialize_private_key(path.read_bytes())
+    except Exception as exc:  # protobuf and nacl raise several unrelated types for bad bytes
+        raise IdentityError(
+            f"identity key {path} is corrupt and cannot be read ({type(exc).__name__})",
+            hint="restore it from a backup; moving it away creates a new identity and loses this one's reputation",
+        ) from exc
+    if private_key.get_type() != KeyType.Ed25519:
+        raise IdentityError(f"identity key {path} is not an Ed25519 key", hint="restore the node's original key")
+    public_key = private_key.get_public_key()
+    return Identity(key_pair=KeyPair(private_key, public_key), peer_id=ID.from_pubkey(public_key))

@@ -1,0 +1,160 @@
+"""The node's durable state: one SQLite database in WAL mode, schema versioned by migrations.
+
+SQLite calls block, so the async API runs each one in a worker thread behind a CapacityLimiter of one:
+a single connection, used by one thread at a time, in the order calls arrive. ``synchronous=FULL``
+because a receipt acknowledged to a peer must survive a power cut, not only a process crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from hyperion_node.errors import EnvironmentProblem
+from hyperion_node.store.migrations import MIGRATIONS
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    time: float
+    kind: str
+    data: dict[str, Any]
+
+
+class Store:
+    """Open with :meth:`open` (sync, for the CLI's offline commands) or use inside the daemon."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = threading.Lock()  # guards the connection when the sync API is used from threads
+        self._limiter = trio.CapacityLimiter(1)
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.DatabaseError as exc:
+            raise EnvironmentProblem(
+                f"cannot open the node database {path}: {exc}",
+                hint="check the disk and the data dir's permissions; `hyperion-node doctor` lists the checks",
+            ) from exc
+        store = cls(conn, path)
+        store.migrate()
+        return store
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def migrate(self) -> int:
+        """Apply every migration newer than the database, each in its own transaction."""
+        with self._lock:
+            current = int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+            if current > len(MIGRATIONS):
+                raise EnvironmentProblem(
+                    f"the node database {self._path} has schema {current}, newer than this "
+                    f"hyperion-node knows ({len(MIGRATIONS)})",
+                    hint="upgrade hyperion-node, or point --data-dir elsewhere",
+                )
+            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in statements:
+                        self._conn.execute(statement)
+                    # PRAGMA takes no parameters; version is an int from our own list.
+                    self._conn.execute(f"PRAGMA user_version = {version}")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+            return len(MIGRATIONS)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- sync primitives -------------------------------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one IMMEDIATE transaction: all of it lands, or none."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+            return result
+
+    # -- async wrappers ----------------------------------------------------------------------------------
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    # -- events ----------------------------------------------------------------------------------------
+
+    def append_event(self, kind: str, data: dict[str, Any]) -> int:
+        with self._lock:
+            cur = self._conn.execute(
+                "INSERT INTO events (time, kind, data) VALUES (?, ?, ?)",
+                (time.time(), kind, json.dumps(data, sort_keys=True)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def events(self, *, since_id: int = 0, limit: int = 1000) -> list[Event]:
+        rows = self.execute(
+            "SELECT id, time, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit)
+        )
+        return [Event(id=r[0], time=r[1], kind=r[2], data=json.loads(r[3])) for r in rows]
+
+    # -- benchmark cache ---------------------------------------------------------------------------------
+
+    def cached_benchmark(self, fingerprint: str, runtime: str, version: str) -> dict[str, Any] | None:
+        rows = self.execute(
+            "SELECT result FROM benchmarks WHERE fingerprint = ? AND runtime = ? AND version = ?",
+            (fingerprint, runtime, version),
+        )
+        return json.loads(rows[0][0]) if rows else None
+
+    def save_benchmark(self, fingerprint: str, runtime: str, version: str, result: dict[str, Any]) -> None:
+        self.execute(
+            "INSERT OR REPLACE INTO benchmarks (fingerprint, runtime, version, result, measured_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (fingerprint, runtime, version, json.dumps(result, sort_keys=True), time.time()),
+        )
+
+    # -- peers -------------------------------------------------------------------------------------------
+
+    def known_peers(self) -> list[dict[str, Any]]:
+        rows = self.execute(
+            "SELECT peer_id, addrs, first_seen, last_seen, state, score FROM peers ORDER BY last_seen DESC"
+        )
+        return [
+            {"peer_id": r[0], "addrs": json.loads(r[1]), "first_seen": r[2], "last_seen": r[3],
+             "state": r[4], "score": r[5]}
+            for r in rows
+        ]

@@ -1,0 +1,75 @@
+"""The node key (create, reuse, never replace a bad one) and the one-daemon-per-data-dir lock."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hyperion_node.datadir import DataDir, daemon_lock, running_pid
+from hyperion_node.errors import AlreadyRunning, IdentityError, NodeNotRunning
+from hyperion_node.identity import load_identity
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> DataDir:
+    dd = DataDir(tmp_path / "node")
+    dd.ensure()
+    return dd
+
+
+def test_key_is_created_private_and_reused(data_dir: DataDir) -> None:
+    first = load_identity(data_dir, create=True)
+    assert stat.S_IMODE(data_dir.key_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(data_dir.root.stat().st_mode) == 0o700
+    again = load_identity(data_dir, create=True)
+    assert again.peer_id == first.peer_id
+    assert str(first.peer_id).startswith("12D3KooW")  # Ed25519 peer IDs are identity-multihashed
+    signature = first.sign(b"receipt")
+    assert again.key_pair.public_key.verify(b"receipt", signature)
+
+
+def test_no_key_without_create_is_a_clear_error(data_dir: DataDir) -> None:
+    with pytest.raises(IdentityError, match="run `hyperion-node start` once"):
+        load_identity(data_dir, create=False)
+    assert not data_dir.key_path.exists()
+
+
+def test_corrupt_key_is_reported_and_never_replaced(data_dir: DataDir) -> None:
+    data_dir.key_path.write_bytes(b"\x08\x01\x12garbage")
+    os.chmod(data_dir.key_path, 0o600)
+    with pytest.raises(IdentityError, match="corrupt"):
+        load_identity(data_dir, create=True)
+    assert data_dir.key_path.read_bytes() == b"\x08\x01\x12garbage"
+
+
+def test_key_readable_by_others_is_refused_with_the_fix(data_dir: DataDir) -> None:
+    load_identity(data_dir, create=True)
+    os.chmod(data_dir.key_path, 0o644)
+    with pytest.raises(IdentityError, match=r"chmod 600 .*identity.key"):
+        load_identity(data_dir, create=True)
+
+
+def test_second_lock_names_the_running_pid(data_dir: DataDir) -> None:
+    assert running_pid(data_dir) is None
+    with daemon_lock(data_dir):
+        assert running_pid(data_dir) == os.getpid()
+        with pytest.raises(AlreadyRunning, match=f"PID {os.getpid()}"), daemon_lock(data_dir):
+            pass
+    assert running_pid(data_dir) is None
+    with daemon_lock(data_dir):  # released: can be taken again
+        pass
+
+
+def test_api_info_without_daemon_says_how_to_start(data_dir: DataDir) -> None:
+    with pytest.raises(NodeNotRunning, match="hyperion-node start"):
+        data_dir.read_api_info()
+
+
+def test_api_token_is_private_and_stable(data_dir: DataDir) -> None:
+    token = data_dir.api_token(create=True)
+    assert len(token) >= 32
+    assert stat.S_IMODE(data_dir.token_path.stat().st_mode) == 0o600
+    assert data_dir.api_token(create=False) == token
