@@ -1,0 +1,10 @@
+"""LLM inference on llama.cpp (llama-cpp-python), registered as the ``inference`` runtime.
+
+``LlamaCppRuntime(context)`` is the entry-point factory; ``ModelRegistry`` lists the GGUF models it
+serves. The packaged Gemma 3 270M model has the id ``gemma-3-270m-q4_k_m``.
+"""
+
+from runtimes.inference.registry import InferenceSettings, ModelEntry, ModelRegistry
+from runtimes.inference.runtime import GenerationRequest, LlamaCppRuntime
+
+__all__ = ["GenerationRequest", "InferenceSettings", "LlamaCppRuntime", "ModelEntry", "ModelRegistry"]

@@ -1,0 +1,684 @@
+"""LLM inference on llama-cpp-python: the ``inference`` runtime.
+
+Threads and cancellation. llama.cpp blocks, so model loads and generations run in worker threads through
+``trio.to_thread.run_sync`` with a ``CapacityLimiter`` per model of size ``slots``; that limiter is the
+admission queue. The thread is never abandoned on cancel (an abandoned generation would keep a core
+and a slot busy after its caller left). Instead the thread polls ``trio.from_thread.check_cancelled()``
+between prompt chunks and between tokens: trio fills that flag (a per-thread register, the
+``threading.Event`` of this design) from the cancelled task's abort callback, so the loop stops within
+one decode step and the slot is free again. Tokens travel to trio by ``trio.from_thread.run(emit, ...)``,
+which runs ``emit`` in the calling task, under its cancel scope.
+
+Generation uses ``Llama.generate`` (the token iterator under ``create_completion``) rather than
+``create_completion(stream=True)``: the streamed chunks of the latter do not map 1:1 to tokens (it
+merges multibyte characters and holds back stop-sequence prefixes), and ``tokens_out`` is what the
+receipt bills. We decode bytes incrementally and hold back stop prefixes ourselves.
+
+Reproducibility. Each generation starts from an empty KV cache (``Llama.reset``) and feeds the prompt
+in fixed chunks: reusing a cached prefix changes the batch shapes, and so the floating point sums,
+and greedy output could then differ between two runs of the same task.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import functools
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+import trio
+from jinja2 import TemplateError
+
+from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
+from runtimes.inference.registry import (
+    GgufInfo,
+    InferenceSettings,
+    ModelEntry,
+    ModelHashes,
+    ModelPool,
+    ModelRegistry,
+    choose_gpu_layers,
+    ensure_packaged_model,
+)
+from runtimes.interface import (
+    BenchmarkResult,
+    Emit,
+    Estimate,
+    Final,
+    Offer,
+    Partial,
+    RuntimeContext,
+    Task,
+)
+
+RUNTIME_NAME = "inference"
+# Bumped when a change here alters throughput or output, so cached benchmarks are redone.
+RUNTIME_REVISION = "1"
+
+# Prompt tokens per llama_decode call on CPU. Cancellation is checked between calls, so this bounds how
+# long a cancelled prompt keeps its slot, at some cost in prompt speed. Measured with the packaged model
+# on the 2-core dev box, 1 thread, a second process busy: chunks of 512/64/32/16 tokens ran at
+# 209/196/160/122 tokens/s, 32 tokens taking ~200 ms (about half that with the box to itself).
+CPU_PROMPT_CHUNK = 32
+# With layers on a GPU a 512-token batch (llama-cpp-python's n_batch) takes milliseconds; smaller
+# chunks would only slow it down.
+GPU_PROMPT_CHUNK = 512
+# Share of available RAM used when memory_budget_bytes = 0, leaving room for the OS and other runtimes.
+AUTO_MEMORY_SHARE = 0.6
+# Characters per token assumed before a model is loaded (English averages ~4 for llama-class vocabularies).
+CHARS_PER_TOKEN = 4
+# Template markup per chat message ("<start_of_turn>user\n" ... "<end_of_turn>\n"), in tokens, for estimates.
+CHAT_TOKENS_PER_MESSAGE = 8
+# At most this many stop sequences, as in the OpenAI completions API the payload imitates.
+MAX_STOP_SEQUENCES = 4
+BENCHMARK_PROMPT = "The history of lighthouses begins in the ancient world, where"
+BENCHMARK_TOKENS = 32
+
+_ROLES = frozenset({"system", "user", "assistant"})
+
+# Chat templates for GGUF files converted without one (the packaged Gemma 3 270M is such a file: its
+# converter copied no tokenizer.chat_template). Keyed by general.architecture. The Gemma template is
+# Google's from google/gemma-3-270m-it tokenizer_config.json (also used by Gemma 1 and 2), reduced to
+# string contents: a system message is folded into the first user turn, and "assistant" is "model".
+BUILTIN_CHAT_TEMPLATES: Mapping[str, str] = {
+    arch: (
+        "{{ bos_token }}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+        "{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}"
+        "{%- set first_user_prefix = '' -%}"
+        "{%- set loop_messages = messages -%}"
+        "{%- endif -%}"
+        "{%- for message in loop_messages -%}"
+        "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+        "{%- endif -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+        "{{ message['content'] | trim }}"
+        "{{ '<end_of_turn>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    )
+    for arch in ("gemma", "gemma2", "gemma3")
+}
+
+
+# --- request --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated task payload."""
+
+    model: str
+    prompt: str | None
+    messages: tuple[Mapping[str, str], ...] | None
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int | None = None  # None: a random seed, recorded in the evidence
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> GenerationRequest:
+        """Validate a payload; raise ``UserError`` naming the field at fault."""
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise UserError("payload field 'model' must be a model id (a non-empty string)")
+        prompt, messages = payload.get("prompt"), payload.get("messages")
+        if (prompt is None) == (messages is None):
+            raise UserError("payload needs exactly one of 'prompt' (a string) or 'messages' (a list)")
+        if prompt is not None and not isinstance(prompt, str):
+            raise UserError("payload field 'prompt' must be a string")
+        chat: tuple[Mapping[str, str], ...] | None = None
+        if messages is not None:
+            if not isinstance(messages, list) or not messages:
+                raise UserError("payload field 'messages' must be a non-empty list")
+            for message in messages:
+                if not (
+                    isinstance(message, Mapping)
+                    and message.get("role") in _ROLES
+                    and isinstance(message.get("content"), str)
+                ):
+                    raise UserError(
+                        "each message must be {'role': 'system'|'user'|'assistant', 'content': str}"
+                    )
+            chat = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        max_tokens = payload.get("max_tokens", cls.max_tokens)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise UserError(f"payload field 'max_tokens' must be an integer >= 1, got {max_tokens!r}")
+        temperature = _number(payload, "temperature", cls.temperature, low=0.0, high=2.0)
+        top_p = _number(payload, "top_p", cls.top_p, low=0.0, high=1.0)
+        if top_p == 0.0:
+            raise UserError("payload field 'top_p' must be > 0")
+        seed = payload.get("seed")
+        valid_seed = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
+        if seed is not None and not valid_seed:
+            # llama.cpp's sampler takes a uint32 seed.
+            raise UserError(f"payload field 'seed' must be an integer in [0, 2**32), got {seed!r}")
+        stop = payload.get("stop", [])
+        stops = (stop,) if isinstance(stop, str) else stop
+        if (
+            not isinstance(stops, list | tuple)
+            or len(stops) > MAX_STOP_SEQUENCES
+            or not all(isinstance(s, str) and s for s in stops)
+        ):
+            raise UserError(
+                f"payload field 'stop' must be a string or up to {MAX_STOP_SEQUENCES} non-empty strings"
+            )
+        deterministic = payload.get("deterministic", False)
+        if not isinstance(deterministic, bool):
+            raise UserError("payload field 'deterministic' must be true or false")
+        if deterministic:
+            # Greedy decoding with a fixed seed: the same task gives the same text on the same build.
+            temperature, seed = 0.0, 0
+        return cls(
+            model=model,
+            prompt=prompt,
+            messages=chat,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=tuple(stops),
+        )
+
+
+def _number(payload: Mapping[str, Any], key: str, default: float, *, low: float, high: float) -> float:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise UserError(f"payload field {key!r} must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+class StopFilter:
+    """Cuts generated text at the first stop sequence, holding back text that may begin one.
+
+    Without the hold-back a client would already have received "###" before learning that "###" was
+    the stop sequence and not part of the answer.
+    """
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(stops)
+        self._pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add text; return what is safe to emit now, and whether a stop sequence was reached."""
+        self._pending += text
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            out, self._pending = self._pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for stop in self._stops:
+            for k in range(min(len(stop) - 1, len(self._pending)), hold, -1):
+                if self._pending.endswith(stop[:k]):
+                    hold = k
+                    break
+        cut = len(self._pending) - hold
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        """The held-back text, once generation ended without completing a stop sequence."""
+        out, self._pending = self._pending, ""
+        return out
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a worker thread reports back from one generation."""
+
+    text: str
+    finish_reason: str  # "stop" (end of turn or a stop sequence) | "length" (max_tokens reached)
+    tokens_in: int
+    tokens_out: int  # tokens that became text; the end-of-generation token is not counted
+    prompt_seconds: float
+    generate_seconds: float
+    load_seconds: float | None = None  # None: the model was already loaded
+
+
+def generate(
+    llm: Any,
+    prompt: Sequence[int],
+    request: GenerationRequest,
+    seed: int,
+    *,
+    on_piece: Callable[[str], None],
+    check_cancelled: Callable[[], None],
+    is_eog: Callable[[int], bool],
+    prompt_chunk: int = CPU_PROMPT_CHUNK,
+    ignore_eog: bool = False,
+) -> Generation:
+    """Run one generation on a loaded ``Llama``; blocking.
+
+    ``check_cancelled`` raises to stop (``trio.from_thread.check_cancelled`` in the runtime); it runs
+    before every llama_decode call, so a cancelled caller waits for one decode step at most.
+    ``ignore_eog`` keeps going past end-of-turn, for benchmarks that need a fixed token count.
+    The prompt chunk size must not vary between runs of one task: batch shapes change the sums.
+    """
+    started = time.perf_counter()
+    llm.reset()  # no prefix reuse, for reproducible output (module docstring)
+    llm.set_seed(seed)
+    for start in range(0, len(prompt), prompt_chunk):
+        check_cancelled()
+        llm.eval(prompt[start : start + prompt_chunk])
+    prompt_done = time.perf_counter()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens may split a character
+    stops = StopFilter(request.stop)
+    pieces: list[str] = []
+    finish_reason, tokens_out, hit_stop = "length", 0, False
+
+    def put(text: str) -> None:
+        if text:
+            pieces.append(text)
+            on_piece(text)
+
+    # The prompt is already in the KV cache with fresh logits, so generate() samples at once (its
+    # "exact prompt cached" path) instead of evaluating the prompt again.
+    tokens = llm.generate(prompt, temp=request.temperature, top_p=request.top_p, repeat_penalty=1.0)
+    try:
+        for token in tokens:
+            if is_eog(token) and not ignore_eog:
+                finish_reason = "stop"
+                break
+            tokens_out += 1
+            out, hit_stop = stops.push(decoder.decode(llm.detokenize([token])))
+            put(out)
+            if hit_stop:
+                finish_reason = "stop"
+                break
+            if tokens_out >= request.max_tokens:
+                break
+            check_cancelled()  # the next iteration decodes this token
+    finally:
+        tokens.close()
+    if not hit_stop:
+        out, hit_stop = stops.push(decoder.decode(b"", final=True))
+        put(out if hit_stop else out + stops.flush())
+    return Generation(
+        text="".join(pieces),
+        finish_reason=finish_reason,
+        tokens_in=len(prompt),
+        tokens_out=tokens_out,
+        prompt_seconds=prompt_done - started,
+        generate_seconds=time.perf_counter() - prompt_done,
+    )
+
+
+# --- the runtime -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Placement:
+    n_gpu_layers: int
+    reason: str
+
+
+class LlamaCppRuntime:
+    """The ``inference`` runtime; see the module docstring and ``runtimes.interface.Runtime``."""
+
+    name = RUNTIME_NAME
+
+    def __init__(self, context: RuntimeContext) -> None:
+        self._context = context
+        self._settings = InferenceSettings.from_mapping(context.settings, base_dir=context.data_dir)
+        self._log = structlog.get_logger("runtimes.inference")
+        self._hashes = ModelHashes(context.cache_dir / "model-hashes.json")
+        # One hashing thread at a time: two at once would only compete for the same disk.
+        self._hash_limiter = trio.CapacityLimiter(1)
+        self._registry = ModelRegistry([])
+        self._slots: dict[str, trio.CapacityLimiter] = {}
+        self._placements: dict[str, _Placement] = {}
+        self._chat_formatters: dict[str, Any] = {}
+        self._benchmark: BenchmarkResult | None = None
+        self._pool: ModelPool | None = None
+        self._llama: Any = None
+        self._gpu_offload = False
+        try:
+            import llama_cpp
+        except ImportError as exc:  # reported by start(), where the daemon expects it
+            self._import_error: ImportError | None = exc
+        else:
+            self._import_error = None
+            self._llama = llama_cpp
+
+    @property
+    def version(self) -> str:
+        llama_version = getattr(self._llama, "__version__", "missing")
+        return f"{RUNTIME_REVISION}+llama-cpp-python-{llama_version}"
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return self._registry
+
+    @property
+    def settings(self) -> InferenceSettings:
+        return self._settings
+
+    def loaded_models(self) -> list[str]:
+        """Ids of the models now in memory, least recently used first."""
+        return self._pool.loaded() if self._pool is not None else []
+
+    async def start(self) -> None:
+        if self._import_error is not None:
+            raise RuntimeUnavailable(
+                f"llama-cpp-python cannot be imported ({self._import_error})",
+                hint="pip install llama-cpp-python (it builds llama.cpp: needs a C++ compiler and cmake)",
+            )
+        settings = self._settings
+
+        def scan() -> ModelRegistry:
+            packaged = None
+            if settings.include_packaged_model:
+                packaged = ensure_packaged_model(self._context.cache_dir / "models", self._hashes)
+            return ModelRegistry.scan(settings.models, packaged=packaged)
+
+        self._registry = await trio.to_thread.run_sync(scan)
+        if not len(self._registry):
+            raise RuntimeUnavailable(
+                "the inference runtime has no model to serve",
+                hint="set include_packaged_model = true or list .gguf files in [runtimes.inference] models",
+            )
+        self._gpu_offload = bool(self._llama.llama_supports_gpu_offload())
+        budget = settings.memory_budget_bytes or int(
+            AUTO_MEMORY_SHARE * self._context.hardware.ram_available_bytes
+        )
+        self._slots = {entry.model_id: trio.CapacityLimiter(settings.slots) for entry in self._registry}
+        self._pool = ModelPool(
+            load=self._load,
+            n_ctx=settings.n_ctx,
+            max_loaded_models=settings.max_loaded_models,
+            memory_budget_bytes=budget,
+        )
+        self._log.info(
+            "inference runtime started",
+            models=self._registry.ids,
+            memory_budget_bytes=budget,
+            gpu_offload=self._gpu_offload,
+        )
+
+    async def benchmark(self) -> BenchmarkResult:
+        entry = self._registry.default
+        if entry is None:
+            raise InternalError("benchmark() called before start()")
+        request = GenerationRequest(
+            model=entry.model_id,
+            prompt=BENCHMARK_PROMPT,
+            messages=None,
+            max_tokens=BENCHMARK_TOKENS,
+            temperature=0.0,
+        )
+        started = time.perf_counter()
+        result = await trio.to_thread.run_sync(
+            functools.partial(self._work, entry, request, 0, on_piece=_discard, ignore_eog=True),
+            limiter=self._slots[entry.model_id],
+        )
+        throughput = result.tokens_out / result.generate_seconds if result.generate_seconds > 0 else 0.0
+        placement = self._placements[entry.model_id]
+        return BenchmarkResult(
+            runtime=self.name,
+            version=self.version,
+            unit="token",
+            throughput=throughput,
+            seconds=time.perf_counter() - started,
+            details={
+                "model": entry.model_id,
+                "load_seconds": result.load_seconds,
+                "prompt_tokens": result.tokens_in,
+                "prompt_tokens_per_second": result.tokens_in / result.prompt_seconds
+                if result.prompt_seconds > 0
+                else None,
+                "generated_tokens": result.tokens_out,
+                "n_gpu_layers": placement.n_gpu_layers,
+                "n_threads": self._n_threads(),
+                "n_ctx": self._settings.n_ctx,
+            },
+        )
+
+    def offers(self, benchmark: BenchmarkResult | None) -> list[Offer]:
+        # Remembered for estimate(): the daemon hands over the benchmark, fresh or from its cache, here.
+        self._benchmark = benchmark
+        measured = benchmark.details.get("model") if benchmark is not None else None
+        throughput = benchmark.throughput if benchmark is not None else None
+        return [
+            Offer(
+                runtime=self.name,
+                item=entry.model_id,
+                unit="token",
+                price_per_unit=self._settings.price_per_token,
+                capacity=self._settings.slots,
+                throughput=throughput if measured == entry.model_id else None,
+                details={
+                    "quantization": entry.quantization,
+                    "size_bytes": entry.size_bytes,
+                    "n_ctx": self._settings.n_ctx,
+                },
+            )
+            for entry in self._registry
+        ]
+
+    def estimate(self, task: Task) -> Estimate:
+        try:
+            request = GenerationRequest.from_payload(task.payload)
+        except UserError as exc:
+            return Estimate(accepted=False, reason=exc.one_line())
+        entry = self._registry.get(request.model)
+        if entry is None:
+            available = ", ".join(self._registry.ids) or "none"
+            return Estimate(accepted=False, reason=f"unknown model {request.model!r}; available: {available}")
+        n_ctx = self._settings.n_ctx
+        tokens_in = self._estimate_prompt_tokens(request)
+        # Tokenizing needs a loaded model; loading one to answer an admission question would be
+        # neither cheap nor free of side effects. Past 2 x n_ctx estimated tokens the prompt would need
+        # over 8 characters per token to fit, so it is refused without spending time tokenizing it.
+        if tokens_in <= 2 * n_ctx and self._pool is not None:
+            try:
+                counted = self._pool.with_loaded(
+                    entry.model_id, lambda llm: len(self._prompt_tokens(llm, request))
+                )
+            except UserError as exc:
+                return Estimate(accepted=False, reason=exc.one_line())
+            tokens_in = counted if counted is not None else tokens_in
+        if tokens_in + request.max_tokens > n_ctx:
+            return Estimate(
+                accepted=False,
+                reason=f"prompt (~{tokens_in} tokens) plus max_tokens ({request.max_tokens}) "
+                f"exceeds the context of {n_ctx} tokens",
+            )
+        return Estimate(
+            accepted=True,
+            work_units=float(tokens_in + request.max_tokens),
+            seconds=self._estimate_seconds(entry, tokens_in, request.max_tokens),
+        )
+
+    async def run(self, task: Task, emit: Emit) -> Final:
+        request = GenerationRequest.from_payload(task.payload)
+        entry = self._registry.get(request.model)
+        if entry is None:
+            raise UserError(f"unknown model {request.model!r}; available: {', '.join(self._registry.ids)}")
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
+        model_sha256 = await trio.to_thread.run_sync(
+            functools.partial(self._hashes.sha256, entry, check_cancelled=trio.from_thread.check_cancelled),
+            limiter=self._hash_limiter,
+        )
+
+        def on_piece(text: str) -> None:
+            # Runs in the worker thread; emit runs in this task, under its cancel scope.
+            trio.from_thread.run(emit, Partial({"text": text}))
+
+        result = await trio.to_thread.run_sync(
+            functools.partial(self._work, entry, request, seed, on_piece=on_piece),
+            limiter=self._slots[entry.model_id],
+        )
+        return Final(
+            output={
+                "text": result.text,
+                "finish_reason": result.finish_reason,
+                "tokens_in": result.tokens_in,
+                "tokens_out": result.tokens_out,
+                "model": entry.model_id,
+            },
+            evidence={
+                "model": entry.model_id,
+                "model_sha256": model_sha256,
+                "quantization": entry.quantization,
+                "n_gpu_layers": self._placements[entry.model_id].n_gpu_layers,
+                "seed": seed,
+                "temperature": request.temperature,
+                "top_p": request.top_p,
+                "llama_cpp_version": str(self._llama.__version__),
+            },
+            work_units=float(result.tokens_in + result.tokens_out),
+        )
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await trio.to_thread.run_sync(self._pool.close)
+
+    # --- worker-thread side ---------------------------------------------------------------------------
+
+    def _work(
+        self,
+        entry: ModelEntry,
+        request: GenerationRequest,
+        seed: int,
+        *,
+        on_piece: Callable[[str], None],
+        ignore_eog: bool = False,
+    ) -> Generation:
+        """One generation, start to end, in a worker thread that holds one of the model's slots."""
+        if self._pool is None:
+            raise InternalError("run() called before start()")
+        llm, load_seconds = self._pool.checkout(entry)
+        try:
+            trio.from_thread.check_cancelled()
+            prompt = self._prompt_tokens(llm, request)
+            if len(prompt) + request.max_tokens > self._settings.n_ctx:
+                raise UserError(
+                    f"prompt ({len(prompt)} tokens) plus max_tokens ({request.max_tokens}) exceeds "
+                    f"the context of {self._settings.n_ctx} tokens",
+                    hint="shorten the prompt or lower max_tokens",
+                )
+            vocab = self._llama.llama_model_get_vocab(llm.model)
+            on_gpu = self._placements[entry.model_id].n_gpu_layers != 0
+            result = generate(
+                llm,
+                prompt,
+                request,
+                seed,
+                on_piece=on_piece,
+                check_cancelled=trio.from_thread.check_cancelled,
+                is_eog=lambda token: bool(self._llama.llama_vocab_is_eog(vocab, token)),
+                prompt_chunk=GPU_PROMPT_CHUNK if on_gpu else CPU_PROMPT_CHUNK,
+                ignore_eog=ignore_eog,
+            )
+        finally:
+            self._pool.checkin(entry, llm)
+        return dataclasses.replace(result, load_seconds=load_seconds)
+
+    def _load(self, entry: ModelEntry, info: GgufInfo) -> Any:
+        """Construct a ``Llama`` (blocking); called by the pool outside its lock."""
+        n_gpu_layers, reason = choose_gpu_layers(
+            supports_offload=self._gpu_offload,
+            gpus=self._context.hardware.gpus,
+            model_bytes=entry.size_bytes,
+            block_count=info.block_count,
+        )
+        self._placements[entry.model_id] = _Placement(n_gpu_layers, reason)
+        self._log.info("loading model", model=entry.model_id, n_gpu_layers=n_gpu_layers, why=reason)
+        try:
+            return self._llama.Llama(
+                model_path=str(entry.path),
+                n_ctx=self._settings.n_ctx,
+                n_threads=self._n_threads(),
+                n_threads_batch=self._n_threads(),
+                n_gpu_layers=n_gpu_layers,
+                # Sliding-window layers keep only their window: a full-size SWA cache exists to reuse
+                # prompt prefixes, which generate() never does (module docstring).
+                swa_full=False,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model from file"
+            raise RuntimeUnavailable(
+                f"llama.cpp cannot load model {entry.model_id} from {entry.path}: {exc}",
+                hint="replace the file or remove it from [runtimes.inference] models",
+            ) from exc
+
+    def _prompt_tokens(self, llm: Any, request: GenerationRequest) -> list[int]:
+        """The prompt as tokens: plain text as is, chat messages through the model's own template."""
+        if request.prompt is not None:
+            # add_bos=True adds BOS only when the model's vocabulary asks for one.
+            return list(llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False))
+        formatter = self._chat_formatter(llm, request.model)
+        try:
+            formatted = formatter(messages=[dict(m) for m in request.messages or ()])
+        except (TemplateError, ValueError, TypeError) as exc:  # raise_exception() in a template: ValueError
+            raise UserError(f"model {request.model} rejects these messages: {exc}") from exc
+        # The template writes BOS and turn markers as text, hence special=True, and no second BOS.
+        return list(
+            llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
+        )
+
+    def _chat_formatter(self, llm: Any, model_id: str) -> Any:
+        formatter = self._chat_formatters.get(model_id)
+        if formatter is None:
+            template = llm.metadata.get("tokenizer.chat_template") or BUILTIN_CHAT_TEMPLATES.get(
+                llm.metadata.get("general.architecture", "")
+            )
+            if not template:
+                raise UserError(f"model {model_id} has no chat template; send 'prompt' instead of 'messages'")
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            def special_text(token: int) -> str:
+                return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", "replace")
+
+            formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=special_text(llm.token_eos()),
+                bos_token=special_text(llm.token_bos()),
+            )
+            # Same model, same template: a race between two threads only builds it twice.
+            self._chat_formatters[model_id] = formatter
+        return formatter
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _n_threads(self) -> int:
+        if self._settings.n_threads:
+            return self._settings.n_threads
+        # The CPUs this process may run on (a container's cpuset), not the host's count, less one: llama.cpp's
+        # threads spin-wait for each other, so one thread pre-empted by the daemon's event loop or any other
+        # process stalls them all. Measured on 2 cores under load: 2 threads 1-4 tokens/s, 1 thread ~21.
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cpus - 1)
+
+    def _estimate_prompt_tokens(self, request: GenerationRequest) -> int:
+        if request.prompt is not None:
+            return math.ceil(len(request.prompt) / CHARS_PER_TOKEN) + 1
+        messages = request.messages or ()
+        chars = sum(len(m["content"]) for m in messages)
+        return math.ceil(chars / CHARS_PER_TOKEN) + CHAT_TOKENS_PER_MESSAGE * len(messages)
+
+    def _estimate_seconds(self, entry: ModelEntry, tokens_in: int, max_tokens: int) -> float | None:
+        benchmark = self._benchmark
+        if benchmark is None or benchmark.details.get("model") != entry.model_id or benchmark.throughput <= 0:
+            return None
+        seconds = max_tokens / benchmark.throughput
+        prompt_rate = benchmark.details.get("prompt_tokens_per_second")
+        if isinstance(prompt_rate, int | float) and prompt_rate > 0:
+            seconds += tokens_in / prompt_rate
+        return seconds
+
+
+def _discard(_text: str) -> None:
+    """Benchmark output goes nowhere."""
