@@ -86,3 +86,19 @@ class InternalError(HyperionError):
     """Our own misuse of an API; a bug to fix, not a condition to handle."""
 
     exit_code = 70  # EX_SOFTWARE from sysexits.h
+
+
+def only_hyperion_error(group: BaseExceptionGroup[BaseException]) -> HyperionError | None:
+    """The first ``HyperionError`` in a group made only of them, else None.
+
+    A component that fails while the daemon starts cancels its siblings, and trio reports the failure inside
+    an exception group. When every leaf is one of ours, the user gets that error's one line; anything else
+    (a bug) keeps its traceback.
+    """
+    matched, rest = group.split(HyperionError)
+    if matched is None or rest is not None:
+        return None
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf if isinstance(leaf, HyperionError) else None

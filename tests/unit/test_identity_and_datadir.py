@@ -73,3 +73,12 @@ def test_api_token_is_private_and_stable(data_dir: DataDir) -> None:
     assert len(token) >= 32
     assert stat.S_IMODE(data_dir.token_path.stat().st_mode) == 0o600
     assert data_dir.api_token(create=False) == token
+
+
+def test_only_our_errors_in_a_group_are_unwrapped() -> None:
+    from hyperion_node.errors import EnvironmentProblem, only_hyperion_error
+
+    ours = EnvironmentProblem("port 1 in use")
+    nested = BaseExceptionGroup("start", [BaseExceptionGroup("api", [ours])])
+    assert only_hyperion_error(nested) is ours
+    assert only_hyperion_error(BaseExceptionGroup("bug", [ours, KeyError("x")])) is None

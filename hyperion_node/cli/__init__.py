@@ -1,0 +1,1 @@
+"""The `hyperion-node` command line."""

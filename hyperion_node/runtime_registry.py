@@ -1,0 +1,158 @@
+"""Loads the runtimes installed as ``hyperion.runtimes`` entry points and keeps them for the daemon.
+
+A runtime is third-party code as far as the core is concerned: one that fails to import, to construct or
+to start is reported (log, ``status``, event) and skipped, and the node carries on with the others.
+Benchmarks are cached in the store by (hardware fingerprint, runtime name, runtime version and settings), so a
+restart on the same machine with the same settings does not benchmark again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any
+
+import structlog
+import trio
+
+from hyperion_node.store import Store
+from hyperion_node.trio_types import TaskStatus
+from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext
+
+ENTRY_POINT_GROUP = "hyperion.runtimes"
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeFailure:
+    name: str
+    stage: str  # "load", "start" or "benchmark"
+    error: str
+
+
+@dataclass
+class LoadedRuntime:
+    runtime: Runtime
+    benchmark: BenchmarkResult | None
+    benchmark_cached: bool
+
+    def offers(self) -> list[Offer]:
+        return self.runtime.offers(self.benchmark)
+
+
+@dataclass
+class RuntimeRegistry:
+    """The runtimes this node runs. A trio component: ``run`` loads and benchmarks them, then holds them
+    until cancelled and closes them on the way out."""
+
+    store: Store
+    data_dir: Path
+    hardware: HardwareSummary
+    settings: Mapping[str, Mapping[str, Any]]
+    disabled: tuple[str, ...] = ()
+    benchmark_on_start: bool = True
+    entry_points: Iterable[EntryPoint] | None = None  # injected by tests; None: the installed ones
+    loaded: dict[str, LoadedRuntime] = field(default_factory=dict)
+    failures: list[RuntimeFailure] = field(default_factory=list)
+
+    def _entry_points(self) -> list[EntryPoint]:
+        if self.entry_points is not None:
+            return list(self.entry_points)
+        return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
+
+    def _fail(self, name: str, stage: str, exc: BaseException) -> None:
+        failure = RuntimeFailure(name=name, stage=stage, error=f"{type(exc).__name__}: {exc}")
+        self.failures.append(failure)
+        log.warning("runtime_skipped", runtime=name, stage=stage, error=failure.error)
+        self.store.append_event("runtime.skipped", dataclasses.asdict(failure))
+
+    async def load(self) -> None:
+        for ep in self._entry_points():
+            if ep.name in self.disabled:
+                log.info("runtime_disabled", runtime=ep.name)
+                continue
+            context = RuntimeContext(
+                data_dir=self.data_dir,
+                cache_dir=self.data_dir / "cache" / ep.name,
+                settings=self.settings.get(ep.name, {}),
+                hardware=self.hardware,
+            )
+            context.cache_dir.mkdir(parents=True, exist_ok=True)
+            # A plugin is foreign code: any failure to load or start it is reported and skipped,
+            # never fatal to the node. Cancellation is not an Exception and still propagates.
+            try:
+                runtime = ep.load()(context)
+            except Exception as exc:
+                self._fail(ep.name, "load", exc)
+                continue
+            try:
+                await runtime.start()
+            except Exception as exc:
+                self._fail(ep.name, "start", exc)
+                await runtime.aclose()
+                continue
+            benchmark, cached = await self._benchmark(ep.name, runtime)
+            self.loaded[runtime.name] = LoadedRuntime(runtime, benchmark, cached)
+            log.info("runtime_ready", runtime=runtime.name, version=runtime.version,
+                     throughput=benchmark.throughput if benchmark else None, benchmark_cached=cached)
+
+    async def _benchmark(self, name: str, runtime: Runtime) -> tuple[BenchmarkResult | None, bool]:
+        # The runtime's settings are part of the key: threads, context size or slots change the throughput.
+        settings = json.dumps(self.settings.get(name, {}), sort_keys=True, default=str)
+        settings_digest = hashlib.sha256(settings.encode()).hexdigest()[:16]
+        key = (self.hardware.fingerprint, runtime.name, f"{runtime.version}+settings.{settings_digest}")
+        cached = await self.store.run(self.store.cached_benchmark, *key)
+        if cached is not None:
+            return BenchmarkResult(**cached), True
+        if not self.benchmark_on_start:
+            return None, False
+        started = time.monotonic()
+        try:
+            result = await runtime.benchmark()
+        except Exception as exc:
+            self._fail(name, "benchmark", exc)
+            return None, False
+        log.info("runtime_benchmarked", runtime=runtime.name, seconds=round(time.monotonic() - started, 3))
+        await self.store.run(self.store.save_benchmark, *key, dataclasses.asdict(result))
+        return result, False
+
+    async def aclose(self) -> None:
+        for loaded in self.loaded.values():
+            with trio.CancelScope(shield=True):
+                await loaded.runtime.aclose()
+        self.loaded.clear()
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self.load()
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            await self.aclose()
+
+    def offers(self) -> list[Offer]:
+        return [offer for loaded in self.loaded.values() for offer in loaded.offers()]
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per runtime: name, version, benchmark and offers; failures too. For ``status`` and the API."""
+        described: list[dict[str, Any]] = [
+            {
+                "name": name,
+                "version": loaded.runtime.version,
+                "state": "ready",
+                "benchmark": dataclasses.asdict(loaded.benchmark) if loaded.benchmark else None,
+                "benchmark_cached": loaded.benchmark_cached,
+                "offers": [dataclasses.asdict(offer) for offer in loaded.offers()],
+            }
+            for name, loaded in self.loaded.items()
+        ]
+        described += [
+            {"name": f.name, "state": f"failed at {f.stage}", "error": f.error} for f in self.failures
+        ]
+        return described

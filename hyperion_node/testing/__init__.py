@@ -1,0 +1,1 @@
+"""Helpers that build real nodes, processes and fixtures for tests and benchmarks."""

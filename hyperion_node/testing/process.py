@@ -1,0 +1,125 @@
+"""Start real ``hyperion-node`` processes for tests and benchmarks, and wait for them without sleeps.
+
+Readiness is what the daemon itself publishes: ``api.json`` in the data dir (written after every component
+has started) plus an answer from ``/api/health``. Polling that file under a deadline is the event we wait
+for; a process that exits early fails at once with its stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+POLL_INTERVAL_S = 0.05
+
+
+def hyperion_executable() -> str:
+    """The installed console script next to this interpreter (the one a user runs)."""
+    beside = Path(sys.executable).with_name("hyperion-node")
+    found = str(beside) if beside.exists() else shutil.which("hyperion-node")
+    if found is None:
+        raise RuntimeError("hyperion-node is not installed in this environment; run scripts/test")
+    return found
+
+
+@dataclass
+class NodeProcess:
+    """One daemon process on a data dir, with ports chosen by the OS unless ``sets`` say otherwise."""
+
+    data_dir: Path
+    sets: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    api_url: str = ""
+    ready_seconds: float = 0.0
+
+    def command(self) -> list[str]:
+        args = [hyperion_executable(), "start", "--data-dir", str(self.data_dir), "--log-format", "json",
+                "--set", "api.port=0", "--set", "p2p.tcp_port=0", "--set", 'p2p.listen_host="127.0.0.1"']
+        for item in self.sets:
+            args += ["--set", item]
+        return args
+
+    def start(self, *, timeout: float = 120.0) -> NodeProcess:
+        """Start and wait until the node answers on its API."""
+        env = {**os.environ, **self.env}
+        env.pop("HYPERION_DATA_DIR", None)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stderr = open(self.data_dir / "test-stderr.log", "wb")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._stderr, env=env)
+        self.wait_ready(timeout=timeout)
+        self.ready_seconds = time.monotonic() - started
+        return self
+
+    def wait_ready(self, *, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        api_file = self.data_dir / "api.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hyperion-node exited with {self.proc.returncode}:\n{self.stderr_text()}")
+            if api_file.exists():
+                try:
+                    info = json.loads(api_file.read_text())
+                    if info.get("pid") == self.proc.pid:
+                        httpx.get(info["url"] + "/api/health", timeout=2.0).raise_for_status()
+                        self.api_url = info["url"]
+                        return
+                except (ValueError, httpx.HTTPError):
+                    pass  # written but not yet answering: poll again
+            time.sleep(POLL_INTERVAL_S)
+        raise TimeoutError(f"hyperion-node not ready after {timeout} s:\n{self.stderr_text()}")
+
+    def stderr_text(self) -> str:
+        path = self.data_dir / "test-stderr.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "api.token").read_text().strip()
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.api_url + path, headers={"Authorization": f"Bearer {self.token}"}, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._stderr.close()
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; SIGKILL if it overruns (a test then fails on the exit code, not a hang)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                return self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.wait(timeout)
+                raise
+        return self.proc.returncode
+
+    def stdout_text(self) -> str:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace")

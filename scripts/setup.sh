@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs everything Hyperion Node and its tests need into .venv, idempotently.
+# Sourced by scripts/start and scripts/test; safe to run again (a stamp skips work already done).
+#
+# On a fresh Debian machine this adds, only when missing: a C toolchain and headers (llama-cpp-python and
+# fastecdsa compile from source), GMP (fastecdsa), and python3-venv (Debian splits ensurepip out).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${HYPERION_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+      say "missing system packages: $* -- install them as root: apt-get install -y $*"; exit 1
+    fi
+  fi
+  say "installing system packages: $*"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+system_packages() {
+  local need=()
+  command -v cc >/dev/null 2>&1 && command -v c++ >/dev/null 2>&1 || need+=(build-essential)
+  command -v cmake >/dev/null 2>&1 || need+=(cmake)
+  { [ -e /usr/include/gmp.h ] || ls /usr/include/*/gmp.h >/dev/null 2>&1; } || need+=(libgmp-dev)
+  "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+  "$PYTHON" -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need+=(python3-dev)
+  if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
+}
+
+python_packages() {
+  local stamp="$VENV/.hyperion-install-stamp"
+  local want
+  want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  if [ ! -x "$VENV/bin/python" ]; then
+    say "creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+  fi
+  say "installing Python packages (llama-cpp-python compiles on first install: about 8 minutes on 2 cores)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  echo "$want" > "$stamp"
+}
+
+"$PYTHON" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' || {
+  say "Python 3.11 or newer is needed (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11"; exit 1; }
+system_packages
+python_packages
