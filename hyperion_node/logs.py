@@ -54,9 +54,25 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", libp2p_level: s
     libp2p_logger.handlers[:] = []
     libp2p_logger.propagate = True
     libp2p_logger.setLevel(_LEVELS[libp2p_level])
+    # Some libp2p modules set their own logger's level at import (the auto-connector forces INFO), so
+    # the parent's level alone does not hold: the handler filters libp2p records by the configured level,
+    # and child loggers already created inherit again.
+    for name, child in logging.root.manager.loggerDict.items():
+        if name.startswith("libp2p.") and isinstance(child, logging.Logger):
+            child.setLevel(logging.NOTSET)
+    handler.addFilter(_Libp2pLevel(_LEVELS[libp2p_level]))
     # Library chatter that is never useful to an operator at info level.
     for noisy in ("hypercorn.access", "multiaddr", "zeroconf", "aioquic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _LEVELS[level]))
+
+
+class _Libp2pLevel(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self._level or not record.name.startswith("libp2p")
 
 
 def _identity(
