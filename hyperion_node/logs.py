@@ -62,7 +62,7 @@ def configure_logging(*, level: str = "info", fmt: str = "auto", libp2p_level: s
             child.setLevel(logging.NOTSET)
     handler.addFilter(_Libp2pLevel(_LEVELS[libp2p_level]))
     # Library chatter that is never useful to an operator at info level.
-    for noisy in ("hypercorn.access", "multiaddr", "zeroconf", "aioquic"):
+    for noisy in ("hypercorn.access", "httpx", "httpcore", "multiaddr", "zeroconf", "aioquic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, _LEVELS[level]))
 
 

@@ -8,6 +8,7 @@ one-line ``EnvironmentProblem`` naming the config key, and port 0 resolves to th
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from typing import Any, cast
 
@@ -61,6 +62,8 @@ class ApiServer:
         config = HypercornConfig()
         config.graceful_timeout = GRACEFUL_TIMEOUT_S
         config.accesslog = None
+        # A Logger (not "-") makes Hypercorn log through our pipeline instead of adding its own handler.
+        config.errorlog = logging.getLogger("hypercorn.error")
         sock.listen(config.backlog)
         await worker_serve(
             # Starlette's and Hypercorn's ASGI type aliases differ in spelling only.
