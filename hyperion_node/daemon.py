@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,8 @@ from hyperion_node.config import Config
 from hyperion_node.datadir import DataDir, daemon_lock
 from hyperion_node.hardware import HardwareProfile, TelemetrySampler, probe_hardware
 from hyperion_node.identity import Identity, load_identity
-from hyperion_node.p2p.host import P2PHost
+from hyperion_node.p2p.messages import OfferAd
+from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
 
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_BUDGET_S = 5.0  # the promise to the operator: Ctrl-C or SIGTERM ends the node within 5 s
 EXIT_SHUTDOWN_OVERRUN = 1
 EXIT_SECOND_SIGNAL = 130  # the shell convention for "interrupted"
+LEAVE_ANNOUNCE_BUDGET_S = 0.5  # of the 5 s, spent telling peers we leave
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Node:
     hardware_profile: HardwareProfile
     sampler: TelemetrySampler
     runtimes: RuntimeRegistry
-    p2p: P2PHost
+    p2p: P2PNetwork = field(init=False)  # built after the node: its LocalState reads the node
     api: ApiServer | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -81,7 +83,8 @@ class Node:
                 "gpu_status": self.hardware_profile.gpu_status,
             },
             "runtimes": self.runtimes.describe(),
-            "peers_connected": len(self.peers()),
+            "peers": {"known": len(self.p2p.table.peers), "live": len(self.p2p.table.live_peers()),
+                      "connected": self.p2p.status()["connected"]},
         }
 
     def hardware(self) -> dict[str, Any]:
@@ -92,14 +95,48 @@ class Node:
         }
 
     def peers(self) -> list[dict[str, Any]]:
-        host = self.p2p.host
-        if host is None:
-            return []
-        connected = []
-        for peer_id in host.get_connected_peers():
-            addrs = [str(a) for a in host.get_peerstore().addrs(peer_id)]
-            connected.append({"peer_id": str(peer_id), "addrs": addrs, "state": "connected"})
-        return connected
+        return self.p2p.table.to_json(trio.current_time())
+
+    def p2p_status(self) -> dict[str, Any]:
+        return self.p2p.status()
+
+    async def providers(self, runtime: str, item: str) -> list[dict[str, Any]]:
+        records = await self.p2p.find_providers(runtime, item)
+        return [
+            {"peer_id": r.peer_id, "name": r.name, "addrs": list(r.addrs), "seq": r.seq, "load": r.load,
+             "offers": [dataclasses.asdict(o) for o in r.offers if o.runtime == runtime and o.item == item]}
+            for r in records
+        ]
+
+    # -- what the P2P layer advertises about this node ------------------------------------------------------
+
+    def offer_ads(self) -> list[OfferAd]:
+        return [
+            OfferAd(runtime=o.runtime, item=o.item, unit=o.unit, price_per_unit=o.price_per_unit,
+                    capacity=o.capacity, throughput=o.throughput)
+            for o in self.runtimes.offers()
+        ]
+
+    def hardware_ad(self) -> dict[str, Any]:
+        profile = self.hardware_profile
+        return {
+            "cpu": profile.cpu.model, "cores": profile.cpu.logical_cores, "ram_bytes": profile.ram_total_bytes,
+            "gpus": [{"name": g.name, "vram_bytes": g.vram_total_bytes} for g in profile.gpus],
+        }
+
+    def telemetry_ad(self) -> dict[str, Any]:
+        latest = self.sampler.latest
+        if latest is None:
+            return {}
+        return {
+            "ram_available_bytes": latest.ram_available_bytes,
+            "gpus": [{"util": g.utilization_percent, "vram_free": g.vram_free_bytes, "temp_c": g.temperature_c,
+                      "power_w": g.power_watts} for g in latest.gpus],
+        }
+
+    def load(self) -> tuple[int, int]:
+        # (queue depth, running tasks): this node runs no network tasks until task routing lands.
+        return (0, 0)
 
     def rewards(self) -> dict[str, Any]:
         # No receipts exist until the ledger lands; this is the real, empty state, not a placeholder figure.
@@ -132,13 +169,19 @@ def _hard_exit_after(seconds: float, code: int) -> threading.Timer:
     return timer
 
 
-async def _watch_signals(signals: Any, scope: trio.CancelScope) -> None:
+async def _watch_signals(
+    signals: Any, scope: trio.CancelScope, before_cancel: Callable[[], Awaitable[None]] | None = None
+) -> None:
     first = True
     async for signum in signals:
         if first:
             first = False
             log.info("shutting_down", signal=signal.Signals(signum).name)
             _hard_exit_after(SHUTDOWN_BUDGET_S, EXIT_SHUTDOWN_OVERRUN)
+            if before_cancel is not None:
+                # While everything still runs: tell peers we leave, so they need not wait for a timeout.
+                with trio.move_on_after(LEAVE_ANNOUNCE_BUDGET_S):
+                    await before_cancel()
             scope.cancel()
         else:
             sys.stderr.write("hyperion-node: second signal, exiting now\n")
@@ -195,13 +238,17 @@ async def _run_node(
             disabled=config.runtimes_disabled,
             benchmark_on_start=config.hardware.benchmark_on_start,
         ),
-        p2p=P2PHost(identity=identity, settings=config.p2p),
+    )
+    node.p2p = P2PNetwork(
+        identity, config.p2p, store,
+        LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
+        name=node.name,
     )
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as root:
             components = trio.CancelScope()
-            root.start_soon(_watch_signals, signals, components)
+            root.start_soon(_watch_signals, signals, components, node.p2p.announce_leaving)
             with components:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.sampler.run)

@@ -24,6 +24,8 @@ class NodeView(Protocol):
     def hardware(self) -> dict[str, Any]: ...
     def peers(self) -> list[dict[str, Any]]: ...
     def rewards(self) -> dict[str, Any]: ...
+    def p2p_status(self) -> dict[str, Any]: ...
+    async def providers(self, runtime: str, item: str) -> list[dict[str, Any]]: ...
     async def events(self, since_id: int, limit: int) -> list[dict[str, Any]]: ...
 
 
@@ -72,6 +74,15 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
     @app.get("/api/peers", dependencies=authed, summary="Peers this node knows")
     async def peers() -> list[dict[str, Any]]:
         return node.peers()
+
+    @app.get("/api/p2p", dependencies=authed, summary="Addresses, DHT, gossip mesh and rejected-message counters")
+    async def p2p() -> dict[str, Any]:
+        return node.p2p_status()
+
+    @app.get("/api/providers/{runtime}/{item}", dependencies=authed,
+             summary="Peers that offer runtime/item, found through DHT provider records")
+    async def providers(runtime: str, item: str) -> list[dict[str, Any]]:
+        return await node.providers(runtime, item)
 
     @app.get("/api/rewards", dependencies=authed, summary="Earned, pending and disputed rewards")
     async def rewards() -> dict[str, Any]:

@@ -50,6 +50,16 @@ class P2PSettings:
     tcp_port: int
     announce_addrs: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    mdns: bool = True
+    heartbeat_interval_s: float = 2.0
+    suspect_after_s: float = 6.0
+    dead_after_s: float = 15.0
+    record_ttl_s: float = 600.0
+    gossip_degree: int = 6
+    gossip_rate_per_peer: float = 5.0
+    dial_timeout_s: float = 5.0
+    peer_cache_size: int = 64
+    max_connections: int = 64
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,15 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
            "one of " + ", ".join(_LOG_FORMATS))
     _check(values["hardware.telemetry_interval_s"] > 0, "hardware.telemetry_interval_s", sources, values,
            "a number of seconds above 0")
+    for key in ("p2p.heartbeat_interval_s", "p2p.record_ttl_s", "p2p.gossip_rate_per_peer", "p2p.dial_timeout_s"):
+        _check(values[key] > 0, key, sources, values, "a number above 0")
+    _check(values["p2p.suspect_after_s"] > values["p2p.heartbeat_interval_s"], "p2p.suspect_after_s", sources,
+           values, "more seconds than p2p.heartbeat_interval_s")
+    _check(values["p2p.dead_after_s"] > values["p2p.suspect_after_s"], "p2p.dead_after_s", sources, values,
+           "more seconds than p2p.suspect_after_s")
+    _check(values["p2p.gossip_degree"] >= 3, "p2p.gossip_degree", sources, values, "an integer of at least 3")
+    _check(values["p2p.max_connections"] >= 1, "p2p.max_connections", sources, values, "an integer of at least 1")
+    _check(values["p2p.peer_cache_size"] >= 1, "p2p.peer_cache_size", sources, values, "an integer of at least 1")
     for key in ("p2p.bootstrap", "p2p.announce_addrs"):
         for addr in values[key]:
             _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
@@ -263,6 +282,16 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             tcp_port=values["p2p.tcp_port"],
             announce_addrs=tuple(values["p2p.announce_addrs"]),
             bootstrap=tuple(values["p2p.bootstrap"]),
+            mdns=values["p2p.mdns"],
+            heartbeat_interval_s=values["p2p.heartbeat_interval_s"],
+            suspect_after_s=values["p2p.suspect_after_s"],
+            dead_after_s=values["p2p.dead_after_s"],
+            record_ttl_s=values["p2p.record_ttl_s"],
+            gossip_degree=values["p2p.gossip_degree"],
+            gossip_rate_per_peer=values["p2p.gossip_rate_per_peer"],
+            dial_timeout_s=values["p2p.dial_timeout_s"],
+            peer_cache_size=values["p2p.peer_cache_size"],
+            max_connections=values["p2p.max_connections"],
         ),
         api=ApiSettings(host=values["api.host"], port=values["api.port"]),
         logging=LoggingSettings(

@@ -147,7 +147,26 @@ class Store:
             (fingerprint, runtime, version, json.dumps(result, sort_keys=True), time.time()),
         )
 
-    # -- peers -------------------------------------------------------------------------------------------
+    # -- peers (the peer cache: redialled at start, so a node rejoins without its bootstrap peers) --------
+
+    def remember_peer(self, peer_id: str, addrs: list[str], *, state: str, score: float, keep: int) -> None:
+        """Upsert a peer seen alive with its addresses; keep only the ``keep`` most recently seen."""
+
+        def work(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(
+                "INSERT INTO peers (peer_id, addrs, first_seen, last_seen, state, score) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (peer_id) DO UPDATE SET addrs = excluded.addrs, last_seen = excluded.last_seen,"
+                " state = excluded.state, score = excluded.score",
+                (peer_id, json.dumps(addrs), now, now, state, score),
+            )
+            conn.execute(
+                "DELETE FROM peers WHERE peer_id NOT IN (SELECT peer_id FROM peers ORDER BY last_seen DESC LIMIT ?)",
+                (keep,),
+            )
+
+        self.transaction(work)
+
 
     def known_peers(self) -> list[dict[str, Any]]:
         rows = self.execute(

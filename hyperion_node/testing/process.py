@@ -14,14 +14,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 POLL_INTERVAL_S = 0.05
+T = TypeVar("T")
+
+
+def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy, or fail naming ``what`` after ``timeout`` seconds.
+    Exceptions from ``check`` count as "not yet" (a node may be between states)."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+        except Exception as exc:  # e.g. an API not answering yet
+            last_error = exc
+        else:
+            if result:
+                return result
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not true after {timeout} s (last error: {last_error!r})")
 
 
 def hyperion_executable() -> str:
@@ -118,6 +136,21 @@ class NodeProcess:
                 self.wait(timeout)
                 raise
         return self.proc.returncode
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.get("/api/status")["peer_id"])
+
+    def p2p_addr(self) -> str:
+        """A dialable multiaddr of this node, with /p2p/<peer ID>."""
+        return str(self.get("/api/p2p")["addrs"][0])
+
+    def live_peers(self) -> set[str]:
+        """Peers this node's table says are alive (heartbeats arriving)."""
+        return {p["peer_id"] for p in self.get("/api/peers") if p["state"] == "alive"}
+
+    def peer_state(self, peer_id: str) -> str | None:
+        return next((p["state"] for p in self.get("/api/peers") if p["peer_id"] == peer_id), None)
 
     def stdout_text(self) -> str:
         assert self.proc is not None

@@ -1,0 +1,622 @@
+"""The P2P service: the node's libp2p host and everything that makes it a member of the network.
+
+* host: TCP, Noise, Yamux, the node's Ed25519 key; mDNS when enabled;
+* Kademlia DHT in server mode with random walk; our signed CapabilityRecord under ``/hyperion/<peer ID>``
+  (validated by ``CapabilityValidator``) and one provider record per offer (``capability_key``);
+* gossipsub, started before any peer connects (messages do not flow otherwise), with two topics:
+  presence (heartbeats) and receipts; every message passes a validator: size cap, schema, signature of the
+  sender's key, per-origin rate limit; failures are dropped, counted and the origin scored down;
+* the PeerTable, fed by heartbeats, DHT records and connection events; presence events go to the store;
+* the peer cache: live peers' addresses are remembered and redialled at start, with the bootstrap list;
+* ``/hyperion/dialback/1``: a peer asks us to dial its addresses, so `doctor` can tell whether they are
+  reachable from outside.
+
+Everything blocking on the network runs under a deadline (``dial_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiaddr
+import structlog
+import trio
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.records.validator import Validator
+from libp2p.tools.anyio_service import background_trio_service
+from libp2p.utils.address_validation import get_available_interfaces
+
+from hyperion_node import __version__
+from hyperion_node.config.loader import P2PSettings
+from hyperion_node.errors import EnvironmentProblem
+from hyperion_node.identity import Identity
+from hyperion_node.p2p.limits import RateLimiter
+from hyperion_node.p2p.messages import (
+    HEALTH_LEAVING,
+    HEALTH_OK,
+    MAX_DIALBACK_BYTES,
+    CapabilityRecord,
+    DialbackRequest,
+    DialbackResult,
+    Heartbeat,
+    MalformedMessage,
+    OfferAd,
+    decode_varint,
+    encode_frame,
+    open_envelope,
+    record_key,
+)
+from hyperion_node.p2p.peer_table import PeerTable, PresenceEvent
+from hyperion_node.store import Store
+from hyperion_node.trio_types import TaskStatus
+
+log = structlog.get_logger(__name__)
+
+PRESENCE_TOPIC = "/hyperion/presence/1"
+RECEIPTS_TOPIC = "/hyperion/receipts/1"
+DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
+MAX_RECEIPT_GOSSIP_BYTES = 64 * 1024
+PING_TIMEOUT_S = 2.0
+
+
+@dataclass
+class P2PStats:
+    """Counters an operator (and the tests) read through the API."""
+
+    gossip_in: Counter[str] = field(default_factory=Counter)  # accepted, by topic
+    gossip_out: Counter[str] = field(default_factory=Counter)  # published, by topic
+    rejected: Counter[str] = field(default_factory=Counter)  # "<where>:<reason>" -> count
+
+    def reject(self, where: str, reason: str) -> None:
+        self.rejected[f"{where}:{reason}"] += 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gossip_in": dict(self.gossip_in), "gossip_out": dict(self.gossip_out),
+                "rejected": dict(self.rejected), "rejected_total": sum(self.rejected.values())}
+
+
+@dataclass(frozen=True)
+class LocalState:
+    """What the daemon tells the P2P layer about this node, read each heartbeat and advert."""
+
+    offers: Callable[[], Sequence[OfferAd]]
+    hardware: Callable[[], dict[str, Any]]
+    telemetry: Callable[[], dict[str, Any]]  # ram_available_bytes, gpus: [{util, vram_free, temp_c, power_w}]
+    load: Callable[[], tuple[int, int]]  # (queue depth, active tasks)
+    health: Callable[[], str] = lambda: HEALTH_OK
+
+
+class CapabilityValidator(Validator):
+    """DHT validator for ``/hyperion/<peer ID>``: signature, key/peer match, expiry, and no replays.
+
+    A record whose sequence number is not above the highest this node has accepted for that peer is a
+    replay (or an equivocation, if its bytes differ) and is refused before it reaches the value store.
+    """
+
+    def __init__(self, network: P2PNetwork) -> None:
+        self._network = network
+        self._highest: dict[str, tuple[int, bytes]] = {}
+
+    def _reject(self, reason: str, peer_id: str | None) -> None:
+        self._network.stats.reject("dht", reason)
+        if peer_id:
+            self._network.table.penalize(peer_id, reason)
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            record = CapabilityRecord.decode(value)
+        except MalformedMessage as exc:
+            self._reject(exc.reason, exc.peer_id)
+            raise
+        if key != record_key(record.peer_id):
+            self._reject("key_mismatch", record.peer_id)
+            raise MalformedMessage("key_mismatch", f"{key} holds a record of {record.peer_id}")
+        if record.expires_at < time.time():
+            self._reject("expired", None)  # an old record is not proof of bad faith
+            raise MalformedMessage("expired", f"record of {record.peer_id} expired")
+        seen = self._highest.get(record.peer_id)
+        if seen is not None and (record.seq < seen[0] or (record.seq == seen[0] and value != seen[1])):
+            self._reject("replayed", None)  # anyone can re-send an old signed record: the sender is unknown
+            raise MalformedMessage("replayed", f"seq {record.seq} <= {seen[0]} for {record.peer_id}")
+        self._highest[record.peer_id] = (record.seq, value)
+        self._network.learned_capability(record)
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        best, best_seq = 0, -1
+        for i, value in enumerate(values):
+            try:
+                seq = CapabilityRecord.decode(value).seq
+            except MalformedMessage:
+                continue
+            if seq > best_seq:
+                best, best_seq = i, seq
+        return best
+
+
+class _ConnectionEvents(INotifee):
+    def __init__(self, network: P2PNetwork) -> None:
+        self._network = network
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._network.connection_changed(conn.muxed_conn.peer_id, True)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._network.connection_changed(conn.muxed_conn.peer_id, False)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+class P2PNetwork:
+    """Owns the libp2p host, DHT and pubsub for the daemon's lifetime (a trio component)."""
+
+    def __init__(self, identity: Identity, settings: P2PSettings, store: Store, local: LocalState,
+                 *, name: str) -> None:
+        self.identity = identity
+        self.settings = settings
+        self.store = store
+        self.local = local
+        self.name = name
+        self.peer_id = str(identity.peer_id)
+        self.table = PeerTable(self.peer_id, settings.suspect_after_s, settings.dead_after_s)
+        self.stats = P2PStats()
+        self.host: Any = None  # libp2p IHost while running
+        self.dht: KadDHT | None = None
+        self.pubsub: Pubsub | None = None
+        self._limiter = RateLimiter(rate=settings.gossip_rate_per_peer, burst=2 * settings.gossip_rate_per_peer)
+        self._heartbeat_seq = 0
+        self._record_seq = time.time_ns() // 1_000_000  # monotonic across restarts without storing it
+        self._advertised: tuple[OfferAd, ...] | None = None
+        self._events_out: trio.MemorySendChannel[PresenceEvent] | None = None
+        self._leaving = False
+
+    # -- addresses ---------------------------------------------------------------------------------------
+
+    def listen_addrs(self) -> list[str]:
+        """Our dialable addresses with /p2p/<peer ID>: announce addresses if set, else what we listen on,
+        with a wildcard listen address (0.0.0.0) expanded to this machine's interface addresses."""
+        if self.host is None:
+            return []
+        if self.settings.announce_addrs:
+            return [str(a) for a in self.host.get_addrs()]
+        addrs: list[str] = []
+        for addr in self.host.get_transport_addrs():
+            text = str(addr)
+            if "/ip4/0.0.0.0/" in text or "/ip6/::/" in text:
+                port = int(addr.value_for_protocol("tcp"))
+                addrs += [str(a) for a in get_available_interfaces(port, "tcp")]
+            else:
+                addrs.append(text)
+        return [f"{a}/p2p/{self.peer_id}" for a in dict.fromkeys(addrs)]
+
+    # -- callbacks from libp2p ---------------------------------------------------------------------------------
+
+    def _emit(self, events: list[PresenceEvent]) -> None:
+        for event in events:
+            log.info("peer_" + event.kind, peer=event.peer_id, **event.detail)
+            if self._events_out is not None:
+                try:
+                    self._events_out.send_nowait(event)
+                except trio.WouldBlock:
+                    log.warning("presence_events_dropped", peer=event.peer_id, kind=event.kind)
+
+    def connection_changed(self, peer_id: ID, connected: bool) -> None:
+        self._emit(self.table.set_connected(str(peer_id), connected, trio.current_time()))
+
+    def learned_capability(self, record: CapabilityRecord) -> None:
+        self._emit(self.table.capability(record, trio.current_time()))
+
+    def _validate_presence(self, forwarder: ID, msg: Any) -> bool:
+        origin = _origin(msg)
+        if origin and self.table.banned(origin):
+            self.stats.reject("presence", "banned")
+            return False
+        try:
+            hb = Heartbeat.decode(msg.data)
+        except MalformedMessage as exc:
+            self.stats.reject("presence", exc.reason)
+            self.table.penalize(origin or str(forwarder), exc.reason)
+            log.info("gossip_rejected", topic="presence", reason=exc.reason, origin=origin, forwarder=str(forwarder))
+            return False
+        if origin and hb.peer_id != origin:
+            self.stats.reject("presence", "sender_mismatch")
+            self.table.penalize(origin, "bad_signature")
+            return False
+        if hb.peer_id != self.peer_id and not self._limiter.allow(f"presence/{hb.peer_id}", trio.current_time()):
+            self.stats.reject("presence", "rate_limited")
+            self.table.penalize(hb.peer_id, "rate_limited")
+            return False
+        return True
+
+    def _validate_receipt_gossip(self, forwarder: ID, msg: Any) -> bool:
+        """Receipts are validated in full by the ledger; here only what protects the mesh: size, signature."""
+        origin = _origin(msg)
+        try:
+            open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES)
+        except MalformedMessage as exc:
+            self.stats.reject("receipts", exc.reason)
+            self.table.penalize(origin or str(forwarder), exc.reason)
+            return False
+        return True
+
+    # -- the component -------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        settings = self.settings
+        proto = "ip6" if ":" in settings.listen_host else "ip4"
+        listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
+        announce = [multiaddr.Multiaddr(a) for a in settings.announce_addrs] or None
+        # libp2p's defaults aim at ~200 connections and dial every peer learned of; we keep a bounded set.
+        most = settings.max_connections
+        connections = ConnectionConfig(max_connections=most, high_watermark=most, low_watermark=most // 2,
+                                       min_connections=most // 4)
+        host = new_host(key_pair=self.identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
+                        announce_addrs=announce, enable_mDNS=settings.mdns, connection_config=connections)
+        dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
+        dht.register_validator("hyperion", CapabilityValidator(self))
+        degree = settings.gossip_degree
+        gossipsub = GossipSub(
+            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=degree, degree_low=max(2, degree - 2),
+            degree_high=2 * degree, heartbeat_interval=1, heartbeat_initial_delay=0.1,
+            # Our validators rate-limit per origin; gossipsub's own limit counts per forwarding peer, which
+            # in a mesh of D peers relaying everyone's heartbeats trips on honest traffic.
+            spam_protection_enabled=False,
+        )
+        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        events_in: trio.MemoryReceiveChannel[PresenceEvent]
+        self._events_out, events_in = trio.open_memory_channel(1000)
+        try:
+            async with host.run(listen_addrs=listen):
+                if not host.get_transport_addrs():
+                    raise EnvironmentProblem(
+                        f"the P2P host could not listen on {listen[0]}",
+                        hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
+                    )
+                host.get_network().register_notifee(_ConnectionEvents(self))
+                async with background_trio_service(pubsub), background_trio_service(gossipsub), \
+                        background_trio_service(dht):
+                    await pubsub.wait_until_ready()
+                    pubsub.set_topic_validator(PRESENCE_TOPIC, self._validate_presence, False)
+                    pubsub.set_topic_validator(RECEIPTS_TOPIC, self._validate_receipt_gossip, False)
+                    presence = await pubsub.subscribe(PRESENCE_TOPIC)
+                    await pubsub.subscribe(RECEIPTS_TOPIC)
+                    host.set_stream_handler(DIALBACK_PROTOCOL, self._handle_dialback)
+                    self.host, self.dht, self.pubsub = host, dht, pubsub
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._persist_events, events_in)
+                        nursery.start_soon(self._consume_presence, presence)
+                        await self._dial_known_peers()
+                        nursery.start_soon(self._heartbeat_loop)
+                        nursery.start_soon(self._liveness_loop)
+                        nursery.start_soon(self._advertise_loop)
+                        log.info("p2p_ready", addrs=self.listen_addrs())
+                        task_status.started()
+                        await trio.sleep_forever()
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"the P2P host could not listen on {listen[0]}: {exc.strerror or exc}",
+                hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
+            ) from exc
+        finally:
+            self.host = self.dht = self.pubsub = None
+            self._events_out = None
+
+    # -- tasks -------------------------------------------------------------------------------------------
+
+    async def _persist_events(self, events: trio.MemoryReceiveChannel[PresenceEvent]) -> None:
+        async for event in events:
+            await self.store.run(self.store.append_event, f"peer.{event.kind}",
+                                 {"peer_id": event.peer_id, **event.detail})
+            entry = self.table.get(event.peer_id)
+            if entry is not None and entry.addrs and event.kind in ("joined", "rejoined", "alive"):
+                await self.store.run(
+                    lambda e=entry: self.store.remember_peer(e.peer_id, list(e.addrs), state=e.state.value,
+                                                             score=e.score, keep=self.settings.peer_cache_size))
+
+    async def _consume_presence(self, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                hb = Heartbeat.decode(msg.data)
+            except MalformedMessage:
+                continue  # our own validator already counted it; only our own messages skip validation
+            if hb.peer_id == self.peer_id:
+                continue
+            self.stats.gossip_in[PRESENCE_TOPIC] += 1
+            self._emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
+
+    def _heartbeat(self, health: str) -> Heartbeat:
+        self._heartbeat_seq += 1
+        telemetry = self.local.telemetry()
+        queue, active = self.local.load()
+        return Heartbeat(
+            peer_id=self.peer_id, seq=self._heartbeat_seq, time=time.time(), name=self.name,
+            addrs=tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs()), health=health,
+            queue_depth=queue, active_tasks=active, ram_available_bytes=int(telemetry.get("ram_available_bytes", 0)),
+            gpus=tuple(telemetry.get("gpus", ())),
+        )
+
+    async def _publish_heartbeat(self, health: str) -> None:
+        if self.pubsub is None:
+            return
+        await self.pubsub.publish(PRESENCE_TOPIC, self._heartbeat(health).seal(self.identity))
+        self.stats.gossip_out[PRESENCE_TOPIC] += 1
+
+    async def announce_leaving(self) -> None:
+        """Gossip a last heartbeat saying we leave, so peers mark us "left" at once rather than dead after
+        a timeout. Called by the daemon before it cancels the components (libp2p must still be running)."""
+        self._leaving = True
+        await self._publish_heartbeat(HEALTH_LEAVING)
+        # gossipsub sends from its own tasks: give them a moment to flush before they are cancelled.
+        await trio.sleep(0.1)
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            if not self._leaving:
+                await self._publish_heartbeat(self.local.health())
+            await trio.sleep(self.settings.heartbeat_interval_s)
+
+    async def _liveness_loop(self) -> None:
+        from libp2p.host.ping import PingService
+
+        ping = PingService(self.host)
+        interval = min(self.settings.heartbeat_interval_s, self.settings.suspect_after_s / 3)
+        rounds = 0
+        while True:
+            await trio.sleep(interval)
+            self._emit(self.table.tick(trio.current_time()))
+            rounds += 1
+            if rounds % 5 == 0:  # RTT changes slowly; a ping round every few ticks is enough
+                for peer_id in list(self.host.get_connected_peers())[:32]:
+                    with trio.move_on_after(PING_TIMEOUT_S):
+                        try:
+                            rtts = await ping.ping(peer_id)
+                        except Exception as exc:  # a peer without ping, or a dropped stream
+                            log.debug("ping_failed", peer=str(peer_id), error=type(exc).__name__)
+                            continue
+                        if rtts:
+                            self.table.set_rtt(str(peer_id), float(rtts[0]))
+
+    def _capability_record(self, offers: tuple[OfferAd, ...]) -> CapabilityRecord:
+        self._record_seq += 1
+        _queue, active = self.local.load()
+        capacity = sum(o.capacity for o in offers) or 1
+        return CapabilityRecord(
+            peer_id=self.peer_id, seq=self._record_seq, expires_at=time.time() + self.settings.record_ttl_s,
+            name=self.name, addrs=tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs()),
+            hardware=self.local.hardware(), offers=offers, load=round(active / capacity, 3),
+            node_version=__version__,
+        )
+
+    async def advertise(self) -> None:
+        """Publish our signed record and one provider record per offer."""
+        assert self.dht is not None
+        offers = tuple(self.local.offers())
+        record = self._capability_record(offers)
+        await self.dht.put_value(record_key(self.peer_id), record.seal(self.identity))
+        for offer in offers:
+            await self.dht.provide(offer.capability_key())
+        self._advertised = offers
+        log.info("advertised", offers=[f"{o.runtime}/{o.item}" for o in offers], seq=record.seq)
+
+    async def _advertise_loop(self) -> None:
+        """Publish at start, at a third of the record's lifetime, when offers change, and when the routing
+        table grows: provider records live on the peers closest to the key, and a node that provided
+        before those peers were known has its records only at home (py-libp2p's lookup stops at local
+        providers when it has any, so providers must push their records out)."""
+        assert self.dht is not None
+        republish = self.settings.record_ttl_s / 3
+        last, table_size = -republish, 0
+        while True:
+            now, size = trio.current_time(), self.dht.get_routing_table_size()
+            grew = size > table_size and (table_size < 20 or size >= 2 * table_size)
+            if now - last >= republish or tuple(self.local.offers()) != self._advertised or grew:
+                with trio.move_on_after(30):
+                    await self.advertise()
+                last, table_size = now, size
+            await trio.sleep(min(self.settings.heartbeat_interval_s, republish))
+
+    async def _dial(self, info: PeerInfo) -> bool:
+        if info.peer_id == self.identity.peer_id:
+            return False
+        with trio.move_on_after(self.settings.dial_timeout_s):
+            try:
+                await self.host.connect(info)
+            except Exception as exc:  # libp2p raises many types for an unreachable peer
+                log.info("dial_failed", peer=str(info.peer_id), error=f"{type(exc).__name__}: {exc}"[:200])
+                return False
+            if self.dht is not None:
+                await self.dht.add_peer(info.peer_id)
+            return True
+        log.info("dial_timeout", peer=str(info.peer_id))
+        return False
+
+    async def _dial_known_peers(self) -> None:
+        """Bootstrap peers and the peer cache, in parallel; each bounded by dial_timeout_s."""
+        infos: dict[str, PeerInfo] = {}
+        for addr in self.settings.bootstrap:
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception as exc:  # bad multiaddrs from config were checked for form, not content
+                log.warning("bootstrap_addr_invalid", addr=addr, error=str(exc))
+                continue
+            infos[str(info.peer_id)] = info
+        for cached in await self.store.run(self.store.known_peers):
+            if cached["peer_id"] in infos or cached["peer_id"] == self.peer_id:
+                continue
+            addrs = [multiaddr.Multiaddr(a) for a in cached["addrs"]]
+            if addrs:
+                infos[cached["peer_id"]] = PeerInfo(ID.from_base58(cached["peer_id"]), addrs)
+                self._emit(self.table.saw(cached["peer_id"], trio.current_time(), source="cache",
+                                          addrs=cached["addrs"]))
+        if not infos:
+            return
+        results: dict[str, bool] = {}
+
+        async def dial(key: str, info: PeerInfo) -> None:
+            results[key] = await self._dial(info)
+
+        async with trio.open_nursery() as nursery:
+            for key, info in infos.items():
+                nursery.start_soon(dial, key, info)
+        log.info("dialled_known_peers", reached=sum(results.values()), tried=len(results))
+
+    # -- provider lookup ---------------------------------------------------------------------------------------
+
+    async def find_providers(self, runtime: str, item: str, *, count: int = 20) -> list[CapabilityRecord]:
+        """Peers offering ``runtime/item``, found through DHT provider records, with their capability records."""
+        from hyperion_node.p2p.messages import capability_key
+
+        assert self.dht is not None
+        with trio.move_on_after(10):
+            infos = await self.dht.find_providers(capability_key(runtime, item), count)
+            records: list[CapabilityRecord] = []
+            # find_providers can return one peer several times: keep the first of each.
+            for peer_id in dict.fromkeys(str(i.peer_id) for i in infos):
+                record = await self.capability_of(peer_id)
+                if record is not None and any(o.runtime == runtime and o.item == item for o in record.offers):
+                    records.append(record)
+            return records
+        return []
+
+    async def capability_of(self, peer_id: str) -> CapabilityRecord | None:
+        assert self.dht is not None
+        if peer_id == self.peer_id:
+            return self._capability_record(tuple(self.local.offers()))
+        entry = self.table.get(peer_id)
+        if entry is not None and entry.capability is not None and entry.capability.expires_at > time.time():
+            return entry.capability
+        with trio.move_on_after(5):
+            try:
+                value = await self.dht.get_value(record_key(peer_id))
+            except Exception as exc:  # a lookup that fails on the network is a miss, not a crash
+                log.info("record_lookup_failed", peer=peer_id, error=type(exc).__name__)
+                return None
+            if value is None:
+                return None
+            try:
+                record = CapabilityRecord.decode(value)
+            except MalformedMessage:
+                return None
+            self.learned_capability(record)
+            return record
+        return None
+
+    # -- dial-back ---------------------------------------------------------------------------------------------
+
+    async def _handle_dialback(self, stream: INetStream) -> None:
+        remote = str(stream.muxed_conn.peer_id)
+        try:
+            with trio.fail_after(self.settings.dial_timeout_s):
+                data = await _read_frame(stream, MAX_DIALBACK_BYTES)
+            sender, request = DialbackRequest.decode(data)
+            if sender != remote:
+                raise MalformedMessage("sender_mismatch", f"{sender} over a stream from {remote}")
+        except (MalformedMessage, trio.TooSlowError) as exc:
+            reason = exc.reason if isinstance(exc, MalformedMessage) else "timeout"
+            self.stats.reject("dialback", reason)
+            self.table.penalize(remote, reason)
+            log.info("stream_rejected", protocol=DIALBACK_PROTOCOL, peer=remote, reason=reason)
+            await stream.reset()
+            return
+        results = [await self._probe(remote, addr) for addr in request.addrs[:4]]
+        await stream.write(encode_frame(DialbackResult(tuple(results)).seal(self.identity)))
+        await stream.close()
+
+    async def _probe(self, peer_id: str, addr: str) -> tuple[str, bool, str]:
+        """Can a fresh TCP connection reach ``addr``? (A plain connect: the peer's host answers the socket.)"""
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+            host = maddr.value_for_protocol("ip4")
+            port = int(maddr.value_for_protocol("tcp"))
+        except Exception as exc:
+            return addr, False, f"not an /ip4/.../tcp/... address ({type(exc).__name__})"
+        with trio.move_on_after(self.settings.dial_timeout_s):
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError as exc:
+                return addr, False, exc.strerror or str(exc)
+            await stream.aclose()
+            return addr, True, ""
+        return addr, False, "timed out"
+
+    async def request_dialback(self, peer_id: str) -> DialbackResult:
+        """Ask a connected peer to dial our addresses (used by `doctor`)."""
+        with trio.fail_after(self.settings.dial_timeout_s * 3):
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [DIALBACK_PROTOCOL])
+            addrs = tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs())
+            await stream.write(encode_frame(DialbackRequest(addrs).seal(self.identity)))
+            data = await _read_frame(stream, MAX_DIALBACK_BYTES)
+            await stream.close()
+        sender, result = DialbackResult.decode(data)
+        if sender != peer_id:
+            raise MalformedMessage("sender_mismatch", f"answer signed by {sender}, asked {peer_id}")
+        return result
+
+    # -- views -------------------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        mesh = {}
+        if self.pubsub is not None:
+            router = self.pubsub.router
+            mesh = {topic: len(peers) for topic, peers in getattr(router, "mesh", {}).items()}
+        return {
+            "peer_id": self.peer_id,
+            "addrs": self.listen_addrs(),
+            "connected": len(self.host.get_connected_peers()) if self.host else 0,
+            "peers_known": len(self.table.peers),
+            "peers_live": len(self.table.live_peers()),
+            "dht": {
+                "routing_table": self.dht.get_routing_table_size() if self.dht else 0,
+                "values": self.dht.get_value_store_size() if self.dht else 0,
+            },
+            "mesh": mesh,
+            "stats": self.stats.to_json(),
+            "advertised": [dataclasses.asdict(o) for o in self._advertised or ()],
+        }
+
+
+def _origin(msg: Any) -> str:
+    try:
+        return str(ID(msg.from_id)) if msg.from_id else ""
+    except Exception:  # a malformed origin field is treated as no origin
+        return ""
+
+
+async def _read_frame(stream: INetStream, max_bytes: int) -> bytes:
+    """Read one varint-length-prefixed frame, refusing anything over ``max_bytes``."""
+    buffer = bytearray()
+    while True:
+        header = decode_varint(buffer)
+        if header is not None:
+            length, used = header
+            if length > max_bytes:
+                raise MalformedMessage("oversized", f"frame of {length} bytes > {max_bytes}")
+            if len(buffer) >= used + length:
+                return bytes(buffer[used : used + length])
+        chunk = await stream.read(max_bytes + 8 - len(buffer))
+        if not chunk:
+            raise MalformedMessage("truncated", "stream closed inside a frame")
+        buffer += chunk

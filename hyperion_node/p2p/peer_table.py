@@ -1,0 +1,223 @@
+"""The PeerTable: one view of every peer, merged from what gossip, the DHT, mDNS and connections say.
+
+Pure state: every method takes ``now`` (trio's clock in the daemon, any number in tests) and returns the
+presence events it caused; the service persists them. Liveness follows the heartbeats:
+
+    alive --(no heartbeat for suspect_after)--> suspect --(none for dead_after)--> dead
+    any   --(heartbeat says draining)--> draining            any --(heartbeat says leaving)--> left
+    suspect / dead / left --(heartbeat)--> alive (event "rejoined" after dead or left)
+
+A peer's score starts at 0 and goes down for every malformed or forged message it sends; the scheduler
+will read it, and gossip validation drops messages from peers below ``BAN_SCORE``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from hyperion_node.p2p.messages import HEALTH_DRAINING, HEALTH_LEAVING, CapabilityRecord, Heartbeat
+
+# Score lost per offence, by kind. A forged signature is deliberate; an oversized message may be a bug.
+PENALTIES = {
+    "bad_signature": 20.0,
+    "replayed": 10.0,
+    "oversized": 5.0,
+    "undecodable": 5.0,
+    "bad_schema": 5.0,
+    "rate_limited": 1.0,
+}
+DEFAULT_PENALTY = 5.0
+BAN_SCORE = -100.0
+MAX_SCORE = 10.0
+
+
+class PeerState(StrEnum):
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    DRAINING = "draining"
+    LEFT = "left"
+
+
+@dataclass(frozen=True)
+class PresenceEvent:
+    peer_id: str
+    kind: str  # joined, rejoined, suspect, dead, draining, left, alive
+    time: float
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PeerEntry:
+    peer_id: str
+    first_seen: float
+    last_seen: float
+    state: PeerState = PeerState.ALIVE
+    addrs: tuple[str, ...] = ()
+    name: str = ""
+    sources: set[str] = field(default_factory=set)  # gossip, dht, mdns, connection, cache
+    heartbeat: Heartbeat | None = None
+    last_heartbeat: float | None = None  # local clock when the last heartbeat arrived
+    capability: CapabilityRecord | None = None
+    rtt_ms: float | None = None
+    clock_skew_s: float | None = None  # their wall clock minus ours, from the last heartbeat
+    score: float = 0.0
+    offences: dict[str, int] = field(default_factory=dict)
+    connected: bool = False
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        hb = self.heartbeat
+        return {
+            "peer_id": self.peer_id,
+            "name": self.name,
+            "state": self.state.value,
+            "addrs": list(self.addrs),
+            "connected": self.connected,
+            "sources": sorted(self.sources),
+            "last_seen_s_ago": round(now - self.last_seen, 3),
+            "rtt_ms": self.rtt_ms,
+            "clock_skew_s": self.clock_skew_s,
+            "score": round(self.score, 3),
+            "offences": dict(self.offences),
+            "telemetry": None if hb is None else {
+                "queue_depth": hb.queue_depth, "active_tasks": hb.active_tasks,
+                "ram_available_bytes": hb.ram_available_bytes, "gpus": [dict(g) for g in hb.gpus],
+                "health": hb.health,
+            },
+            "offers": [] if self.capability is None else [
+                {"runtime": o.runtime, "item": o.item, "unit": o.unit, "price": o.price_per_unit,
+                 "capacity": o.capacity, "throughput": o.throughput} for o in self.capability.offers
+            ],
+            "hardware": None if self.capability is None else dict(self.capability.hardware),
+        }
+
+
+@dataclass
+class PeerTable:
+    local_peer_id: str
+    suspect_after: float
+    dead_after: float
+    peers: dict[str, PeerEntry] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.suspect_after < self.dead_after:
+            raise ValueError("need 0 < suspect_after < dead_after")
+
+    def get(self, peer_id: str) -> PeerEntry | None:
+        return self.peers.get(peer_id)
+
+    def _entry(self, peer_id: str, now: float, source: str, events: list[PresenceEvent]) -> PeerEntry:
+        entry = self.peers.get(peer_id)
+        if entry is None:
+            entry = PeerEntry(peer_id=peer_id, first_seen=now, last_seen=now)
+            self.peers[peer_id] = entry
+            events.append(PresenceEvent(peer_id, "joined", now, {"via": source}))
+        entry.sources.add(source)
+        return entry
+
+    def saw(self, peer_id: str, now: float, *, source: str, addrs: Iterable[str] = ()) -> list[PresenceEvent]:
+        """A sighting that is not a heartbeat (connection, mDNS, DHT, cache): adds the peer, keeps its
+        addresses. Liveness is decided by heartbeats alone, so this never revives a dead peer."""
+        if peer_id == self.local_peer_id:
+            return []
+        events: list[PresenceEvent] = []
+        entry = self._entry(peer_id, now, source, events)
+        addrs = tuple(addrs)
+        if addrs:
+            entry.addrs = addrs
+        if not entry.last_heartbeat:
+            entry.last_seen = max(entry.last_seen, now)
+        return events
+
+    def heartbeat(self, hb: Heartbeat, now: float, *, wall_now: float) -> list[PresenceEvent]:
+        if hb.peer_id == self.local_peer_id:
+            return []
+        events: list[PresenceEvent] = []
+        entry = self._entry(hb.peer_id, now, "gossip", events)
+        if entry.heartbeat is not None and hb.seq <= entry.heartbeat.seq and entry.state is not PeerState.LEFT:
+            return events  # an old heartbeat delivered late (gossip may reorder): it says nothing new
+        previous = entry.state
+        entry.heartbeat = hb
+        entry.last_heartbeat = now
+        entry.last_seen = now
+        entry.name = hb.name or entry.name
+        entry.addrs = hb.addrs or entry.addrs
+        entry.clock_skew_s = round(hb.time - wall_now, 3)
+        entry.score = min(MAX_SCORE, entry.score + 0.1)  # slow recovery through good behaviour
+        if hb.health == HEALTH_LEAVING:
+            entry.state = PeerState.LEFT
+        elif hb.health == HEALTH_DRAINING:
+            entry.state = PeerState.DRAINING
+        else:
+            entry.state = PeerState.ALIVE
+        if entry.state is not previous:
+            kind = entry.state.value
+            if entry.state is PeerState.ALIVE:
+                kind = "rejoined" if previous in (PeerState.DEAD, PeerState.LEFT) else "alive"
+            if not (events and events[-1].kind == "joined" and entry.state is PeerState.ALIVE):
+                events.append(PresenceEvent(hb.peer_id, kind, now, {"from": previous.value}))
+        return events
+
+    def capability(self, record: CapabilityRecord, now: float) -> list[PresenceEvent]:
+        if record.peer_id == self.local_peer_id:
+            return []
+        events: list[PresenceEvent] = []
+        entry = self._entry(record.peer_id, now, "dht", events)
+        if entry.capability is None or record.seq > entry.capability.seq:
+            entry.capability = record
+            entry.name = entry.name or record.name
+            entry.addrs = entry.addrs or record.addrs
+        return events
+
+    def set_connected(self, peer_id: str, connected: bool, now: float) -> list[PresenceEvent]:
+        if peer_id == self.local_peer_id:
+            return []
+        events: list[PresenceEvent] = []
+        entry = self._entry(peer_id, now, "connection", events)
+        entry.connected = connected
+        return events
+
+    def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
+        entry = self.peers.get(peer_id)
+        if entry is not None:
+            entry.rtt_ms = rtt_ms
+
+    def penalize(self, peer_id: str, reason: str) -> float:
+        """Lower a peer's score for bad input; returns the new score."""
+        entry = self.peers.get(peer_id)
+        if entry is None:
+            # An unknown sender is remembered, so repeated offences accumulate.
+            entry = PeerEntry(peer_id=peer_id, first_seen=0.0, last_seen=0.0, state=PeerState.SUSPECT)
+            self.peers[peer_id] = entry
+        entry.score -= PENALTIES.get(reason, DEFAULT_PENALTY)
+        entry.offences[reason] = entry.offences.get(reason, 0) + 1
+        return entry.score
+
+    def banned(self, peer_id: str) -> bool:
+        entry = self.peers.get(peer_id)
+        return entry is not None and entry.score <= BAN_SCORE
+
+    def tick(self, now: float) -> list[PresenceEvent]:
+        """Advance liveness: heartbeats that stopped make a peer suspect, then dead."""
+        events: list[PresenceEvent] = []
+        for entry in self.peers.values():
+            if entry.state in (PeerState.DEAD, PeerState.LEFT) or entry.last_heartbeat is None:
+                continue
+            silent = now - entry.last_heartbeat
+            if silent >= self.dead_after:
+                events.append(PresenceEvent(entry.peer_id, "dead", now,
+                                            {"from": entry.state.value, "silent_s": round(silent, 3)}))
+                entry.state = PeerState.DEAD
+            elif silent >= self.suspect_after and entry.state is PeerState.ALIVE:
+                events.append(PresenceEvent(entry.peer_id, "suspect", now, {"silent_s": round(silent, 3)}))
+                entry.state = PeerState.SUSPECT
+        return events
+
+    def live_peers(self) -> list[PeerEntry]:
+        return [e for e in self.peers.values() if e.state in (PeerState.ALIVE, PeerState.DRAINING)]
+
+    def to_json(self, now: float) -> list[dict[str, Any]]:
+        return [e.to_json(now) for e in sorted(self.peers.values(), key=lambda e: e.peer_id)]

@@ -1,0 +1,115 @@
+"""The P2P layer with real daemons on 127.0.0.1: discovery through one bootstrap peer, DHT provider lookup,
+death detection after SIGKILL, and rejoining from the peer cache with the bootstrap peer gone.
+
+Timings are shortened through config (heartbeats every 0.5 s, dead after 4 s) so the tests are quick;
+every wait is a poll under a deadline, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hyperion_node.testing.process import NodeProcess, wait_until
+
+pytestmark = pytest.mark.process
+
+FAST = [
+    "p2p.mdns=false",  # discovery here must come from bootstrap, DHT and gossip, not from the LAN
+    "p2p.heartbeat_interval_s=0.5",
+    "p2p.suspect_after_s=2.0",
+    "p2p.dead_after_s=4.0",
+    "hardware.benchmark_on_start=false",
+]
+NO_MODEL = [*FAST, 'runtimes.disabled=["inference"]']
+MODEL = ("inference", "gemma-3-270m-q4_k_m")
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop()
+
+
+def start(nodes: list[NodeProcess], path: Path, sets: list[str], bootstrap: list[str] = ()) -> NodeProcess:
+    extra = [f"p2p.bootstrap={list(bootstrap)!r}".replace("'", '"')] if bootstrap else []
+    node = NodeProcess(path, sets=[*sets, *extra]).start()
+    nodes.append(node)
+    return node
+
+
+def test_five_nodes_one_bootstrap_all_know_each_other(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "n0", NO_MODEL)
+    others = [start(nodes, tmp_path / f"n{i}", NO_MODEL, [seed.p2p_addr()]) for i in range(1, 5)]
+    everyone = [seed, *others]
+    ids = {node.peer_id for node in everyone}
+    for node in everyone:
+        expected = ids - {node.peer_id}
+        wait_until(lambda n=node, e=expected: n.live_peers() >= e, timeout=30,
+                   what=f"{node.data_dir.name} lists the other four as alive")
+    # Discovery went through gossip and the DHT: the four never had each other's addresses from config.
+    events = [e["kind"] for e in others[0].get("/api/events") if e["kind"].startswith("peer.")]
+    assert events.count("peer.joined") >= 4
+
+
+def test_provider_found_by_a_node_that_never_connected_to_it(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "seed", NO_MODEL)
+    worker = start(nodes, tmp_path / "worker", FAST, [seed.p2p_addr()])
+    # The asker keeps to one connection, so libp2p's auto-connector does not dial the worker on its own.
+    asker = start(nodes, tmp_path / "asker", [*NO_MODEL, "p2p.max_connections=1"], [seed.p2p_addr()])
+    worker_id = worker.peer_id
+    wait_until(lambda: any(r["peer_id"] == worker_id for r in seed.get(f"/api/providers/{MODEL[0]}/{MODEL[1]}")),
+               timeout=30, what="the seed stores the worker's provider record")
+    before = next((p for p in asker.get("/api/peers") if p["peer_id"] == worker_id), None)
+    assert before is None or before["connected"] is False, "the asker must not have dialled the worker"
+
+    found = wait_until(lambda: asker.get(f"/api/providers/{MODEL[0]}/{MODEL[1]}"), timeout=30,
+                       what="the asker finds a provider of the model")
+    assert [r["peer_id"] for r in found] == [worker_id]
+    offer = found[0]["offers"][0]
+    assert offer["item"] == MODEL[1] and offer["unit"] == "token" and offer["capacity"] >= 1
+    assert found[0]["addrs"], "the signed record carries the worker's addresses"
+
+
+def test_sigkill_is_detected_and_restart_rejoins_from_the_peer_cache(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "seed", NO_MODEL)
+    a = start(nodes, tmp_path / "a", NO_MODEL, [seed.p2p_addr()])
+    victim_dir = tmp_path / "victim"
+    victim = start(nodes, victim_dir, NO_MODEL, [seed.p2p_addr()])
+    victim_id = victim.peer_id
+    for node in (seed, a):
+        wait_until(lambda n=node: victim_id in n.live_peers(), timeout=30, what="victim seen alive")
+    wait_until(lambda: {seed.peer_id, a.peer_id} <= victim.live_peers(), timeout=30,
+               what="the victim knows both peers (and caches them)")
+
+    victim.signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+    for node in (seed, a):
+        # dead_after_s is 4 s; the deadline allows for a loaded 2-core machine.
+        wait_until(lambda n=node: n.peer_state(victim_id) == "dead", timeout=15, what="victim marked dead")
+
+    seed_id = seed.peer_id
+    assert seed.stop() == 0  # every bootstrap peer is gone now
+    reborn = start(nodes, victim_dir, NO_MODEL, [f"/ip4/127.0.0.1/tcp/1/p2p/{seed_id}"])
+    assert reborn.peer_id == victim_id
+    wait_until(lambda: reborn.peer_state(a.peer_id) == "alive", timeout=30,
+               what="the restarted node reaches its cached peer")
+    wait_until(lambda: a.peer_state(victim_id) == "alive", timeout=30, what="its peer sees it alive again")
+    kinds = [e["kind"] for e in a.get("/api/events") if e["data"].get("peer_id") == victim_id]
+    assert "peer.dead" in kinds and "peer.rejoined" in kinds
+
+
+def test_graceful_stop_is_seen_as_left_at_once(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "seed", [*NO_MODEL, "p2p.dead_after_s=60"])
+    other = start(nodes, tmp_path / "other", NO_MODEL, [seed.p2p_addr()])
+    other_id = other.peer_id
+    wait_until(lambda: other_id in seed.live_peers(), timeout=30, what="other seen alive")
+    assert other.stop() == 0
+    # Well before dead_after_s (60 s): the leaving heartbeat says so.
+    wait_until(lambda: seed.peer_state(other_id) == "left", timeout=10, what="other marked left")
