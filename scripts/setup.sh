@@ -52,7 +52,22 @@ python_packages() {
   echo "$want" > "$stamp"
 }
 
+node_packages() {
+  # snarkjs and circom2 (pinned in package-lock.json) for the ZK tests and scripts/bench_zk.py.
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  local stamp="$ROOT/node_modules/.hyperion-npm-stamp"
+  local want
+  want="$(sha256sum "$ROOT/package-lock.json" | cut -d' ' -f1)"
+  if [ -x "$ROOT/node_modules/.bin/snarkjs" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  say "installing snarkjs and circom2 from npm"
+  (cd "$ROOT" && npm ci --no-audit --no-fund >/dev/null)
+  echo "$want" > "$stamp"
+}
+
 "$PYTHON" -c 'import sys; raise SystemExit(sys.version_info < (3, 11))' || {
   say "Python 3.11 or newer is needed (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11"; exit 1; }
 system_packages
 python_packages
+node_packages
