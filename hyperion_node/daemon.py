@@ -27,6 +27,8 @@ from hyperion_node.config import Config
 from hyperion_node.datadir import DataDir, daemon_lock
 from hyperion_node.hardware import HardwareProfile, TelemetrySampler, probe_hardware
 from hyperion_node.identity import Identity, load_identity
+from hyperion_node.ledger.chain import Ledger
+from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
@@ -108,6 +110,57 @@ class Node:
             for r in records
         ]
 
+    async def doctor(self) -> list[dict[str, Any]]:
+        """Checks only a running node can make: listen addresses, reachability from a peer, bootstrap
+        peers, clock skew. Each result: name, ok (True/False/None = could not check), detail, fix."""
+        p2p = self.p2p
+        checks: list[dict[str, Any]] = []
+
+        def check(name: str, ok: bool | None, detail: str, fix: str = "") -> None:
+            checks.append({"name": name, "ok": ok, "detail": detail, "fix": "" if ok else fix})
+
+        addrs = p2p.listen_addrs()
+        only_loopback = all("/ip4/127." in a or "/ip6/::1/" in a for a in addrs)
+        check("listen addresses", bool(addrs) and not (only_loopback and not p2p.settings.announce_addrs),
+              ", ".join(addrs) or "none",
+              'set p2p.listen_host = "0.0.0.0" (or announce an address with p2p.announce_addrs) '
+              "so peers on other machines can reach this node")
+        live = [e for e in p2p.table.live_peers() if e.connected]
+        if not live:
+            check("reachable from peers", None, "no connected peer to ask for a dial-back",
+                  "connect to a peer first: set p2p.bootstrap, or start another node on this network")
+        else:
+            try:
+                result = await p2p.request_dialback(live[0].peer_id)
+            except Exception as exc:  # the asked peer may be old, gone or broken: say so, do not crash
+                check("reachable from peers", None, f"dial-back via {live[0].peer_id} failed: {type(exc).__name__}",
+                      "try again later, or ask another peer")
+            else:
+                bad = [f"{a} ({e})" for a, ok, e in result.results if not ok]
+                check("reachable from peers", not bad and bool(result.results),
+                      f"{live[0].name or live[0].peer_id} dialled " + ", ".join(
+                          f"{a}: {'ok' if ok else e}" for a, ok, e in result.results),
+                      f"open or forward TCP port {p2p.settings.tcp_port} in the firewall/router, or set "
+                      f"p2p.announce_addrs to the forwarded address; unreachable: {', '.join(bad)}")
+        if p2p.settings.quic:
+            check("QUIC reachable", None,
+                  "not checked: a dial-back cannot tell an unanswered UDP port from a closed one",
+                  f"make sure UDP port {p2p.settings.quic_port} is open too, or set p2p.quic = false")
+        for addr in p2p.settings.bootstrap:
+            peer_id = addr.rsplit("/p2p/", 1)[-1]
+            entry = p2p.table.get(peer_id)
+            reached = entry is not None and entry.state.value in ("alive", "draining")
+            check(f"bootstrap {peer_id[-8:]}", reached, addr if reached else f"{addr} is not alive",
+                  "check that the bootstrap node runs and its address is right in p2p.bootstrap")
+        skews = sorted(e.clock_skew_s for e in p2p.table.live_peers() if e.clock_skew_s is not None)
+        if skews:
+            median = skews[len(skews) // 2]
+            check("clock skew", abs(median) <= 2.0, f"median {median:+.2f} s against {len(skews)} peers",
+                  "synchronise the clock (e.g. `timedatectl set-ntp true`): receipts carry timestamps")
+        else:
+            check("clock skew", None, "no peer heartbeats yet to compare clocks with", "")
+        return checks
+
     # -- what the P2P layer advertises about this node ------------------------------------------------------
 
     def offer_ads(self) -> list[OfferAd]:
@@ -138,16 +191,20 @@ class Node:
         # (queue depth, running tasks): this node runs no network tasks until task routing lands.
         return (0, 0)
 
-    def rewards(self) -> dict[str, Any]:
-        # No receipts exist until the ledger lands; this is the real, empty state, not a placeholder figure.
-        return {
-            "currency": "credits",
-            "earned": 0.0,
-            "pending": 0.0,
-            "disputed": 0.0,
-            "tasks": {"completed": 0, "failed": 0},
-            "receipts": 0,
-        }
+    async def rewards(self) -> dict[str, Any]:
+        """Earned, pending and disputed, per runtime and period, with stall warnings, from the ledger.
+        Failed tasks are the orchestrator's ``task.failed`` events."""
+        ledger = Ledger(self.store, str(self.identity.peer_id))
+        summaries = await self.store.run(ledger.summaries)
+        failed = await self.store.run(self.store.execute, "SELECT count(*) FROM events WHERE kind = 'task.failed'")
+        settings = self.config.ledger
+        return compute_rewards(
+            summaries,
+            now_ms=int(time.time() * 1000),
+            available_since_ms=int(self.started_at * 1000),
+            failed_tasks=int(failed[0][0]),
+            thresholds=StallThresholds(settings.idle_warning_minutes, settings.unsettled_warning_minutes),
+        )
 
     async def events(self, since_id: int, limit: int) -> list[dict[str, Any]]:
         events = await self.store.run(lambda: self.store.events(since_id=since_id, limit=limit))

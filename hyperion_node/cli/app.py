@@ -12,22 +12,22 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable
+import time
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 
 from hyperion_node import __version__
 from hyperion_node.cli.client import ApiClient
+from hyperion_node.cli.common import cli_errors
+from hyperion_node.cli.common import print_json as _print_json
+from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.render import format_bytes, print_table
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
-from hyperion_node.errors import HyperionError, only_hyperion_error
+from hyperion_node.errors import NodeNotRunning, UserError
 from hyperion_node.logs import configure_logging
-
-P = ParamSpec("P")
-R = TypeVar("R")
 
 app = typer.Typer(
     name="hyperion-node",
@@ -38,6 +38,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(receipts_app, name="receipts")
+app.add_typer(ledger_app, name="ledger")
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="User config file (TOML) over the embedded defaults.")
@@ -54,26 +56,6 @@ LogFormatOpt = Annotated[str | None, typer.Option("--log-format", help="auto, co
 LogLevelOpt = Annotated[str | None, typer.Option("--log-level", help="debug, info, warning or error.")]
 
 
-def cli_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """One line and an exit code for every deliberate error; bugs keep their traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except HyperionError as exc:
-            typer.echo(f"hyperion-node: {exc.one_line()}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-        except BaseExceptionGroup as group:
-            ours = only_hyperion_error(group)
-            if ours is None:
-                raise
-            typer.echo(f"hyperion-node: {ours.one_line()}", err=True)
-            raise typer.Exit(ours.exit_code) from None
-
-    return wrapper
-
-
 def _config(config: Path | None, data_dir: Path | None, sets: list[str] | None = None,
             log_format: str | None = None, log_level: str | None = None) -> Config:
     extra = list(sets or [])
@@ -88,10 +70,6 @@ def _config(config: Path | None, data_dir: Path | None, sets: list[str] | None =
 
 def _client(config: Path | None, data_dir: Path | None) -> ApiClient:
     return ApiClient(DataDir(_config(config, data_dir).node.data_dir))
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 @app.callback(invoke_without_command=True)
@@ -142,7 +120,8 @@ def status(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt
     typer.echo(f"api        {data['addresses']['api']}")
     typer.echo(f"cpu        {hw['cpu']} ({hw['cpu_cores']} cores), RAM {format_bytes(hw['ram_total_bytes'])}")
     typer.echo(f"gpus       {', '.join(hw['gpus']) or hw['gpu_status']}")
-    typer.echo(f"peers      {data['peers_connected']} connected")
+    peers = data["peers"]
+    typer.echo(f"peers      {peers['live']} alive of {peers['known']} known, {peers['connected']} connected")
     for rt in data["runtimes"]:
         if rt["state"] != "ready":
             typer.echo(f"runtime    {rt['name']}: {rt['state']}: {rt['error']}")
@@ -153,35 +132,109 @@ def status(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt
         typer.echo(f"runtime    {rt['name']} {rt['version']}: {speed}; offers {items or 'nothing'}")
 
 
+PEER_SORTS = ("state", "score", "rtt", "name", "seen")
+
+
+def _peer_rows(data: list[dict[str, Any]], sort: str) -> list[list[str]]:
+    keys = {
+        "state": lambda p: (p["state"] != "alive", p["state"], p["name"]),
+        "score": lambda p: -p["score"],
+        "rtt": lambda p: p["rtt_ms"] if p["rtt_ms"] is not None else float("inf"),
+        "name": lambda p: p["name"] or p["peer_id"],
+        "seen": lambda p: p["last_seen_s_ago"],
+    }
+    rows = []
+    for p in sorted(data, key=keys[sort]):
+        telemetry = p["telemetry"] or {}
+        offers = ", ".join(o["item"] for o in p["offers"]) or "-"
+        rows.append([
+            p["name"] or "-", p["peer_id"][-12:], p["state"] + ("" if p["connected"] else " (via gossip)"),
+            "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.0f} ms", f"{p['last_seen_s_ago']:.0f} s",
+            str(telemetry.get("queue_depth", "-")), f"{p['score']:.1f}", offers,
+        ])
+    return rows
+
+
 @app.command()
 @cli_errors
-def peers(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
-    """Peers the running node knows, with their state."""
-    data = _client(config, data_dir).get("/api/peers")
+def peers(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    json_: JsonOpt = False,
+    sort: Annotated[str, typer.Option("--sort", help="state, score, rtt, name or seen.")] = "state",
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh every 2 s until Ctrl-C.")] = False,
+) -> None:
+    """Peers the running node knows: state, round-trip time, last seen, queue, score, offers."""
+    if sort not in PEER_SORTS:
+        raise UserError(f"--sort {sort!r} is not one of {', '.join(PEER_SORTS)}")
+    client = _client(config, data_dir)
+    while True:
+        data = client.get("/api/peers")
+        if json_:
+            _print_json(data)
+        elif not data:
+            typer.echo("no peers yet: add bootstrap peers (p2p.bootstrap) or start another node on this network")
+        else:
+            if watch:
+                typer.echo("\x1b[H\x1b[2J", nl=False)  # home + clear: redraw in place
+            print_table(["name", "peer id", "state", "rtt", "seen", "queue", "score", "offers"],
+                        _peer_rows(data, sort))
+        if not watch:
+            return
+        try:
+            time.sleep(2.0)
+        except KeyboardInterrupt:
+            return
+
+
+@app.command()
+@cli_errors
+def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
+    """Check this node's set-up and print the exact fix for each problem."""
+    from hyperion_node.cli.doctor import local_checks, print_checks
+
+    cfg = _config(config, data_dir)
+    checks = local_checks(cfg)
+    try:
+        checks += ApiClient(DataDir(cfg.node.data_dir)).get("/api/doctor")
+    except NodeNotRunning:
+        checks.append({"name": "running node", "ok": None, "fix": "start it with `hyperion-node start`",
+                       "detail": "not running: reachability, bootstrap membership and clock skew not checked"})
     if json_:
-        _print_json(data)
-        return
-    if not data:
-        typer.echo("no peers yet: add bootstrap peers (p2p.bootstrap) or start another node on this network")
-        return
-    print_table(["peer id", "state", "addresses"],
-                [[p["peer_id"], p["state"], " ".join(p["addrs"])] for p in data])
+        _print_json(checks)
+    else:
+        print_checks(checks)
+    if any(c["ok"] is False for c in checks):
+        raise typer.Exit(1)
 
 
 @app.command()
 @cli_errors
 def rewards(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt = False) -> None:
-    """What the node has earned, what is pending, and what is disputed."""
+    """What the node has earned (settled), what is pending and disputed, per runtime and period, and why."""
     data = _client(config, data_dir).get("/api/rewards")
     if json_:
         _print_json(data)
         return
-    cur = data["currency"]
-    typer.echo(f"earned    {data['earned']:.6f} {cur}")
-    typer.echo(f"pending   {data['pending']:.6f} {cur}")
-    typer.echo(f"disputed  {data['disputed']:.6f} {cur}")
-    typer.echo(f"tasks     {data['tasks']['completed']} completed, {data['tasks']['failed']} failed; "
-               f"{data['receipts']} receipts")
+    cur, exact, tasks = data["currency"], data["exact"], data["tasks"]
+    typer.echo(f"earned    {exact['earned']} {cur}  (settled: countersigned by the requester)")
+    typer.echo(f"pending   {exact['pending']} {cur}  (not countersigned yet)")
+    typer.echo(f"disputed  {exact['disputed']} {cur}  (rejected by a verifier)")
+    typer.echo(f"spent     {exact['spent']} {cur}  (work this node bought)")
+    typer.echo(f"tasks     {tasks['completed']} completed ({tasks['settled']} settled, {tasks['pending']} pending, "
+               f"{tasks['disputed']} disputed), {tasks['failed']} failed; {data['receipts']} receipts")
+    typer.echo("")
+    periods = data["periods"]
+    print_table(["period", "earned", "pending", "disputed", "tasks"],
+                [[name.replace("_", " "), f"{p['earned']:.6f}", f"{p['pending']:.6f}", f"{p['disputed']:.6f}",
+                  str(p["tasks"])] for name, p in periods.items()])
+    if data["runtimes"]:
+        typer.echo("")
+        print_table(["runtime", "tasks", "work", "earned", "pending", "disputed"],
+                    [[name, str(r["tasks"]), f"{r['units']} {r['unit']}", f"{r['earned']:.6f}",
+                      f"{r['pending']:.6f}", f"{r['disputed']:.6f}"] for name, r in data["runtimes"].items()])
+    for warning in data["warnings"]:
+        typer.echo(f"warning: {warning['message']}")
 
 
 @app.command("id")

@@ -50,6 +50,8 @@ class P2PSettings:
     tcp_port: int
     announce_addrs: tuple[str, ...]
     bootstrap: tuple[str, ...]
+    quic: bool = True
+    quic_port: int = 4001
     mdns: bool = True
     heartbeat_interval_s: float = 2.0
     suspect_after_s: float = 6.0
@@ -82,6 +84,20 @@ class HardwareSettings:
 
 
 @dataclass(frozen=True)
+class LedgerSettings:
+    epoch_receipts: int
+    epoch_minutes: float
+    idle_warning_minutes: float
+    unsettled_warning_minutes: float
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    auto: tuple[str, ...]
+    auto_credits_per_hour: float
+
+
+@dataclass(frozen=True)
 class Config:
     """The effective configuration of one node, with where each value came from."""
 
@@ -90,6 +106,8 @@ class Config:
     api: ApiSettings
     logging: LoggingSettings
     hardware: HardwareSettings
+    ledger: LedgerSettings
+    pricing: PricingSettings
     runtimes_disabled: tuple[str, ...]
     runtime_settings: Mapping[str, Mapping[str, Any]]
     values: Mapping[str, Any] = field(repr=False)  # flat "section.key" -> value
@@ -247,7 +265,7 @@ def _check(ok: bool, key: str, sources: Mapping[str, str], values: Mapping[str, 
 
 
 def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> Config:
-    for key in ("p2p.tcp_port", "api.port"):
+    for key in ("p2p.tcp_port", "p2p.quic_port", "api.port"):
         _check(0 <= values[key] <= 65535, key, sources, values, "a port from 0 to 65535 (0: any free port)")
     for key in ("logging.level", "logging.libp2p_level"):
         values[key] = values[key].lower()
@@ -265,6 +283,10 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
     _check(values["p2p.gossip_degree"] >= 3, "p2p.gossip_degree", sources, values, "an integer of at least 3")
     _check(values["p2p.max_connections"] >= 1, "p2p.max_connections", sources, values, "an integer of at least 1")
     _check(values["p2p.peer_cache_size"] >= 1, "p2p.peer_cache_size", sources, values, "an integer of at least 1")
+    _check(values["ledger.epoch_receipts"] >= 1, "ledger.epoch_receipts", sources, values, "an integer of at least 1")
+    for key in ("ledger.epoch_minutes", "ledger.idle_warning_minutes", "ledger.unsettled_warning_minutes",
+                "pricing.auto_credits_per_hour"):
+        _check(values[key] > 0, key, sources, values, "a number above 0")
     for key in ("p2p.bootstrap", "p2p.announce_addrs"):
         for addr in values[key]:
             _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
@@ -282,6 +304,8 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             tcp_port=values["p2p.tcp_port"],
             announce_addrs=tuple(values["p2p.announce_addrs"]),
             bootstrap=tuple(values["p2p.bootstrap"]),
+            quic=values["p2p.quic"],
+            quic_port=values["p2p.quic_port"],
             mdns=values["p2p.mdns"],
             heartbeat_interval_s=values["p2p.heartbeat_interval_s"],
             suspect_after_s=values["p2p.suspect_after_s"],
@@ -301,6 +325,15 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         hardware=HardwareSettings(
             telemetry_interval_s=values["hardware.telemetry_interval_s"],
             benchmark_on_start=values["hardware.benchmark_on_start"],
+        ),
+        ledger=LedgerSettings(
+            epoch_receipts=values["ledger.epoch_receipts"],
+            epoch_minutes=values["ledger.epoch_minutes"],
+            idle_warning_minutes=values["ledger.idle_warning_minutes"],
+            unsettled_warning_minutes=values["ledger.unsettled_warning_minutes"],
+        ),
+        pricing=PricingSettings(
+            auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]
         ),
         runtimes_disabled=tuple(values["runtimes.disabled"]),
         runtime_settings=runtime_settings,

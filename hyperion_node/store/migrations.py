@@ -33,4 +33,49 @@ MIGRATIONS: list[list[str]] = [
             score REAL NOT NULL DEFAULT 0
         )""",
     ],
+    # 2: the ledger (hyperion_node/ledger/chain.py): an append-only hash chain of receipts, status changes and
+    # epochs; the receipts' current status and the epochs as an index derived from it.
+    [
+        """CREATE TABLE ledger_entries (
+            position INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('receipt', 'settle', 'dispute', 'epoch')),
+            receipt_id BLOB,
+            data BLOB NOT NULL,
+            at_ms INTEGER NOT NULL,
+            prev_hash BLOB NOT NULL,
+            entry_hash BLOB NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX ledger_entries_one_receipt ON ledger_entries (receipt_id) WHERE kind = 'receipt'",
+        "CREATE INDEX ledger_entries_by_receipt ON ledger_entries (receipt_id, kind)",
+        """CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries
+           BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
+        """CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries
+           BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END""",
+        """CREATE TABLE ledger_receipts (
+            receipt_id BLOB PRIMARY KEY,
+            position INTEGER NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('pending', 'settled', 'disputed')),
+            status_position INTEGER NOT NULL,
+            role TEXT NOT NULL,
+            worker TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            runtime TEXT NOT NULL,
+            unit TEXT NOT NULL,
+            units INTEGER NOT NULL,
+            total TEXT NOT NULL,
+            finished_at_ms INTEGER NOT NULL,
+            recorded_at_ms INTEGER NOT NULL,
+            epoch INTEGER
+        )""",
+        "CREATE INDEX ledger_receipts_position ON ledger_receipts (position)",
+        """CREATE TABLE ledger_epochs (
+            number INTEGER PRIMARY KEY,
+            position INTEGER NOT NULL,
+            first_position INTEGER NOT NULL,
+            last_position INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            root BLOB NOT NULL,
+            closed_at_ms INTEGER NOT NULL
+        )""",
+    ],
 ]

@@ -1,0 +1,150 @@
+"""A per-peer reputation view built from what the network gossips: settled receipts, disputes, epoch roots,
+plus the failures this node saw itself. Pure: no I/O, time passed in. The scheduler reads
+:meth:`ReputationView.reliability` as its reliability criterion.
+
+Reliability is the expected value of a Beta reputation (Jøsang & Ismail, "The Beta Reputation System",
+2002): with ``r`` good outcomes and ``s`` bad ones, ``(r + 1) / (r + s + 2)``. A peer never seen scores 0.5,
+one good task moves it only a little, and the score needs many outcomes to approach 0 or 1. Good outcomes
+are settled receipts; bad ones are failures (weight 1) and disputes (weight ``DISPUTE_WEIGHT``: a dispute is
+evidence of a wrong result, not of bad luck).
+
+Replays: a receipt id is accepted once. Ids are remembered for ``window_ms`` after the work finished; a
+receipt older than that is refused as stale rather than risk taking a replay, so memory is bounded by the
+gossip rate times the window, and by ``capacity`` in any case (evicting early raises the stale floor, so an
+evicted id still cannot come back).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from hyperion_node.ledger.dispute import Dispute, verify_dispute
+from hyperion_node.ledger.epochs import SignedEpoch, verify_epoch
+from hyperion_node.ledger.exceptions import Malformed, Replayed, Stale
+from hyperion_node.ledger.receipt import SignedReceipt, verify_receipt
+from hyperion_node.ledger.signing import PeerKeys
+
+DISPUTE_WEIGHT = 5.0
+DAY_MS = 86_400_000
+# Clocks of honest peers drift by seconds (NTP); five minutes is generous and still refuses receipts
+# post-dated to outlive the replay window.
+MAX_CLOCK_SKEW_MS = 5 * 60_000
+
+
+@dataclass(frozen=True)
+class PeerReputation:
+    completed: int = 0
+    failed: int = 0
+    disputed: int = 0
+    volume: int = 0  # atto-credits of settled work done
+    last_seen_ms: int = 0
+
+    @property
+    def reliability(self) -> float:
+        good = self.completed
+        bad = self.failed + DISPUTE_WEIGHT * self.disputed
+        return (good + 1.0) / (good + bad + 2.0)
+
+
+class ReplayGuard:
+    """Ids seen within the window; refuses duplicates and anything too old to tell apart from a replay."""
+
+    def __init__(self, *, window_ms: int = DAY_MS, capacity: int = 200_000) -> None:
+        self._window_ms = window_ms
+        self._capacity = capacity
+        self._seen: set[bytes] = set()
+        self._by_time: list[tuple[int, bytes]] = []
+        self._floor_ms = 0  # raised when ids are evicted for capacity before their window ran out
+
+    def check(self, key: bytes, at_ms: int, now_ms: int) -> None:
+        """Remember ``key`` (of a record made at ``at_ms``) or raise Replayed / Stale / Malformed."""
+        self._expire(now_ms)
+        if key in self._seen:
+            raise Replayed(f"{key.hex()} was already seen")
+        if at_ms > now_ms + MAX_CLOCK_SKEW_MS:
+            raise Malformed(f"{key.hex()} is dated {at_ms - now_ms} ms in the future")
+        if at_ms <= max(self._floor_ms, now_ms - self._window_ms):
+            raise Stale(f"{key.hex()} is older than the replay window")
+        self._seen.add(key)
+        heapq.heappush(self._by_time, (at_ms, key))
+        while len(self._seen) > self._capacity:
+            at, old = heapq.heappop(self._by_time)
+            self._seen.discard(old)
+            self._floor_ms = max(self._floor_ms, at)
+
+    def _expire(self, now_ms: int) -> None:
+        while self._by_time and self._by_time[0][0] <= now_ms - self._window_ms:
+            self._seen.discard(heapq.heappop(self._by_time)[1])
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class ReputationView:
+    """Reputation per peer ID, from verified gossip and local observations. Bounded to ``max_peers``,
+    the least recently seen forgotten first."""
+
+    def __init__(self, *, keys: PeerKeys | None = None, window_ms: int = DAY_MS, capacity: int = 200_000,
+                 max_peers: int = 10_000) -> None:
+        self._keys = keys or PeerKeys()
+        self._receipts = ReplayGuard(window_ms=window_ms, capacity=capacity)
+        self._disputes = ReplayGuard(window_ms=window_ms, capacity=capacity)
+        self._epochs: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (signer, number) -> root
+        self._max_peers = max_peers
+        self._peers: OrderedDict[str, PeerReputation] = OrderedDict()
+
+    def _update(self, peer_id: str, now_ms: int, *, completed: int = 0, failed: int = 0, disputed: int = 0,
+                volume: int = 0) -> None:
+        old = self._peers.pop(peer_id, PeerReputation())
+        self._peers[peer_id] = PeerReputation(old.completed + completed, old.failed + failed,
+                                              old.disputed + disputed, old.volume + volume, now_ms)
+        while len(self._peers) > self._max_peers:
+            self._peers.popitem(last=False)
+
+    def observe_settled(self, signed: SignedReceipt, now_ms: int) -> None:
+        """A settled receipt from gossip: verify both signatures, refuse replays, credit the worker."""
+        verify_receipt(signed, self._keys, require_countersignature=True)
+        receipt = signed.receipt
+        if receipt.worker == receipt.requester:
+            raise Malformed("a receipt for work a peer did for itself earns no reputation", peer_id=receipt.worker)
+        self._receipts.check(signed.id, receipt.finished_at_ms, now_ms)
+        self._update(receipt.worker, now_ms, completed=1, volume=receipt.total)
+
+    def observe_dispute(self, dispute: Dispute, now_ms: int) -> None:
+        """A verifier's signed dispute: counted once per (receipt, verifier) against the worker."""
+        verify_dispute(dispute, self._keys)
+        key = dispute.receipt_id + dispute.verifier.encode()
+        self._disputes.check(key, dispute.at_ms, now_ms)
+        self._update(dispute.worker, now_ms, disputed=1)
+
+    def observe_failure(self, peer_id: str, now_ms: int) -> None:
+        """A task this node dispatched to ``peer_id`` failed or timed out (the orchestrator reports it)."""
+        self._update(peer_id, now_ms, failed=1)
+
+    def observe_epoch(self, epoch: SignedEpoch, now_ms: int) -> None:
+        """An epoch root from gossip. The same epoch twice is a replay; the same number with another root
+        is a peer signing two histories, counted as a dispute against it."""
+        verify_epoch(epoch, self._keys)
+        key = (epoch.header.signer, epoch.header.number)
+        known = self._epochs.get(key)
+        if known == epoch.header.root:
+            raise Replayed(f"epoch {epoch.header.number} of {epoch.header.signer} was already seen")
+        if known is not None:
+            self._update(epoch.header.signer, now_ms, disputed=1)
+            raise Malformed(f"{epoch.header.signer} signed two different roots for epoch {epoch.header.number}",
+                            peer_id=epoch.header.signer)
+        self._epochs[key] = epoch.header.root
+        while len(self._epochs) > self._max_peers * 4:
+            self._epochs.popitem(last=False)
+        self._update(epoch.header.signer, now_ms)
+
+    def get(self, peer_id: str) -> PeerReputation:
+        return self._peers.get(peer_id, PeerReputation())
+
+    def reliability(self, peer_id: str) -> float:
+        return self.get(peer_id).reliability
+
+    def snapshot(self) -> dict[str, PeerReputation]:
+        return dict(self._peers)

@@ -1,0 +1,120 @@
+"""The per-peer reputation view: what counts, what is refused (replays, stale, forged), and the score."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from hyperion_node.ledger.dispute import sign_dispute
+from hyperion_node.ledger.epochs import EpochHeader, sign_epoch
+from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature, Malformed, Replayed, Stale
+from hyperion_node.ledger.receipt import countersign
+from hyperion_node.ledger.reputation import DAY_MS, PeerReputation, ReplayGuard, ReputationView
+from hyperion_node.testing.receipts import ReceiptFactory, new_identity
+
+NOW = 1_700_000_100_000  # a little after ReceiptFactory's receipts finished
+
+
+def test_settled_receipts_count_for_the_worker(factory: ReceiptFactory) -> None:
+    view = ReputationView()
+    receipts = [countersign(factory.signed(), factory.requester) for _ in range(3)]
+    for signed in receipts:
+        view.observe_settled(signed, NOW)
+    worker = view.get(str(factory.worker.peer_id))
+    assert (worker.completed, worker.failed, worker.disputed) == (3, 0, 0)
+    assert worker.volume == sum(s.receipt.total for s in receipts)
+    assert view.get(str(factory.requester.peer_id)) == PeerReputation()
+
+
+def test_a_replayed_receipt_is_rejected_and_not_counted_twice(factory: ReceiptFactory) -> None:
+    view = ReputationView()
+    signed = countersign(factory.signed(), factory.requester)
+    view.observe_settled(signed, NOW)
+    with pytest.raises(Replayed):
+        view.observe_settled(signed, NOW + 1000)
+    assert view.get(signed.receipt.worker).completed == 1
+
+
+def test_unsettled_forged_and_self_dealt_receipts_are_rejected(factory: ReceiptFactory) -> None:
+    view = ReputationView()
+    with pytest.raises(BadCountersignature, match="not countersigned"):
+        view.observe_settled(factory.signed(), NOW)
+    forged = dataclasses.replace(countersign(factory.signed(), factory.requester), signature=bytes(64))
+    with pytest.raises(BadSignature):
+        view.observe_settled(forged, NOW)
+    sybil = new_identity()
+    with pytest.raises(Malformed, match="for itself"):
+        view.observe_settled(countersign(factory.signed(worker=sybil, requester=sybil), sybil), NOW)
+    assert view.snapshot() == {}
+
+
+def test_old_and_future_receipts_are_refused() -> None:
+    guard = ReplayGuard(window_ms=DAY_MS)
+    with pytest.raises(Stale):
+        guard.check(b"a", NOW - DAY_MS - 1, NOW)
+    with pytest.raises(Malformed, match="future"):
+        guard.check(b"b", NOW + 3_600_000, NOW)
+    guard.check(b"c", NOW, NOW)
+    assert len(guard) == 1
+
+
+def test_the_replay_guard_stays_bounded_and_never_forgets_into_a_replay() -> None:
+    guard = ReplayGuard(window_ms=DAY_MS, capacity=100)
+    for i in range(1000):
+        guard.check(i.to_bytes(4, "big"), NOW - 10_000 + i, NOW)
+        assert len(guard) <= 100
+    # An evicted id is older than everything remembered: it comes back as stale, never accepted again.
+    with pytest.raises(Stale):
+        guard.check((0).to_bytes(4, "big"), NOW - 10_000, NOW)
+    with pytest.raises(Replayed):
+        guard.check((999).to_bytes(4, "big"), NOW - 10_000 + 999, NOW)
+    # Once the window has passed, memory is released.
+    guard.check(b"late", NOW + 2 * DAY_MS, NOW + 2 * DAY_MS)
+    assert len(guard) == 1
+
+
+def test_disputes_and_failures_lower_reliability_disputes_most(factory: ReceiptFactory) -> None:
+    view = ReputationView()
+    honest, flaky, cheat = (str(new_identity().peer_id) for _ in range(3))
+    assert view.reliability(honest) == 0.5  # never seen: no evidence either way
+    for _ in range(5):  # five failures weigh less than two disputes (weight 5 each)
+        view.observe_failure(flaky, NOW)
+    view.observe_dispute(sign_dispute(b"\x01" * 32, cheat, "proof does not verify", NOW, factory.requester), NOW)
+    view.observe_dispute(sign_dispute(b"\x02" * 32, cheat, "proof does not verify", NOW, factory.requester), NOW)
+    signed = countersign(factory.signed(), factory.requester)
+    view.observe_settled(signed, NOW)
+    good = view.reliability(signed.receipt.worker)
+    assert 0.5 < good < 1.0
+    assert view.reliability(cheat) < view.reliability(flaky) < 0.5 < good
+    assert all(0.0 <= view.reliability(p) <= 1.0 for p in (honest, flaky, cheat))
+    # The same verifier's dispute of the same receipt counts once.
+    with pytest.raises(Replayed):
+        view.observe_dispute(sign_dispute(b"\x01" * 32, cheat, "again", NOW, factory.requester), NOW)
+    assert view.get(cheat).disputed == 2
+
+
+def test_epoch_roots_replayed_or_equivocating(factory: ReceiptFactory) -> None:
+    view = ReputationView()
+    header = EpochHeader(number=4, signer=str(factory.worker.peer_id), first_position=1, last_position=2, count=2,
+                         root=b"\x01" * 32, chain_head=bytes(32), closed_at_ms=NOW)
+    view.observe_epoch(sign_epoch(header, factory.worker), NOW)
+    with pytest.raises(Replayed):
+        view.observe_epoch(sign_epoch(header, factory.worker), NOW)
+    other_history = dataclasses.replace(header, root=b"\x02" * 32)
+    with pytest.raises(Malformed, match="two different roots"):
+        view.observe_epoch(sign_epoch(other_history, factory.worker), NOW)
+    assert view.get(header.signer).disputed == 1
+    forged = dataclasses.replace(sign_epoch(dataclasses.replace(header, number=5), factory.worker),
+                                 signature=bytes(64))
+    with pytest.raises(BadSignature):
+        view.observe_epoch(forged, NOW)
+
+
+def test_the_view_is_bounded_in_peers() -> None:
+    view = ReputationView(max_peers=10)
+    for i in range(50):
+        view.observe_failure(f"peer-{i}", NOW + i)
+    assert len(view.snapshot()) == 10
+    assert "peer-49" in view.snapshot()
+    assert "peer-0" not in view.snapshot()
