@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +70,7 @@ RECEIPTS_TOPIC = "/hyperion/receipts/1"
 DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
 MAX_RECEIPT_GOSSIP_BYTES = 64 * 1024
 PING_TIMEOUT_S = 2.0
+LATENCY_WINDOW_S = 60.0
 
 
 @dataclass
@@ -77,15 +78,33 @@ class P2PStats:
     """Counters an operator (and the tests) read through the API."""
 
     gossip_in: Counter[str] = field(default_factory=Counter)  # accepted, by topic
-    gossip_out: Counter[str] = field(default_factory=Counter)  # published, by topic
+    gossip_out: Counter[str] = field(default_factory=Counter)  # published by us, by topic
     rejected: Counter[str] = field(default_factory=Counter)  # "<where>:<reason>" -> count
+    # Everything gossipsub writes to peers (our messages, forwards, IHAVE/IWANT/GRAFT/PRUNE): the per-node
+    # cost that must stay bounded by the mesh degree as the network grows.
+    rpc_frames_out: int = 0
+    messages_out: int = 0  # published messages inside those frames, ours and forwarded
+    control_out: int = 0  # control entries inside those frames
+    # Publish-to-receive delay of heartbeats (sender's clock to ours): (local monotonic time, ms). Reported
+    # over the last LATENCY_WINDOW_S only, so start-up (messages held for peers not yet ready) fades out.
+    latencies_ms: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=5000))
 
     def reject(self, where: str, reason: str) -> None:
         self.rejected[f"{where}:{reason}"] += 1
 
     def to_json(self) -> dict[str, Any]:
+        since = time.monotonic() - LATENCY_WINDOW_S
+        lat = sorted(ms for at, ms in self.latencies_ms if at >= since)
+
+        def pct(q: float) -> float | None:
+            return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+
         return {"gossip_in": dict(self.gossip_in), "gossip_out": dict(self.gossip_out),
-                "rejected": dict(self.rejected), "rejected_total": sum(self.rejected.values())}
+                "rejected": dict(self.rejected), "rejected_total": sum(self.rejected.values()),
+                "rpc_frames_out": self.rpc_frames_out, "messages_out": self.messages_out,
+                "control_out": self.control_out,
+                "heartbeat_latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "n": len(lat),
+                                         "window_s": LATENCY_WINDOW_S}}
 
 
 @dataclass(frozen=True)
@@ -205,8 +224,11 @@ class P2PNetwork:
         for addr in self.host.get_transport_addrs():
             text = str(addr)
             if "/ip4/0.0.0.0/" in text or "/ip6/::/" in text:
-                port = int(addr.value_for_protocol("tcp"))
-                addrs += [str(a) for a in get_available_interfaces(port, "tcp")]
+                # get_available_interfaces gives /ip4/<interface>/tcp/<port>; reuse its host part for QUIC.
+                wildcard = "/ip4/0.0.0.0" if "/ip4/0.0.0.0/" in text else "/ip6/::"
+                rest = text[len(wildcard):]
+                for iface in get_available_interfaces(1, "tcp"):
+                    addrs.append(str(iface).rsplit("/tcp/", 1)[0] + rest)
             else:
                 addrs.append(text)
         return [f"{a}/p2p/{self.peer_id}" for a in dict.fromkeys(addrs)]
@@ -253,11 +275,19 @@ class P2PNetwork:
     def _validate_receipt_gossip(self, forwarder: ID, msg: Any) -> bool:
         """Receipts are validated in full by the ledger; here only what protects the mesh: size, signature."""
         origin = _origin(msg)
+        if origin and self.table.banned(origin):
+            self.stats.reject("receipts", "banned")
+            return False
         try:
-            open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES)
+            envelope, _ = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES)
         except MalformedMessage as exc:
             self.stats.reject("receipts", exc.reason)
             self.table.penalize(origin or str(forwarder), exc.reason)
+            return False
+        sender = str(envelope.peer_id)
+        if sender != self.peer_id and not self._limiter.allow(f"receipts/{sender}", trio.current_time()):
+            self.stats.reject("receipts", "rate_limited")
+            self.table.penalize(sender, "rate_limited")
             return False
         return True
 
@@ -267,13 +297,16 @@ class P2PNetwork:
         settings = self.settings
         proto = "ip6" if ":" in settings.listen_host else "ip4"
         listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
+        if settings.quic:
+            listen.append(multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/udp/{settings.quic_port}/quic-v1"))
         announce = [multiaddr.Multiaddr(a) for a in settings.announce_addrs] or None
         # libp2p's defaults aim at ~200 connections and dial every peer learned of; we keep a bounded set.
         most = settings.max_connections
         connections = ConnectionConfig(max_connections=most, high_watermark=most, low_watermark=most // 2,
                                        min_connections=most // 4)
         host = new_host(key_pair=self.identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
-                        announce_addrs=announce, enable_mDNS=settings.mdns, connection_config=connections)
+                        announce_addrs=announce, enable_mDNS=settings.mdns, connection_config=connections,
+                        enable_quic=settings.quic)
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
         dht.register_validator("hyperion", CapabilityValidator(self))
         degree = settings.gossip_degree
@@ -285,15 +318,17 @@ class P2PNetwork:
             spam_protection_enabled=False,
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        self._count_sends(pubsub)
         events_in: trio.MemoryReceiveChannel[PresenceEvent]
         self._events_out, events_in = trio.open_memory_channel(1000)
         try:
             async with host.run(listen_addrs=listen):
-                if not host.get_transport_addrs():
-                    raise EnvironmentProblem(
-                        f"the P2P host could not listen on {listen[0]}",
-                        hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
-                    )
+                bound = [str(a) for a in host.get_transport_addrs()]
+                for wanted, key in zip(listen, ("p2p.tcp_port", "p2p.quic_port"), strict=False):
+                    transport = "/quic-v1" if "quic" in str(wanted) else "/tcp/"
+                    if not any(transport in a for a in bound):
+                        raise EnvironmentProblem(f"the P2P host could not listen on {wanted}",
+                                                 hint=f"is the port in use? set {key} (0 picks a free one)")
                 host.get_network().register_notifee(_ConnectionEvents(self))
                 async with background_trio_service(pubsub), background_trio_service(gossipsub), \
                         background_trio_service(dht):
@@ -323,6 +358,23 @@ class P2PNetwork:
             self.host = self.dht = self.pubsub = None
             self._events_out = None
 
+    def _count_sends(self, pubsub: Pubsub) -> None:
+        """py-libp2p keeps no send counters; every gossipsub send goes through ``Pubsub.write_msg``, so wrap
+        it on our own instance to count frames, messages and control entries."""
+        write_msg = pubsub.write_msg
+        stats = self.stats
+
+        async def counted(stream: INetStream, rpc: Any) -> bool:
+            stats.rpc_frames_out += 1
+            stats.messages_out += len(rpc.publish)
+            if rpc.HasField("control"):
+                control = rpc.control
+                stats.control_out += (len(control.ihave) + len(control.iwant) + len(control.graft)
+                                      + len(control.prune))
+            return await write_msg(stream, rpc)
+
+        pubsub.write_msg = counted  # type: ignore[method-assign,assignment]
+
     # -- tasks -------------------------------------------------------------------------------------------
 
     async def _persist_events(self, events: trio.MemoryReceiveChannel[PresenceEvent]) -> None:
@@ -345,6 +397,7 @@ class P2PNetwork:
             if hb.peer_id == self.peer_id:
                 continue
             self.stats.gossip_in[PRESENCE_TOPIC] += 1
+            self.stats.latencies_ms.append((time.monotonic(), max(0.0, (time.time() - hb.time) * 1000)))
             self._emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
 
     def _heartbeat(self, health: str) -> Heartbeat:
@@ -566,7 +619,9 @@ class P2PNetwork:
         """Ask a connected peer to dial our addresses (used by `doctor`)."""
         with trio.fail_after(self.settings.dial_timeout_s * 3):
             stream = await self.host.new_stream(ID.from_base58(peer_id), [DIALBACK_PROTOCOL])
-            addrs = tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs())
+            # TCP only: a probe can open a TCP connection and close it, but an unanswered QUIC (UDP) packet
+            # proves nothing either way. `doctor` says QUIC is not checked.
+            addrs = tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs() if "/tcp/" in a)
             await stream.write(encode_frame(DialbackRequest(addrs).seal(self.identity)))
             data = await _read_frame(stream, MAX_DIALBACK_BYTES)
             await stream.close()

@@ -111,9 +111,12 @@ class PeerTable:
 
     def _entry(self, peer_id: str, now: float, source: str, events: list[PresenceEvent]) -> PeerEntry:
         entry = self.peers.get(peer_id)
-        if entry is None:
-            entry = PeerEntry(peer_id=peer_id, first_seen=now, last_seen=now)
-            self.peers[peer_id] = entry
+        if entry is None or not entry.sources:  # unknown, or known only from its offences so far
+            if entry is None:
+                entry = PeerEntry(peer_id=peer_id, first_seen=now, last_seen=now)
+                self.peers[peer_id] = entry
+            entry.first_seen = entry.last_seen = now
+            entry.state = PeerState.ALIVE
             events.append(PresenceEvent(peer_id, "joined", now, {"via": source}))
         entry.sources.add(source)
         return entry

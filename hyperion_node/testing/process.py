@@ -61,24 +61,33 @@ class NodeProcess:
     proc: subprocess.Popen[bytes] | None = None
     api_url: str = ""
     ready_seconds: float = 0.0
+    quiet: bool = False  # discard stdout (benchmarks with many nodes never read it)
 
     def command(self) -> list[str]:
         args = [hyperion_executable(), "start", "--data-dir", str(self.data_dir), "--log-format", "json",
-                "--set", "api.port=0", "--set", "p2p.tcp_port=0", "--set", 'p2p.listen_host="127.0.0.1"']
+                "--set", "api.port=0", "--set", "p2p.tcp_port=0", "--set", "p2p.quic_port=0",
+                "--set", 'p2p.listen_host="127.0.0.1"']
         for item in self.sets:
             args += ["--set", item]
         return args
 
     def start(self, *, timeout: float = 120.0) -> NodeProcess:
         """Start and wait until the node answers on its API."""
+        self.launch()
+        self.wait_ready(timeout=timeout)
+        return self
+
+    def launch(self) -> NodeProcess:
+        """Start the process without waiting (to start many at once); then call ``wait_ready``."""
         env = {**os.environ, **self.env}
         env.pop("HYPERION_DATA_DIR", None)
+        for name in [n for n in env if n.startswith("HYPERION_P2P__")]:
+            env.pop(name)  # a developer's shell settings must not leak into test networks
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._stderr = open(self.data_dir / "test-stderr.log", "wb")
-        started = time.monotonic()
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=self._stderr, env=env)
-        self.wait_ready(timeout=timeout)
-        self.ready_seconds = time.monotonic() - started
+        self._stderr = open(self.data_dir / "test-stderr.log", "wb")  # closed in wait()
+        self._launched = time.monotonic()
+        stdout = subprocess.DEVNULL if self.quiet else subprocess.PIPE
+        self.proc = subprocess.Popen(self.command(), stdout=stdout, stderr=self._stderr, env=env)
         return self
 
     def wait_ready(self, *, timeout: float) -> None:
@@ -94,6 +103,7 @@ class NodeProcess:
                     if info.get("pid") == self.proc.pid:
                         httpx.get(info["url"] + "/api/health", timeout=2.0).raise_for_status()
                         self.api_url = info["url"]
+                        self.ready_seconds = time.monotonic() - self._launched
                         return
                 except (ValueError, httpx.HTTPError):
                     pass  # written but not yet answering: poll again
@@ -142,8 +152,8 @@ class NodeProcess:
         return str(self.get("/api/status")["peer_id"])
 
     def p2p_addr(self) -> str:
-        """A dialable multiaddr of this node, with /p2p/<peer ID>."""
-        return str(self.get("/api/p2p")["addrs"][0])
+        """This node's TCP multiaddr, with /p2p/<peer ID> (TCP: the transport every peer has)."""
+        return str(next(a for a in self.get("/api/p2p")["addrs"] if "/tcp/" in a))
 
     def live_peers(self) -> set[str]:
         """Peers this node's table says are alive (heartbeats arriving)."""

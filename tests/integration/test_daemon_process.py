@@ -30,7 +30,9 @@ def test_start_status_stop_restart(tmp_path: Path) -> None:
         assert status["addresses"]["api"] == node.api_url
         p2p = status["addresses"]["p2p"]
         assert p2p
-        assert all(a.startswith("/ip4/127.0.0.1/tcp/") and "/tcp/0/" not in a for a in p2p)
+        assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in p2p)
+        assert any(a.startswith("/ip4/127.0.0.1/udp/") and "/quic-v1/" in a for a in p2p)
+        assert not any("/tcp/0/" in a or "/udp/0/" in a for a in p2p), "port 0 is resolved before readiness"
         assert all(a.endswith("/p2p/" + status["peer_id"]) for a in p2p)
         inference = next(r for r in status["runtimes"] if r["name"] == "inference")
         assert inference["state"] == "ready"
@@ -114,7 +116,8 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     try:
         port = a.api_url.rsplit(":", 1)[1]
         result = cli("start", "--data-dir", str(tmp_path / "b"), "--set", f"api.port={port}",
-                     "--set", "p2p.tcp_port=0", "--set", "hardware.benchmark_on_start=false")
+                     "--set", "p2p.tcp_port=0", "--set", "p2p.quic_port=0",
+                     "--set", "hardware.benchmark_on_start=false")
         assert result.returncode == 1
         assert f"port {port}" in result.stderr
         assert "api.port" in result.stderr

@@ -24,7 +24,7 @@ FAST = [
     "p2p.dead_after_s=4.0",
     "hardware.benchmark_on_start=false",
 ]
-NO_MODEL = [*FAST, 'runtimes.disabled=["inference"]']
+NO_MODEL = [*FAST, 'runtimes.disabled=["inference", "zk-groth16"]']
 MODEL = ("inference", "gemma-3-270m-q4_k_m")
 
 
@@ -73,7 +73,9 @@ def test_provider_found_by_a_node_that_never_connected_to_it(tmp_path: Path, nod
                        what="the asker finds a provider of the model")
     assert [r["peer_id"] for r in found] == [worker_id]
     offer = found[0]["offers"][0]
-    assert offer["item"] == MODEL[1] and offer["unit"] == "token" and offer["capacity"] >= 1
+    assert offer["item"] == MODEL[1]
+    assert offer["unit"] == "token"
+    assert offer["capacity"] >= 1
     assert found[0]["addrs"], "the signed record carries the worker's addresses"
 
 
@@ -102,7 +104,8 @@ def test_sigkill_is_detected_and_restart_rejoins_from_the_peer_cache(tmp_path: P
                what="the restarted node reaches its cached peer")
     wait_until(lambda: a.peer_state(victim_id) == "alive", timeout=30, what="its peer sees it alive again")
     kinds = [e["kind"] for e in a.get("/api/events") if e["data"].get("peer_id") == victim_id]
-    assert "peer.dead" in kinds and "peer.rejoined" in kinds
+    assert "peer.dead" in kinds
+    assert "peer.rejoined" in kinds
 
 
 def test_graceful_stop_is_seen_as_left_at_once(tmp_path: Path, nodes: list[NodeProcess]) -> None:
@@ -113,3 +116,29 @@ def test_graceful_stop_is_seen_as_left_at_once(tmp_path: Path, nodes: list[NodeP
     assert other.stop() == 0
     # Well before dead_after_s (60 s): the leaving heartbeat says so.
     wait_until(lambda: seed.peer_state(other_id) == "left", timeout=10, what="other marked left")
+
+
+def test_doctor_asks_a_peer_to_dial_back(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "seed", NO_MODEL)
+    node = start(nodes, tmp_path / "node", NO_MODEL, [seed.p2p_addr()])
+    wait_until(lambda: seed.peer_id in node.live_peers(), timeout=30, what="connected to the seed")
+    checks = {c["name"]: c for c in node.get("/api/doctor")}
+    reach = checks["reachable from peers"]
+    assert reach["ok"] is True, reach
+    assert node.p2p_addr().rsplit("/p2p/", 1)[0] in reach["detail"]
+    assert checks[f"bootstrap {seed.peer_id[-8:]}"]["ok"] is True
+    assert checks["clock skew"]["ok"] is True
+    # Listening on loopback only is reported with the key that fixes it.
+    assert checks["listen addresses"]["ok"] is False
+    assert "p2p.listen_host" in checks["listen addresses"]["fix"]
+
+
+def test_a_node_joins_over_quic(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    seed = start(nodes, tmp_path / "seed", NO_MODEL)
+    addrs = seed.get("/api/p2p")["addrs"]
+    quic = next(a for a in addrs if "/udp/" in a and "/quic-v1/" in a)
+    assert any("/tcp/" in a for a in addrs), "TCP and QUIC listen side by side"
+    # The joiner's only bootstrap address is the seed's QUIC one.
+    joiner = start(nodes, tmp_path / "joiner", [*NO_MODEL, "p2p.tcp_port=0"], [quic])
+    wait_until(lambda: seed.peer_id in joiner.live_peers() and joiner.peer_id in seed.live_peers(),
+               timeout=30, what="seed and joiner see each other over QUIC")

@@ -132,3 +132,25 @@ def test_unknown_command_is_a_usage_error(runner: CliRunner) -> None:
     result = runner.invoke(app, ["frobnicate"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+def test_doctor_without_daemon_runs_local_checks_and_says_what_it_could_not_check(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    dd = DataDir(tmp_path / "n")
+    dd.ensure()
+    load_identity(dd, create=True)
+    (dd.token_path).write_text("t")
+    dd.token_path.chmod(0o644)  # a token others can read: the doctor must say how to fix it
+    result = runner.invoke(app, ["doctor", "--data-dir", str(dd.root)])
+    assert result.exit_code == 1, result.output
+    assert "FAIL  api.token: mode 0644" in result.output
+    assert f"fix: chmod 600 {dd.token_path}" in result.output
+    assert "ok    identity.key: mode 0600" in result.output
+    assert "running node: not running" in result.output
+
+
+def test_peers_rejects_an_unknown_sort(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["peers", "--sort", "age", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "state, score, rtt, name, seen" in one_line_error(result.output)

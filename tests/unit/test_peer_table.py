@@ -1,0 +1,105 @@
+"""PeerTable state transitions, driven by explicit times (the daemon feeds trio's clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat
+from hyperion_node.p2p.peer_table import BAN_SCORE, PeerState, PeerTable
+
+
+def hb(peer: str, seq: int, health: str = "ok") -> Heartbeat:
+    return Heartbeat(peer_id=peer, seq=seq, time=1000.0 + seq, name=f"n-{peer}", addrs=("/ip4/127.0.0.1/tcp/1",),
+                     health=health, queue_depth=seq, active_tasks=0, ram_available_bytes=1)
+
+
+def kinds(events: list) -> list[str]:  # type: ignore[type-arg]
+    return [e.kind for e in events]
+
+
+@pytest.fixture
+def table() -> PeerTable:
+    return PeerTable("me", suspect_after=6.0, dead_after=15.0)
+
+
+def test_heartbeats_drive_alive_suspect_dead_rejoined(table: PeerTable) -> None:
+    assert kinds(table.heartbeat(hb("a", 1), 0.0, wall_now=1000.0)) == ["joined"]
+    assert table.get("a").state is PeerState.ALIVE  # type: ignore[union-attr]
+    assert table.tick(5.9) == []
+    assert kinds(table.tick(6.0)) == ["suspect"]
+    assert kinds(table.tick(10.0)) == []  # no repeated events
+    assert kinds(table.tick(15.0)) == ["dead"]
+    assert kinds(table.tick(100.0)) == []
+    assert kinds(table.heartbeat(hb("a", 2), 101.0, wall_now=1000.0)) == ["rejoined"]
+    assert table.get("a").state is PeerState.ALIVE  # type: ignore[union-attr]
+
+
+def test_suspect_recovers_to_alive(table: PeerTable) -> None:
+    table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
+    table.tick(7.0)
+    assert kinds(table.heartbeat(hb("a", 2), 7.5, wall_now=0.0)) == ["alive"]
+
+
+def test_draining_and_leaving_come_from_the_peer(table: PeerTable) -> None:
+    table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
+    assert kinds(table.heartbeat(hb("a", 2, "draining"), 1.0, wall_now=0.0)) == ["draining"]
+    assert [p.peer_id for p in table.live_peers()] == ["a"]  # draining peers still finish their work
+    assert kinds(table.heartbeat(hb("a", 3, "leaving"), 2.0, wall_now=0.0)) == ["left"]
+    assert table.live_peers() == []
+    assert table.tick(100.0) == []  # a peer that left is not declared dead later
+
+
+def test_late_heartbeats_do_not_roll_state_back(table: PeerTable) -> None:
+    table.heartbeat(hb("a", 5, "draining"), 0.0, wall_now=0.0)
+    assert table.heartbeat(hb("a", 4), 1.0, wall_now=0.0) == []
+    assert table.get("a").state is PeerState.DRAINING  # type: ignore[union-attr]
+
+
+def test_own_messages_are_ignored(table: PeerTable) -> None:
+    assert table.heartbeat(hb("me", 1), 0.0, wall_now=0.0) == []
+    assert table.saw("me", 0.0, source="mdns") == []
+    assert table.peers == {}
+
+
+def test_clock_skew_is_measured(table: PeerTable) -> None:
+    table.heartbeat(hb("a", 1), 0.0, wall_now=1003.5)  # they say 1001.0
+    assert table.get("a").clock_skew_s == -2.5  # type: ignore[union-attr]
+
+
+def test_sightings_without_heartbeats_never_revive_the_dead(table: PeerTable) -> None:
+    table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
+    table.tick(20.0)
+    assert table.saw("a", 21.0, source="connection") == []
+    assert table.get("a").state is PeerState.DEAD  # type: ignore[union-attr]
+
+
+def test_penalties_accumulate_to_a_ban(table: PeerTable) -> None:
+    for _ in range(4):
+        table.penalize("rogue", "bad_signature")
+    assert not table.banned("rogue")
+    table.penalize("rogue", "bad_signature")
+    assert table.get("rogue").score <= BAN_SCORE  # type: ignore[union-attr]
+    assert table.banned("rogue")
+    assert table.get("rogue").offences == {"bad_signature": 5}  # type: ignore[union-attr]
+
+
+def test_capability_keeps_the_newest_record(table: PeerTable) -> None:
+    def rec(seq: int) -> CapabilityRecord:
+        return CapabilityRecord(peer_id="a", seq=seq, expires_at=1.0, name="a", addrs=(), hardware={}, offers=())
+
+    assert kinds(table.capability(rec(2), 0.0)) == ["joined"]
+    table.capability(rec(1), 1.0)
+    assert table.get("a").capability.seq == 2  # type: ignore[union-attr]
+    table.capability(rec(3), 2.0)
+    assert table.get("a").capability.seq == 3  # type: ignore[union-attr]
+
+
+def test_thresholds_must_be_ordered() -> None:
+    with pytest.raises(ValueError, match="suspect_after"):
+        PeerTable("me", suspect_after=10.0, dead_after=5.0)
+
+
+def test_a_peer_first_known_for_an_offence_still_joins(table: PeerTable) -> None:
+    table.penalize("a", "oversized")
+    assert kinds(table.heartbeat(hb("a", 1), 3.0, wall_now=0.0)) == ["joined"]
+    assert table.get("a").score < 0  # type: ignore[union-attr]  # the offence is not forgotten
