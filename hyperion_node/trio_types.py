@@ -5,11 +5,22 @@ and lacks ``trio.TaskStatus``. The protocol is the same object at run time. Drop
 trio-typing leaves libp2p's dependencies.
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from trio_typing import TaskStatus
 else:
     from trio import TaskStatus
 
-__all__ = ["TaskStatus"]
+__all__ = ["TaskStatus", "run_sync_abandoning"]
+
+
+async def run_sync_abandoning(fn: Callable[[], T]) -> T:
+    """``trio.to_thread.run_sync(fn, abandon_on_cancel=True)``: for blocking calls whose result no one needs
+    once the caller is cancelled (the stubs predate the keyword)."""
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)  # type: ignore[call-arg]

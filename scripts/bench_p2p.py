@@ -34,7 +34,7 @@ from hyperion_node.testing.process import NodeProcess, wait_until
 MODEL = "inference/gemma-3-270m-q4_k_m"
 PROVIDERS = 3
 WINDOW_HEARTBEATS = 10  # heartbeat intervals over which per-node send rates are measured
-HEARTBEAT_S = 2.0
+HEARTBEAT_S = 5.0  # the default
 
 
 def pct(values: list[float], q: float) -> float:
@@ -82,7 +82,7 @@ def run_size(n: int, root: Path, lookups: int) -> dict[str, Any]:
         p50s = [s["heartbeat_latency_ms"]["p50"] for s in after if s["heartbeat_latency_ms"]["n"]]
         p95s = [s["heartbeat_latency_ms"]["p95"] for s in after if s["heartbeat_latency_ms"]["n"]]
 
-        lookup_ms, health_ms = [], []
+        lookup_ms, health_ms, found_some = [], [], 0
         askers = [node for node in nodes[PROVIDERS + 1 :]] or [seed]
         with httpx.Client(timeout=30) as client:  # one client: a new one per call costs ~35 ms of set-up
             for i in range(lookups):
@@ -94,12 +94,12 @@ def run_size(n: int, root: Path, lookups: int) -> dict[str, Any]:
                 started = time.perf_counter()
                 found = client.get(f"{asker.api_url}/api/providers/{MODEL}", headers=headers).json()
                 lookup_ms.append((time.perf_counter() - started) * 1000)
-                if len(found) < 1:
-                    raise AssertionError(f"lookup {i} from {asker.data_dir.name} found no provider")
+                found_some += bool(found)
         rss = [psutil.Process(node.proc.pid).memory_info().rss / 2**20 for node in nodes if node.proc]
         return {
             "n": n, "converged_s": converged, "gossip_p50_ms": statistics.median(p50s),
             "gossip_p95_ms": statistics.median(p95s), "gossip_p95_worst_node_ms": max(p95s),
+            "lookups_found": f"{found_some}/{lookups}",
             "lookup_p50_ms": pct(lookup_ms, 0.5), "lookup_p95_ms": pct(lookup_ms, 0.95),
             "health_p50_ms": pct(health_ms, 0.5), **{f"{k}_per_heartbeat": v for k, v in per_hb.items()},
             "messages_out_per_message": per_hb["messages_out"] / n,
@@ -128,7 +128,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['n']} | {r['converged_s']:.1f} | {r['gossip_p50_ms']:.1f} / {r['gossip_p95_ms']:.1f} | "
-              f"{r['lookup_p50_ms']:.1f} / {r['lookup_p95_ms']:.1f} ({r['health_p50_ms']:.1f}) | "
+              f"{r['lookup_p50_ms']:.1f} / {r['lookup_p95_ms']:.1f} "
+              f"({r['health_p50_ms']:.1f}; found {r['lookups_found']}) | "
               f"{r['rpc_frames_out_per_heartbeat']:.1f} / {r['messages_out_per_heartbeat']:.1f} / "
               f"{r['control_out_per_heartbeat']:.1f} | {r['messages_out_per_message']:.2f} | "
               f"{r['rss_mib_median']:.0f} ({r['rss_mib_max']:.0f}) |")

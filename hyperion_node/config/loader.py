@@ -53,9 +53,9 @@ class P2PSettings:
     quic: bool = True
     quic_port: int = 4001
     mdns: bool = True
-    heartbeat_interval_s: float = 2.0
-    suspect_after_s: float = 6.0
-    dead_after_s: float = 15.0
+    heartbeat_interval_s: float = 5.0
+    suspect_after_s: float = 15.0
+    dead_after_s: float = 30.0
     record_ttl_s: float = 600.0
     gossip_degree: int = 6
     gossip_rate_per_peer: float = 5.0

@@ -29,6 +29,7 @@ import trio
 from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.custom_types import TProtocol
+from libp2p.discovery.mdns.mdns import create_mdns_discovery
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
@@ -61,7 +62,7 @@ from hyperion_node.p2p.messages import (
 )
 from hyperion_node.p2p.peer_table import PeerTable, PresenceEvent
 from hyperion_node.store import Store
-from hyperion_node.trio_types import TaskStatus
+from hyperion_node.trio_types import TaskStatus, run_sync_abandoning
 
 log = structlog.get_logger(__name__)
 
@@ -305,8 +306,7 @@ class P2PNetwork:
         connections = ConnectionConfig(max_connections=most, high_watermark=most, low_watermark=most // 2,
                                        min_connections=most // 4)
         host = new_host(key_pair=self.identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
-                        announce_addrs=announce, enable_mDNS=settings.mdns, connection_config=connections,
-                        enable_quic=settings.quic)
+                        announce_addrs=announce, connection_config=connections, enable_quic=settings.quic)
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
         dht.register_validator("hyperion", CapabilityValidator(self))
         degree = settings.gossip_degree
@@ -341,6 +341,8 @@ class P2PNetwork:
                     self.host, self.dht, self.pubsub = host, dht, pubsub
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._persist_events, events_in)
+                        if settings.mdns:
+                            nursery.start_soon(self._run_mdns, host)
                         nursery.start_soon(self._consume_presence, presence)
                         await self._dial_known_peers()
                         nursery.start_soon(self._heartbeat_loop)
@@ -386,6 +388,20 @@ class P2PNetwork:
                 await self.store.run(
                     lambda e=entry: self.store.remember_peer(e.peer_id, list(e.addrs), state=e.state.value,
                                                              score=e.score, keep=self.settings.peer_cache_size))
+
+    async def _run_mdns(self, host: Any) -> None:
+        """mDNS discovery, started here rather than by libp2p's host: py-libp2p registers the service
+        synchronously inside the event loop, and zeroconf's conflict probing then blocks every task of the
+        node for ~1.7 s (measured at start-up). In a worker thread it costs the loop nothing."""
+        mdns = await trio.to_thread.run_sync(lambda: create_mdns_discovery(host.get_network(), host=host))
+        try:
+            await run_sync_abandoning(mdns.broadcaster.register)
+            log.info("mdns_announced")
+            await trio.sleep_forever()
+        finally:
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await run_sync_abandoning(mdns.stop)
 
     async def _consume_presence(self, subscription: Any) -> None:
         while True:

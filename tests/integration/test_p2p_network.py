@@ -142,3 +142,12 @@ def test_a_node_joins_over_quic(tmp_path: Path, nodes: list[NodeProcess]) -> Non
     joiner = start(nodes, tmp_path / "joiner", [*NO_MODEL, "p2p.tcp_port=0"], [quic])
     wait_until(lambda: seed.peer_id in joiner.live_peers() and joiner.peer_id in seed.live_peers(),
                timeout=30, what="seed and joiner see each other over QUIC")
+
+
+def test_mdns_finds_a_peer_on_the_local_network_without_bootstrap(tmp_path: Path, nodes: list[NodeProcess]) -> None:
+    # mDNS announces the node's interface addresses, so these nodes listen on all interfaces.
+    lan = [*[s for s in NO_MODEL if s != "p2p.mdns=false"], "p2p.mdns=true", 'p2p.listen_host="0.0.0.0"']
+    a = start(nodes, tmp_path / "a", lan)
+    b = start(nodes, tmp_path / "b", lan)
+    wait_until(lambda: a.peer_id in b.live_peers() and b.peer_id in a.live_peers(), timeout=30,
+               what="the two nodes find each other through mDNS alone")
