@@ -50,7 +50,7 @@ class P2PSettings:
     tcp_port: int
     announce_addrs: tuple[str, ...]
     bootstrap: tuple[str, ...]
-    quic: bool = True
+    quic: bool = False
     quic_port: int = 4001
     mdns: bool = True
     heartbeat_interval_s: float = 5.0

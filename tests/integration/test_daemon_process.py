@@ -31,7 +31,6 @@ def test_start_status_stop_restart(tmp_path: Path) -> None:
         p2p = status["addresses"]["p2p"]
         assert p2p
         assert any(a.startswith("/ip4/127.0.0.1/tcp/") for a in p2p)
-        assert any(a.startswith("/ip4/127.0.0.1/udp/") and "/quic-v1/" in a for a in p2p)
         assert not any("/tcp/0/" in a or "/udp/0/" in a for a in p2p), "port 0 is resolved before readiness"
         assert all(a.endswith("/p2p/" + status["peer_id"]) for a in p2p)
         inference = next(r for r in status["runtimes"] if r["name"] == "inference")

@@ -134,12 +134,12 @@ def test_doctor_asks_a_peer_to_dial_back(tmp_path: Path, nodes: list[NodeProcess
 
 
 def test_a_node_joins_over_quic(tmp_path: Path, nodes: list[NodeProcess]) -> None:
-    seed = start(nodes, tmp_path / "seed", NO_MODEL)
+    seed = start(nodes, tmp_path / "seed", [*NO_MODEL, "p2p.quic=true"])
     addrs = seed.get("/api/p2p")["addrs"]
     quic = next(a for a in addrs if "/udp/" in a and "/quic-v1/" in a)
     assert any("/tcp/" in a for a in addrs), "TCP and QUIC listen side by side"
     # The joiner's only bootstrap address is the seed's QUIC one.
-    joiner = start(nodes, tmp_path / "joiner", [*NO_MODEL, "p2p.tcp_port=0"], [quic])
+    joiner = start(nodes, tmp_path / "joiner", [*NO_MODEL, "p2p.quic=true"], [quic])
     wait_until(lambda: seed.peer_id in joiner.live_peers() and joiner.peer_id in seed.live_peers(),
                timeout=30, what="seed and joiner see each other over QUIC")
 
