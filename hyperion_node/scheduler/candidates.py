@@ -1,0 +1,316 @@
+"""What the scheduler chooses among: one :class:`Candidate` per peer that offers a capability, read from the
+peer table (or built for this node itself), and the :class:`CandidateSet` that holds them column by column.
+
+A decision must stay linear in the candidates and under a millisecond at 10,000 of them (issue 4), which rules out
+a Python loop over candidate objects on every request (about a microsecond each). So the set keeps every
+numeric field in a NumPy column, updated in place when a peer's heartbeat or record changes (``upsert``,
+O(1)), and :meth:`~hyperion_node.scheduler.scheduler.Scheduler.choose` works on whole columns. Building a set
+from scratch is O(n) Python and belongs where the peer table changes, not in the request path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
+from hyperion_node.p2p.peer_table import BAN_SCORE, PeerEntry, PeerState, PeerTable
+from hyperion_node.scheduler.exceptions import InvalidRequirements, WrongCapability
+from hyperion_node.scheduler.scoring import FloatArray
+
+# Reliability of a peer nothing is known about: the mean of the Beta(1, 1) prior that the ledger's
+# ReputationView also starts from.
+UNKNOWN_RELIABILITY = 0.5
+
+
+@dataclass(frozen=True)
+class TaskRequirements:
+    """What a task needs from the peer that runs it."""
+
+    runtime: str
+    item: str  # e.g. a model id
+    # Memory the task needs on the worker beyond what the offer already holds (the model is loaded once the
+    # peer offers it): for inference, the KV cache of the requested context.
+    min_memory_bytes: int = 0
+    max_price_per_unit: float | None = None  # None: any price
+    deadline: float | None = None  # absolute, on the scheduler's clock (trio.current_time in the daemon)
+    expected_units: float | None = None  # work units (tokens) the task will take, if the request says
+    exclude: frozenset[str] = frozenset()  # peers already tried for this task (failover)
+
+    def __post_init__(self) -> None:
+        if not self.runtime or not self.item:
+            raise InvalidRequirements("a task needs a runtime and an item")
+        if self.min_memory_bytes < 0:
+            raise InvalidRequirements(f"min_memory_bytes must be >= 0, got {self.min_memory_bytes}")
+        for name in ("max_price_per_unit", "deadline", "expected_units"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InvalidRequirements(f"{name} must be a finite number, got {value!r}")
+        if self.max_price_per_unit is not None and self.max_price_per_unit < 0:
+            raise InvalidRequirements(f"max_price_per_unit must be >= 0, got {self.max_price_per_unit}")
+        if self.expected_units is not None and self.expected_units <= 0:
+            raise InvalidRequirements(f"expected_units must be above 0, got {self.expected_units}")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One peer (or this node) that offers ``runtime``/``item``, as the scheduler sees it at one instant."""
+
+    peer_id: str
+    runtime: str
+    item: str
+    state: PeerState = PeerState.ALIVE
+    price_per_unit: float = 0.0
+    capacity: int = 1  # tasks it admits at once
+    throughput: float | None = None  # measured units per second, advertised
+    free_memory_bytes: int | None = None  # None: unknown
+    active_tasks: int = 0
+    queue_depth: int = 0
+    rtt_ms: float | None = None  # None: never pinged
+    reliability: float = UNKNOWN_RELIABILITY  # 0..1, e.g. ReputationView.reliability
+    banned: bool = False  # its gossip score fell to the ban level
+    local: bool = False
+
+
+def free_memory_bytes(heartbeat: Heartbeat | None, hardware: Mapping[str, Any] | None) -> int | None:
+    """Memory a task could use on a peer: the largest GPU's free VRAM if its heartbeat reports GPUs, else its
+    free RAM (llama.cpp runs on the CPU there). Without a heartbeat, the capability record's totals."""
+    if heartbeat is not None:
+        vram = [g.get("vram_free") for g in heartbeat.gpus]
+        known = [v for v in vram if isinstance(v, int | float) and math.isfinite(v)]
+        return int(max(known)) if known else heartbeat.ram_available_bytes
+    if hardware:
+        gpus = hardware.get("gpus")
+        totals = [g.get("vram_bytes") for g in gpus] if isinstance(gpus, list) else []
+        known = [v for v in totals if isinstance(v, int | float)]
+        if known:
+            return int(max(known))
+        ram = hardware.get("ram_bytes")
+        if isinstance(ram, int | float):
+            return int(ram)
+    return None
+
+
+def find_offer(record: CapabilityRecord | None, runtime: str, item: str) -> OfferAd | None:
+    if record is None:
+        return None
+    for offer in record.offers:
+        if offer.runtime == runtime and offer.item == item:
+            return offer
+    return None
+
+
+def candidate_from_entry(entry: PeerEntry, offer: OfferAd, *, reliability: float = UNKNOWN_RELIABILITY) -> Candidate:
+    hb = entry.heartbeat
+    capability = entry.capability
+    if hb is not None:
+        active, queued = hb.active_tasks, hb.queue_depth
+    else:  # only the record's load (running / capacity) at publication time
+        load = capability.load if capability is not None else 0.0
+        active, queued = round(load * offer.capacity), 0
+    return Candidate(
+        peer_id=entry.peer_id, runtime=offer.runtime, item=offer.item, state=entry.state,
+        price_per_unit=offer.price_per_unit, capacity=offer.capacity, throughput=offer.throughput,
+        free_memory_bytes=free_memory_bytes(hb, capability.hardware if capability is not None else None),
+        active_tasks=active, queue_depth=queued, rtt_ms=entry.rtt_ms, reliability=reliability,
+        banned=entry.score <= BAN_SCORE,
+    )
+
+
+def candidates_from_peer_table(
+    table: PeerTable,
+    runtime: str,
+    item: str,
+    now: float,
+    *,
+    reliability: Callable[[str], float] | None = None,
+    wall_now: float | None = None,
+) -> list[Candidate]:
+    """Every peer in ``table`` whose capability record offers ``runtime``/``item``, whatever its state: the
+    scheduler, not this function, decides who is excluded, so that a refusal can say why.
+
+    ``now`` is the table's clock, for a peer whose last heartbeat is older than the table's dead threshold but
+    whose state ``tick`` has not caught up with yet (it is reported dead). ``reliability`` maps a peer ID to
+    0..1 (``ReputationView.reliability``); without it every peer gets the prior's 0.5. With ``wall_now`` (unix
+    seconds), a peer whose record has expired is left out.
+    """
+    out: list[Candidate] = []
+    for entry in table.peers.values():
+        offer = find_offer(entry.capability, runtime, item)
+        if offer is None or entry.peer_id == table.local_peer_id:
+            continue
+        if wall_now is not None and entry.capability is not None and entry.capability.expires_at <= wall_now:
+            continue
+        candidate = candidate_from_entry(
+            entry, offer, reliability=UNKNOWN_RELIABILITY if reliability is None else reliability(entry.peer_id))
+        silent_for = None if entry.last_heartbeat is None else now - entry.last_heartbeat
+        if silent_for is not None and silent_for >= table.dead_after and candidate.state is not PeerState.LEFT:
+            candidate = replace(candidate, state=PeerState.DEAD)
+        out.append(candidate)
+    return out
+
+
+def local_candidate(
+    peer_id: str,
+    offer: OfferAd,
+    *,
+    free_memory_bytes: int | None,
+    active_tasks: int = 0,
+    queue_depth: int = 0,
+    draining: bool = False,
+    reliability: float = UNKNOWN_RELIABILITY,
+) -> Candidate:
+    """This node as a candidate for its own requests: no network round trip, never banned."""
+    return Candidate(
+        peer_id=peer_id, runtime=offer.runtime, item=offer.item,
+        state=PeerState.DRAINING if draining else PeerState.ALIVE, price_per_unit=offer.price_per_unit,
+        capacity=offer.capacity, throughput=offer.throughput, free_memory_bytes=free_memory_bytes,
+        active_tasks=active_tasks, queue_depth=queue_depth, rtt_ms=0.0, reliability=reliability, local=True,
+    )
+
+
+# -- the columnar set -----------------------------------------------------------------------------------------
+
+# Rows of CandidateSet's block. The raw values the filters read (NaN: unknown, except MEMORY: -1, so that an
+# unknown amount fails any memory requirement in one comparison; QUEUED_WHEN_FULL: the queue depth when every
+# slot is taken, else -1, so that "busy" is one comparison)...
+PRICE, CAPACITY, THROUGHPUT, MEMORY, ACTIVE, QUEUE, RTT, QUEUED_WHEN_FULL = range(8)
+# ...then the six scoring criteria in ``scoring.CRITERIA`` order, computed once per upsert and oriented so that
+# more is better (costs negated), unknowns imputed -- no memory headroom, no measured throughput -- except RTT,
+# left NaN for the scheduler's ``unknown_rtt_ms``. Memory is the free bytes, not the headroom over the task's
+# need: min-max normalisation does not change when a constant is subtracted.
+CRITERIA_ROWS = slice(8, 14)
+CRITERION_RTT = 2  # within CRITERIA_ROWS
+_FIELDS = 14
+
+# Why a peer can take no work whatever the task, kept per candidate; higher wins.
+GONE_OK, GONE_BANNED, GONE_DRAINING, GONE_UNREACHABLE = range(4)
+_GONE_BY_STATE = {
+    PeerState.ALIVE: GONE_OK, PeerState.SUSPECT: GONE_UNREACHABLE, PeerState.DEAD: GONE_UNREACHABLE,
+    PeerState.DRAINING: GONE_DRAINING, PeerState.LEFT: GONE_DRAINING,
+}
+
+
+def _row(c: Candidate) -> tuple[float, ...]:
+    nan = math.nan
+    throughput = nan if c.throughput is None else c.throughput
+    memory = -1.0 if c.free_memory_bytes is None else c.free_memory_bytes
+    rtt = nan if c.rtt_ms is None else c.rtt_ms
+    load = (c.active_tasks + c.queue_depth) / max(c.capacity, 1)
+    return (
+        c.price_per_unit, c.capacity, throughput, memory, c.active_tasks, c.queue_depth, rtt,
+        c.queue_depth if c.active_tasks >= c.capacity else -1.0,
+        max(memory, 0.0), -load, -rtt, 0.0 if c.throughput is None else throughput, -c.price_per_unit, c.reliability,
+    )
+
+
+def _gone(c: Candidate) -> int:
+    return max(_GONE_BY_STATE[c.state], GONE_BANNED if c.banned else GONE_OK)
+
+
+class CandidateSet:
+    """The candidates for one capability, kept as columns: one row of a float block per field (``PRICE``,
+    ``CAPACITY``, ... then the criteria), one column per candidate, plus a ``gone`` code per candidate.
+
+    Order is not meaningful (removal swaps the last column in); the scheduler's result does not depend on it.
+    """
+
+    def __init__(self, runtime: str, item: str, candidates: Iterable[Candidate] = ()) -> None:
+        self.runtime = runtime
+        self.item = item
+        self._data: FloatArray = np.empty((_FIELDS, 16), dtype=np.float64)
+        self._gone: npt.NDArray[np.int8] = np.zeros(16, dtype=np.int8)
+        self._candidates: list[Candidate] = []
+        self._peer_ids: list[str] = []  # parallel to _candidates
+        self._shared = False  # _peer_ids was handed out by snapshot_peer_ids(): copy it before changing it
+        self._index: dict[str, int] = {}
+        for candidate in candidates:
+            self.upsert(candidate)
+
+    def __len__(self) -> int:
+        return len(self._candidates)
+
+    def __iter__(self) -> Iterator[Candidate]:
+        return iter(self._candidates)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._index
+
+    def get(self, peer_id: str) -> Candidate | None:
+        index = self._index.get(peer_id)
+        return None if index is None else self._candidates[index]
+
+    def index_of(self, peer_id: str) -> int | None:
+        return self._index.get(peer_id)
+
+    def indices(self, peer_ids: Iterable[str]) -> list[int]:
+        """Column indices of those of ``peer_ids`` that are in the set."""
+        index = self._index
+        return [i for i in map(index.get, peer_ids) if i is not None]
+
+    def at(self, index: int) -> Candidate:
+        return self._candidates[index]
+
+    def snapshot_peer_ids(self) -> Sequence[str]:
+        """The peer IDs in column order, as they are now and will stay (copy-on-write: O(1) here, and the
+        next add or removal copies the list once)."""
+        self._shared = True
+        return self._peer_ids
+
+    def columns(self) -> FloatArray:
+        """A read-only ``(fields, n)`` view of the block."""
+        view = self._data[:, : len(self._candidates)]
+        view.flags.writeable = False
+        return view
+
+    def gone(self) -> npt.NDArray[np.int8]:
+        """A read-only view of the ``GONE_*`` code of every candidate."""
+        view = self._gone[: len(self._candidates)]
+        view.flags.writeable = False
+        return view
+
+    def _own_peer_ids(self) -> None:
+        if self._shared:
+            self._peer_ids = list(self._peer_ids)
+            self._shared = False
+
+    def upsert(self, candidate: Candidate) -> None:
+        """Add a candidate or replace the one with the same peer ID. O(1) amortised."""
+        if candidate.runtime != self.runtime or candidate.item != self.item:
+            raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
+                                  f"{self.runtime}/{self.item}")
+        index = self._index.get(candidate.peer_id)
+        if index is None:
+            index = len(self._candidates)
+            if index == self._data.shape[1]:
+                self._data = np.concatenate([self._data, np.empty_like(self._data)], axis=1)
+                self._gone = np.concatenate([self._gone, np.zeros_like(self._gone)])
+            self._own_peer_ids()
+            self._candidates.append(candidate)
+            self._peer_ids.append(candidate.peer_id)
+            self._index[candidate.peer_id] = index
+        else:
+            self._candidates[index] = candidate
+        self._data[:, index] = _row(candidate)
+        self._gone[index] = _gone(candidate)
+
+    def discard(self, peer_id: str) -> None:
+        """Remove a peer if present. O(1): the last column takes its place."""
+        index = self._index.pop(peer_id, None)
+        if index is None:
+            return
+        self._own_peer_ids()
+        last = len(self._candidates) - 1
+        moved = self._candidates.pop()
+        self._peer_ids.pop()
+        if index != last:
+            self._candidates[index] = moved
+            self._peer_ids[index] = moved.peer_id
+            self._index[moved.peer_id] = index
+            self._data[:, index] = self._data[:, last]
+            self._gone[index] = self._gone[last]
