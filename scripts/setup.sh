@@ -3,7 +3,8 @@
 # Sourced by scripts/start and scripts/test; safe to run again (a stamp skips work already done).
 #
 # On a fresh Debian machine this adds, only when missing: a C toolchain and headers (llama-cpp-python and
-# fastecdsa compile from source), GMP (fastecdsa), and python3-venv (Debian splits ensurepip out).
+# fastecdsa compile from source), GMP (fastecdsa), python3-venv (Debian splits ensurepip out), and Blender
+# for the render-blender runtime and its tests (Debian's package: Blender 3.4, Cycles on the CPU headless).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,6 +33,7 @@ system_packages() {
   "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
   "$PYTHON" -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need+=(python3-dev)
+  command -v blender >/dev/null 2>&1 || need+=(blender)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
