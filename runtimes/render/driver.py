@@ -10,8 +10,9 @@ directory, and reports on stdout, one line per event, each line ``@@hyperion-ren
     {"event": "done"}
 
 Kinds of error: "scene" (Blender did not load the file: it then carries on with its default scene, so
-this check is what keeps a broken upload from rendering a default cube), "frame_range", "engine".
-Everything else Blender does not like raises, and ``--python-exit-code`` turns it into a non-zero exit.
+this check is what keeps a broken upload from rendering a default cube), "frame_range", "engine",
+"render" (the scene loads but does not render: no camera, say). Anything else that raises is a bug here,
+and ``--python-exit-code`` turns it into a non-zero exit.
 """
 
 from __future__ import annotations
@@ -107,7 +108,10 @@ def main(job: dict[str, Any]) -> None:
         scene.frame_set(frame)
         path = os.path.join(job["output_dir"], f"frame_{frame:06d}.png")
         scene.render.filepath = path
-        bpy.ops.render.render(write_still=True)
+        try:
+            bpy.ops.render.render(write_still=True)
+        except RuntimeError as exc:  # Blender's report on a scene it cannot render: no camera, a bad node
+            fail("render", f"Blender cannot render frame {frame} of this scene: {str(exc).strip()}")
         emit("frame", frame=frame, path=path, seconds=round(time.perf_counter() - began, 4))
     emit("done")
 

@@ -60,7 +60,8 @@ TEST_SCENE_SCRIPT = Path(__file__).parent / "scenes" / "make_test_scene.py"
 # The benchmark: 3 frames of the test scene at 128x96 and 16 samples, ~4 s with start-up on 2 cores.
 # The first frame pays Cycles' kernel and scene set-up, so throughput is taken from the others.
 BENCH_RESOLUTION, BENCH_SAMPLES, BENCH_FRAMES = (128, 96), 16, (1, 3)
-# Blender's own messages when it cannot read a file (blenloader's readfile.cc, wm_files.cc).
+# Blender's messages when it cannot read a .blend, as Blender 3.4 prints them: "File format is not supported
+# in file ..." (garbage), "Failed to read blend file ...: Missing DNA block" (truncated).
 _SCENE_READ_ERROR = re.compile(r"^Error: .*(blend file|File format|Unable to open|Cannot read)", re.IGNORECASE)
 
 
@@ -287,6 +288,7 @@ def _load_frame(path: Path) -> tuple[bytes, DecodedImage]:
 
 
 def _driver_error(kind: str, message: str) -> BadRenderRequest:
+    """The driver's refusals are all about the request: its range, engine, or a scene that will not render."""
     if kind == "frame_range":
         return FrameRangeError(message)
     if kind == "scene":

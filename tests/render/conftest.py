@@ -33,17 +33,25 @@ def blender() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def scene(blender: str, tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    out = tmp_path_factory.mktemp("scene") / "test.blend"
+def build_scene(blender: str, out: Path, *options: str) -> bytes:
     done = subprocess.run(
         [blender, "--background", "--factory-startup", "--python-exit-code", "2",
-         "--python", str(TEST_SCENE_SCRIPT), "--", str(out)],
+         "--python", str(TEST_SCENE_SCRIPT), "--", str(out), *options],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         pytest.fail(f"building the test scene failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return out.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def scene(blender: str, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_scene(blender, tmp_path_factory.mktemp("scene") / "test.blend")
+
+
+@pytest.fixture(scope="session")
+def scene_without_camera(blender: str, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_scene(blender, tmp_path_factory.mktemp("scene") / "no-camera.blend", "--no-camera")
 
 
 def task(scene: bytes, start: int, end: int, /, **fields: Any) -> Task:

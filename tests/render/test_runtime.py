@@ -210,3 +210,9 @@ def test_settings_are_validated(tmp_path: Path) -> None:
 def test_the_entry_point_names_this_runtime() -> None:
     [ep] = [ep for ep in entry_points(group="hyperion.runtimes") if ep.name == "render-blender"]
     assert ep.load() is BlenderRuntime
+
+
+async def test_a_scene_that_cannot_render_says_why(scene_without_camera: bytes, tmp_path: Path) -> None:
+    async with started(tmp_path) as runtime:
+        with pytest.raises(BadRenderRequest, match=r"Blender cannot render frame 1 of this scene: .*camera"):
+            await runtime.run(task(scene_without_camera, 1, 2), Collector())

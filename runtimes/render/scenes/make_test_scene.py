@@ -1,11 +1,12 @@
 """Builds the render runtime's test and benchmark scene; runs inside Blender, never imported by the node.
 
-    blender --background --factory-startup --python runtimes/render/scenes/make_test_scene.py -- OUT.blend
+    blender --background --factory-startup --python runtimes/render/scenes/make_test_scene.py -- OUT.blend [--no-camera]
 
 A ground plane, three objects with different materials, a sun and a point light, and a camera; the cube
 moves and turns over frames 1-24, so every frame renders differently (the tests check that their pixel
 hashes differ). Built from code rather than committed as a .blend so the repository holds no binaries and
-the scene can be rebuilt by any Blender of the supported series.
+the scene can be rebuilt by any Blender of the supported series. ``--no-camera`` leaves the camera out:
+a scene that loads but cannot render, for the tests.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def material(name: str, rgb: tuple[float, float, float], roughness: float, metal
     return mat
 
 
-def main(out: str) -> None:
+def main(out: str, *, camera: bool = True) -> None:
     # Start from nothing: the factory scene's cube, light and camera would make the scene depend on
     # the factory startup file of whichever Blender built it.
     bpy.ops.wm.read_factory_settings(use_empty=True)
@@ -62,8 +63,9 @@ def main(out: str) -> None:
     bpy.ops.object.light_add(type="POINT", location=(-3, -2, 3))
     bpy.context.object.data.energy = 400.0
 
-    bpy.ops.object.camera_add(location=(0, -7.5, 4.2), rotation=(math.radians(63), 0, 0))
-    scene.camera = bpy.context.object
+    if camera:
+        bpy.ops.object.camera_add(location=(0, -7.5, 4.2), rotation=(math.radians(63), 0, 0))
+        scene.camera = bpy.context.object
 
     world = bpy.data.worlds.new("World")
     world.use_nodes = True
@@ -77,6 +79,6 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
-    if len(argv) != 1:
-        raise SystemExit("usage: blender -b --factory-startup --python make_test_scene.py -- OUT.blend")
-    main(argv[0])
+    if len(argv) not in (1, 2) or argv[1:] not in ([], ["--no-camera"]):
+        raise SystemExit("usage: blender -b --factory-startup --python make_test_scene.py -- OUT.blend [--no-camera]")
+    main(argv[0], camera="--no-camera" not in argv)
