@@ -25,14 +25,19 @@ from hyperion_node import __version__
 from hyperion_node.api.server import ApiServer
 from hyperion_node.config import Config
 from hyperion_node.datadir import DataDir, daemon_lock
+from hyperion_node.errors import InternalError
 from hyperion_node.hardware import HardwareProfile, TelemetrySampler, probe_hardware
 from hyperion_node.identity import Identity, load_identity
 from hyperion_node.ledger.chain import Ledger
+from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
+from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
+from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.service import Job, Orchestrator
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +59,8 @@ class Node:
     sampler: TelemetrySampler
     runtimes: RuntimeRegistry
     p2p: P2PNetwork = field(init=False)  # built after the node: its LocalState reads the node
+    ledger: LedgerService = field(init=False)
+    orchestrator: Orchestrator | None = None  # started after the P2P layer, whose heartbeats read load()
     api: ApiServer | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -188,8 +195,50 @@ class Node:
         }
 
     def load(self) -> tuple[int, int]:
-        # (queue depth, running tasks): this node runs no network tasks until task routing lands.
-        return (0, 0)
+        """(queue depth, running tasks) of the work this node does for the network, for its heartbeats."""
+        return self.orchestrator.load() if self.orchestrator is not None else (0, 0)
+
+    @property
+    def _tasks(self) -> Orchestrator:
+        if self.orchestrator is None:
+            raise InternalError("the orchestrator is not running yet")
+        return self.orchestrator
+
+    def free_memory(self) -> int | None:
+        latest = self.sampler.latest
+        if latest is None:
+            return None
+        vram = [g.vram_free_bytes for g in latest.gpus if g.vram_free_bytes is not None]
+        return max(vram) if vram else latest.ram_available_bytes
+
+    # -- tasks ------------------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> Job:
+        return self._tasks.submit(spec)
+
+    def default_timeout_s(self) -> float:
+        return self.config.tasks.default_timeout_s
+
+    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
+        return self._tasks.served_models(include_gone=include_gone)
+
+    async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]:
+        history = self._tasks.history
+        records = await self.store.run(lambda: history.recent(limit=limit, role=role, state=state))
+        return [r.to_json() for r in records]
+
+    async def task(self, task_id: str) -> list[dict[str, Any]]:
+        history = self._tasks.history
+        records = await self.store.run(history.get, task_id)
+        if not records and len(task_id) < 32:
+            records = await self.store.run(history.find, task_id)
+        return [r.to_json() for r in records]
+
+    def tasks_status(self) -> dict[str, Any]:
+        return self._tasks.describe()
+
+    async def _publish_epoch(self, epoch: SignedEpoch) -> None:
+        await self._tasks.publish_epoch(epoch)
 
     async def rewards(self) -> dict[str, Any]:
         """Earned, pending and disputed, per runtime and period, with stall warnings, from the ledger.
@@ -311,6 +360,15 @@ async def _run_node(
                     await nursery.start(node.sampler.run)
                     await nursery.start(node.runtimes.run)
                     await nursery.start(node.p2p.run)
+                    node.ledger = LedgerService(store, identity, epoch_receipts=config.ledger.epoch_receipts,
+                                                epoch_minutes=config.ledger.epoch_minutes,
+                                                on_epoch=node._publish_epoch)
+                    node.orchestrator = Orchestrator(
+                        identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
+                        tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
+                        free_memory=node.free_memory)
+                    await nursery.start(node.ledger.run)
+                    await nursery.start(node.orchestrator.run)
                     node.api = ApiServer(node, token, host=config.api.host, port=config.api.port,
                                          token_path=str(data_dir.token_path))
                     await nursery.start(node.api.run)

@@ -11,9 +11,12 @@ import secrets
 from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
+from hyperion_node.api import openai, streaming
+from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.service import Job
 
 
 class NodeView(Protocol):
@@ -28,6 +31,12 @@ class NodeView(Protocol):
     async def providers(self, runtime: str, item: str) -> list[dict[str, Any]]: ...
     async def doctor(self) -> list[dict[str, Any]]: ...
     async def events(self, since_id: int, limit: int) -> list[dict[str, Any]]: ...
+    def submit(self, spec: TaskSpec) -> Job: ...
+    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]: ...
+    def default_timeout_s(self) -> float: ...
+    async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]: ...
+    async def task(self, task_id: str) -> list[dict[str, Any]]: ...
+    def tasks_status(self) -> dict[str, Any]: ...
 
 
 class Unauthorized(Exception):
@@ -100,8 +109,75 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
     ) -> list[dict[str, Any]]:
         return await node.events(since, limit)
 
+    @app.get("/api/tasks", dependencies=authed, summary="Task history, newest first (requested and served)")
+    async def tasks(
+        limit: int = Query(50, ge=1, le=1000),
+        role: str | None = Query(None, pattern="^(requester|worker)$"),
+        state: str | None = Query(None),
+    ) -> list[dict[str, Any]]:
+        return await node.tasks(limit, role, state)
+
+    @app.get("/api/tasks/stats", dependencies=authed, summary="Queue, running tasks, outcomes, peer reputation")
+    async def tasks_stats() -> dict[str, Any]:
+        return node.tasks_status()
+
+    @app.get("/api/tasks/{task_id}", dependencies=authed, summary="One task (both sides if this node ran it)")
+    async def task(task_id: str) -> Response:
+        found = await node.task(task_id)
+        if not found:
+            return JSONResponse({"error": f"no task {task_id!r} on this node"}, status_code=404)
+        return JSONResponse(found)
+
+    @app.post("/api/tasks", dependencies=authed,
+              summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error")
+    async def submit(request: Request) -> Response:
+        body = await openai.read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        spec = _task_spec(body, node.default_timeout_s())
+        if isinstance(spec, str):
+            return JSONResponse({"error": spec}, status_code=400)
+        started = await streaming.start(node.submit(spec))
+        if started.error is not None:
+            started.job.cancel()
+            return JSONResponse({"error": started.error.data.get("message", ""), **started.error.data},
+                                status_code=int(started.error.data.get("status", 500)),
+                                headers={"x-hyperion-task-id": started.job.task_id})
+
+        def render(event: Any) -> list[bytes]:
+            return [streaming.ndjson({"event": event.kind, "task_id": event.task_id, "worker": event.worker,
+                                      **event.data})]
+
+        return StreamingResponse(streaming.stream_bytes(started, render), media_type="application/x-ndjson",
+                                 headers={"x-hyperion-task-id": started.job.task_id,
+                                          "x-hyperion-worker": started.worker})
+
+    app.include_router(openai.build_router(node), dependencies=authed)
+
     @app.get("/openapi.json", dependencies=authed, include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         return app.openapi()
 
     return app
+
+
+def _task_spec(body: dict[str, Any], default_timeout_s: float) -> TaskSpec | str:
+    """A TaskSpec from a POST /api/tasks body, or what is wrong with it."""
+    runtime, item, payload = body.get("runtime"), body.get("item"), body.get("payload")
+    if not isinstance(runtime, str) or not runtime or not isinstance(item, str) or not item:
+        return "'runtime' and 'item' must be non-empty strings (see an offer in GET /api/status)"
+    if not isinstance(payload, dict):
+        return "'payload' must be a JSON object"
+    timeout = body.get("timeout_s", default_timeout_s)
+    max_price = body.get("max_price_per_unit")
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:
+        return "'timeout_s' must be a number of seconds from 0 to 86400"
+    if max_price is not None and (isinstance(max_price, bool) or not isinstance(max_price, int | float)
+                                  or max_price < 0):
+        return "'max_price_per_unit' must be a number >= 0"
+    units = body.get("expected_units")
+    if units is not None and (isinstance(units, bool) or not isinstance(units, int | float) or units <= 0):
+        return "'expected_units' must be a number above 0"
+    return TaskSpec(runtime=runtime, item=item, payload=payload, timeout_s=float(timeout),
+                    max_price_per_unit=None if max_price is None else float(max_price),
+                    expected_units=None if units is None else float(units))

@@ -24,6 +24,8 @@ from hyperion_node.cli.common import cli_errors
 from hyperion_node.cli.common import print_json as _print_json
 from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.render import format_bytes, print_table
+from hyperion_node.cli.tasks import submit_app
+from hyperion_node.cli.tasks import tasks as tasks_command
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
 from hyperion_node.errors import NodeNotRunning, UserError
@@ -40,6 +42,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 app.add_typer(receipts_app, name="receipts")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(submit_app, name="submit")
+app.command("tasks")(cli_errors(tasks_command))
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="User config file (TOML) over the embedded defaults.")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from hyperion_node.datadir import DataDir
-from hyperion_node.errors import EnvironmentProblem, NodeNotRunning
+from hyperion_node.errors import EnvironmentProblem, HyperionError, NodeNotRunning, UserError
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -41,3 +43,33 @@ class ApiClient:
         if response.status_code >= 400:
             raise EnvironmentProblem(f"the node answered {response.status_code}: {response.text[:200]}")
         return response.json()
+
+    def post_stream(self, path: str, body: dict[str, Any], *, timeout_s: float) -> Iterator[dict[str, Any]]:
+        """POST a JSON body and yield the NDJSON events of the answer as they arrive."""
+        headers = {"Authorization": f"Bearer {self._token}"}
+        try:
+            with httpx.stream("POST", self.base_url + path, json=body, headers=headers,
+                              timeout=httpx.Timeout(REQUEST_TIMEOUT_S, read=timeout_s)) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _answer_error(response)
+                for line in response.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise NodeNotRunning(
+                f"the hyperion-node on {self._data_dir.root} (PID {self.pid}) stopped answering at {self.base_url}",
+                hint="check `hyperion-node doctor`, or restart the node",
+            ) from exc
+
+
+def _answer_error(response: httpx.Response) -> HyperionError:
+    try:
+        message = str(response.json().get("error") or response.text)
+    except ValueError:
+        message = response.text
+    if response.status_code == 400:
+        return UserError(message[:500])
+    if response.status_code == 401:
+        return EnvironmentProblem("the node rejected the API token", hint="restart the node")
+    return EnvironmentProblem(f"the node answered {response.status_code}: {message[:500]}")

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from hyperion_node.errors import ConfigError, UserError
+from hyperion_node.scheduler.settings import SchedulerSettings
+from hyperion_node.tasks.settings import TaskSettings
 
 DEFAULTS_SOURCE = "defaults (configs/default.toml)"
 ENV_PREFIX = "HYPERION_"
@@ -108,6 +110,8 @@ class Config:
     hardware: HardwareSettings
     ledger: LedgerSettings
     pricing: PricingSettings
+    tasks: TaskSettings
+    scheduler: SchedulerSettings
     runtimes_disabled: tuple[str, ...]
     runtime_settings: Mapping[str, Mapping[str, Any]]
     values: Mapping[str, Any] = field(repr=False)  # flat "section.key" -> value
@@ -335,6 +339,8 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         pricing=PricingSettings(
             auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]
         ),
+        tasks=TaskSettings.from_values(values, sources),
+        scheduler=SchedulerSettings.from_values(values, sources),
         runtimes_disabled=tuple(values["runtimes.disabled"]),
         runtime_settings=runtime_settings,
         values=values,

@@ -59,6 +59,7 @@ from hyperion_node.p2p.messages import (
     encode_frame,
     open_envelope,
     record_key,
+    seal,
 )
 from hyperion_node.p2p.peer_table import PeerTable, PresenceEvent
 from hyperion_node.store import Store
@@ -206,11 +207,19 @@ class P2PNetwork:
         self.dht: KadDHT | None = None
         self.pubsub: Pubsub | None = None
         self._limiter = RateLimiter(rate=settings.gossip_rate_per_peer, burst=2 * settings.gossip_rate_per_peer)
-        self._heartbeat_seq = 0
+        # Heartbeat and record sequence numbers start from the clock (ms), so they keep rising across restarts:
+        # peers drop a heartbeat whose seq is not above the last one they saw (gossip may reorder).
+        self._heartbeat_seq = time.time_ns() // 1_000_000
         self._record_seq = time.time_ns() // 1_000_000  # monotonic across restarts without storing it
         self._advertised: tuple[OfferAd, ...] | None = None
         self._events_out: trio.MemorySendChannel[PresenceEvent] | None = None
         self._leaving = False
+        # Listeners the orchestrator sets: the scheduler's health trends read heartbeats and RTTs, the
+        # reputation view reads the receipts topic (sender's peer ID, envelope body).
+        self.on_heartbeat: Callable[[Heartbeat], None] | None = None
+        self.on_rtt: Callable[[str, float], None] | None = None  # (peer ID, RTT in ms)
+        self.on_receipt_gossip: Callable[[str, dict[str, Any]], None] | None = None
+        self._cached_addrs: dict[str, tuple[str, ...]] = {}  # what the peer cache holds, per peer, this run
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -341,7 +350,7 @@ class P2PNetwork:
                     pubsub.set_topic_validator(PRESENCE_TOPIC, self._validate_presence, False)
                     pubsub.set_topic_validator(RECEIPTS_TOPIC, self._validate_receipt_gossip, False)
                     presence = await pubsub.subscribe(PRESENCE_TOPIC)
-                    await pubsub.subscribe(RECEIPTS_TOPIC)
+                    receipts = await pubsub.subscribe(RECEIPTS_TOPIC)
                     host.set_stream_handler(DIALBACK_PROTOCOL, self._handle_dialback)
                     self.host, self.dht, self.pubsub = host, dht, pubsub
                     async with trio.open_nursery() as nursery:
@@ -349,6 +358,7 @@ class P2PNetwork:
                         if settings.mdns:
                             nursery.start_soon(self._run_mdns, host)
                         nursery.start_soon(self._consume_presence, presence)
+                        nursery.start_soon(self._consume_receipts, receipts)
                         await self._dial_known_peers()
                         nursery.start_soon(self._heartbeat_loop)
                         nursery.start_soon(self._liveness_loop)
@@ -420,6 +430,38 @@ class P2PNetwork:
             self.stats.gossip_in[PRESENCE_TOPIC] += 1
             self.stats.latencies_ms.append((time.monotonic(), max(0.0, (time.time() - hb.time) * 1000)))
             self._emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
+            if self.on_heartbeat is not None:
+                self.on_heartbeat(hb)
+            if hb.addrs and self._cached_addrs.get(hb.peer_id) != hb.addrs:
+                # A peer first seen as a bare connection joined without addresses; its heartbeats bring
+                # them. Cache them now, or a restarted node could not redial the peers that dialled it.
+                self._cached_addrs[hb.peer_id] = hb.addrs
+                entry = self.table.get(hb.peer_id)
+                if entry is not None:
+                    await self.store.run(lambda e=entry: self.store.remember_peer(
+                        e.peer_id, list(e.addrs), state=e.state.value, score=e.score,
+                        keep=self.settings.peer_cache_size))
+
+    async def _consume_receipts(self, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                envelope, body = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES)
+            except MalformedMessage:
+                continue  # counted by the validator; only our own messages skip it
+            sender = str(envelope.peer_id)
+            if sender == self.peer_id:
+                continue
+            self.stats.gossip_in[RECEIPTS_TOPIC] += 1
+            if self.on_receipt_gossip is not None:
+                self.on_receipt_gossip(sender, body)
+
+    async def publish_receipt_gossip(self, body: dict[str, Any]) -> None:
+        """Publish a settled receipt, an epoch root or a dispute (``hyperion_node.ledger.messages``)."""
+        if self.pubsub is None:
+            return
+        await self.pubsub.publish(RECEIPTS_TOPIC, seal(self.identity, "receipt", body))
+        self.stats.gossip_out[RECEIPTS_TOPIC] += 1
 
     def _heartbeat(self, health: str) -> Heartbeat:
         self._heartbeat_seq += 1
@@ -472,6 +514,8 @@ class P2PNetwork:
                             continue
                         if rtts:
                             self.table.set_rtt(str(peer_id), float(rtts[0]))
+                            if self.on_rtt is not None:
+                                self.on_rtt(str(peer_id), float(rtts[0]))
 
     def _capability_record(self, offers: tuple[OfferAd, ...]) -> CapabilityRecord:
         self._record_seq += 1

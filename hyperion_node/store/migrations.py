@@ -78,4 +78,24 @@ MIGRATIONS: list[list[str]] = [
             closed_at_ms INTEGER NOT NULL
         )""",
     ],
+    # 3: task history (hyperion_node/tasks/history.py): the current state of every task this node asked for or
+    # ran, one row per (task, role); every state change is also an ordered event ("task.<state>").
+    [
+        """CREATE TABLE tasks (
+            task_id TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('requester', 'worker')),
+            runtime TEXT NOT NULL,
+            item TEXT NOT NULL,
+            requester TEXT NOT NULL,
+            worker TEXT,
+            state TEXT NOT NULL,
+            created_ms INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            error TEXT NOT NULL DEFAULT '',
+            attempts TEXT NOT NULL DEFAULT '[]',
+            result TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (task_id, role)
+        )""",
+        "CREATE INDEX tasks_by_time ON tasks (created_ms)",
+    ],
 ]

@@ -1,0 +1,112 @@
+"""`hyperion-node submit ...` and `hyperion-node tasks`: work sent to the network through the running node."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hyperion_node.cli.client import ApiClient
+from hyperion_node.cli.common import cli_errors, print_json
+from hyperion_node.cli.render import print_table
+from hyperion_node.config import load_config
+from hyperion_node.datadir import DataDir
+from hyperion_node.errors import EnvironmentProblem, UserError
+
+submit_app = typer.Typer(help="Send work to the network through the running node.", no_args_is_help=True)
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", "-d", help="Data directory [env: HYPERION_DATA_DIR; default ~/.local/share/hyperion]."),
+]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="User config file (TOML).")]
+
+
+def client(config: Path | None, data_dir: Path | None) -> ApiClient:
+    return ApiClient(DataDir(load_config(config_file=config, data_dir=data_dir).node.data_dir))
+
+
+def run_task(api: ApiClient, body: dict[str, Any], *, stream_text: bool, timeout_s: float) -> dict[str, Any]:
+    """Submit a task, print its partial text as it arrives (with ``stream_text``), return its final event."""
+    final: dict[str, Any] | None = None
+    for event in api.post_stream("/api/tasks", body, timeout_s=timeout_s):
+        kind = event.get("event")
+        if kind == "assigned":
+            typer.echo(f"task {event['task_id'][:12]} -> worker {event['worker'][-12:]}"
+                       f"{' (this node)' if event.get('local') else ''}", err=True)
+        elif kind == "partial" and stream_text:
+            sys.stdout.write(str(event.get("text", "")))
+            sys.stdout.flush()
+        elif kind == "final":
+            final = event
+        elif kind == "error":
+            raise EnvironmentProblem(str(event.get("message", "the task failed")))
+    if final is None:
+        raise EnvironmentProblem("the node ended the answer without a result", hint="see `hyperion-node tasks`")
+    return final
+
+
+@submit_app.command("infer")
+@cli_errors
+def submit_infer(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model id (see `curl .../v1/models`).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="Prompt text.")],
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Tokens to generate at most.")] = 128,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.8,
+    stream: Annotated[bool, typer.Option("--stream/--no-stream", help="Print tokens as they arrive.")] = True,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the task may take, failover included.")] = 120.0,
+    json_: Annotated[bool, typer.Option("--json", help="Print the final result as JSON.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Generate text on the best peer that serves the model, streaming tokens as they arrive."""
+    if max_tokens < 1:
+        raise UserError(f"--max-tokens must be at least 1, got {max_tokens}")
+    body = {"runtime": "inference", "item": model, "timeout_s": timeout, "expected_units": max_tokens,
+            "payload": {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}}
+    final = run_task(client(config, data_dir), body, stream_text=stream and not json_, timeout_s=timeout)
+    if json_:
+        print_json(final)
+        return
+    output = final.get("output", {})
+    if not stream:
+        typer.echo(output.get("text", ""), nl=False)
+    typer.echo("")
+    typer.echo(f"[{output.get('tokens_out', '?')} tokens by {final['worker'][-12:]}, "
+               f"finish {output.get('finish_reason')}, receipt {final.get('receipt_id', '')[:16]}]", err=True)
+
+
+def tasks(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Newest N tasks.")] = 20,
+    role: Annotated[str | None, typer.Option("--role", help="requester or worker.")] = None,
+    task_id: Annotated[str | None, typer.Argument(help="Show one task (an ID or its first characters).")] = None,
+) -> None:
+    """Task history: what this node asked the network for and what it ran for peers (survives restarts)."""
+    if role not in (None, "requester", "worker"):
+        raise UserError(f"--role must be requester or worker, got {role!r}")
+    api = client(config, data_dir)
+    if task_id is not None:
+        found = api.get(f"/api/tasks/{task_id}")
+        print_json(found)
+        return
+    params: dict[str, Any] = {"limit": limit}
+    if role:
+        params["role"] = role
+    data = api.get("/api/tasks", **params)
+    if json_:
+        print_json(data)
+        return
+    if not data:
+        typer.echo("no tasks yet: `hyperion-node submit infer --model M --prompt TEXT` sends one")
+        return
+    rows = []
+    for t in data:
+        tries = " ".join(f"{a['peer_id'][-6:]}:{a['outcome']}" for a in t["attempts"]) or "-"
+        rows.append([t["task_id"][:12], t["role"], f"{t['runtime']}/{t['item']}"[:40], t["state"],
+                     (t["worker"] or "-")[-12:], tries, (t["error"] or "")[:40]])
+    print_table(["task", "role", "what", "state", "worker", "attempts", "error"], rows)

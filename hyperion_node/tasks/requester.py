@@ -1,0 +1,353 @@
+"""The requester side: choose a worker, dispatch, stream the result, fail over, check, countersign.
+
+For one task (see DESIGN.md, "one inference request, end to end")::
+
+    candidates (peer table + this node; a DHT provider lookup when none is known)
+      -> Scheduler.choose -> ranked workers, best first
+      -> for each: open /hyperion/task/1 straight to it (or run here if it is this node)
+           BUSY, REJECTED, unreachable, or failed before any output -> record the outcome, try the next
+           failed after output started -> the task fails: the client already has part of an answer,
+                                            and a silent restart elsewhere would hand it a spliced one
+      -> FINAL: check the receipt (signature, names, hashes), countersign, send it back, append it
+
+The deadline holds across every attempt. Events go to the caller through a memory channel; a caller that
+stops listening (its HTTP client went away) cancels the task, which closes the stream to the worker, which
+stops the work.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+from libp2p.custom_types import TProtocol
+
+from hyperion_node.errors import HyperionError, RemoteError, UserError
+from hyperion_node.identity import Identity
+from hyperion_node.ledger.exceptions import ReceiptRejected
+from hyperion_node.ledger.receipt import SignedReceipt, content_hash, countersign
+from hyperion_node.ledger.service import LedgerService
+from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequirements
+from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
+from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
+from hyperion_node.tasks.history import TaskHistory, now_ms
+from hyperion_node.tasks.messages import (
+    MAX_RESPONSE_BYTES,
+    Accepted,
+    Busy,
+    Countersign,
+    FinalResult,
+    FrameReader,
+    MalformedFrame,
+    PartialResult,
+    Rejected,
+    TaskError,
+    TaskRequest,
+    decode_worker,
+    encode_countersign,
+    encode_request,
+)
+from hyperion_node.tasks.model import FINAL_STATES, Attempt, TaskRecord, TaskSpec, TaskState, new_task_id
+from hyperion_node.tasks.settings import TaskSettings
+from hyperion_node.tasks.streams import STREAM_ERRORS, STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
+from hyperion_node.tasks.worker import Execution, Ticket, Worker
+from runtimes.interface import Partial
+
+log = structlog.get_logger(__name__)
+
+TASK_PROTOCOL = TProtocol("/hyperion/task/1")
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """What the caller of a task sees, in order: assigned (maybe several times), partial..., then final."""
+
+    kind: str  # "assigned", "partial", "final"
+    task_id: str
+    worker: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Send = Callable[[TaskEvent], Awaitable[None]]
+Candidates = Callable[[TaskSpec, TaskRequirements], Awaitable[list[Any]]]
+
+
+@dataclass
+class _Try:
+    """How one attempt went, for the scheduler and the failover decision."""
+
+    kind: OutcomeKind
+    detail: str = ""
+    output_started: bool = False
+    rejected: str = ""  # the worker said the task cannot run as asked
+    ttft_s: float | None = None
+    units_per_s: float | None = None
+    final: TaskEvent | None = None  # sent to the caller once the task's completion is on disk
+
+
+class Requester:
+    def __init__(self, *, identity: Identity, scheduler: Scheduler, worker: Worker, ledger: LedgerService,
+                 history: TaskHistory, settings: TaskSettings, store_run: Callable[..., Awaitable[Any]],
+                 candidates: Candidates, open_stream: Callable[[str], Awaitable[Any]],
+                 on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None]) -> None:
+        self.identity = identity
+        self.peer_id = str(identity.peer_id)
+        self.scheduler = scheduler
+        self.worker = worker
+        self.ledger = ledger
+        self.history = history
+        self.settings = settings
+        self._store_run = store_run
+        self._candidates = candidates
+        self._open_stream = open_stream
+        self._on_malformed = on_malformed
+        self._on_failure = on_failure
+
+    def new_record(self, spec: TaskSpec) -> TaskRecord:
+        created = now_ms()
+        task_id = new_task_id(spec.runtime, spec.item, spec.payload, self.peer_id, created)
+        return TaskRecord(task_id=task_id, role="requester", runtime=spec.runtime, item=spec.item,
+                          requester=self.peer_id, created_ms=created, updated_ms=created)
+
+    async def run(self, spec: TaskSpec, record: TaskRecord, send: Send) -> None:
+        """Run the task to its end; raises ``NoWorker``, ``TaskRejected``, ``TaskFailed`` or ``trio.TooSlowError``."""
+        await self._store_run(self.history.save, record)
+        deadline = trio.current_time() + spec.timeout_s
+        try:
+            with trio.fail_at(deadline):
+                await self._run(spec, record, send, deadline)
+        except BaseException as exc:
+            if record.state not in FINAL_STATES:
+                record.error = _describe(exc)
+                record.move(TaskState.CANCELLED if isinstance(exc, trio.Cancelled | trio.BrokenResourceError)
+                            else TaskState.FAILED, now_ms())
+                with trio.CancelScope(shield=True):
+                    await self._store_run(self.history.save, record)
+            raise
+
+    async def _run(self, spec: TaskSpec, record: TaskRecord, send: Send, deadline: float) -> None:
+        tried: set[str] = set()
+        rejections: list[str] = []
+        while True:
+            req = TaskRequirements(runtime=spec.runtime, item=spec.item, min_memory_bytes=spec.min_memory_bytes,
+                                   max_price_per_unit=spec.max_price_per_unit, deadline=deadline,
+                                   expected_units=spec.expected_units, exclude=frozenset(tried))
+            decision = self.scheduler.choose(req, await self._candidates(spec, req))
+            fresh = [c for c in decision.ranked if c.peer_id not in tried]
+            if not fresh:
+                raise self._no_worker(decision, rejections, record)
+            for choice in fresh:
+                if not self.scheduler.begin(choice.peer_id):
+                    continue
+                tried.add(choice.peer_id)
+                result = await self._attempt(choice, spec, record, send, deadline)
+                self.scheduler.record_outcome(choice.peer_id, spec.item, Outcome(
+                    result.kind, ttft_s=result.ttft_s, units_per_s=result.units_per_s))
+                if result.kind is OutcomeKind.SUCCESS:
+                    return
+                if result.kind in (OutcomeKind.FAILED, OutcomeKind.TIMEOUT, OutcomeKind.UNREACHABLE):
+                    self._on_failure(choice.peer_id)
+                if result.rejected:
+                    rejections.append(result.rejected)
+                if result.output_started:
+                    raise TaskFailed(f"worker {choice.peer_id} failed after its output had started: {result.detail}",
+                                     hint="the partial output was not completed; submit the task again")
+                log.info("task_failover", worker=choice.peer_id[-8:], outcome=result.kind.value, detail=result.detail)
+
+    def _no_worker(self, decision: Decision, rejections: list[str], record: TaskRecord) -> HyperionError:
+        tried = ", ".join(f"{a.peer_id[-8:]}: {a.outcome}" for a in record.attempts)
+        if rejections and all(a.outcome == "rejected" for a in record.attempts):
+            return TaskRejected(rejections[0])
+        if decision.status is DecisionStatus.DEADLINE:
+            return NoWorker(decision.message, status=decision.status.value)
+        if record.attempts:
+            return NoWorker(f"every worker tried failed or was busy ({tried})", status="all-busy",
+                            retry_after_s=self.settings.busy_retry_after_s)
+        return NoWorker(decision.message, status=decision.status.value, retry_after_s=decision.retry_after_s)
+
+    async def _attempt(self, choice: ScoredCandidate, spec: TaskSpec, record: TaskRecord, send: Send,
+                       deadline: float) -> _Try:
+        peer = choice.peer_id
+        attempt = Attempt(peer, started_ms=now_ms())
+        record.attempts.append(attempt)
+        record.worker = peer
+        record.move(TaskState.ASSIGNED, now_ms())
+        await self._store_run(self.history.save, record)
+        await send(TaskEvent("assigned", record.task_id, peer, {"local": choice.candidate.local,
+                                                                "score": round(choice.score, 4)}))
+        request = TaskRequest(task_id=record.task_id, runtime=spec.runtime, item=spec.item, payload=spec.payload,
+                              requester=self.peer_id, deadline_s=max(0.0, deadline - trio.current_time()),
+                              max_price_per_unit=spec.max_price_per_unit, min_memory_bytes=spec.min_memory_bytes)
+        if choice.candidate.local:
+            result = await self._run_here(request, record, send)
+        else:
+            result = await self._run_remote(peer, request, record, send)
+        attempt.outcome = "rejected" if result.rejected else result.kind.value
+        attempt.detail, attempt.ended_ms = result.detail[:300], now_ms()
+        if result.kind is OutcomeKind.SUCCESS:
+            record.move(TaskState.COMPLETED, now_ms())
+        await self._store_run(functools.partial(self.history.save, record, event=result.kind is OutcomeKind.SUCCESS))
+        if result.final is not None:
+            await send(result.final)
+        return result
+
+    # -- this node as the worker ---------------------------------------------------------------------------
+
+    async def _run_here(self, request: TaskRequest, record: TaskRecord, send: Send) -> _Try:
+        answer = self.worker.admit(request)
+        if isinstance(answer, Busy):
+            return _Try(OutcomeKind.BUSY, answer.reason)
+        if isinstance(answer, Rejected):
+            return _Try(OutcomeKind.FAILED, answer.reason, rejected=answer.reason)
+        return await self._execute_here(answer, record, send)
+
+    async def _execute_here(self, ticket: Ticket, record: TaskRecord, send: Send) -> _Try:
+        clock = _Clock()
+        record.move(TaskState.RUNNING, now_ms())
+        await self._store_run(self.history.save, record)
+
+        async def emit(partial: Partial) -> None:
+            clock.partial()
+            await send(TaskEvent("partial", record.task_id, self.peer_id, dict(partial.data)))
+
+        try:
+            done: Execution = await self.worker.execute(ticket, emit)
+        except UserError as exc:
+            return _Try(OutcomeKind.FAILED, exc.one_line(), output_started=clock.started, rejected=exc.one_line())
+        except HyperionError as exc:
+            return _Try(OutcomeKind.FAILED, exc.one_line(), output_started=clock.started)
+        finally:
+            self.worker.release(ticket)
+        settled = countersign(done.signed, self.identity)
+        final = await self._settle(settled, record, dict(done.final.output), clock)
+        return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
+
+    # -- a peer as the worker ------------------------------------------------------------------------------
+
+    async def _run_remote(self, peer: str, request: TaskRequest, record: TaskRecord, send: Send) -> _Try:
+        clock = _Clock()
+        try:
+            with trio.fail_after(self.settings.admission_timeout_s):
+                stream = await self._open_stream(peer)
+        except STREAM_ERRORS_OR_TIMEOUT as exc:
+            return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
+        except Exception as exc:  # py-libp2p's dialler raises assorted types for an unreachable peer
+            return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
+        reader = FrameReader(MAX_RESPONSE_BYTES)
+        done = False
+        try:
+            await stream.write(encode_request(request))
+            with trio.fail_after(self.settings.admission_timeout_s):
+                first = decode_worker(await read_frame(stream, reader))
+            if isinstance(first, Busy):
+                return _Try(OutcomeKind.BUSY, first.reason)
+            if isinstance(first, Rejected):
+                return _Try(OutcomeKind.FAILED, first.reason, rejected=first.reason)
+            if not isinstance(first, Accepted):
+                raise MalformedFrame("wrong_type", f"expected an admission answer, got {type(first).__name__}")
+            record.move(TaskState.RUNNING, now_ms())
+            await self._store_run(self.history.save, record)
+            while True:
+                msg = decode_worker(await read_frame(stream, reader))
+                if isinstance(msg, PartialResult):
+                    clock.partial()
+                    await send(TaskEvent("partial", record.task_id, peer, dict(msg.data)))
+                elif isinstance(msg, FinalResult):
+                    signed = self._check_final(peer, request, msg)
+                    settled = countersign(signed, self.identity)
+                    await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
+                    done = True
+                    final = await self._settle(settled, record, dict(msg.output), clock)
+                    return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
+                elif isinstance(msg, TaskError):
+                    kind = OutcomeKind.TIMEOUT if msg.code == "deadline" else OutcomeKind.FAILED
+                    rejected = msg.message if msg.code == "bad_request" and not clock.started else ""
+                    return _Try(kind, f"{msg.code}: {msg.message}", output_started=clock.started, rejected=rejected)
+                else:
+                    raise MalformedFrame("wrong_type", f"{type(msg).__name__} after ACCEPTED")
+        except (MalformedFrame, ReceiptRejected, RemoteError) as exc:
+            reason = getattr(exc, "reason", "bad_result")
+            self._on_malformed(peer, reason if isinstance(reason, str) else "bad_result")
+            return _Try(OutcomeKind.FAILED, f"malformed answer: {_describe(exc)}", output_started=clock.started)
+        except trio.TooSlowError:
+            return _Try(OutcomeKind.TIMEOUT, "no admission answer in time", output_started=clock.started)
+        except STREAM_ERRORS as exc:
+            kind = OutcomeKind.FAILED if clock.started or done else OutcomeKind.UNREACHABLE
+            return _Try(kind, f"the stream broke: {_describe(exc)}", output_started=clock.started)
+        finally:
+            if not done:
+                with trio.CancelScope(shield=True):
+                    await reset_quietly(stream)
+
+    def _check_final(self, peer: str, request: TaskRequest, msg: FinalResult) -> SignedReceipt:
+        """The worker's receipt must be its own, for this task, of this output; else the result is refused."""
+        signed = SignedReceipt.decode(msg.receipt)
+        receipt = signed.receipt
+        problems = []
+        if receipt.worker != peer:
+            problems.append(f"names worker {receipt.worker}")
+        if receipt.requester != self.peer_id or receipt.task_id != request.task_id:
+            problems.append("is for another requester or task")
+        if receipt.output_hash != content_hash(msg.output):
+            problems.append("does not match the output")
+        if receipt.input_hash != content_hash(request.payload):
+            problems.append("does not match the task's input")
+        if problems:
+            raise MalformedFrame("bad_receipt", "the receipt " + ", ".join(problems))
+        return signed  # countersign() checks the worker's signature
+
+    async def _settle(self, settled: SignedReceipt, record: TaskRecord, output: dict[str, Any],
+                      clock: _Clock) -> TaskEvent:
+        with trio.CancelScope(shield=True):
+            await self.ledger.append(settled)
+        receipt = settled.receipt
+        record.result = {"receipt_id": settled.id.hex(), "units": receipt.units, "total_atto": str(receipt.total),
+                         "ttft_ms": None if clock.ttft() is None else round((clock.ttft() or 0) * 1000, 1),
+                         "partials": clock.count}
+        return TaskEvent("final", record.task_id, receipt.worker, {
+            "output": output, "receipt_id": settled.id.hex(), "units": receipt.units,
+            "total_atto": str(receipt.total), "evidence": dict(receipt.evidence)})
+
+
+@dataclass
+class _Clock:
+    """Time to first partial and partials per second after it, for the scheduler's adaptive layer."""
+
+    start: float = field(default_factory=time.monotonic)
+    first: float | None = None
+    last: float | None = None
+    count: int = 0
+
+    @property
+    def started(self) -> bool:
+        return self.count > 0
+
+    def partial(self) -> None:
+        now = time.monotonic()
+        self.first = now if self.first is None else self.first
+        self.last = now
+        self.count += 1
+
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.start
+
+    def rate(self) -> float | None:
+        if self.first is None or self.last is None or self.count < 2 or self.last <= self.first:
+            return None
+        return (self.count - 1) / (self.last - self.first)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, HyperionError):
+        return exc.one_line()
+    if isinstance(exc, trio.TooSlowError):
+        return "the task's deadline passed"
+    if isinstance(exc, trio.Cancelled):
+        return "cancelled: the client went away"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}"[:300] if text else type(exc).__name__

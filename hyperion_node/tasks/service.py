@@ -1,0 +1,272 @@
+"""The orchestrator as a daemon component: it owns the worker and requester sides and every running job.
+
+``submit(spec)`` starts a job in the orchestrator's nursery and hands back a :class:`Job`: a bounded channel
+of :class:`TaskEvent` (a slow client slows the stream down instead of filling memory) and a cancel scope.
+The API reads the channel; when its client goes away it calls ``job.cancel()``, and the stream to the
+worker is closed, which stops the work there.
+
+It also feeds the scheduler (heartbeats, RTTs) and the reputation view (settled receipts, epoch roots and
+disputes from the receipts topic; failures this node saw itself), which the scheduler reads as reliability.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+import trio
+from libp2p.abc import INetStream
+from libp2p.peer.id import ID
+
+from hyperion_node.errors import HyperionError, InternalError
+from hyperion_node.identity import Identity
+from hyperion_node.ledger import messages as receipt_gossip
+from hyperion_node.ledger.dispute import Dispute
+from hyperion_node.ledger.epochs import SignedEpoch
+from hyperion_node.ledger.exceptions import ReceiptRejected
+from hyperion_node.ledger.receipt import SignedReceipt
+from hyperion_node.ledger.reputation import ReputationView
+from hyperion_node.ledger.service import LedgerService
+from hyperion_node.p2p.messages import Heartbeat, OfferAd
+from hyperion_node.p2p.network import P2PNetwork
+from hyperion_node.runtime_registry import RuntimeRegistry
+from hyperion_node.scheduler import Scheduler, TaskRequirements
+from hyperion_node.scheduler.candidates import Candidate, candidates_from_peer_table, local_candidate
+from hyperion_node.scheduler.scheduler import SchedulerEvent
+from hyperion_node.scheduler.settings import SchedulerSettings
+from hyperion_node.store import Store
+from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
+from hyperion_node.tasks.history import TaskHistory
+from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester, TaskEvent
+from hyperion_node.tasks.settings import TaskSettings
+from hyperion_node.tasks.streams import reset_quietly
+from hyperion_node.tasks.worker import Worker
+from hyperion_node.trio_types import TaskStatus
+
+log = structlog.get_logger(__name__)
+
+EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
+
+
+@dataclass
+class Job:
+    task_id: str
+    events: trio.MemoryReceiveChannel[TaskEvent]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+        self.events.close()
+
+
+def error_event(task_id: str, exc: BaseException) -> TaskEvent:
+    """The last event of a job that did not complete, with the HTTP status the API answers with."""
+    if isinstance(exc, TaskRejected):
+        status, kind = 400, "invalid_request_error"
+    elif isinstance(exc, NoWorker):
+        status, kind = 503, "no_worker"
+    elif isinstance(exc, TaskFailed):
+        status, kind = 502, "worker_failed"
+    elif isinstance(exc, trio.TooSlowError):
+        status, kind = 504, "deadline"
+    else:
+        status, kind = 500, "internal"
+    if isinstance(exc, HyperionError):
+        message = exc.one_line()
+    elif isinstance(exc, trio.TooSlowError):
+        message = "the task's deadline passed"
+    else:
+        message = f"internal error ({type(exc).__name__}); the node's log has the details"
+    data: dict[str, Any] = {"status": status, "type": kind, "message": message}
+    if isinstance(exc, NoWorker):
+        data["reason"] = exc.status
+        data["retry_after_s"] = exc.retry_after_s
+    return TaskEvent("error", task_id, data=data)
+
+
+class Orchestrator:
+    def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
+                 ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
+                 hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None]) -> None:
+        self.identity = identity
+        self.peer_id = str(identity.peer_id)
+        self.store = store
+        self.runtimes = runtimes
+        self.p2p = p2p
+        self.settings = tasks
+        self.history = TaskHistory(store)
+        self.reputation = ReputationView()
+        self.scheduler = Scheduler(scheduler, on_event=self._scheduler_event)
+        self._free_memory = free_memory
+        self.stats: Counter[str] = Counter()
+        self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history,
+                             settings=tasks, store_run=store.run, hardware=hardware,
+                             on_malformed=self._malformed, on_settled=self._publish)
+        self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
+                                   history=self.history, settings=tasks, store_run=store.run,
+                                   candidates=self._candidates, open_stream=self._open_stream,
+                                   on_malformed=self._malformed, on_failure=self._failure)
+        self._nursery: trio.Nursery | None = None
+
+    # -- the component ---------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        stale = await self.store.run(self.history.fail_unfinished, "the node stopped before the task finished")
+        if stale:
+            log.info("tasks_marked_failed", count=stale, why="left unfinished by the previous run")
+        if self.p2p.host is None:
+            raise InternalError("the orchestrator starts after the P2P layer")
+        self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
+        self.p2p.on_heartbeat = self._heartbeat
+        self.p2p.on_rtt = self.scheduler.observe_rtt
+        self.p2p.on_receipt_gossip = self._receipt_gossip
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    def submit(self, spec: TaskSpec) -> Job:
+        if self._nursery is None:
+            raise InternalError("submit() before the orchestrator started")
+        send, receive = trio.open_memory_channel[TaskEvent](EVENT_BUFFER)
+        record = self.requester.new_record(spec)
+        job = Job(record.task_id, receive)
+        self._nursery.start_soon(self._run_job, spec, record, send, job)
+        return job
+
+    async def _run_job(self, spec: TaskSpec, record: Any, send: trio.MemorySendChannel[TaskEvent], job: Job) -> None:
+        with job.scope, structlog.contextvars.bound_contextvars(task_id=record.task_id[:12]):
+            async with send:
+                try:
+                    await self.requester.run(spec, record, send.send)
+                    self.stats["completed"] += 1
+                except (HyperionError, trio.TooSlowError) as exc:
+                    self.stats["failed"] += 1
+                    log.info("task_failed", error=str(exc) or type(exc).__name__)
+                    try:
+                        await send.send(error_event(record.task_id, exc))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return  # nobody is listening any more
+                except trio.BrokenResourceError:
+                    self.stats["cancelled"] += 1  # the client went away; requester.run recorded it
+                except Exception as exc:
+                    # A bug in one request must not stop a node that serves many: its client gets a 500 and
+                    # the traceback goes to the log, loudly.
+                    self.stats["crashed"] += 1
+                    log.exception("task_crashed")
+                    with trio.move_on_after(1):
+                        try:
+                            await send.send(error_event(record.task_id, exc))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+
+    def load(self) -> tuple[int, int]:
+        return self.worker.admission.load()
+
+    # -- inputs ----------------------------------------------------------------------------------------------
+
+    async def _candidates(self, spec: TaskSpec, req: TaskRequirements) -> list[Candidate]:
+        found = self._known_candidates(spec)
+        if not any(c.state.value == "alive" for c in found):
+            # Nobody known serves it: ask the DHT (O(log N) hops); what it finds lands in the peer table.
+            with trio.move_on_after(self.settings.lookup_timeout_s):
+                await self.p2p.find_providers(spec.runtime, spec.item)
+            found = self._known_candidates(spec)
+        return found
+
+    def _known_candidates(self, spec: TaskSpec) -> list[Candidate]:
+        out = candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
+                                         reliability=self.reputation.reliability, wall_now=time.time())
+        offer = next((o for o in self.runtimes.offers() if o.runtime == spec.runtime and o.item == spec.item), None)
+        if offer is not None:
+            queued, running = self.worker.admission.load()
+            ad = OfferAd(runtime=offer.runtime, item=offer.item, unit=offer.unit, price_per_unit=offer.price_per_unit,
+                         capacity=offer.capacity, throughput=offer.throughput)
+            out.append(local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(),
+                                       active_tasks=running, queue_depth=queued))
+        return out
+
+    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
+        """Every inference model this node knows to be served, with who serves it (this node included);
+        with ``include_gone``, also those whose providers are all dead or gone (a 503, not a 404)."""
+        models: dict[str, list[str]] = {}
+        for offer in self.runtimes.offers():
+            if offer.runtime == "inference":
+                models.setdefault(offer.item, []).append(self.peer_id)
+        for entry in self.p2p.table.peers.values():
+            if entry.capability is None or (entry.state.value in ("dead", "left") and not include_gone):
+                continue
+            for ad in entry.capability.offers:
+                if ad.runtime == "inference":
+                    models.setdefault(ad.item, []).append(entry.peer_id)
+        return models
+
+    def _heartbeat(self, heartbeat: Heartbeat) -> None:
+        self.scheduler.observe_heartbeat(heartbeat)
+
+    def _scheduler_event(self, event: SchedulerEvent) -> None:
+        log.info("scheduler_" + type(event).__name__.lower(), **event.to_json())
+
+    def _malformed(self, peer_id: str, reason: str) -> None:
+        self.stats[f"rejected:{reason}"] += 1
+        self.p2p.stats.reject("task", reason)
+        self.p2p.table.penalize(peer_id, reason)
+
+    def _failure(self, peer_id: str) -> None:
+        self.reputation.observe_failure(peer_id, int(time.time() * 1000))
+
+    # -- streams ---------------------------------------------------------------------------------------------
+
+    async def _open_stream(self, peer_id: str) -> INetStream:
+        assert self.p2p.host is not None
+        stream: INetStream = await self.p2p.host.new_stream(ID.from_base58(peer_id), [TASK_PROTOCOL])
+        return stream
+
+    async def _handle_stream(self, stream: INetStream) -> None:
+        try:
+            await self.worker.handle_stream(stream)
+        except Exception:  # a bug here must not take the node's listener down with it; it is logged loudly
+            log.exception("task_stream_crashed", peer=str(stream.muxed_conn.peer_id))
+            self.stats["worker_crashed"] += 1
+            await reset_quietly(stream)
+
+    # -- the receipts topic ------------------------------------------------------------------------------------
+
+    async def _publish(self, record: SignedReceipt | SignedEpoch | Dispute) -> None:
+        await self.p2p.publish_receipt_gossip(receipt_gossip.to_gossip_body(record))
+
+    async def publish_epoch(self, epoch: SignedEpoch) -> None:
+        await self._publish(epoch)
+
+    def _receipt_gossip(self, sender: str, body: dict[str, Any]) -> None:
+        now = int(time.time() * 1000)
+        try:
+            record = receipt_gossip.from_gossip_body(body)
+            if isinstance(record, SignedReceipt):
+                self.reputation.observe_settled(record, now)
+            elif isinstance(record, SignedEpoch):
+                self.reputation.observe_epoch(record, now)
+            else:
+                self.reputation.observe_dispute(record, now)
+        except ReceiptRejected as exc:
+            reason = type(exc).__name__.lower()
+            self.p2p.stats.reject("receipts", reason)
+            if reason != "replayed":  # anyone can forward an old record: the forwarder is not at fault
+                self.p2p.table.penalize(sender, reason)
+            return
+        self.stats[f"gossip:{type(record).__name__}"] += 1
+
+    def describe(self) -> dict[str, Any]:
+        queued, running = self.load()
+        return {"queued": queued, "running": running, "requested": dict(self.stats),
+                "served": dict(self.worker.served),
+                "reputation": {p: dataclasses.asdict(r) for p, r in list(self.reputation.snapshot().items())[:100]}}

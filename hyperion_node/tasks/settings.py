@@ -1,0 +1,36 @@
+"""``[tasks]``: the orchestrator's bounds, from the config loader's flat values (see configs/default.toml)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hyperion_node.errors import ConfigError
+
+SECTION = "tasks"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    queue_depth: int = 1
+    default_timeout_s: float = 120.0
+    request_timeout_s: float = 10.0
+    countersign_timeout_s: float = 10.0
+    busy_retry_after_s: float = 2.0
+    admission_timeout_s: float = 5.0
+    lookup_timeout_s: float = 3.0
+    history_limit: int = 10000
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> TaskSettings:
+        kwargs = {f.name: values[f"{SECTION}.{f.name}"] for f in fields(cls) if f"{SECTION}.{f.name}" in values}
+        for name, value in kwargs.items():
+            key = f"{SECTION}.{name}"
+            if name == "queue_depth" and value < 0:
+                raise ConfigError(f"got {value!r}", source=sources.get(key, "config"), key=key,
+                                  expected="an integer >= 0")
+            if name != "queue_depth" and value <= 0:
+                raise ConfigError(f"got {value!r}", source=sources.get(key, "config"), key=key,
+                                  expected="a number above 0")
+        return cls(**kwargs)
