@@ -192,7 +192,8 @@ class BlenderRuntime:
 
     async def run(self, task: Task, emit: Emit) -> Final:
         build = self.build
-        request = RenderRequest.from_payload(task.payload, self._settings)
+        # In a thread: hashing a 64 MiB scene takes ~0.2 s, too long to hold the event loop.
+        request = await trio.to_thread.run_sync(RenderRequest.from_payload, task.payload, self._settings)
         async with self._limiter:
             workdir = await trio.to_thread.run_sync(self._prepare, request)
             try:
