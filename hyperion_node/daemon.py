@@ -343,6 +343,8 @@ async def _run_node(
             settings=config.runtime_settings,
             disabled=config.runtimes_disabled,
             benchmark_on_start=config.hardware.benchmark_on_start,
+            auto_priced=config.pricing.auto,
+            auto_credits_per_hour=config.pricing.auto_credits_per_hour,
         ),
     )
     node.p2p = P2PNetwork(

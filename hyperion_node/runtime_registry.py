@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 import trio
 
+from hyperion_node.ledger.rewards import price_offers
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
 from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext
@@ -58,6 +59,9 @@ class RuntimeRegistry:
     disabled: tuple[str, ...] = ()
     benchmark_on_start: bool = True
     entry_points: Iterable[EntryPoint] | None = None  # injected by tests; None: the installed ones
+    # Runtimes priced from their cached benchmark ("pricing.auto") and what an hour of their work should earn.
+    auto_priced: tuple[str, ...] = ()
+    auto_credits_per_hour: float = 1.0
     loaded: dict[str, LoadedRuntime] = field(default_factory=dict)
     failures: list[RuntimeFailure] = field(default_factory=list)
 
@@ -137,7 +141,10 @@ class RuntimeRegistry:
             await self.aclose()
 
     def offers(self) -> list[Offer]:
-        return [offer for loaded in self.loaded.values() for offer in loaded.offers()]
+        """What this node offers, priced as advertised (auto prices filled in): the one source for adverts,
+        admission and receipts."""
+        offers = [offer for loaded in self.loaded.values() for offer in loaded.offers()]
+        return price_offers(offers, auto_runtimes=self.auto_priced, credits_per_hour=self.auto_credits_per_hour)
 
     def describe(self) -> list[dict[str, Any]]:
         """Per runtime: name, version, benchmark and offers; failures too. For ``status`` and the API."""
@@ -148,7 +155,7 @@ class RuntimeRegistry:
                 "state": "ready",
                 "benchmark": dataclasses.asdict(loaded.benchmark) if loaded.benchmark else None,
                 "benchmark_cached": loaded.benchmark_cached,
-                "offers": [dataclasses.asdict(offer) for offer in loaded.offers()],
+                "offers": [dataclasses.asdict(offer) for offer in self.offers() if offer.runtime == name],
             }
             for name, loaded in self.loaded.items()
         ]

@@ -133,7 +133,7 @@ class Worker:
 
     def admit(self, req: TaskRequest) -> Ticket | Busy | Rejected:
         loaded = self.runtimes.loaded.get(req.runtime)
-        offer = next((o for o in loaded.offers() if o.item == req.item), None) if loaded else None
+        offer = next((o for o in self.runtimes.offers() if o.runtime == req.runtime and o.item == req.item), None)
         if loaded is None or offer is None:
             return Rejected(f"this node does not offer {req.runtime}/{req.item}")
         if req.max_price_per_unit is not None and offer.price_per_unit > req.max_price_per_unit:

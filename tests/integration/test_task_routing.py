@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from hyperion_node.cli.app import app
 from hyperion_node.testing.process import NodeProcess, wait_until
 
 pytestmark = pytest.mark.process
@@ -137,6 +139,25 @@ def test_non_streaming_completion_and_chat(net: Network) -> None:
                                           max_tokens=8, temperature=0)
     assert chat.choices[0].message.role == "assistant"
     assert chat.choices[0].message.content
+
+
+def test_cli_submit_streams_tokens_and_tasks_shows_the_worker(net: Network) -> None:
+    runner = CliRunner()
+    env = {"HYPERION_DATA_DIR": str(net.a.data_dir)}
+    result = runner.invoke(app, ["submit", "infer", "--model", MODEL, "--prompt", "The sky is",
+                                 "--max-tokens", "6", "--temperature", "0"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "-> worker" in result.output
+    assert "tokens by" in result.output
+    listed = runner.invoke(app, ["tasks", "--limit", "1", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    newest = json.loads(listed.output)[0]
+    assert newest["state"] == "completed"
+    assert newest["worker"] in net.workers
+    unknown = runner.invoke(app, ["submit", "infer", "--model", "nope", "--prompt", "x"], env=env)
+    assert unknown.exit_code != 0
+    assert "no peer" in unknown.output or "not served" in unknown.output or "nope" in unknown.output
+    assert "Traceback" not in unknown.output
 
 
 def test_bad_requests_get_clear_errors(net: Network) -> None:
