@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 import trio
 
+from hyperion_node.errors import InternalError
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
 from runtimes.render.blender import BlenderBuild, probe
 from runtimes.render.exceptions import (
@@ -47,7 +48,6 @@ from runtimes.render.exceptions import (
     HyperionError,
     MalformedScene,
     RenderTimeout,
-    RuntimeUnavailable,
 )
 from runtimes.render.png import HASH_DOMAIN, DecodedImage, decode_png
 from runtimes.render.process import DriverExit, run_driver
@@ -57,7 +57,8 @@ from runtimes.render.request import RUNTIME_NAME, RenderRequest, RenderSettings
 RUNTIME_REVISION = "1"
 DRIVER = Path(__file__).with_name("driver.py")
 TEST_SCENE_SCRIPT = Path(__file__).parent / "scenes" / "make_test_scene.py"
-# The benchmark: 3 frames of the test scene at 128x96 and 16 samples, ~4 s with start-up on 2 cores.
+# The benchmark: 3 frames of the test scene at 128x96 and 16 samples: ~5 s on 2 cores with Blender's start,
+# after ~2 s to build the scene.
 # The first frame pays Cycles' kernel and scene set-up, so throughput is taken from the others.
 BENCH_RESOLUTION, BENCH_SAMPLES, BENCH_FRAMES = (128, 96), 16, (1, 3)
 # Blender's messages when it cannot read a .blend, as Blender 3.4 prints them: "File format is not supported
@@ -114,7 +115,7 @@ class BlenderRuntime:
     @property
     def build(self) -> BlenderBuild:
         if self._build is None:
-            raise RuntimeUnavailable("the render runtime is not started", hint="call start() first")
+            raise InternalError("the render runtime is used before start()")
         return self._build
 
     async def start(self) -> None:
