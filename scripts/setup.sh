@@ -50,7 +50,7 @@ python_packages() {
   fi
   say "installing Python packages (llama-cpp-python compiles on first install: about 8 minutes on 2 cores)"
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
-  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test,bench]"
   echo "$want" > "$stamp"
 }
 

@@ -7,6 +7,8 @@ operator opens can reach loopback too.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import secrets
 from typing import Any, Protocol
 
@@ -129,7 +131,8 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
         return JSONResponse(found)
 
     @app.post("/api/tasks", dependencies=authed,
-              summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error")
+              summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error. "
+                      "Bytes in the payload travel base64-encoded under payload_b64 (field -> text).")
     async def submit(request: Request) -> Response:
         body = await openai.read_json(request)
         if isinstance(body, JSONResponse):
@@ -168,6 +171,13 @@ def _task_spec(body: dict[str, Any], default_timeout_s: float) -> TaskSpec | str
         return "'runtime' and 'item' must be non-empty strings (see an offer in GET /api/status)"
     if not isinstance(payload, dict):
         return "'payload' must be a JSON object"
+    encoded = body.get("payload_b64", {})
+    if not isinstance(encoded, dict) or not all(isinstance(v, str) for v in encoded.values()):
+        return "'payload_b64' must map payload fields to base64 text (for bytes such as a .zkey)"
+    try:
+        payload = {**payload, **{k: base64.b64decode(v, validate=True) for k, v in encoded.items()}}
+    except binascii.Error as exc:
+        return f"'payload_b64' holds text that is not base64: {exc}"
     timeout = body.get("timeout_s", default_timeout_s)
     max_price = body.get("max_price_per_unit")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 86400:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -76,6 +78,50 @@ def submit_infer(
     typer.echo("")
     typer.echo(f"[{output.get('tokens_out', '?')} tokens by {final['worker'][-12:]}, "
                f"finish {output.get('finish_reason')}, receipt {final.get('receipt_id', '')[:16]}]", err=True)
+
+
+@submit_app.command("zk")
+@cli_errors
+def submit_zk(
+    zkey: Annotated[Path, typer.Option("--zkey", help="The circuit's Groth16 proving key (snarkjs .zkey).")],
+    wtns: Annotated[Path | None, typer.Option("--wtns", help="The witness (.wtns).")] = None,
+    wasm: Annotated[Path | None, typer.Option("--wasm", help="The circuit's witness generator (.wasm).")] = None,
+    input_: Annotated[Path | None, typer.Option("--input", help="Its input JSON (with --wasm).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where proof.json and public.json go.")] = Path("."),
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the task may take, failover included.")] = 600.0,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Prove on the best peer that runs Groth16; the proof is verified here before it is accepted."""
+    if (wtns is None) == (wasm is None) or (wasm is not None) != (input_ is not None):
+        raise UserError("give --wtns, or --wasm with --input")
+    files = {"zkey": zkey, "wtns": wtns, "wasm": wasm}
+    encoded: dict[str, str] = {}
+    for field, path in files.items():
+        if path is None:
+            continue
+        try:
+            encoded[field] = base64.b64encode(path.read_bytes()).decode()
+        except OSError as exc:
+            raise UserError(f"cannot read --{field} {path}: {exc.strerror}") from exc
+    payload: dict[str, Any] = {}
+    if input_ is not None:
+        try:
+            payload["input"] = json.loads(input_.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--input {input_} is not a readable JSON file: {exc}") from exc
+    body = {"runtime": "zk-groth16", "item": "groth16-bn254", "timeout_s": timeout, "payload": payload,
+            "payload_b64": encoded}
+    final = run_task(client(config, data_dir), body, stream_text=False, timeout_s=timeout)
+    from runtimes.zk.files import snarkjs_dumps
+    from runtimes.zk.runtime import in_snarkjs_order
+
+    out.mkdir(parents=True, exist_ok=True)
+    output = final.get("output", {})
+    (out / "proof.json").write_text(snarkjs_dumps(in_snarkjs_order(output.get("proof") or {})))
+    (out / "public.json").write_text(snarkjs_dumps(output.get("public")))
+    typer.echo(f"proof by {final['worker'][-12:]} verified; wrote {out / 'proof.json'} and {out / 'public.json'}"
+               f" (receipt {final.get('receipt_id', '')[:16]})")
 
 
 def tasks(

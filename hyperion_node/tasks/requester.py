@@ -34,6 +34,7 @@ from hyperion_node.ledger.receipt import SignedReceipt, content_hash, countersig
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequirements
 from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
+from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import TaskHistory, now_ms
 from hyperion_node.tasks.messages import (
@@ -259,6 +260,7 @@ class Requester:
                     await send(TaskEvent("partial", record.task_id, peer, dict(msg.data)))
                 elif isinstance(msg, FinalResult):
                     signed = self._check_final(peer, request, msg)
+                    await check_result(request.runtime, request.payload, msg.output, signed.receipt.evidence)
                     settled = countersign(signed, self.identity)
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
                     done = True

@@ -30,6 +30,7 @@ from hyperion_node.ledger.money import credits_to_atto
 from hyperion_node.ledger.receipt import SignedReceipt, receipt_from_final, sign_receipt, with_countersignature
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.runtime_registry import RuntimeRegistry
+from hyperion_node.tasks.checks import path_fields
 from hyperion_node.tasks.history import TaskHistory, now_ms
 from hyperion_node.tasks.messages import (
     MAX_REQUEST_BYTES,
@@ -202,7 +203,9 @@ class Worker:
         await stream.write(encode_worker(msg))
 
     async def _serve(self, stream: INetStream, reader: FrameReader, req: TaskRequest) -> None:
-        answer = self.admit(req)
+        paths = path_fields(req.payload)
+        answer = (Rejected(f"payload fields {', '.join(paths)} name files; a peer must send the bytes")
+                  if paths else self.admit(req))
         if not isinstance(answer, Ticket):
             self.served["busy" if isinstance(answer, Busy) else "rejected"] += 1
             log.info("task_refused", answer=type(answer).__name__.lower(), reason=answer.reason)

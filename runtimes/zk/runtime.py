@@ -161,9 +161,20 @@ def _one_of(payload: Mapping[str, Any], inline: str, path: str, *, required: boo
     return None
 
 
+# proof.json's keys in the order snarkjs writes them. Transports may reorder a map (our wire format is
+# canonical CBOR, which sorts keys), so the hash and the file are always made in this order.
+PROOF_KEYS = ("pi_a", "pi_b", "pi_c", "protocol", "curve")
+
+
+def in_snarkjs_order(proof: Mapping[str, Any]) -> dict[str, Any]:
+    ordered = {key: proof[key] for key in PROOF_KEYS if key in proof}
+    return {**ordered, **{k: v for k, v in proof.items() if k not in ordered}}
+
+
 def proof_sha256(proof: Mapping[str, Any]) -> str:
-    """SHA-256 of proof.json exactly as written (the receipt's commitment to the proof)."""
-    return hashlib.sha256(snarkjs_dumps(proof).encode()).hexdigest()
+    """SHA-256 of proof.json as snarkjs writes it (the receipt's commitment to the proof), whatever order
+    the map's keys arrived in."""
+    return hashlib.sha256(snarkjs_dumps(in_snarkjs_order(proof)).encode()).hexdigest()
 
 
 def check_final(vk: VerifyingKey, output: Mapping[str, Any], evidence: Mapping[str, Any]) -> bool:

@@ -38,7 +38,8 @@ FAST = [
 ]
 OFF = '"zk-groth16", "render-blender"'
 REQUESTER = [*FAST, f'runtimes.disabled=["inference", {OFF}]']
-WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024"]
+# Epochs of two receipts, so that the tests see epoch roots gossiped too.
+WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024", "ledger.epoch_receipts=2"]
 # ~800 prompt tokens (of the workers' 1,024): on these 2 cores the prompt alone takes seconds, long enough to
 # kill a worker inside it.
 LONG_PROMPT = "Describe the harbour. " + " ".join(f"Ship {i} carries grain and wool." for i in range(100))
@@ -158,6 +159,21 @@ def test_cli_submit_streams_tokens_and_tasks_shows_the_worker(net: Network) -> N
     assert unknown.exit_code != 0
     assert "no peer" in unknown.output or "not served" in unknown.output or "nope" in unknown.output
     assert "Traceback" not in unknown.output
+
+
+def test_settled_receipts_and_epoch_roots_reach_every_reputation_view(net: Network) -> None:
+    # By now each worker settled receipts for A and closed epochs of two. Each gossips both; the other worker,
+    # party to none of them, verified them into its reputation view, which its scheduler reads as reliability.
+    for worker_id, worker in net.workers.items():
+        other_id, other = next((p, n) for p, n in net.workers.items() if p != worker_id)
+        served = worker.get("/api/rewards")["tasks"]["settled"]
+        if not served:
+            continue
+        wait_until(lambda o=other, w=worker_id, n=served: o.get("/api/tasks/stats")["reputation"]
+                   .get(w, {}).get("completed", 0) >= n, timeout=15,
+                   what=f"{other_id[-6:]} counts the receipts {worker_id[-6:]} settled")
+    gossip = [n.get("/api/tasks/stats")["requested"] for n in (net.a, *net.workers.values())]
+    assert any(g.get("gossip:SignedEpoch") for g in gossip), "epoch roots were gossiped and verified"
 
 
 def test_bad_requests_get_clear_errors(net: Network) -> None:

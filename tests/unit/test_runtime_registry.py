@@ -9,6 +9,8 @@ from __future__ import annotations
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
+import pytest
+
 from hyperion_node.errors import RuntimeUnavailable
 from hyperion_node.runtime_registry import ENTRY_POINT_GROUP, RuntimeRegistry
 from hyperion_node.store import Store
@@ -167,3 +169,17 @@ async def test_runs_and_closes_with_its_owner(tmp_path: Path) -> None:
     assert isinstance(runtime, EchoRuntime)
     assert runtime.closed
     assert reg.loaded == {}
+
+
+async def test_auto_priced_runtimes_offer_the_price_their_benchmark_earns(tmp_path: Path) -> None:
+    for name in ("fixed", "auto"):
+        (tmp_path / name).mkdir()
+    fixed = registry(tmp_path / "fixed", [ep("echo", "tests.unit.test_runtime_registry:EchoRuntime")])
+    auto = registry(tmp_path / "auto", [ep("echo", "tests.unit.test_runtime_registry:EchoRuntime")],
+                    auto_priced=("echo",), auto_credits_per_hour=3.6)
+    for reg in (fixed, auto):
+        await reg.load()
+    assert [o.price_per_unit for o in fixed.offers()] == [0.1]
+    # 3.6 credits an hour at 1,000 words/s: 3.6 / 3.6e6 = 1e-6 credits per word, in every view of the offer.
+    assert [o.price_per_unit for o in auto.offers()] == [pytest.approx(1e-6)]
+    assert auto.describe()[0]["offers"][0]["price_per_unit"] == pytest.approx(1e-6)

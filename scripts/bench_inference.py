@@ -1,0 +1,169 @@
+"""Inference through the network against llama.cpp alone, side by side in one run.
+
+Same model (the packaged Gemma 3 270M), prompt, greedy decoding and token count for each path:
+  (a) llama-cpp-python called directly in this process (create_completion, streamed) -- the floor;
+  (b) the local node's OpenAI API (the node runs the model itself);
+  (c) a remote node over libp2p: the client talks to a node without the model, which routes to a worker.
+Reported: decode tokens/s (after the first token) and time to first token, with b/a and c/a ratios and the
+TTFT each path adds over (a). Then 4 concurrent clients through a network of two workers against 4
+concurrent clients of llama-cpp-python's own OpenAI server (llama_cpp.server) on the same machine.
+
+Threads: every llama.cpp instance gets the node's default, one less than the cores (1 here), so each path
+does the same work per token; the llama_cpp.server baseline gets the same and, in a second row, all cores.
+
+    .venv/bin/python scripts/bench_inference.py [--tokens 128] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+
+from hyperion_node.testing.process import NodeProcess, wait_until
+from runtimes.inference.registry import ModelHashes, ensure_packaged_model
+
+MODEL = "gemma-3-270m-q4_k_m"
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle. Once upon a time,"
+FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=1.0", "p2p.suspect_after_s=4.0", "p2p.dead_after_s=8.0"]
+OFF = '"zk-groth16", "render-blender"'
+THREADS = max(1, (os.cpu_count() or 2) - 1)  # the inference runtime's n_threads = 0 default
+
+
+def stream_timing(chunks: Any, t0: float) -> tuple[float, float, int]:
+    """(ttft_s, decode tokens/s, tokens) from a stream whose every chunk is one token."""
+    stamps = []
+    for chunk in chunks:
+        if chunk:
+            stamps.append(time.perf_counter())
+    n = len(stamps)
+    rate = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else 0.0
+    return stamps[0] - t0, rate, n
+
+
+def direct(model_path: Path, tokens: int) -> tuple[float, float, int]:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=2048, n_threads=THREADS, verbose=False, seed=0)
+    llm.create_completion(PROMPT, max_tokens=4, temperature=0)  # warm-up, as the node's benchmark is
+    # The node starts every generation from an empty KV cache (so that greedy output is reproducible and
+    # checkable); without a reset llama-cpp-python would reuse the warm-up's prompt and skip its prefill.
+    llm.reset()
+    t0 = time.perf_counter()
+    out = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True)
+    result = stream_timing((c["choices"][0]["text"] for c in out), t0)
+    llm.close()
+    return result
+
+
+def through_api(base_url: str, token: str, tokens: int) -> tuple[float, float, int]:
+    client = openai.OpenAI(base_url=base_url + "/v1", api_key=token, max_retries=0)
+    t0 = time.perf_counter()
+    stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True)
+    return stream_timing((c.choices[0].text for c in stream if c.choices), t0)
+
+
+def concurrent(base_url: str, token: str, clients: int, tokens: int, model: str) -> tuple[float, int]:
+    """Aggregate completion tokens/s of ``clients`` simultaneous non-streamed requests."""
+    counts: list[int] = []
+
+    def one(i: int) -> None:
+        client = openai.OpenAI(base_url=base_url + "/v1", api_key=token, max_retries=0, timeout=300)
+        done = client.completions.create(model=model, prompt=f"{PROMPT} ({i})", max_tokens=tokens, temperature=0)
+        counts.append(done.usage.completion_tokens if done.usage else 0)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    return sum(counts) / wall, len(counts)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def llama_server(model_path: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias",
+                             MODEL, "--n_threads", str(threads), "--n_ctx", "2048", "--port", str(port),
+                             "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url + "/v1/models", timeout=2).status_code == 200, timeout=60,
+               what="llama_cpp.server answers")
+    return proc, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrent-tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model_path = ensure_packaged_model(root / "models", ModelHashes(root / "hashes.json")).path
+        worker = NodeProcess(root / "b", sets=[*FAST, f"runtimes.disabled=[{OFF}]"], quiet=True).start()
+        boot = f'p2p.bootstrap=["{worker.p2p_addr()}"]'
+        worker2 = NodeProcess(root / "c", sets=[*FAST, f"runtimes.disabled=[{OFF}]", boot], quiet=True).start()
+        gateway = NodeProcess(root / "a", sets=[*FAST, f'runtimes.disabled=["inference", {OFF}]', boot],
+                              quiet=True).start()
+        try:
+            wait_until(lambda: any(m["id"] == MODEL and m["providers"] >= 2
+                                   for m in gateway.get("/v1/models")["data"]), timeout=60,
+                       what="the gateway knows both workers")
+            a, b, c = [], [], []
+            through_api(worker.api_url, worker.token, 8)  # warm the workers' models and streams
+            through_api(gateway.api_url, gateway.token, 8)
+            for _ in range(args.rounds):  # interleaved, so that load changes hit every path alike
+                a.append(direct(model_path, args.tokens))
+                b.append(through_api(worker.api_url, worker.token, args.tokens))
+                c.append(through_api(gateway.api_url, gateway.token, args.tokens))
+            net_rate, _ = concurrent(gateway.api_url, gateway.token, 4, args.concurrent_tokens, MODEL)
+        finally:
+            for node in (gateway, worker2, worker):
+                node.stop()
+        base_rows = []
+        for threads in (THREADS, os.cpu_count() or 2):
+            proc, url = llama_server(model_path, threads)
+            try:
+                concurrent(url, "none", 1, 4, MODEL)
+                base_rows.append((threads, concurrent(url, "none", 4, args.concurrent_tokens, MODEL)[0]))
+            finally:
+                proc.terminate()
+                proc.wait(10)
+
+    def med(rows: list[tuple[float, float, int]], i: int) -> float:
+        return statistics.median(r[i] for r in rows)
+
+    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {args.rounds} interleaved rounds")
+    print(f"{'path':40} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9}")
+    for name, rows in (("(a) llama-cpp-python in-process", a), ("(b) local node API", b),
+                       ("(c) remote node over libp2p", c)):
+        print(f"{name:40} {med(rows, 1):9.1f} {med(rows, 1) / med(a, 1):6.3f} {med(rows, 0) * 1000:8.1f} "
+              f"{(med(rows, 0) - med(a, 0)) * 1000:9.1f}")
+    print(f"\n4 concurrent clients, {args.concurrent_tokens} tokens each")
+    print(f"{'network (gateway + 2 workers)':40} {net_rate:9.1f} tokens/s")
+    for threads, rate in base_rows:
+        print(f"{'llama_cpp.server, n_threads=' + str(threads):40} {rate:9.1f} tokens/s  ratio {net_rate / rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""`hyperion-node submit zk` through a real two-node network: A has no prover, B proves; A verifies the proof
+before countersigning, and snarkjs accepts what A wrote. A peer may not make a worker read its files."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from hyperion_node.cli.app import app
+from hyperion_node.testing.process import NodeProcess, wait_until
+from tests.zk.conftest import Circuit, snarkjs_verify
+
+pytestmark = pytest.mark.process
+
+FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", "p2p.suspect_after_s=2.0", "p2p.dead_after_s=4.0",
+        "hardware.benchmark_on_start=false"]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    root = tmp_path_factory.mktemp("zknet")
+    prover = NodeProcess(root / "b", sets=[*FAST, 'runtimes.disabled=["inference", "render-blender"]']).start()
+    asker = NodeProcess(root / "a", sets=[*FAST, 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]',
+                                          f'p2p.bootstrap=["{prover.p2p_addr()}"]']).start()
+    try:
+        wait_until(lambda: any(o["runtime"] == "zk-groth16" for p in asker.get("/api/peers") for o in p["offers"]
+                               if p["state"] == "alive"), timeout=60, what="A knows B's Groth16 offer")
+        yield asker, prover
+    finally:
+        asker.stop()
+        prover.stop()
+
+
+def test_submit_zk_proves_on_a_peer_and_snarkjs_accepts_it(pair: tuple[NodeProcess, NodeProcess], chain: Circuit,
+                                                           tmp_path: Path) -> None:
+    asker, prover = pair
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["submit", "zk", "--zkey", str(chain.zkey), "--wtns", str(chain.wtns),
+                                      "--out", str(out)], env={"HYPERION_DATA_DIR": str(asker.data_dir)})
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output
+    assert snarkjs_verify(chain.vk, out / "public.json", out / "proof.json")
+    newest = asker.get("/api/tasks?limit=1")[0]
+    assert newest["state"] == "completed"
+    assert newest["worker"] == prover.peer_id
+    assert prover.get("/api/rewards")["runtimes"]["zk-groth16"]["units"] > 0
+
+
+def test_a_peer_cannot_make_the_worker_read_a_file(pair: tuple[NodeProcess, NodeProcess], chain: Circuit) -> None:
+    asker, _prover = pair
+    body = {"runtime": "zk-groth16", "item": "groth16-bn254", "timeout_s": 60,
+            "payload": {"zkey_path": str(chain.zkey)},
+            "payload_b64": {"wtns": base64.b64encode(chain.wtns.read_bytes()).decode()}}
+    answer = httpx.post(asker.api_url + "/api/tasks", content=json.dumps(body), timeout=60,
+                        headers={"Authorization": f"Bearer {asker.token}"})
+    assert answer.status_code == 400
+    assert "name files" in answer.json()["message"]
+
+
+async def test_the_requester_refuses_a_proof_that_does_not_verify(chain: Circuit) -> None:
+    from hyperion_node.tasks.checks import ResultRejected, check_result
+    from runtimes.zk.runtime import proof_sha256
+
+    proof = json.loads(chain.snarkjs_proof.read_text())
+    public = json.loads(chain.snarkjs_public.read_text())
+    payload = {"zkey": chain.zkey.read_bytes()}
+    evidence = {"proof_sha256": proof_sha256(proof), "public_signals": public}
+    # Key order as canonical CBOR delivers it: the check does not depend on it.
+    await check_result("zk-groth16", payload, {"proof": dict(sorted(proof.items())), "public": public}, evidence)
+    forged = [str(int(public[0]) + 1), *public[1:]]
+    with pytest.raises(ResultRejected):
+        await check_result("zk-groth16", payload, {"proof": proof, "public": forged},
+                           {**evidence, "public_signals": forged})
+    with pytest.raises(ResultRejected):
+        await check_result("zk-groth16", {"zkey_path": str(chain.zkey)}, {"proof": proof, "public": public}, evidence)
