@@ -30,11 +30,13 @@ from hyperion_node.errors import RemoteError
 from hyperion_node.p2p.messages import decode_varint, encode_frame
 
 PROTOCOL_VERSION = 1
-# A request carries its payload inline: a snarkjs .zkey of 2^16 constraints is ~20 MiB, a test scene a few
-# MiB. Larger inputs belong to a content-addressed blob protocol, not to one frame.
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
-# One partial (a PNG frame at 1080p is ~1-3 MiB) or the final output with its receipt.
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+# A request carries its payload inline: a snarkjs .zkey of 2^16 constraints is ~20 MiB, a scene up to the
+# render runtime's max_scene_bytes (64 MiB), plus the task's other fields. Larger inputs belong to a
+# content-addressed blob protocol, not to one frame.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024 + 64 * 1024
+# One partial (a PNG frame: ~1-3 MiB at 1080p, up to tens of MiB for a noisy 4K RGBA frame) or the final
+# output with its receipt.
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_TEXT = 1024
 MAX_CBOR_DEPTH = 32
 

@@ -77,6 +77,8 @@ class TaskSpec:
     max_price_per_unit: float | None = None  # credits per work unit
     min_memory_bytes: int = 0
     expected_units: float | None = None  # for the scheduler's too-slow filter (e.g. max_tokens)
+    # Only these peers may run it (a job that splits work across chosen peers pins each part); empty: any.
+    only: frozenset[str] = frozenset()
 
 
 @dataclass

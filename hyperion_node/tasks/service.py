@@ -193,6 +193,8 @@ class Orchestrator:
                          capacity=offer.capacity, throughput=offer.throughput)
             out.append(local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(),
                                        active_tasks=running, queue_depth=queued))
+        if spec.only:
+            out = [c for c in out if c.peer_id in spec.only]
         return out
 
     def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
