@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ import structlog
 import trio
 
 from hyperion_node import __version__
+from hyperion_node.api.metrics import Family
 from hyperion_node.api.server import ApiServer
 from hyperion_node.config import Config
 from hyperion_node.datadir import DataDir, daemon_lock
@@ -30,6 +32,7 @@ from hyperion_node.hardware import HardwareProfile, TelemetrySampler, probe_hard
 from hyperion_node.identity import Identity, load_identity
 from hyperion_node.ledger.chain import Ledger
 from hyperion_node.ledger.epochs import SignedEpoch
+from hyperion_node.ledger.money import atto_to_credits
 from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.messages import OfferAd
@@ -254,6 +257,59 @@ class Node:
             failed_tasks=int(failed[0][0]),
             thresholds=StallThresholds(settings.idle_warning_minutes, settings.unsettled_warning_minutes),
         )
+
+    async def metrics(self) -> list[Family]:
+        """Everything /metrics exposes, gathered now (see hyperion_node/api/metrics.py)."""
+        families: list[Family] = []
+        if self.orchestrator is not None:
+            metrics = self.orchestrator.metrics
+            tasks = Family("hyperion_tasks_total", "counter", "Tasks by runtime, side and outcome")
+            for (runtime, side, outcome), n in sorted(metrics.outcomes.items()):
+                tasks.add(n, runtime=runtime, side=side, outcome=outcome)
+            durations = Family("hyperion_task_duration_seconds", "histogram", "Task duration by runtime and side")
+            durations.histograms = [({"runtime": r, "side": side}, h)
+                                    for (r, side), h in sorted(metrics.durations.items())]
+            queued, running = self.orchestrator.load()
+            families += [tasks, durations,
+                         Family("hyperion_queue_depth", "gauge", "Admitted tasks waiting for a slot").add(queued),
+                         Family("hyperion_running_tasks", "gauge", "Tasks running for peers").add(running)]
+        latest = self.sampler.latest
+        util = Family("hyperion_gpu_utilization_percent", "gauge", "GPU utilization")
+        vram = Family("hyperion_gpu_vram_free_bytes", "gauge", "Free GPU memory")
+        temp = Family("hyperion_gpu_temperature_celsius", "gauge", "GPU temperature")
+        ram = Family("hyperion_ram_available_bytes", "gauge", "Available RAM")
+        if latest is not None:
+            for gpu in latest.gpus:
+                util.add(gpu.utilization_percent, gpu=str(gpu.index))
+                vram.add(gpu.vram_free_bytes, gpu=str(gpu.index))
+                temp.add(gpu.temperature_c, gpu=str(gpu.index))
+            ram.add(latest.ram_available_bytes)
+        families += [util, vram, temp, ram]
+        peers = Family("hyperion_peers", "gauge", "Peers in the peer table by state")
+        states = Counter(e.state.value for e in self.p2p.table.peers.values())
+        for state in ("alive", "suspect", "dead", "draining", "left"):
+            peers.add(states.get(state, 0), state=state)
+        stats = self.p2p.stats
+        gossip = Family("hyperion_gossip_messages_total", "counter", "Gossip messages by topic and direction")
+        for topic, n in sorted(stats.gossip_in.items()):
+            gossip.add(n, topic=topic, direction="in")
+        for topic, n in sorted(stats.gossip_out.items()):
+            gossip.add(n, topic=topic, direction="out")
+        rejected = Family("hyperion_rejected_messages_total", "counter", "Messages from peers dropped, by reason")
+        for reason, n in sorted(stats.rejected.items()):
+            rejected.add(n, reason=reason)
+        families += [peers, gossip, rejected]
+        ledger = Ledger(self.store, str(self.identity.peer_id))
+        summaries = await self.store.run(ledger.summaries)
+        receipts = Family("hyperion_receipts", "gauge", "Receipts in the ledger by status and role")
+        for (status, role), n in sorted(Counter((r.status, r.role) for r in summaries).items()):
+            receipts.add(n, status=status, role=role)
+        credits = Family("hyperion_rewards_credits", "gauge", "Credits earned (settled), pending and disputed")
+        earning = [r for r in summaries if r.role == "worker"]
+        for status, kind in (("settled", "earned"), ("pending", "pending"), ("disputed", "disputed")):
+            credits.add(atto_to_credits(sum(r.total for r in earning if r.status == status)), kind=kind)
+        families += [receipts, credits]
+        return families
 
     async def events(self, since_id: int, limit: int) -> list[dict[str, Any]]:
         events = await self.store.run(lambda: self.store.events(since_id=since_id, limit=limit))

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import openai, streaming
+from hyperion_node.api import metrics, openai, streaming
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.service import Job
 
@@ -39,6 +39,7 @@ class NodeView(Protocol):
     async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]: ...
     async def task(self, task_id: str) -> list[dict[str, Any]]: ...
     def tasks_status(self) -> dict[str, Any]: ...
+    async def metrics(self) -> list[metrics.Family]: ...
 
 
 class Unauthorized(Exception):
@@ -71,7 +72,11 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
 
     authed = [Depends(require_token)]
 
-    @app.get("/api/health", summary="Liveness; the only endpoint that needs no token")
+    @app.get("/metrics", summary="Prometheus text format; needs no token (read-only, no secrets)")
+    async def prometheus() -> Response:
+        return Response(metrics.render(await node.metrics()), media_type=metrics.CONTENT_TYPE)
+
+    @app.get("/api/health", summary="Liveness; one of the two endpoints that need no token, with /metrics")
     async def health() -> dict[str, Any]:
         return node.health()
 

@@ -42,6 +42,7 @@ from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import TaskHistory
+from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester, TaskEvent
 from hyperion_node.tasks.settings import TaskSettings
@@ -59,6 +60,7 @@ class Job:
     task_id: str
     events: trio.MemoryReceiveChannel[TaskEvent]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    started: float = field(default_factory=trio.current_time)
 
     def cancel(self) -> None:
         self.scope.cancel()
@@ -112,6 +114,8 @@ class Orchestrator:
                                    history=self.history, settings=tasks, store_run=store.run,
                                    candidates=self._candidates, open_stream=self._open_stream,
                                    on_malformed=self._malformed, on_failure=self._failure)
+        self.metrics = TaskMetrics()
+        self.worker.metrics = self.metrics
         self._nursery: trio.Nursery | None = None
 
     # -- the component ---------------------------------------------------------------------------------------
@@ -144,6 +148,12 @@ class Orchestrator:
         return job
 
     async def _run_job(self, spec: TaskSpec, record: Any, send: trio.MemorySendChannel[TaskEvent], job: Job) -> None:
+        try:
+            await self._job(spec, record, send, job)
+        finally:
+            self.metrics.record(spec.runtime, "requester", record.state.value, trio.current_time() - job.started)
+
+    async def _job(self, spec: TaskSpec, record: Any, send: trio.MemorySendChannel[TaskEvent], job: Job) -> None:
         with job.scope, structlog.contextvars.bound_contextvars(task_id=record.task_id[:12]):
             async with send:
                 try:

@@ -48,6 +48,7 @@ from hyperion_node.tasks.messages import (
     decode_requester,
     encode_worker,
 )
+from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskRecord, TaskState
 from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import STREAM_ERRORS, STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
@@ -128,7 +129,8 @@ class Worker:
         self._on_malformed = on_malformed
         self._on_settled = on_settled
         self.admission = Admission(settings.queue_depth)
-        self.served: Counter[str] = Counter()  # outcome -> count, for /api/tasks/stats and metrics
+        self.served: Counter[str] = Counter()  # outcome -> count, for /api/tasks/stats
+        self.metrics = TaskMetrics()  # the orchestrator shares its own, for /metrics
 
     # -- admission -------------------------------------------------------------------------------------
 
@@ -207,7 +209,9 @@ class Worker:
         answer = (Rejected(f"payload fields {', '.join(paths)} name files; a peer must send the bytes")
                   if paths else self.admit(req))
         if not isinstance(answer, Ticket):
-            self.served["busy" if isinstance(answer, Busy) else "rejected"] += 1
+            refused = "busy" if isinstance(answer, Busy) else "rejected"
+            self.served[refused] += 1
+            self.metrics.record(req.runtime, "worker", refused, None)
             log.info("task_refused", answer=type(answer).__name__.lower(), reason=answer.reason)
             try:
                 await self._send(stream, answer)
@@ -218,6 +222,7 @@ class Worker:
         record = TaskRecord(task_id=req.task_id, role="worker", runtime=req.runtime, item=req.item,
                             requester=req.requester, worker=self.peer_id, created_ms=now_ms(), updated_ms=now_ms())
         record.move(TaskState.RUNNING, now_ms())
+        started = trio.current_time()
         try:
             await self._send(stream, Accepted(answer.queue_position))
             await self._store_run(self.history.save, record)
@@ -227,9 +232,11 @@ class Worker:
         finally:
             self.release(answer)
         if isinstance(outcome, Execution):
+            self.metrics.record(req.runtime, "worker", "completed", trio.current_time() - started)
             await self._finish(stream, reader, record, outcome)
             return
         self.served[outcome.code] += 1
+        self.metrics.record(req.runtime, "worker", outcome.code, trio.current_time() - started)
         record.error = f"{outcome.code}: {outcome.message}"
         record.move(TaskState.CANCELLED if outcome.code == "cancelled" else TaskState.FAILED, now_ms())
         with trio.CancelScope(shield=True):

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
@@ -174,6 +175,26 @@ def test_settled_receipts_and_epoch_roots_reach_every_reputation_view(net: Netwo
                    what=f"{other_id[-6:]} counts the receipts {worker_id[-6:]} settled")
     gossip = [n.get("/api/tasks/stats")["requested"] for n in (net.a, *net.workers.values())]
     assert any(g.get("gossip:SignedEpoch") for g in gossip), "epoch roots were gossiped and verified"
+
+
+def test_metrics_parse_as_prometheus_text_and_count_the_tasks(net: Network) -> None:
+    text = httpx.get(net.a.api_url + "/metrics", timeout=10).text  # no token: read-only, like a health check
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    done = [s for s in families["hyperion_tasks"].samples
+            if s.labels == {"runtime": "inference", "side": "requester", "outcome": "completed"}]
+    assert done
+    assert done[0].value >= 3
+    counts = [s for s in families["hyperion_task_duration_seconds"].samples if s.name.endswith("_count")]
+    assert counts
+    assert counts[0].value >= 3
+    alive = [s.value for s in families["hyperion_peers"].samples if s.labels["state"] == "alive"]
+    assert alive == [2]
+    receipts = {(s.labels["status"], s.labels["role"]): s.value for s in families["hyperion_receipts"].samples}
+    assert receipts[("settled", "requester")] >= 3
+    worker_text = httpx.get(next(iter(net.workers.values())).api_url + "/metrics", timeout=10).text
+    earned = {s.labels["kind"]: s.value for f in text_string_to_metric_families(worker_text)
+              if f.name == "hyperion_rewards_credits" for s in f.samples}
+    assert set(earned) == {"earned", "pending", "disputed"}
 
 
 def test_bad_requests_get_clear_errors(net: Network) -> None:
