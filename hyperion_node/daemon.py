@@ -311,8 +311,9 @@ class Node:
         families += [receipts, credits]
         return families
 
-    async def events(self, since_id: int, limit: int) -> list[dict[str, Any]]:
-        events = await self.store.run(lambda: self.store.events(since_id=since_id, limit=limit))
+    async def events(self, since_id: int, limit: int, since_time: float = 0.0) -> list[dict[str, Any]]:
+        events = await self.store.run(lambda: self.store.events(since_id=since_id, limit=limit,
+                                                                since_time=since_time))
         return [dataclasses.asdict(e) for e in events]
 
 

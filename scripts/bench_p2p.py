@@ -45,7 +45,8 @@ def pct(values: list[float], q: float) -> float:
 def base_sets(serve: bool) -> list[str]:
     sets = ["p2p.mdns=false", "hardware.benchmark_on_start=false", f"p2p.heartbeat_interval_s={HEARTBEAT_S}",
             "hardware.telemetry_interval_s=30"]
-    return [*sets, 'runtimes.disabled=["zk-groth16"]' if serve else 'runtimes.disabled=["inference", "zk-groth16"]']
+    others = '"zk-groth16", "render-blender"'
+    return [*sets, f"runtimes.disabled=[{others}]" if serve else f'runtimes.disabled=["inference", {others}]']
 
 
 def run_size(n: int, root: Path, lookups: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from hyperion_node import __version__
 from hyperion_node.cli.client import ApiClient
 from hyperion_node.cli.common import cli_errors
 from hyperion_node.cli.common import print_json as _print_json
+from hyperion_node.cli.events import events_command
 from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.render import format_bytes, print_table
 from hyperion_node.cli.tasks import submit_app
@@ -44,6 +45,7 @@ app.add_typer(receipts_app, name="receipts")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(submit_app, name="submit")
 app.command("tasks")(cli_errors(tasks_command))
+app.command("events")(events_command)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="User config file (TOML) over the embedded defaults.")

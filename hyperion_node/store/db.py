@@ -125,9 +125,10 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def events(self, *, since_id: int = 0, limit: int = 1000) -> list[Event]:
+    def events(self, *, since_id: int = 0, limit: int = 1000, since_time: float = 0.0) -> list[Event]:
         rows = self.execute(
-            "SELECT id, time, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?", (since_id, limit)
+            "SELECT id, time, kind, data FROM events WHERE id > ? AND time >= ? ORDER BY id LIMIT ?",
+            (since_id, since_time, limit),
         )
         return [Event(id=r[0], time=r[1], kind=r[2], data=json.loads(r[3])) for r in rows]
 

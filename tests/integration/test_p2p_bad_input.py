@@ -39,7 +39,8 @@ WAIT_S = 20.0  # generous: a loaded 2-core machine; each wait normally ends in w
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[NodeProcess]:
     node = NodeProcess(tmp_path / "victim", sets=[
-        "p2p.mdns=false", "hardware.benchmark_on_start=false", 'runtimes.disabled=["inference", "zk-groth16"]',
+        "p2p.mdns=false", "hardware.benchmark_on_start=false",
+        'runtimes.disabled=["inference", "zk-groth16", "render-blender"]',
         "p2p.heartbeat_interval_s=0.5",
     ]).start()
     yield node

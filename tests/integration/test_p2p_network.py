@@ -24,7 +24,7 @@ FAST = [
     "p2p.dead_after_s=4.0",
     "hardware.benchmark_on_start=false",
 ]
-NO_MODEL = [*FAST, 'runtimes.disabled=["inference", "zk-groth16"]']
+NO_MODEL = [*FAST, 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]']
 MODEL = ("inference", "gemma-3-270m-q4_k_m")
 
 

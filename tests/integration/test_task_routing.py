@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, wait_until
+from hyperion_node.testing.process import NodeProcess, hyperion_executable, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -195,6 +196,28 @@ def test_metrics_parse_as_prometheus_text_and_count_the_tasks(net: Network) -> N
     earned = {s.labels["kind"]: s.value for f in text_string_to_metric_families(worker_text)
               if f.name == "hyperion_rewards_credits" for s in f.samples}
     assert set(earned) == {"earned", "pending", "disputed"}
+
+
+def test_events_replay_in_order_and_follow_new_ones(net: Network) -> None:
+    env = {"HYPERION_DATA_DIR": str(net.a.data_dir)}
+    replay = CliRunner().invoke(app, ["events", "--kind", "task.", "--json"], env=env)
+    assert replay.exit_code == 0, replay.output
+    events = [json.loads(line) for line in replay.output.splitlines()]
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events)
+    assert {"task.queued", "task.assigned", "task.running", "task.completed"} <= {e["kind"] for e in events}
+    follower = subprocess.Popen([hyperion_executable(), "events", "--follow", "--since", str(events[-1]["id"]),
+                                 "--kind", "task.completed", "--data-dir", str(net.a.data_dir)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        answer = net.post("/v1/completions", {"model": MODEL, "prompt": "Hello", "max_tokens": 2})
+        assert answer.status_code == 200
+        assert follower.stdout is not None
+        seen = follower.stdout.readline()  # blocks until --follow prints the new completion
+        assert "task.completed" in seen
+        assert answer.headers["x-hyperion-task-id"] in seen
+    finally:
+        follower.kill()
+        follower.wait()
 
 
 def test_bad_requests_get_clear_errors(net: Network) -> None:
