@@ -40,6 +40,8 @@ from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
 from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.render_job import RenderJob, RenderJobs
+from hyperion_node.tasks.render_request import RenderJobRequest
 from hyperion_node.tasks.service import Job, Orchestrator
 
 log = structlog.get_logger(__name__)
@@ -64,6 +66,7 @@ class Node:
     p2p: P2PNetwork = field(init=False)  # built after the node: its LocalState reads the node
     ledger: LedgerService = field(init=False)
     orchestrator: Orchestrator | None = None  # started after the P2P layer, whose heartbeats read load()
+    renders: RenderJobs | None = None  # render jobs split across workers, each chunk an orchestrator task
     api: ApiServer | None = None
     started_at: float = field(default_factory=time.time)
 
@@ -218,6 +221,11 @@ class Node:
 
     def submit(self, spec: TaskSpec) -> Job:
         return self._tasks.submit(spec)
+
+    def render(self, request: RenderJobRequest) -> RenderJob:
+        if self.renders is None:
+            raise InternalError("render jobs are not running yet")
+        return self.renders.submit(request)
 
     def default_timeout_s(self) -> float:
         return self.config.tasks.default_timeout_s
@@ -425,9 +433,11 @@ async def _run_node(
                     node.orchestrator = Orchestrator(
                         identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
                         tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
-                        free_memory=node.free_memory)
+                        free_memory=node.free_memory, verify=config.verify)
                     await nursery.start(node.ledger.run)
                     await nursery.start(node.orchestrator.run)
+                    node.renders = RenderJobs(node.orchestrator)
+                    await nursery.start(node.renders.run)
                     node.api = ApiServer(node, token, host=config.api.host, port=config.api.port,
                                          token_path=str(data_dir.token_path))
                     await nursery.start(node.api.run)

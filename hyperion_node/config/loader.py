@@ -22,6 +22,7 @@ from typing import Any
 from hyperion_node.errors import ConfigError, UserError
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.tasks.settings import TaskSettings
+from hyperion_node.verify.settings import VerifySettings
 
 DEFAULTS_SOURCE = "defaults (configs/default.toml)"
 ENV_PREFIX = "HYPERION_"
@@ -112,6 +113,7 @@ class Config:
     pricing: PricingSettings
     tasks: TaskSettings
     scheduler: SchedulerSettings
+    verify: VerifySettings
     runtimes_disabled: tuple[str, ...]
     runtime_settings: Mapping[str, Mapping[str, Any]]
     values: Mapping[str, Any] = field(repr=False)  # flat "section.key" -> value
@@ -341,6 +343,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         ),
         tasks=TaskSettings.from_values(values, sources),
         scheduler=SchedulerSettings.from_values(values, sources),
+        verify=VerifySettings.from_values(values, sources),
         runtimes_disabled=tuple(values["runtimes.disabled"]),
         runtime_settings=runtime_settings,
         values=values,

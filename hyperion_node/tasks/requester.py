@@ -95,7 +95,8 @@ class Requester:
     def __init__(self, *, identity: Identity, scheduler: Scheduler, worker: Worker, ledger: LedgerService,
                  history: TaskHistory, settings: TaskSettings, store_run: Callable[..., Awaitable[Any]],
                  candidates: Candidates, open_stream: Callable[[str], Awaitable[Any]],
-                 on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None]) -> None:
+                 on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None],
+                 on_completed: Callable[[TaskRequest, dict[str, Any], SignedReceipt], None] | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.scheduler = scheduler
@@ -108,6 +109,7 @@ class Requester:
         self._open_stream = open_stream
         self._on_malformed = on_malformed
         self._on_failure = on_failure
+        self._on_completed = on_completed
 
     def new_record(self, spec: TaskSpec) -> TaskRecord:
         created = now_ms()
@@ -265,6 +267,8 @@ class Requester:
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
                     done = True
                     final = await self._settle(settled, record, dict(msg.output), clock)
+                    if self._on_completed is not None:
+                        self._on_completed(request, dict(msg.output), settled)
                     return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
                 elif isinstance(msg, TaskError):
                     kind = OutcomeKind.TIMEOUT if msg.code == "deadline" else OutcomeKind.FAILED

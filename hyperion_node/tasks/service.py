@@ -21,9 +21,10 @@ from typing import Any
 import structlog
 import trio
 from libp2p.abc import INetStream
+from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from hyperion_node.errors import HyperionError, InternalError
+from hyperion_node.errors import HyperionError, InternalError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger import messages as receipt_gossip
 from hyperion_node.ledger.dispute import Dispute
@@ -42,6 +43,7 @@ from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import TaskHistory
+from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester, TaskEvent
@@ -49,8 +51,12 @@ from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import reset_quietly
 from hyperion_node.tasks.worker import Worker
 from hyperion_node.trio_types import TaskStatus
+from hyperion_node.verify.service import SpotChecker
+from hyperion_node.verify.settings import VerifySettings
 
 log = structlog.get_logger(__name__)
+
+VERIFY_PROTOCOL = TProtocol("/hyperion/verify/1")
 
 EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
 
@@ -95,7 +101,8 @@ def error_event(task_id: str, exc: BaseException) -> TaskEvent:
 class Orchestrator:
     def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
-                 hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None]) -> None:
+                 hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None],
+                 verify: VerifySettings | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.store = store
@@ -103,6 +110,7 @@ class Orchestrator:
         self.p2p = p2p
         self.settings = tasks
         self.history = TaskHistory(store)
+        self.ledger = ledger
         self.reputation = ReputationView()
         self.scheduler = Scheduler(scheduler, on_event=self._scheduler_event)
         self._free_memory = free_memory
@@ -113,7 +121,13 @@ class Orchestrator:
         self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
                                    history=self.history, settings=tasks, store_run=store.run,
                                    candidates=self._candidates, open_stream=self._open_stream,
-                                   on_malformed=self._malformed, on_failure=self._failure)
+                                   on_malformed=self._malformed, on_failure=self._failure,
+                                   on_completed=self._completed)
+        self.verify = verify or VerifySettings()
+        self.spot_checker = SpotChecker(identity=identity, runtimes=runtimes, settings=self.verify,
+                                        verifiers=self._verifiers, open_stream=self._open_verify_stream,
+                                        dispute=self._confirmed_dispute, penalize=self._malformed_and_failed,
+                                        event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
         self._nursery: trio.Nursery | None = None
@@ -127,12 +141,14 @@ class Orchestrator:
         if self.p2p.host is None:
             raise InternalError("the orchestrator starts after the P2P layer")
         self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
+        self.p2p.host.set_stream_handler(VERIFY_PROTOCOL, self.spot_checker.handle_stream)
         self.p2p.on_heartbeat = self._heartbeat
         self.p2p.on_rtt = self.scheduler.observe_rtt
         self.p2p.on_receipt_gossip = self._receipt_gossip
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.spot_checker.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -205,7 +221,17 @@ class Orchestrator:
                                        active_tasks=running, queue_depth=queued))
         if spec.only:
             out = [c for c in out if c.peer_id in spec.only]
-        return out
+        # A worker with confirmed disputes gets no more work from this node (the scheduler skips banned peers).
+        limit = self.verify.distrust_after_disputes
+        return [dataclasses.replace(c, banned=True) if self.reputation.get(c.peer_id).disputed >= limit else c
+                for c in out]
+
+    async def live_providers(self, runtime: str, item: str) -> list[Candidate]:
+        """The live peers (this node included) that offer runtime/item, for a job that splits its work
+        across several of them and pins each part with ``TaskSpec.only`` (a render job's chunks)."""
+        spec = TaskSpec(runtime=runtime, item=item, payload={}, timeout_s=self.settings.lookup_timeout_s)
+        found = await self._candidates(spec, TaskRequirements(runtime=runtime, item=item))
+        return [c for c in found if c.state.value == "alive" and not c.banned]
 
     def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
         """Every inference model this node knows to be served, with who serves it (this node included);
@@ -221,6 +247,48 @@ class Orchestrator:
                 if ad.runtime == "inference":
                     models.setdefault(ad.item, []).append(entry.peer_id)
         return models
+
+    # -- spot checks ---------------------------------------------------------------------------------------
+
+    def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt) -> None:
+        self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled)
+
+    async def _verifiers(self, runtime: str, item: str, exclude: frozenset[str]) -> list[str]:
+        """Who may check work on runtime/item, best first: this node when it serves it, then the scheduler's
+        ranking of the others; never a peer in ``exclude`` (the worker, verifiers already asked)."""
+        spec = TaskSpec(runtime=runtime, item=item, payload={}, timeout_s=self.verify.timeout_s)
+        req = TaskRequirements(runtime=runtime, item=item, exclude=exclude)
+        candidates = [c for c in await self._candidates(spec, req) if c.peer_id not in exclude]
+        local = [c.peer_id for c in candidates if c.local]
+        return local + [c.peer_id for c in self.scheduler.choose(req, candidates).ranked if not c.candidate.local]
+
+    async def _open_verify_stream(self, peer_id: str) -> INetStream:
+        assert self.p2p.host is not None
+        stream: INetStream = await self.p2p.host.new_stream(ID.from_base58(peer_id), [VERIFY_PROTOCOL])
+        return stream
+
+    async def _confirmed_dispute(self, dispute: Dispute) -> None:
+        """A dispute this node confirmed: its ledger, its reputation view, then the network."""
+        await self._record_dispute(dispute)
+        try:
+            self.reputation.observe_dispute(dispute, int(time.time() * 1000))
+        except ReceiptRejected as exc:
+            log.info("dispute_not_counted", why=str(exc)[:200])
+        await self._publish(dispute)
+
+    async def _record_dispute(self, dispute: Dispute) -> None:
+        """Mark the receipt disputed in our ledger, if we hold it and it is not already."""
+        try:
+            await self.ledger.dispute(dispute)
+        except (ReceiptRejected, UserError) as exc:  # not ours, or already disputed by another verifier
+            log.debug("dispute_not_recorded", why=str(exc)[:200])
+
+    def _malformed_and_failed(self, peer_id: str, reason: str) -> None:
+        self._malformed(peer_id, reason)
+        self._failure(peer_id)
+
+    async def _event(self, kind: str, data: dict[str, Any]) -> None:
+        await self.store.run(self.store.append_event, kind, data)
 
     def _heartbeat(self, heartbeat: Heartbeat) -> None:
         self.scheduler.observe_heartbeat(heartbeat)
@@ -269,6 +337,8 @@ class Orchestrator:
                 self.reputation.observe_epoch(record, now)
             else:
                 self.reputation.observe_dispute(record, now)
+                if record.worker == self.peer_id and self._nursery is not None:
+                    self._nursery.start_soon(self._record_dispute, record)  # our own receipt, disputed
         except ReceiptRejected as exc:
             reason = type(exc).__name__.lower()
             self.p2p.stats.reject("receipts", reason)

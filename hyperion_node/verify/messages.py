@@ -1,0 +1,95 @@
+"""Frames of ``/hyperion/verify/1``, as pure code: a requester asks a peer to check a settled receipt's work.
+
+::
+
+    requester                                  verifier
+    CHECK {receipt, payload, output} ───────▶  receipt signatures and hashes, then the runtime's own check
+                                   ◀───────── VERDICT {ok, reason, dispute?}
+
+A failed verdict carries a :class:`~hyperion_node.ledger.dispute.Dispute` signed by the verifier (the
+verdict itself, in the form every peer can check); a passing one travels on the Noise-authenticated stream
+and is recorded as an event. Framing and caps as on ``/hyperion/task/1``: the check carries the task's
+payload and output again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+
+from hyperion_node.p2p.messages import encode_frame
+from hyperion_node.tasks.messages import MAX_CBOR_DEPTH, MAX_REQUEST_BYTES, MAX_TEXT, MalformedFrame
+
+PROTOCOL_VERSION = 1
+MAX_VERDICT_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    receipt: bytes  # the countersigned SignedReceipt
+    payload: Mapping[str, Any]
+    output: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class VerdictAnswer:
+    ok: bool
+    reason: str
+    dispute: bytes | None = None  # Dispute.encode() when not ok
+
+
+def encode_check(msg: CheckRequest) -> bytes:
+    body = {"v": PROTOCOL_VERSION, "t": "check", "receipt": msg.receipt, "payload": dict(msg.payload),
+            "output": dict(msg.output)}
+    return encode_frame(bytes(cbor2.dumps(body, canonical=True)))
+
+
+def encode_verdict(msg: VerdictAnswer) -> bytes:
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": "verdict", "ok": msg.ok, "reason": msg.reason[:MAX_TEXT]}
+    if msg.dispute is not None:
+        body["dispute"] = msg.dispute
+    return encode_frame(bytes(cbor2.dumps(body, canonical=True)))
+
+
+def _load(data: bytes, max_bytes: int, msg_type: str) -> dict[str, Any]:
+    if len(data) > max_bytes:
+        raise MalformedFrame("oversized", f"{len(data)} bytes > {max_bytes}")
+    try:
+        value = cbor2.loads(data, max_depth=MAX_CBOR_DEPTH)
+    except Exception as exc:  # cbor2 raises CBORDecodeError, and ValueError/TypeError/etc. on odd input
+        raise MalformedFrame("undecodable", type(exc).__name__) from exc
+    if not isinstance(value, dict) or value.get("v") != PROTOCOL_VERSION:
+        raise MalformedFrame("bad_version", "a frame is a map with v = 1")
+    if value.get("t") != msg_type:
+        raise MalformedFrame("wrong_type", f"expected {msg_type}")
+    return value
+
+
+def _map(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise MalformedFrame("bad_schema", f"{key} must be a map with text keys")
+    return value
+
+
+def decode_check(data: bytes) -> CheckRequest:
+    body = _load(data, MAX_REQUEST_BYTES, "check")
+    receipt = body.get("receipt")
+    if not isinstance(receipt, bytes):
+        raise MalformedFrame("bad_schema", "receipt must be bytes")
+    return CheckRequest(receipt, _map(body, "payload"), _map(body, "output"))
+
+
+def decode_verdict(data: bytes) -> VerdictAnswer:
+    body = _load(data, MAX_VERDICT_BYTES, "verdict")
+    ok, reason, dispute = body.get("ok"), body.get("reason"), body.get("dispute")
+    if not isinstance(ok, bool) or not isinstance(reason, str) or len(reason) > MAX_TEXT:
+        raise MalformedFrame("bad_schema", "a verdict has a boolean ok and a reason")
+    if dispute is not None and not isinstance(dispute, bytes):
+        raise MalformedFrame("bad_schema", "dispute must be bytes")
+    if not ok and dispute is None:
+        raise MalformedFrame("bad_schema", "a failed verdict carries the verifier's signed dispute")
+    return VerdictAnswer(ok, reason, dispute)

@@ -1,0 +1,92 @@
+"""Spot checks end to end on loopback: A asks, B and D serve the packaged model honestly, C cheats.
+
+C serves another model under the packaged model's id (the packaged GGUF requantized to Q2_K, a cheaper model
+a dishonest operator could pass off) and undercuts the others' price so that A's scheduler sends it work.
+A checks every settled receipt (verify.fraction = 1). C's work fails the check, a second verifier confirms
+it, the receipts are disputed on A and in C's own ledger, C's reputation falls and A stops choosing it. C's
+own verdicts on honest work are contradicted by the second verifier, so B and D get no dispute at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from hyperion_node.testing.process import NodeProcess, wait_until
+from runtimes.inference.registry import ModelHashes, ensure_packaged_model
+from tests.verify.cheaters import requantized
+
+pytestmark = pytest.mark.process
+
+MODEL = "gemma-3-270m-q4_k_m"
+FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", "p2p.suspect_after_s=2.0", "p2p.dead_after_s=4.0",
+        "hardware.benchmark_on_start=false", "runtimes.inference.n_ctx=512"]
+OFF = '"zk-groth16", "render-blender"'
+HONEST = [*FAST, f"runtimes.disabled=[{OFF}]"]
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
+    root = tmp_path_factory.mktemp("spot")
+    packaged = ensure_packaged_model(root / "models", ModelHashes(root / "hashes.json")).path
+    cheap = requantized(packaged, root / "cheat", "q2_k")
+    cheater = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.include_packaged_model=false",
+               f'runtimes.inference.models=["{cheap}"]', "runtimes.inference.price_per_token=0.0000001"]
+    nodes: dict[str, NodeProcess] = {}
+    try:
+        nodes["b"] = NodeProcess(root / "b", sets=HONEST).start()
+        boot = f'p2p.bootstrap=["{nodes["b"].p2p_addr()}"]'
+        nodes["c"] = NodeProcess(root / "c", sets=[*cheater, boot]).start()
+        nodes["d"] = NodeProcess(root / "d", sets=[*HONEST, boot]).start()
+        nodes["a"] = NodeProcess(root / "a", sets=[*FAST, f'runtimes.disabled=["inference", {OFF}]', boot,
+                                                   "verify.fraction=1.0"]).start()
+        wait_until(lambda: next((m["providers"] for m in nodes["a"].get("/v1/models")["data"] if m["id"] == MODEL),
+                                0) >= 3, timeout=60, what="A knows the three providers")
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+
+
+def ask(node: NodeProcess, n: int) -> str:
+    body = {"model": MODEL, "prompt": f"Question {n}: what is {n} plus {n}?", "max_tokens": 6, "temperature": 0}
+    answer = httpx.post(node.api_url + "/v1/completions", json=body, timeout=120,
+                        headers={"Authorization": f"Bearer {node.token}"})
+    assert answer.status_code == 200, answer.text
+    return answer.headers["x-hyperion-worker"]
+
+
+def reputation(node: NodeProcess) -> dict[str, Any]:
+    return dict(node.get("/api/tasks/stats")["reputation"])
+
+
+def test_a_cheating_worker_is_disputed_and_then_avoided(network: dict[str, NodeProcess]) -> None:
+    a, b, c, d = (network[k] for k in "abcd")
+    cheater = c.peer_id
+    workers = [ask(a, n) for n in range(8)]
+    assert cheater in workers, "C's low price won it work before anyone knew better"
+    wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=120,
+               what="A's spot checks of C's work are confirmed as disputes")
+    # C's receipts are disputed in A's ledger and, through gossip, in C's own: its rewards say so.
+    wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=30,
+               what="C's own ledger marks its receipt disputed")
+    events = [e["kind"] for e in a.get("/api/events?limit=1000") if e["kind"].startswith("verify.")]
+    assert "verify.failed" in events
+    assert "verify.passed" in events, "honest work was checked and passed"
+    # From now on A's scheduler gives C nothing.
+    later = [ask(a, n) for n in range(8, 14)]
+    assert cheater not in later
+    assert set(later) <= {b.peer_id, d.peer_id}
+    # No honest worker was disputed, even when C was the one asked to judge it.
+    for honest in (b.peer_id, d.peer_id):
+        assert reputation(a).get(honest, {}).get("disputed", 0) == 0
+    assert b.get("/api/rewards")["tasks"]["disputed"] == 0
+    assert d.get("/api/rewards")["tasks"]["disputed"] == 0
+
+
+def test_the_node_records_every_verdict_as_an_event(network: dict[str, NodeProcess]) -> None:
+    kinds = {e["kind"] for e in network["a"].get("/api/events?limit=1000")}
+    assert {"verify.passed", "verify.failed"} <= kinds
