@@ -17,7 +17,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
 from hyperion_node.api import metrics, openai, streaming
+from hyperion_node.api import render as render_api
 from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.render_job import RenderJob
+from hyperion_node.tasks.render_request import RenderJobRequest
 from hyperion_node.tasks.service import Job
 
 
@@ -34,12 +37,16 @@ class NodeView(Protocol):
     async def doctor(self) -> list[dict[str, Any]]: ...
     async def events(self, since_id: int, limit: int, since_time: float = 0.0) -> list[dict[str, Any]]: ...
     def submit(self, spec: TaskSpec) -> Job: ...
+    def render(self, request: RenderJobRequest) -> RenderJob: ...
     def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]: ...
     def default_timeout_s(self) -> float: ...
     async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]: ...
     async def task(self, task_id: str) -> list[dict[str, Any]]: ...
     def tasks_status(self) -> dict[str, Any]: ...
     async def metrics(self) -> list[metrics.Family]: ...
+
+
+RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
 
 
 class Unauthorized(Exception):
@@ -160,6 +167,19 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
         return StreamingResponse(streaming.stream_bytes(started, render), media_type="application/x-ndjson",
                                  headers={"x-hyperion-task-id": started.job.task_id,
                                           "x-hyperion-worker": started.worker})
+
+    @app.post("/api/render", dependencies=authed,
+              summary="Render a frame range split across workers. Body: scene_b64, frame_start, frame_end, resolution, "
+                      "samples...; the answer is NDJSON events: plan, chunk, frame (png base64), progress, "
+                      "reassigned, done|error (see hyperion_node/api/render.py)")
+    async def render_job(request: Request) -> Response:
+        body = await openai.read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        parsed = await render_api.parse(body, RENDER_TIMEOUT_S)
+        if isinstance(parsed, Response):
+            return parsed
+        return await render_api.answer(node.render(parsed))
 
     app.include_router(openai.build_router(node), dependencies=authed)
 

@@ -25,3 +25,15 @@ class NoWorker(EnvironmentProblem):
 
 class TaskFailed(HyperionError):
     """A worker failed after part of the result had reached the client: not retried elsewhere."""
+
+
+class BadRenderJob(TaskRejected):
+    """A distributed render job asked for something no worker can do (a bad range, resolution or scene)."""
+
+
+class RenderJobFailed(TaskFailed):
+    """Frames of a render job are left that no live worker can render: every worker failed or stalled."""
+
+    def __init__(self, message: str, *, missing: list[int]) -> None:
+        super().__init__(message, hint="the frames already written stand; submit the missing ones again")
+        self.missing = missing
