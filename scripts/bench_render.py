@@ -3,6 +3,7 @@
 
     .venv/bin/python scripts/bench_render.py                      # 160x120, 16 samples, 6 frames, 5 rounds
     .venv/bin/python scripts/bench_render.py --resolution 320x240 --samples 32 --frames 4 --rounds 3
+    .venv/bin/python scripts/bench_render.py --distributed --frames 24 --rounds 3  # 1 vs 2 vs 3 node processes
 
 Both sides render the same frames of the generated test scene (runtimes/render/scenes/make_test_scene.py)
 with the exact command line the runtime builds (``blender_command``): "direct" runs it with
@@ -13,6 +14,11 @@ which side goes first, so drift on a shared machine falls on both. The ratio is 
 time for the whole task, and the same for CPU time (Blender's, as a child, plus this process's own), which
 other work on a shared machine disturbs far less; "ms/frame" divides the difference by the frame count.
 Target: ratio <= 1.03.
+
+``--distributed`` measures a whole job instead: the wall time of POST /api/render for the frame range on one
+node, then split across two and three node processes on this machine (rounds rotate the order), each with
+its benchmark on so the planner has measured speeds. Every process shares this machine's cores, so the
+speed-up is bounded by the core count (printed), not by the number of nodes.
 """
 
 from __future__ import annotations
@@ -137,6 +143,76 @@ async def bench_in(work: Path, args: argparse.Namespace) -> None:
     await runtime.aclose()
 
 
+DISTRIBUTED_SETS = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", 'runtimes.disabled=["inference", "zk-groth16"]']
+
+
+def bench_distributed(args: argparse.Namespace) -> None:
+    import base64
+    import json
+    import os
+    import shutil
+
+    import httpx
+
+    from hyperion_node.testing.process import NodeProcess, wait_until
+
+    blender = shutil.which("blender")
+    if blender is None:
+        sys.exit("blender is not on PATH: run scripts/setup.sh")
+    width, height = args.resolution
+    with tempfile.TemporaryDirectory(prefix="bench-render-dist-") as tmp:
+        root = Path(tmp)
+        scene = trio.run(make_test_scene, blender, root / "scene.blend")
+        first = NodeProcess(root / "n0", sets=DISTRIBUTED_SETS, quiet=True).start(timeout=180)
+        boot = f'p2p.bootstrap=["{first.p2p_addr()}"]'
+        rest = [NodeProcess(root / f"n{i}", sets=[*DISTRIBUTED_SETS, boot], quiet=True).launch() for i in (1, 2)]
+        nodes = [first, *rest]
+        try:
+            for node in rest:
+                node.wait_ready(timeout=180)
+            wait_until(lambda: sum(1 for p in first.get("/api/peers") if p["state"] == "alive" and any(
+                o["runtime"] == "render-blender" and o["throughput"] for o in p["offers"])) >= 2,
+                timeout=120, what="the first node knows two measured render peers")
+            body = {"scene_b64": base64.b64encode(scene).decode(), "frame_start": 1, "frame_end": args.frames,
+                    "resolution": [width, height], "samples": args.samples, "timeout_s": 1800}
+
+            def job(workers: int) -> tuple[float, dict[str, object], list[dict[str, object]]]:
+                started = time.perf_counter()
+                plan: list[dict[str, object]] = []
+                with httpx.stream("POST", first.api_url + "/api/render", json={**body, "workers": workers},
+                                  headers={"Authorization": f"Bearer {first.token}"}, timeout=1800) as answer:
+                    for line in answer.iter_lines():
+                        event = json.loads(line) if line.strip() else {}
+                        if event.get("event") == "plan":
+                            plan = list(event["workers"])  # type: ignore[arg-type]
+                        if event.get("event") in ("done", "error"):
+                            if event["event"] == "error":
+                                sys.exit(f"the job failed: {event}")
+                            return time.perf_counter() - started, event, plan
+                sys.exit("the job ended without a summary")
+
+            print(f"{os.cpu_count()} cores; {args.frames} frames of the test scene at {width}x{height}, "
+                  f"{args.samples} samples; Blender threads per node: all cores; {args.rounds} rounds")
+            walls: dict[int, list[float]] = {1: [], 2: [], 3: []}
+            for round_ in range(args.rounds):
+                order = [1, 2, 3] if round_ % 2 == 0 else [3, 2, 1]
+                for workers in order:
+                    wall, done, plan = job(workers)
+                    walls[workers].append(wall)
+                    per = {str(p)[-6:]: w["frames"] for p, w in done["workers"].items()}  # type: ignore[attr-defined]
+                    chunks = [w["chunk_frames"] for w in plan]
+                    print(f"round {round_ + 1}  {workers} node(s)  {wall:7.2f} s  frames per node {per}  "
+                          f"chunk frames {chunks}  stolen {done['stolen']}")
+            base = statistics.median(walls[1])
+            for workers in (1, 2, 3):
+                med = statistics.median(walls[workers])
+                print(f"median {workers} node(s): {med:.2f} s  speed-up {base / med:.2f}x over 1 node "
+                      f"({args.frames / med:.2f} frames/s)")
+        finally:
+            for node in nodes:
+                node.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--resolution", type=parse_resolution, default=(160, 120), help="WxH (160x120)")
@@ -144,7 +220,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="Cycles threads, both sides (2)")
-    trio.run(bench, parser.parse_args())
+    parser.add_argument("--distributed", action="store_true", help="a whole job on 1, 2 and 3 node processes")
+    args = parser.parse_args()
+    if args.distributed:
+        bench_distributed(args)
+    else:
+        trio.run(bench, args)
 
 
 if __name__ == "__main__":

@@ -156,3 +156,127 @@ def tasks(
         rows.append([t["task_id"][:12], t["role"], f"{t['runtime']}/{t['item']}"[:40], t["state"],
                      (t["worker"] or "-")[-12:], tries, (t["error"] or "")[:40]])
     print_table(["task", "role", "what", "state", "worker", "attempts", "error"], rows)
+
+
+def parse_frames(text: str) -> tuple[int, int]:
+    """``1-48`` (inclusive) or one frame, ``7``."""
+    first, sep, last = text.strip().partition("-")
+    try:
+        start, end = int(first), int(last) if sep else int(first)
+    except ValueError:
+        raise UserError(f"--frames must be a range such as 1-48 (or one frame, 7), got {text!r}") from None
+    if start < 0 or end < start:
+        raise UserError(f"--frames {text}: the range must go up, from frame 0 or later (e.g. 1-48)")
+    return start, end
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    width, sep, height = text.lower().partition("x")
+    try:
+        w, h = int(width), int(height)
+    except ValueError:
+        raise UserError(f"--resolution must be WIDTHxHEIGHT such as 640x360, got {text!r}") from None
+    if not sep or not (1 <= w <= 16384 and 1 <= h <= 16384):
+        raise UserError(f"--resolution {text}: width and height must each be 1 to 16384")
+    return w, h
+
+
+class RenderProgress:
+    """A progress bar on a terminal, one line per frame otherwise (logs, CI, pipes)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._bar = (typer.progressbar(length=total, label="rendering", file=sys.stderr)
+                     if sys.stderr.isatty() else None)
+        if self._bar is not None:
+            self._bar.__enter__()
+
+    def frame(self, event: dict[str, Any], path: Path, done: int) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+        else:
+            typer.echo(f"frame {event['frame']} <- {event['worker'][-12:]}  {done}/{self.total}  {path}", err=True)
+
+    def note(self, line: str) -> None:
+        if self._bar is not None:
+            sys.stderr.write("\n")
+        typer.echo(line, err=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+@submit_app.command("render")
+@cli_errors
+def submit_render(
+    scene: Annotated[Path, typer.Argument(help="The Blender scene (.blend).")],
+    frames: Annotated[str, typer.Option("--frames", "-f", help="Inclusive range, e.g. 1-48 (or one frame, 7).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for frame_0001.png, ... (created).")],
+    resolution: Annotated[str, typer.Option("--resolution", "-r", help="WIDTHxHEIGHT.")] = "640x360",
+    samples: Annotated[int, typer.Option("--samples", "-s", help="Cycles samples per pixel.")] = 32,
+    seed: Annotated[int, typer.Option("--seed", help="Cycles noise seed.")] = 0,
+    workers: Annotated[int | None, typer.Option("--workers", help="Use at most N workers.")] = None,
+    chunk: Annotated[int | None, typer.Option("--chunk", help="Frames per task (default: from speeds).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds the whole job may take.")] = 3600.0,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Render a frame range split across the live render workers; frames are written as they arrive."""
+    start, end = parse_frames(frames)
+    width, height = parse_resolution(resolution)
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    try:
+        data = scene.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the scene {scene}: {exc.strerror}") from exc
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out {out}: {exc.strerror}") from exc
+    body: dict[str, Any] = {"scene_b64": base64.b64encode(data).decode(), "frame_start": start, "frame_end": end,
+                            "resolution": [width, height], "samples": samples, "seed": seed, "workers": workers,
+                            "chunk_frames": chunk, "timeout_s": timeout}
+    progress = RenderProgress(end - start + 1)
+    try:
+        summary = _render_events(client(config, data_dir), body, out, progress, timeout)
+    finally:
+        progress.close()
+    typer.echo(f"{summary['frames']} frames in {summary['seconds']:.1f} s -> {out}")
+    for peer, w in summary["workers"].items():
+        dropped = f", dropped: {w['dropped']}" if w.get("dropped") else ""
+        typer.echo(f"  {peer[-12:]}  {w['frames']:>4} frames  {w['tasks']} tasks  {w['busy_s']:.1f} s busy{dropped}")
+    typer.echo(f"  stolen {summary['stolen']}, reassigned {summary['reassigned']}, duplicates dropped "
+               f"{summary['duplicates']}; {len(summary['receipts'])} receipts")
+
+
+def _render_events(api: ApiClient, body: dict[str, Any], out: Path, progress: RenderProgress,
+                   timeout: float) -> dict[str, Any]:
+    done = 0
+    for event in api.post_stream("/api/render", body, timeout_s=timeout):
+        kind = event.get("event")
+        if kind == "plan":
+            shares = ", ".join(f"{w['worker'][-12:]} {w['frames']}" for w in event["workers"])
+            progress.note(f"{event['total']} frames across {len(event['workers'])} workers: {shares}")
+        elif kind == "frame":
+            path = out / f"frame_{int(event['frame']):04d}.png"
+            path.write_bytes(base64.b64decode(event["png"]))
+            done += 1
+            progress.frame(event, path, done)
+        elif kind == "reassigned" and event.get("frames"):
+            frames = event["frames"]
+            progress.note(f"worker {event['worker'][-12:]} dropped ({event['reason']}): {len(frames)} frames "
+                          f"({frames[0]}-{frames[-1]}) reassigned")
+        elif kind == "chunk" and event.get("source") == "stolen":
+            progress.note(f"{event['worker'][-12:]} took frames {event['frames'][0]}-{event['frames'][1]} "
+                          f"from {event['from'][-12:]}")
+        elif kind == "done":
+            return event
+        elif kind == "error":
+            message = str(event.get("message", "the render job failed"))
+            if event.get("missing"):
+                message += f" (missing frames: {event['missing'][:20]})"
+            raise (UserError if event.get("status") == 400 else EnvironmentProblem)(message)
+    raise EnvironmentProblem("the node ended the render job without a summary", hint="see `hyperion-node tasks`")
