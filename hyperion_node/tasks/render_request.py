@@ -79,7 +79,7 @@ class RenderJobRequest:
             raise BadRenderJob("'scene_b64' must be the .blend file, base64-encoded")
         try:
             scene = base64.b64decode(encoded, validate=True)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: text that is not even ASCII
             raise BadRenderJob(f"'scene_b64' is not base64: {exc}") from exc
         start, end = _int(body, "frame_start"), _int(body, "frame_end")
         if end < start:
