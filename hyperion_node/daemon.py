@@ -26,6 +26,7 @@ from hyperion_node import __version__
 from hyperion_node.api.metrics import Family
 from hyperion_node.api.server import ApiServer
 from hyperion_node.config import Config
+from hyperion_node.dashboard.service import Dashboard
 from hyperion_node.datadir import DataDir, daemon_lock
 from hyperion_node.errors import InternalError
 from hyperion_node.hardware import HardwareProfile, TelemetrySampler, probe_hardware
@@ -68,6 +69,7 @@ class Node:
     orchestrator: Orchestrator | None = None  # started after the P2P layer, whose heartbeats read load()
     renders: RenderJobs | None = None  # render jobs split across workers, each chunk an orchestrator task
     api: ApiServer | None = None
+    dashboard: Dashboard | None = None  # time series for / and `top`, sampled once a second
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -247,6 +249,11 @@ class Node:
 
     def tasks_status(self) -> dict[str, Any]:
         return self._tasks.describe()
+
+    def dashboard_view(self, since: float) -> dict[str, Any]:
+        if self.dashboard is None:
+            raise InternalError("the dashboard is not running yet")
+        return self.dashboard.view(since)
 
     async def _publish_epoch(self, epoch: SignedEpoch) -> None:
         await self._tasks.publish_epoch(epoch)
@@ -438,6 +445,8 @@ async def _run_node(
                     await nursery.start(node.orchestrator.run)
                     node.renders = RenderJobs(node.orchestrator)
                     await nursery.start(node.renders.run)
+                    node.dashboard = Dashboard(node, peer_id=str(identity.peer_id))
+                    await nursery.start(node.dashboard.run)
                     node.api = ApiServer(node, token, host=config.api.host, port=config.api.port,
                                          token_path=str(data_dir.token_path))
                     await nursery.start(node.api.run)

@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import metrics, openai, streaming
+from hyperion_node.api import dashboard, metrics, openai, streaming
 from hyperion_node.api import render as render_api
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob
@@ -44,6 +44,7 @@ class NodeView(Protocol):
     async def task(self, task_id: str) -> list[dict[str, Any]]: ...
     def tasks_status(self) -> dict[str, Any]: ...
     async def metrics(self) -> list[metrics.Family]: ...
+    def dashboard_view(self, since: float) -> dict[str, Any]: ...
 
 
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
@@ -181,6 +182,7 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
             return parsed
         return await render_api.answer(node.render(parsed))
 
+    app.include_router(dashboard.build_router(node))  # / and /api/dashboard: no token (read-only, no secrets)
     app.include_router(openai.build_router(node), dependencies=authed)
 
     @app.get("/openapi.json", dependencies=authed, include_in_schema=False)
