@@ -27,6 +27,7 @@ from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.render import format_bytes, print_table
 from hyperion_node.cli.tasks import submit_app
 from hyperion_node.cli.tasks import tasks as tasks_command
+from hyperion_node.cli.top import top_command
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
 from hyperion_node.errors import NodeNotRunning, UserError
@@ -46,6 +47,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(submit_app, name="submit")
 app.command("tasks")(cli_errors(tasks_command))
 app.command("events")(events_command)
+app.command("top")(top_command)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="User config file (TOML) over the embedded defaults.")
