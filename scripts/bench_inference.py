@@ -93,6 +93,27 @@ def concurrent(base_url: str, token: str, clients: int, tokens: int, model: str)
     return sum(counts) / wall, len(counts)
 
 
+def cancel_latency(gateway: NodeProcess, workers: list[NodeProcess]) -> float:
+    """Seconds from the client closing a streamed answer to the worker recording the task cancelled (its
+    generation stopped and its slot freed: the event is written after the runtime's thread has returned)."""
+    headers = {"Authorization": f"Bearer {gateway.token}"}
+    body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 400, "stream": True, "temperature": 0}
+    with httpx.stream("POST", gateway.api_url + "/v1/completions", json=body, headers=headers, timeout=60) as answer:
+        task_id = answer.headers["x-hyperion-task-id"]
+        worker = next(w for w in workers if w.peer_id == answer.headers["x-hyperion-worker"])
+        for n, _line in enumerate(answer.iter_lines()):
+            if n >= 10:
+                break
+        closed = time.time()
+    def cancelled_at() -> float | None:
+        events = worker.get("/api/events?limit=1000&since_time=" + str(closed - 60))
+        return next((e["time"] for e in events if e["kind"] == "task.cancelled" and e["data"]["task_id"] == task_id),
+                    None)
+    stopped = wait_until(cancelled_at, timeout=10, what="the worker cancels the task")
+    assert stopped is not None
+    return stopped - closed
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,6 +158,7 @@ def main() -> None:
                 b.append(through_api(worker.api_url, worker.token, args.tokens))
                 c.append(through_api(gateway.api_url, gateway.token, args.tokens))
             net_rate, _ = concurrent(gateway.api_url, gateway.token, 4, args.concurrent_tokens, MODEL)
+            cancels = [cancel_latency(gateway, [worker, worker2]) for _ in range(args.rounds)]
         finally:
             for node in (gateway, worker2, worker):
                 node.stop()
@@ -159,6 +181,8 @@ def main() -> None:
                        ("(c) remote node over libp2p", c)):
         print(f"{name:40} {med(rows, 1):9.1f} {med(rows, 1) / med(a, 1):6.3f} {med(rows, 0) * 1000:8.1f} "
               f"{(med(rows, 0) - med(a, 0)) * 1000:9.1f}")
+    print(f"\nclient gone -> worker stopped and slot free: median {statistics.median(cancels) * 1000:.0f} ms "
+          f"(max {max(cancels) * 1000:.0f} ms) over {len(cancels)} cancellations")
     print(f"\n4 concurrent clients, {args.concurrent_tokens} tokens each")
     print(f"{'network (gateway + 2 workers)':40} {net_rate:9.1f} tokens/s")
     for threads, rate in base_rows:

@@ -119,7 +119,7 @@ class BlenderRuntime:
         return self._build
 
     async def start(self) -> None:
-        self._build = await probe(self._settings.blender)
+        self._build = await probe(self._settings.blender, self._context.cache_dir / "blender-build.json")
         self._log.info("render runtime started", blender=self._build.path, version=self._build.version,
                        binary_sha256=self._build.binary_sha256[:12], threads=self._threads)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -48,3 +49,15 @@ async def test_probe_identifies_the_installed_blender(blender: str) -> None:
     assert build.path == resolved
     assert build.version.count(".") >= 1
     assert len(build.binary_sha256) == 64
+
+
+async def test_probe_is_cached_until_the_binary_changes(blender: str, tmp_path: Path) -> None:
+    cache = tmp_path / "blender-build.json"
+    first = await probe(blender, cache)
+    stored = json.loads(cache.read_text())
+    stored["build"]["version"] = "9.9.9-from-cache"
+    cache.write_text(json.dumps(stored))
+    assert (await probe(blender, cache)).version == "9.9.9-from-cache", "the warm start does not run Blender"
+    stored["key"][1] += 1  # as if the binary had been replaced by another of a different size
+    cache.write_text(json.dumps(stored))
+    assert (await probe(blender, cache)).version == first.version
