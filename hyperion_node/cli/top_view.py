@@ -130,11 +130,11 @@ def summary(view: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> lis
     local = view["nodes"][0] if view["nodes"] else {}
     telemetry = local.get("telemetry") or {}
     return [
-        f"nodes {view['peers_alive'] + 1}/{view['nodes_total']} alive   routed {totals['routed_completed']} "
-        f"({totals['routed_failed']} failed)   served {totals['served_completed']} ({totals['served_failed']} "
-        f"failed)   queue {telemetry.get('queue_depth', 0)} running {telemetry.get('active_tasks', 0)}",
-        f"throughput {last.get('routed_per_s', 0.0):.2f}/s routed {last.get('served_per_s', 0.0):.2f}/s served   "
-        f"latency p50 {fmt_ms(last.get('routed_p50_ms'))} p95 {fmt_ms(last.get('routed_p95_ms'))}   "
+        f"nodes {view['peers_alive'] + 1}/{view['nodes_total']} alive  routed {totals['routed_completed']} "
+        f"({totals['routed_failed']} failed)  served {totals['served_completed']} ({totals['served_failed']} "
+        f"failed)  queue {telemetry.get('queue_depth', 0)} run {telemetry.get('active_tasks', 0)}",
+        f"rate {last.get('routed_per_s', 0.0):.2f}/s routed {last.get('served_per_s', 0.0):.2f}/s served  "
+        f"latency p50 {fmt_ms(last.get('routed_p50_ms'))} p95 {fmt_ms(last.get('routed_p95_ms'))}  "
         f"run p95 {fmt_ms(last.get('served_p95_ms'))}",
         f"rewards earned {rewards.get('earned', 0.0):.6f}  pending {rewards.get('pending', 0.0):.6f}  "
         f"disputed {rewards.get('disputed', 0.0):.6f}  spent {rewards.get('spent', 0.0):.6f}",

@@ -127,9 +127,8 @@ class SeriesRing:
         """Record a sample (times must increase); returns the new point."""
         if self._samples and sample.t <= self._samples[-1].t:
             raise ValueError(f"sample time {sample.t} is not after {self._samples[-1].t}")
-        oldest = self._samples[0] if self._samples else sample
         self._samples.append(sample)
-        new = point(sample, oldest)
+        new = point(sample, self._samples[0])  # ``window`` samples back once the ring has that many
         self._points.append(new)
         return new
 
