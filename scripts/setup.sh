@@ -4,7 +4,8 @@
 #
 # On a fresh Debian machine this adds, only when missing: a C toolchain and headers (llama-cpp-python and
 # fastecdsa compile from source), GMP (fastecdsa), python3-venv (Debian splits ensurepip out), and Blender
-# for the render-blender runtime and its tests (Debian's package: Blender 3.4, Cycles on the CPU headless).
+# for the render-blender runtime and its tests (Debian's package: Blender 3.4, Cycles on the CPU headless), and
+# Chromium with chromedriver for the web dashboard's browser test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,6 +35,9 @@ system_packages() {
   "$PYTHON" -c 'import os, sysconfig; raise SystemExit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need+=(python3-dev)
   command -v blender >/dev/null 2>&1 || need+=(blender)
+  # Headless Chromium and its WebDriver: the web dashboard test loads / in a real browser.
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
