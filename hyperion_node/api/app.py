@@ -8,7 +8,6 @@ operator opens can reach loopback too.
 from __future__ import annotations
 
 import base64
-import binascii
 import secrets
 from typing import Any, Protocol
 
@@ -204,7 +203,7 @@ def _task_spec(body: dict[str, Any], default_timeout_s: float) -> TaskSpec | str
         return "'payload_b64' must map payload fields to base64 text (for bytes such as a .zkey)"
     try:
         payload = {**payload, **{k: base64.b64decode(v, validate=True) for k, v in encoded.items()}}
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text
         return f"'payload_b64' holds text that is not base64: {exc}"
     timeout = body.get("timeout_s", default_timeout_s)
     max_price = body.get("max_price_per_unit")
