@@ -5,23 +5,28 @@ Blocking code for a worker thread, given a loaded ``Llama`` and the ``llama_cpp`
 
 The pass: the prompt, then the generated tokens, go through ``llama_decode`` in batches of ``n_batch`` with
 logits requested for every generated position (the row that produced each generated token, and the end
-token). That is the worker's own computation, minus its one-token-at-a-time decode: prefill does the same
-arithmetic in matrix-matrix form, at ~10x the tokens per second here. Each row is then checked three ways:
+token). That is the worker's own computation without its one-token-at-a-time decode. Each row is then
+checked three ways:
 
 1. values: the committed polynomial, evaluated at the verifier's certified top-k ids, must give the
-   verifier's logits within ``LOGIT_TOLERANCE`` (``commitments.certified_ids``);
-2. tokens: llama.cpp's own sampler chain, rebuilt with the claimed seed, temperature and top_p, is replayed
-   on the verifier's logits and must pick the claimed token. Its ``dist`` sampler draws one uniform number
-   per token whatever the logits (llama-sampler.cpp, ``llama_sampler_dist_apply``), so the worker's and the
-   verifier's random streams stay aligned. Where they pick different tokens, honest noise can be the cause
-   only if some logits within the tolerance of the verifier's make the chain pick the claimed token: the
-   chain is re-run, from the same random state, on the verifier's logits with the claimed token raised by
-   the tolerance and every other lowered by it. Greedy decoding is the same test with argmax;
+   verifier's logits: median deviation over positions under ``MEDIAN_DEVIATION_LIMIT``, few positions past
+   ``LOGIT_TOLERANCE`` (``commitments.certified_ids``);
+2. tokens: greedy tokens must be the verifier's argmax up to the noise; sampled ones are replayed through
+   llama.cpp's own sampler chain, rebuilt with the claimed seed, temperature and top_p. Its ``dist`` sampler
+   draws one uniform number per token whatever the logits (llama-sampler.cpp, ``llama_sampler_dist_apply``),
+   so the worker's and the verifier's random streams stay aligned and an honest replay mostly picks the
+   claimed token; where it does not, the claimed token must at least pass the chain's top_k and min_p
+   cuts, and the share of such positions must stay far from what another temperature or seed gives;
 3. text and finish reason (``claims.check_text``).
 
 Batch shape, not the model, is what makes honest logits differ: the worker decodes one token per call, the
-verifier hundreds. The tolerance below comes from measuring those differences (scripts/bench_verify.py
-prints the distribution).
+verifier hundreds. The bounds below come from measuring those differences (scripts/bench_verify.py prints
+the distributions).
+
+Cost: on this CPU the vocabulary projection (262,144 x 640, 168M of the model's ~270M weights) dominates,
+and it must run for every verified position, so a 1-thread prefill with logits reaches only ~3x the
+decode rate; verification then costs about half a generation (bench_verify). Spot-checking a random
+subset of chunks (logits for those rows only) is the lever left, and is not done yet.
 """
 
 from __future__ import annotations
@@ -50,9 +55,10 @@ from runtimes.inference.commitments import certified_ids, check_position
 # in effect, the same model).
 #
 # So values are judged on the median over positions of each position's largest deviation, which separates
-# honest (0.22) from other weights (>= 1.65) by a wide margin and shrugs off a rare outlier, with a
-# per-position bound on top:
-MEDIAN_DEVIATION_LIMIT = 0.75  # 3.5x the honest median
+# honest (0.22) from other weights (>= 1.65) and shrugs off a rare outlier, with a per-position bound on
+# top. Per result of 16 tokens (bench_verify, 70 honest results) the honest median was 0.14 typically and
+# 0.36 at most; a Q3_K_M worker's ranged 0.45-1.7 (20 results), so the limit sits between the two:
+MEDIAN_DEVIATION_LIMIT = 0.5
 LOGIT_TOLERANCE = 2.0  # 1.5x the largest honest difference seen
 VALUE_MISMATCH_SHARE = 1 / 64  # positions past LOGIT_TOLERANCE allowed (plus one): none was measured
 # Margin for "certified" ids (commitments.certified_ids): an id is checked when it leads the verifier's
@@ -69,9 +75,18 @@ TOKEN_TOLERANCE = 1.0
 # (5 of 40 honest results would have been disputed at a 0.15 probability-mass bound). So a differing
 # token is judged on plausibility (inside the chain's top_k and min_p cuts, with the tolerance), and the
 # share of differing positions on a generous bound: a worker sampling at another temperature than claimed
-# differs at a much larger share; at 16 positions, 8 or more honest differences have a binomial
-# probability of ~3e-4 at the measured 12%.
-MAX_REPLAY_DIFFERED = 0.5
+# differs at a larger share. The honest share varies with temperature: over 40 honest 16-token results
+# the mean was 2 of 16 but the maximum 7 of 16 (p99 6.6), so the bound is 60% (10 of 16), which a
+# worker sampling at 1.4 while claiming 0.8 still reaches in about half the short results.
+MAX_REPLAY_DIFFERED = 0.6
+# Greedy: the verifier's argmax differed from an honest greedy worker's token at 5 of 160 positions (3%);
+# 5 or more of 16 has a binomial probability of ~1e-4 there. A worker that sampled and claims greedy
+# differs at a far larger share, often by less than the per-token bound.
+MAX_GREEDY_DIFFERED = 0.3
+# Sign test on those differences (SamplerReplay.step): honest ones fall either way, a temperature lie all
+# one way. 6 more one way than the other needs, honestly, >= 6 differences all alike (<= 2 x 2^-6 even
+# then, and >= 6 differences are themselves rare: p99 6.6 of 16 at 1.2 and hotter).
+MAX_SIGN_IMBALANCE = 6
 MIN_REPLAY_POSITIONS = 8  # fewer positions say too little for the share test
 
 
@@ -89,6 +104,8 @@ class SamplerReplay:
             temp=claim.temperature, top_p=claim.top_p, **{k: v for k, v in sampler.items()}
         )
         self.differed = 0  # positions where the replay picked another token, plausible or not
+        self.less_likely = 0  # ... of which the claimed token was less likely than the replay's pick
+        self.more_likely = 0
         self._top_k = int(sampler["top_k"])
         self._min_p = float(sampler["min_p"])
 
@@ -107,6 +124,13 @@ class SamplerReplay:
         if picked == claimed:
             return True
         self.differed += 1
+        # Hotter sampling moves the draw to less likely tokens, always (for a fixed uniform draw, the
+        # cumulative mass of the top tokens only falls as temperature rises), colder to more likely
+        # ones; honest noise moves it either way.
+        if value < float(logits[picked]):
+            self.less_likely += 1
+        else:
+            self.more_likely += 1
         # The chain only ever samples among the top_k largest logits whose probability is at least min_p
         # of the largest one's: allow for noise of ``tolerance`` on both sides of each comparison.
         kth = float(np.partition(logits, -self._top_k)[-self._top_k])
@@ -199,6 +223,7 @@ def verify_claim(
         "max_deviation": max(deviations, default=0) / params.scale,
         "median_deviation": float(np.median(deviations)) / params.scale if deviations else 0.0,
         "replay_differed": replay.differed,
+        "replay_less_likely": replay.less_likely,
         "value_mismatches": len(value_misses),
         "token_mismatches": len(token_misses),
         "tolerance": tolerance,
@@ -220,13 +245,21 @@ def verify_claim(
             f"{details['max_deviation']:.3f} > {tolerance})",
             details,
         )
-    if claim.temperature > 0 and len(produced) >= MIN_REPLAY_POSITIONS and replay.differed >= max_differed * len(
-        produced
-    ):
+    share = MAX_GREEDY_DIFFERED if claim.temperature == 0 else max_differed
+    if len(produced) >= MIN_REPLAY_POSITIONS and replay.differed >= share * len(produced):
         return Verdict(
             False,
             f"the claimed sampler and seed pick other tokens at {replay.differed} of {len(produced)} positions "
-            f"(honest noise: ~12%)",
+            f"(honest noise: ~3% greedy, ~12% sampled)",
+            details,
+        )
+    imbalance = replay.less_likely - replay.more_likely
+    if claim.temperature > 0 and abs(imbalance) >= MAX_SIGN_IMBALANCE:
+        return Verdict(
+            False,
+            f"sampled tokens are {'less' if imbalance > 0 else 'more'} likely than the claimed temperature's "
+            f"at {abs(imbalance)} more positions than the other way: sampled "
+            f"{'hotter' if imbalance > 0 else 'colder'} than claimed",
             details,
         )
     if token_misses:
