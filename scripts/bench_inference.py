@@ -45,7 +45,7 @@ def stream_timing(chunks: Any, t0: float) -> tuple[float, float, int]:
     """(ttft_s, decode tokens/s, tokens) from a stream whose every chunk is one token."""
     stamps = []
     for chunk in chunks:
-        if chunk:
+        if chunk is not None and chunk != "":
             stamps.append(time.perf_counter())
     n = len(stamps)
     rate = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 else 0.0
@@ -53,16 +53,18 @@ def stream_timing(chunks: Any, t0: float) -> tuple[float, float, int]:
 
 
 def direct(model_path: Path, tokens: int) -> tuple[float, float, int]:
+    """llama-cpp-python's own token loop (``Llama.generate``, what create_completion runs underneath), from
+    an empty KV cache as the node starts every generation (so that greedy output is reproducible and
+    checkable); a warm cache would let it skip the prompt's prefill."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=2048, n_threads=THREADS, verbose=False, seed=0)
-    llm.create_completion(PROMPT, max_tokens=4, temperature=0)  # warm-up, as the node's benchmark is
-    # The node starts every generation from an empty KV cache (so that greedy output is reproducible and
-    # checkable); without a reset llama-cpp-python would reuse the warm-up's prompt and skip its prefill.
-    llm.reset()
+    prompt = llm.tokenize(PROMPT.encode())
+    for _ in zip(range(4), llm.generate(prompt, temp=0.0, reset=True), strict=False):
+        pass  # warm-up, as the node's benchmark is
     t0 = time.perf_counter()
-    out = llm.create_completion(PROMPT, max_tokens=tokens, temperature=0, stream=True)
-    result = stream_timing((c["choices"][0]["text"] for c in out), t0)
+    stream = (token for _, token in zip(range(tokens), llm.generate(prompt, temp=0.0, reset=True), strict=False))
+    result = stream_timing(stream, t0)
     llm.close()
     return result
 
