@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -97,12 +98,29 @@ def start(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override one key: section.key=value.")] = None,
     log_format: LogFormatOpt = None,
     log_level: LogLevelOpt = None,
+    demo: Annotated[bool, typer.Option("--demo", help="Run a simulated network of virtual nodes in this "
+                                       "process (real node code, simulated GPUs); nothing leaves 127.0.0.1.")] = False,
+    nodes: Annotated[int, typer.Option("--nodes", help="--demo: virtual nodes.")] = 8,
+    rate: Annotated[float, typer.Option("--rate", help="--demo: tasks submitted per second.")] = 5.0,
+    duration: Annotated[float, typer.Option("--duration", help="--demo: seconds of workload.")] = 60.0,
+    seed: Annotated[int, typer.Option("--seed", help="--demo: seed of the workload and simulated runtimes.")] = 0,
+    web: Annotated[bool, typer.Option("--web", help="--demo: serve the first node's web dashboard.")] = False,
 ) -> None:
     """Start the node: join the network, advertise this machine, serve work until Ctrl-C."""
     import trio
 
     from hyperion_node.daemon import run_daemon
 
+    if demo:
+        from hyperion_node.demo.runner import DemoOptions, run_demo
+
+        # The demo's many nodes log to one terminal: only warnings, unless asked for more.
+        configure_logging(level=log_level or "warning", fmt=log_format or "auto", libp2p_level="error")
+        # The script kills a node on purpose; its peers' libp2p then logs each broken connection as an error.
+        logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+        options = DemoOptions(nodes=nodes, rate=rate, duration=duration, seed=seed, web=web)
+        trio.run(functools.partial(run_demo, options, sys.stdout, terminal=sys.stdout.isatty()))
+        return
     cfg = _config(config, data_dir, set_, log_format, log_level)
 
     def on_ready(text: str) -> None:

@@ -1,0 +1,180 @@
+"""``hyperion-node start --demo``: start the virtual nodes, run the seeded workload and the scripted events
+against them while the live view redraws, then stop and print the summary.
+
+Lifetimes, outermost first: the nodes (and their stores, left open for the summary); the task followers,
+which outlive the workload by a short grace so that tasks in flight at the end can finish; the workload,
+script and view, which stop at ``--duration`` or at the first SIGINT/SIGTERM (a second one exits at once).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+import trio
+
+from hyperion_node.daemon import EXIT_SECOND_SIGNAL, EXIT_SHUTDOWN_OVERRUN, _hard_exit_after
+from hyperion_node.demo.network import DemoNode, run_demo_node
+from hyperion_node.demo.script import Script
+from hyperion_node.demo.summary import node_rewards, report
+from hyperion_node.demo.view import LiveView
+from hyperion_node.demo.workload import Outcome, Tracker, plan_task
+from hyperion_node.errors import UserError
+from hyperion_node.store import Store
+from hyperion_node.tasks.service import Job
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT_S = 60.0  # a 50-node network on two cores takes tens of seconds to mesh
+GRACE_S = 5.0  # after --duration, for tasks in flight (longer ones are reported unfinished)
+SHUTDOWN_BUDGET_S = 15.0  # after a signal: summary from every ledger, then every node down
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    nodes: int = 8
+    rate: float = 5.0
+    duration: float = 60.0
+    seed: int = 0
+    web: bool = False
+
+    def check(self) -> None:
+        if not 1 <= self.nodes <= 200:
+            raise UserError(f"--nodes {self.nodes} is not between 1 and 200")
+        if not 0 < self.rate <= 1000:
+            raise UserError(f"--rate {self.rate} is not above 0 and at most 1000 tasks/s")
+        if not 0 < self.duration <= 86400:
+            raise UserError(f"--duration {self.duration} is not above 0 and at most a day")
+
+
+@dataclass
+class Demo:
+    options: DemoOptions
+    root: Path
+    out: TextIO
+    terminal: bool
+    nodes: list[DemoNode] = field(default_factory=list)
+    stores: list[Store] = field(default_factory=list)
+    tracker: Tracker = field(default_factory=Tracker)
+    stop: trio.CancelScope = field(default_factory=trio.CancelScope)
+    interrupted: bool = False
+    idle: trio.Event = field(default_factory=trio.Event)
+
+    def live(self) -> list[DemoNode]:
+        return [n for n in self.nodes if n.alive]
+
+    async def add_node(self, nursery: trio.Nursery, index: int) -> DemoNode:
+        bootstrap = self.nodes[0].node.p2p.listen_addrs()[0] if self.nodes else None
+        start = functools.partial(run_demo_node, self.root, index, self.options.seed, bootstrap, self.stores,
+                                  self.options.web and index == 0)
+        node: DemoNode = await nursery.start(start)
+        self.nodes.append(node)
+        return node
+
+    async def watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for _ in signals:
+            if self.interrupted:
+                sys.stderr.write("hyperion-node demo: second signal, exiting now\n")
+                os._exit(EXIT_SECOND_SIGNAL)
+            self.interrupted = True
+            _hard_exit_after(SHUTDOWN_BUDGET_S, EXIT_SHUTDOWN_OVERRUN)
+            self.stop.cancel()
+
+    async def wait_meshed(self) -> None:
+        """Until the first node sees every other one alive (each knows the network from it)."""
+        want = len(self.nodes) - 1
+        with trio.move_on_after(CONNECT_TIMEOUT_S):
+            # The peer table has no change notification to wait on; a poll under a deadline is the way.
+            while len(self.nodes[0].node.p2p.table.live_peers()) < want:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            return
+        log.warning("demo_not_meshed", seen=len(self.nodes[0].node.p2p.table.live_peers()), want=want)
+
+    async def workload(self, followers: trio.Nursery) -> None:
+        rng = random.Random(self.options.seed)
+        start, seq = trio.current_time(), 0
+        while True:
+            planned = plan_task(rng, seq)
+            live = self.live()
+            requester = live[planned.requester % len(live)]
+            assert requester.node.orchestrator is not None
+            job = requester.node.orchestrator.submit(planned.spec)
+            outcome = Outcome(seq, planned.spec.runtime, requester.name, job.task_id, trio.current_time())
+            self.tracker.outcomes.append(outcome)
+            followers.start_soon(self.follow, outcome, job)
+            seq += 1
+            await trio.sleep_until(start + seq / self.options.rate)  # a fixed rate: late ticks catch up
+
+    async def follow(self, outcome: Outcome, job: Job) -> None:
+        await self.tracker.follow(outcome, job)
+        if self.stop.cancel_called and not any(o.state == "running" for o in self.tracker.outcomes):
+            self.idle.set()
+
+    async def rewards(self) -> list[str]:
+        dead = {n.peer_id for n in self.nodes if not n.alive}
+        rewards = []
+        for n in self.nodes:
+            rows = await n.node.store.run(n.node.store.execute,
+                                          "SELECT role, status, total FROM ledger_receipts")
+            rewards.append(node_rewards(n.name, n.machine.profile.name, n.alive,
+                                        [(r, s, int(t)) for r, s, t in rows]))
+        return report(self.tracker.outcomes, rewards, self.script_lines, dead,
+                      elapsed_s=self.elapsed, interrupted=self.interrupted)
+
+    script_lines: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    async def run(self) -> list[str]:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.watch_signals, signals)
+                with self.stop:
+                    for index in range(self.options.nodes):
+                        await self.add_node(nursery, index)
+                    self.out.write(f"demo: {len(self.nodes)} nodes started; meshing\n")
+                    self.out.flush()
+                    await self.wait_meshed()
+                started = trio.current_time()
+                script = Script(self, nursery)
+                self.script_lines = script.lines
+                async with trio.open_nursery() as followers:
+                    if not self.stop.cancel_called:
+                        self.stop = trio.CancelScope(deadline=started + self.options.duration)
+                        view = LiveView(self, self.out, terminal=self.terminal)
+                        with self.stop:
+                            async with trio.open_nursery() as work:
+                                work.start_soon(self.workload, followers)
+                                work.start_soon(script.run)
+                                work.start_soon(view.run)
+                        view.close()
+                    if not self.interrupted and any(o.state == "running" for o in self.tracker.outcomes):
+                        with trio.move_on_after(GRACE_S):
+                            await self.idle.wait()
+                    followers.cancel_scope.cancel()
+                self.elapsed = trio.current_time() - started
+                with trio.CancelScope(shield=True):
+                    lines = await self.rewards()
+                nursery.cancel_scope.cancel()
+        return lines
+
+
+async def run_demo(options: DemoOptions, out: TextIO, *, terminal: bool) -> None:
+    options.check()
+    with tempfile.TemporaryDirectory(prefix="hyperion-demo-") as tmp:
+        demo = Demo(options, Path(tmp), out, terminal)
+        try:
+            lines = await demo.run()
+        finally:
+            for store in demo.stores:
+                store.close()
+    out.write("\n".join(lines) + "\n")
+    out.flush()

@@ -1,0 +1,97 @@
+"""The demo's workload: seeded task specs at a fixed rate, each submitted through a node's real
+orchestrator (``Orchestrator.submit``), and what became of each one, for the live line and the summary.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from hyperion_node.demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
+from hyperion_node.tasks.model import TaskSpec
+from hyperion_node.tasks.service import Job
+
+KINDS = ("inference", "zk", "render")
+WEIGHTS = (0.6, 0.25, 0.15)  # chat traffic dominates a public network; proofs and renders are batch work
+PROMPTS = ("Explain proof of work", "Write a haiku about GPUs", "Summarise the libp2p spec",
+           "What is a Merkle tree?", "Translate 'hello' to French", "Why is the sky blue?")
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    seq: int
+    requester: int  # an index into the live nodes at submission time
+    spec: TaskSpec
+
+
+def plan_task(rng: random.Random, seq: int) -> PlannedTask:
+    """The ``seq``-th task of the workload; the same seed gives the same sequence."""
+    kind = rng.choices(KINDS, WEIGHTS)[0]
+    requester = rng.randrange(1 << 30)
+    if kind == "inference":
+        tokens = rng.choice((32, 64, 96, 128))
+        spec = TaskSpec(runtime="inference", item=INFERENCE_ITEM, timeout_s=30.0, expected_units=tokens,
+                        payload={"prompt": f"{rng.choice(PROMPTS)} #{seq}", "max_tokens": tokens, "seq": seq})
+    elif kind == "zk":
+        constraints = rng.choice((2**18, 2**19, 2**20))
+        spec = TaskSpec(runtime="zk", item=ZK_ITEM, timeout_s=60.0, expected_units=constraints,
+                        payload={"constraints": constraints, "seq": seq})
+    else:
+        frames = rng.choice((1, 2, 3))
+        spec = TaskSpec(runtime="render", item=RENDER_ITEM, timeout_s=60.0, expected_units=frames,
+                        payload={"frames": frames, "seq": seq})
+    return PlannedTask(seq, requester, spec)
+
+
+@dataclass
+class Outcome:
+    seq: int
+    runtime: str
+    requester: str
+    task_id: str
+    submitted: float
+    state: str = "running"  # completed, failed, lost (its requester died)
+    worker: str = ""
+    latency_s: float | None = None
+    first_output_s: float | None = None
+    error: str = ""
+    assigned: list[str] = field(default_factory=list)  # every worker it was sent to, in order
+
+
+class Tracker:
+    """Every task the workload submitted, and how it ended."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def counts(self) -> Counter[str]:
+        return Counter(o.state for o in self.outcomes)
+
+    async def follow(self, outcome: Outcome, job: Job) -> None:
+        """Read the job's events to the end, as an API client would."""
+        async with job.events:
+            async for event in job.events:
+                now = trio.current_time() - outcome.submitted
+                if event.kind == "assigned":
+                    outcome.assigned.append(event.worker)
+                elif event.kind == "partial" and outcome.first_output_s is None:
+                    outcome.first_output_s = now
+                elif event.kind == "final":
+                    outcome.state, outcome.worker, outcome.latency_s = "completed", event.worker, now
+                elif event.kind == "error":
+                    outcome.state = "failed"
+                    outcome.error = str(event.data.get("type", "error"))
+        if outcome.state == "running":
+            outcome.state = "lost"  # the stream ended with no answer: the requesting node died under it
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]

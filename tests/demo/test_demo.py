@@ -1,0 +1,69 @@
+"""`hyperion-node start --demo`: a seeded demo of real nodes with simulated GPUs finishes by itself with a
+summary that shows work of every kind done, paid on several nodes, and the scripted failures handled;
+SIGINT ends it cleanly with the summary too."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hyperion_node.cli.app import app
+from hyperion_node.testing.process import hyperion_executable, wait_until
+
+
+def _completed(summary: str, kind: str) -> int:
+    match = re.search(rf"^  {kind}\s+(\d+)/(\d+) completed", summary, re.MULTILINE)
+    assert match, summary
+    return int(match.group(1))
+
+
+def test_short_demo_finishes_with_every_kind_done_rewards_spread_and_failover(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the nodes' data dirs go under our basetemp
+    result = CliRunner().invoke(app, ["start", "--demo", "--nodes", "4", "--duration", "8", "--rate", "8",
+                                      "--seed", "1"])
+    out = result.output
+    assert result.exit_code == 0, out
+    summary = out[out.index("hyperion-node demo summary (finished"):]
+    for kind in ("inference", "zk", "render"):
+        assert _completed(summary, kind) > 0, summary
+    earned = [float(m) for m in re.findall(r"earned (\d+\.\d+)", summary)]
+    assert sum(1 for e in earned if e > 0) >= 2, summary
+    assert re.search(r"died \(no goodbye\)", summary), summary
+    assert re.search(r"\(NVIDIA Jetson AGX Orin\) joined", summary), summary
+    assert "starts to overheat" in summary, summary
+    moved = re.search(r"failover\s+(\d+) tasks of the dead node completed elsewhere", summary)
+    assert moved, summary
+    assert int(moved.group(1)) > 0, summary
+    assert re.search(r"^\s+a100-1\s.*\bdead\b", summary, re.MULTILINE), summary
+    # Off a terminal the live view is plain lines, one a second, with the demo's own counts.
+    assert len(re.findall(r"\| demo seed=1 nodes=", out)) >= 5, out
+
+
+def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
+    log = tmp_path / "demo.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [hyperion_executable(), "start", "--demo", "--nodes", "3", "--duration", "600", "--rate", "4"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp_path)})
+        try:
+            wait_until(lambda: re.search(r"completed=[1-9]", log.read_text()), timeout=60,
+                       what="the demo completes a task")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    assert "hyperion-node demo summary (interrupted" in text, text
+    assert re.search(r"tasks\s+\d+ submitted, [1-9]\d* completed", text), text
+    assert not list(tmp_path.glob("hyperion-demo-*")), "the demo's temporary data dirs are removed"
