@@ -38,12 +38,16 @@ class Script:
     async def run(self) -> None:
         self._start = trio.current_time()
         nodes, duration = self.demo.nodes, self.demo.options.duration
-        if len(nodes) < 3:
-            await self.note("demo.script", "fewer than 3 nodes: no scripted degrade/kill (node 0 is the dashboard)")
-        else:
-            async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as nursery:
+            if len(nodes) < 3:
+                await self.note("demo.script", "fewer than 3 nodes: no degrade or kill (node 0 is the dashboard)")
+            else:
                 nursery.start_soon(self._degrade, nodes[2], duration)
                 nursery.start_soon(self._kill, nodes[1], duration)
+            nursery.start_soon(self._join, duration)
+
+    async def _join(self, duration: float) -> None:
+        nodes = self.demo.nodes
         await trio.sleep_until(self._start + JOIN_AT * duration)
         joined = await self.demo.add_node(self._nursery, len(nodes))
         await self.note("demo.joined", f"{joined.name} ({joined.machine.profile.name}) joined",

@@ -27,13 +27,15 @@ class LiveView:
         self.events: list[dict[str, Any]] = []
         self._cursor = 0
         self._entered = False
+        api = demo.nodes[0].node.api
+        self.web_url = f"{api.url}/" if api is not None else ""
 
     def counts(self) -> str:
         c = self.demo.tracker.counts()
         live = self.demo.live()
         return (f"demo seed={self.demo.options.seed} nodes={len(live)}/{len(self.demo.nodes)} "
                 f"submitted={len(self.demo.tracker.outcomes)} completed={c['completed']} failed={c['failed']} "
-                f"in_flight={c['running']}")
+                f"in_flight={c['running']}" + (f" web={self.web_url}" if self.web_url else ""))
 
     async def refresh(self) -> None:
         node = self.demo.nodes[0].node
@@ -43,7 +45,9 @@ class LiveView:
         new = await node.events(self._cursor, 1000)
         if new:
             self._cursor = int(new[-1]["id"])
-        self.events = (self.events + new)[-KEEP_EVENTS:]
+        # Every task's steps are events too; at demo rates they would push the scripted ones off the screen.
+        shown = [e for e in new if not e["kind"].startswith("task.") or e["kind"] == "task.failed"]
+        self.events = (self.events + shown)[-KEEP_EVENTS:]
         if self.terminal:
             size = shutil.get_terminal_size((100, 30))
             lines = [top_view.fit(self.counts(), size.columns).rstrip(),
