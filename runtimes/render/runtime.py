@@ -57,6 +57,8 @@ from runtimes.render.request import RUNTIME_NAME, RenderRequest, RenderSettings
 RUNTIME_REVISION = "1"
 DRIVER = Path(__file__).with_name("driver.py")
 TEST_SCENE_SCRIPT = Path(__file__).parent / "scenes" / "make_test_scene.py"
+# The cached Blender probe (see blender.probe), kept beside the per-task work directories in the cache dir.
+PROBE_CACHE = "blender-build.json"
 # The benchmark: 3 frames of the test scene at 128x96 and 16 samples: ~5 s on 2 cores with Blender's start,
 # after ~2 s to build the scene.
 # The first frame pays Cycles' kernel and scene set-up, so throughput is taken from the others.
@@ -119,7 +121,7 @@ class BlenderRuntime:
         return self._build
 
     async def start(self) -> None:
-        self._build = await probe(self._settings.blender, self._context.cache_dir / "blender-build.json")
+        self._build = await probe(self._settings.blender, self._context.cache_dir / PROBE_CACHE)
         self._log.info("render runtime started", blender=self._build.path, version=self._build.version,
                        binary_sha256=self._build.binary_sha256[:12], threads=self._threads)
 
