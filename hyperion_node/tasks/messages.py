@@ -182,7 +182,7 @@ def _number(body: Mapping[str, Any], key: str) -> float:
     return float(value)
 
 
-def _map(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+def text_keyed_map(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = body.get(key)
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise MalformedFrame("bad_schema", f"{key} must be a map with text keys")
@@ -215,7 +215,7 @@ def decode_requester(data: bytes) -> RequesterMessage:
         max_price = body.get("max_price")
         return TaskRequest(
             task_id=_text(body, "id"), runtime=_text(body, "runtime"), item=_text(body, "item"),
-            payload=_map(body, "payload"), requester=_text(body, "requester"),
+            payload=text_keyed_map(body, "payload"), requester=_text(body, "requester"),
             deadline_s=_number(body, "deadline_s"),
             max_price_per_unit=None if max_price is None else _number(body, "max_price"),
             min_memory_bytes=min_memory,
@@ -260,12 +260,12 @@ def decode_worker(data: bytes) -> WorkerMessage:
     if msg_type == T_REJECTED:
         return Rejected(_text(body, "reason"))
     if msg_type == T_PARTIAL:
-        return PartialResult(_map(body, "data"))
+        return PartialResult(text_keyed_map(body, "data"))
     if msg_type == T_FINAL:
         receipt = body.get("receipt")
         if not isinstance(receipt, bytes):
             raise MalformedFrame("bad_schema", "receipt must be bytes")
-        return FinalResult(_map(body, "output"), receipt)
+        return FinalResult(text_keyed_map(body, "output"), receipt)
     if msg_type == T_ERROR:
         return TaskError(_text(body, "code"), _text(body, "message", optional=True))
     raise MalformedFrame("wrong_type", f"{msg_type[:32]!r} is not a worker message")

@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 
 from hyperion_node.p2p.messages import encode_frame
-from hyperion_node.tasks.messages import MAX_CBOR_DEPTH, MAX_REQUEST_BYTES, MAX_TEXT, MalformedFrame
+from hyperion_node.tasks.messages import MAX_CBOR_DEPTH, MAX_REQUEST_BYTES, MAX_TEXT, MalformedFrame, text_keyed_map
 
 PROTOCOL_VERSION = 1
 MAX_VERDICT_BYTES = 16 * 1024
@@ -68,19 +68,12 @@ def _load(data: bytes, max_bytes: int, msg_type: str) -> dict[str, Any]:
     return value
 
 
-def _map(body: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = body.get(key)
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise MalformedFrame("bad_schema", f"{key} must be a map with text keys")
-    return value
-
-
 def decode_check(data: bytes) -> CheckRequest:
     body = _load(data, MAX_REQUEST_BYTES, "check")
     receipt = body.get("receipt")
     if not isinstance(receipt, bytes):
         raise MalformedFrame("bad_schema", "receipt must be bytes")
-    return CheckRequest(receipt, _map(body, "payload"), _map(body, "output"))
+    return CheckRequest(receipt, text_keyed_map(body, "payload"), text_keyed_map(body, "output"))
 
 
 def decode_verdict(data: bytes) -> VerdictAnswer:
