@@ -1,0 +1,57 @@
+"""/hyperion/verify/1 codec: round trips and garbage, as for every codec of ours."""
+
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hyperion_node.tasks.messages import FrameReader, MalformedFrame
+from hyperion_node.verify.messages import (
+    CheckRequest,
+    VerdictAnswer,
+    decode_check,
+    decode_verdict,
+    encode_check,
+    encode_verdict,
+)
+
+maps = st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.binary(max_size=8), max_size=4)
+
+
+def unframe(data: bytes) -> bytes:
+    reader = FrameReader(max_bytes=len(data) + 16)
+    reader.feed(data)
+    frame = reader.next_frame()
+    assert frame is not None
+    return frame
+
+
+@given(st.binary(max_size=64), maps, maps)
+def test_checks_round_trip(receipt: bytes, payload: dict[str, object], output: dict[str, object]) -> None:
+    request = CheckRequest(receipt, payload, output)
+    assert decode_check(unframe(encode_check(request))) == request
+
+
+@given(st.booleans(), st.text(max_size=100), st.binary(min_size=1, max_size=64))
+def test_verdicts_round_trip(ok: bool, reason: str, dispute: bytes) -> None:
+    answer = VerdictAnswer(ok, reason, None if ok else dispute)
+    assert decode_verdict(unframe(encode_verdict(answer))) == answer
+
+
+@given(st.binary(max_size=200))
+def test_garbage_is_a_malformed_frame(data: bytes) -> None:
+    for decode in (decode_check, decode_verdict):
+        try:
+            decode(data)
+        except MalformedFrame:
+            continue
+
+
+def test_a_failed_verdict_must_carry_its_signed_dispute() -> None:
+    forged = encode_verdict(VerdictAnswer(True, "x"))
+    body = cbor2.loads(unframe(forged))
+    body["ok"] = False
+    with pytest.raises(MalformedFrame, match="dispute"):
+        decode_verdict(cbor2.dumps(body))
