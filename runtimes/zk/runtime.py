@@ -19,11 +19,12 @@ All proving work runs in a pool of worker processes (``runtimes.zk.async_pool``)
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -32,19 +33,14 @@ from hyperion_node.errors import ConfigError, InternalError
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
-from runtimes.zk.field import Arithmetic, Backend
-from runtimes.zk.files import snarkjs_dumps
+from runtimes.zk.field import Backend
 from runtimes.zk.prover import Job, Proof, ProofPlan, proof_json, public_json
-from runtimes.zk.verifier import (
-    VerifyingKey,
-    parse_proof,
-    parse_public,
-    verify,
-    verifying_key_from_zkey,
-)
 from runtimes.zk.witness import wasmtime_available
 from runtimes.zk.wtns import parse_wtns
 from runtimes.zk.zkey import ZKey, parse_zkey
+
+if TYPE_CHECKING:
+    from runtimes.zk.verifier import VerifyingKey
 
 RUNTIME_NAME = "zk-groth16"
 # Bumped when a change here alters throughput or output, so cached benchmarks are redone.
@@ -174,15 +170,30 @@ def in_snarkjs_order(proof: Mapping[str, Any]) -> dict[str, Any]:
 def proof_sha256(proof: Mapping[str, Any]) -> str:
     """SHA-256 of proof.json as snarkjs writes it (the receipt's commitment to the proof), whatever order
     the map's keys arrived in."""
+    from runtimes.zk.files import snarkjs_dumps
+
     return hashlib.sha256(snarkjs_dumps(in_snarkjs_order(proof)).encode()).hexdigest()
 
 
 def check_final(vk: VerifyingKey, output: Mapping[str, Any], evidence: Mapping[str, Any]) -> bool:
     """Requester side, before countersigning: the proof verifies and the evidence describes it."""
+    # The verifier (py_ecc's pairing) is imported when a proof is first checked, not while the daemon idles.
+    from runtimes.zk.verifier import parse_proof, parse_public, verify
+
     proof, public = output.get("proof"), output.get("public")
     if evidence.get("proof_sha256") != proof_sha256(proof or {}) or evidence.get("public_signals") != public:
         return False
     return verify(vk, parse_proof(proof), parse_public(public))
+
+
+def backend_name(backend: Backend) -> str:
+    """The arithmetic the proving workers will pick (``Arithmetic.select`` runs there), found without
+    importing gmpy2 into the daemon, which only hands out work."""
+    if backend != "python" and importlib.util.find_spec("gmpy2") is not None:
+        return "gmpy2"
+    if backend == "gmpy2":
+        raise ImportError("the gmpy2 backend was asked for but gmpy2 is not installed (pip install gmpy2)")
+    return "python"
 
 
 class Groth16Runtime:
@@ -193,14 +204,14 @@ class Groth16Runtime:
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
         self._settings = ZkSettings.from_mapping(context.settings)
-        self._arithmetic = Arithmetic.select(self._settings.backend)
+        self._backend = backend_name(self._settings.backend)
         self._pool = TrioProcessPool(self._settings.workers or None)
         self._benchmark: BenchmarkResult | None = None
         self._log = structlog.get_logger("runtimes.zk")
 
     @property
     def version(self) -> str:
-        return f"{RUNTIME_REVISION}+{self._arithmetic.name}"
+        return f"{RUNTIME_REVISION}+{self._backend}"
 
     @property
     def workers(self) -> int:
@@ -209,7 +220,7 @@ class Groth16Runtime:
     async def start(self) -> None:
         # Workers start on the first proof (the pool starts them inside every call) and then stay: an idle
         # node keeps no prover processes, and ~0.1 s per worker is paid once, not per task.
-        self._log.info("zk runtime started", workers=self._pool.size, backend=self._arithmetic.name)
+        self._log.info("zk runtime started", workers=self._pool.size, backend=self._backend)
 
     async def benchmark(self) -> BenchmarkResult:
         power = self._settings.benchmark_power
@@ -224,7 +235,7 @@ class Groth16Runtime:
             unit="constraint",
             throughput=zkey.constraints / seconds,
             seconds=seconds,
-            details={"constraints": zkey.constraints, "workers": self._pool.size, "backend": self._arithmetic.name},
+            details={"constraints": zkey.constraints, "workers": self._pool.size, "backend": self._backend},
         )
 
     def offers(self, benchmark: BenchmarkResult | None) -> list[Offer]:
@@ -241,7 +252,7 @@ class Groth16Runtime:
                     "max_constraints": self._settings.max_constraints,
                     "protocol": "groth16",
                     "curve": "bn128",
-                    "backend": self._arithmetic.name,
+                    "backend": self._backend,
                     "workers": self._pool.size,
                     "witness_from_wasm": wasmtime_available(),
                 },
@@ -314,6 +325,8 @@ class Groth16Runtime:
 
     async def _self_check(self, zkey: ZKey, proof: Proof) -> None:
         """A proof that does not verify is a bug here, never the requester's fault: fail before sending it."""
+        from runtimes.zk.verifier import verifying_key_from_zkey
+
         ok = await self._pool.call("verify", verifying_key_from_zkey(zkey), proof)
         if not ok:
             raise InternalError("the proof this node just produced does not verify against its key")
