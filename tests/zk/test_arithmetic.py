@@ -129,3 +129,36 @@ def test_ntt_round_trip_and_definition() -> None:
     shift = fr_coset_shift(4)
     coset = odd_coset(evaluations, 4)
     assert coset[5] == sum(c * pow(shift * pow(w, 5, R), i, R) for i, c in enumerate(values)) % R
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_msm_with_most_points_in_one_bucket_matches_naive_sum(backend: str) -> None:
+    # A witness of 0/1 signals puts most points in one bucket of window 0, as the top window of full-size
+    # scalars does; repeats and negations make the pending points double and cancel while they are summed.
+    ar = Arithmetic.select(backend)  # type: ignore[arg-type]
+    base = g1_points(9)
+    points: list[tuple[int, int] | None] = [*base, *base, *((x, -y % field_modulus) for x, y in base[:4]), *base[:3]]
+    scalars = [1] * len(points)
+    scalars[5], scalars[6], scalars[20] = rng.randrange(R), 2, (1 << 253) + 1
+    xs = [None if p is None else ar.number(p[0]) for p in points]
+    ys = [None if p is None else ar.number(p[1]) for p in points]
+    result = to_affine(fq_ops(ar), msm_g1(xs, ys, scalars, ar, 6, (0, window_count(254, 6))))
+    expected = naive_g1(points, scalars)
+    assert result is not None
+    assert (int(result[0]), int(result[1])) == expected
+
+    g2 = g2_points(5)
+    g2_all = [*g2, *g2, g2[0], g2[0], g2[1]]
+    g2_scalars = [1] * len(g2_all)
+    g2_scalars[3] = rng.randrange(R)
+    x2 = [(ar.number(p[0][0]), ar.number(p[0][1])) for p in g2_all]
+    y2 = [(ar.number(p[1][0]), ar.number(p[1][1])) for p in g2_all]
+    result2 = to_affine(fq2_ops(ar), msm_g2(x2, y2, g2_scalars, ar, 6, (0, window_count(254, 6))))
+    acc = None
+    for (x, y), k in zip(g2_all, g2_scalars, strict=True):
+        term = multiply((FQ2(list(x)), FQ2(list(y)), FQ2.one()), k)
+        acc = term if acc is None else add(acc, term)
+    assert acc is not None
+    ex, ey = normalize(acc)
+    assert result2 is not None
+    assert (tuple(map(int, result2[0])), tuple(map(int, result2[1]))) == (tuple(ex.coeffs), tuple(ey.coeffs))
