@@ -1,17 +1,19 @@
 """Inference through the network against llama.cpp alone, side by side in one run.
 
 Same model (the packaged Gemma 3 270M), prompt, greedy decoding and token count for each path:
-  (a) llama-cpp-python called directly in this process (create_completion, streamed) -- the floor;
+  (a) llama-cpp-python called directly in this process (Llama.generate, streamed) -- the floor;
   (b) the local node's OpenAI API (the node runs the model itself);
   (c) a remote node over libp2p: the client talks to a node without the model, which routes to a worker.
 Reported: decode tokens/s (after the first token) and time to first token, with b/a and c/a ratios and the
 TTFT each path adds over (a). Then 4 concurrent clients through a network of two workers against 4
 concurrent clients of llama-cpp-python's own OpenAI server (llama_cpp.server) on the same machine.
 
-Threads: every llama.cpp instance gets the node's default, one less than the cores (1 here), so each path
-does the same work per token; the llama_cpp.server baseline gets the same and, in a second row, all cores.
+Threads: every llama.cpp instance gets the node's default, one less than the cores (1 here), for decoding and
+for prompt batches alike, so each path does the same work per token; the llama_cpp.server baseline gets the
+same and, in a second row, all cores. Every path starts each request from an empty KV cache (the node never
+reuses a prompt prefix: see runtimes/inference/runtime.py), and each keeps its client, as an application does.
 
-    .venv/bin/python scripts/bench_inference.py [--tokens 128] [--rounds 3]
+    .venv/bin/python scripts/bench_inference.py [--tokens 128] [--rounds 3] [--ttft-rounds 15]
 """
 
 from __future__ import annotations
@@ -52,28 +54,45 @@ def stream_timing(chunks: Any, t0: float) -> tuple[float, float, int]:
     return stamps[0] - t0, rate, n
 
 
-def direct(model_path: Path, tokens: int) -> tuple[float, float, int]:
-    """llama-cpp-python's own token loop (``Llama.generate``, what create_completion runs underneath), from
-    an empty KV cache as the node starts every generation (so that greedy output is reproducible and
-    checkable); a warm cache would let it skip the prompt's prefill."""
-    import llama_cpp
+class Direct:
+    """llama-cpp-python's own token loop (``Llama.generate``, what create_completion runs underneath) on one
+    loaded model, from an empty KV cache as the node starts every generation (so that greedy output is
+    reproducible and checkable); a warm cache would let it skip the prompt's prefill."""
 
-    llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=2048, n_threads=THREADS, verbose=False, seed=0)
-    prompt = llm.tokenize(PROMPT.encode())
-    for _ in zip(range(4), llm.generate(prompt, temp=0.0, reset=True), strict=False):
-        pass  # warm-up, as the node's benchmark is
-    t0 = time.perf_counter()
-    stream = (token for _, token in zip(range(tokens), llm.generate(prompt, temp=0.0, reset=True), strict=False))
-    result = stream_timing(stream, t0)
-    llm.close()
-    return result
+    def __init__(self, model_path: Path) -> None:
+        import llama_cpp
+
+        # The node's own settings: n_threads_batch too (llama-cpp-python's default is every core, whose threads
+        # spin on each other on a busy 2-core machine: a 22-token prefill took 0.6-4 s instead of ~0.2 s), and
+        # no full-size sliding-window cache.
+        self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=2048, n_threads=THREADS,
+                                   n_threads_batch=THREADS, swa_full=False, verbose=False, seed=0)
+        self.prompt = self.llm.tokenize(PROMPT.encode())
+        self.run(4)  # warm-up, as the node's benchmark is
+
+    def run(self, tokens: int) -> tuple[float, float, int]:
+        # generate(reset=True) keeps the longest prefix the KV cache already holds: without this reset it would
+        # evaluate only the prompt's last token, a prefill no request that reaches the node can skip.
+        self.llm.reset()
+        t0 = time.perf_counter()
+        generated = self.llm.generate(self.prompt, temp=0.0, reset=True)
+        try:
+            return stream_timing((token for _, token in zip(range(tokens), generated, strict=False)), t0)
+        finally:
+            generated.close()
 
 
-def through_api(base_url: str, token: str, tokens: int) -> tuple[float, float, int]:
-    client = openai.OpenAI(base_url=base_url + "/v1", api_key=token, max_retries=0)
-    t0 = time.perf_counter()
-    stream = client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=tokens, temperature=0, stream=True)
-    return stream_timing((c.choices[0].text for c in stream if c.choices), t0)
+class Api:
+    """One OpenAI client per path, kept across requests as an application keeps it."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.client = openai.OpenAI(base_url=base_url + "/v1", api_key=token, max_retries=0)
+
+    def run(self, tokens: int) -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        stream = self.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=tokens, temperature=0,
+                                                stream=True)
+        return stream_timing((c.choices[0].text for c in stream if c.choices), t0)
 
 
 def concurrent(base_url: str, token: str, clients: int, tokens: int, model: str) -> tuple[float, int]:
@@ -125,7 +144,8 @@ def free_port() -> int:
 def llama_server(model_path: Path, threads: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias",
-                             MODEL, "--n_threads", str(threads), "--n_ctx", "2048", "--port", str(port),
+                             MODEL, "--n_threads", str(threads),
+                             "--n_threads_batch", str(threads), "--n_ctx", "2048", "--port", str(port),
                              "--host", "127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: httpx.get(url + "/v1/models", timeout=2).status_code == 200, timeout=60,
@@ -138,6 +158,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrent-tokens", type=int, default=64)
+    parser.add_argument("--ttft-rounds", type=int, default=15)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,13 +173,18 @@ def main() -> None:
             wait_until(lambda: any(m["id"] == MODEL and m["providers"] >= 2
                                    for m in gateway.get("/v1/models")["data"]), timeout=60,
                        what="the gateway knows both workers")
-            a, b, c = [], [], []
-            through_api(worker.api_url, worker.token, 8)  # warm the workers' models and streams
-            through_api(gateway.api_url, gateway.token, 8)
+            paths = (Direct(model_path), Api(worker.api_url, worker.token), Api(gateway.api_url, gateway.token))
+            for path in paths[1:]:
+                path.run(8)  # warm the workers' models, connections and streams
+            rows: list[list[tuple[float, float, int]]] = [[], [], []]
+            firsts: list[list[float]] = [[], [], []]
             for _ in range(args.rounds):  # interleaved, so that load changes hit every path alike
-                a.append(direct(model_path, args.tokens))
-                b.append(through_api(worker.api_url, worker.token, args.tokens))
-                c.append(through_api(gateway.api_url, gateway.token, args.tokens))
+                for i, path in enumerate(paths):
+                    rows[i].append(path.run(args.tokens))
+            for _ in range(args.ttft_rounds):  # short requests: time to first token only, more of them
+                for i, path in enumerate(paths):
+                    firsts[i].append(path.run(2)[0])
+            a, b, c = rows
             net_rate, _ = concurrent(gateway.api_url, gateway.token, 4, args.concurrent_tokens, MODEL)
             cancels = [cancel_latency(gateway, [worker, worker2]) for _ in range(args.rounds)]
         finally:
@@ -177,12 +203,15 @@ def main() -> None:
     def med(rows: list[tuple[float, float, int]], i: int) -> float:
         return statistics.median(r[i] for r in rows)
 
-    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {args.rounds} interleaved rounds")
-    print(f"{'path':40} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9}")
-    for name, rows in (("(a) llama-cpp-python in-process", a), ("(b) local node API", b),
-                       ("(c) remote node over libp2p", c)):
-        print(f"{name:40} {med(rows, 1):9.1f} {med(rows, 1) / med(a, 1):6.3f} {med(rows, 0) * 1000:8.1f} "
-              f"{(med(rows, 0) - med(a, 0)) * 1000:9.1f}")
+    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {args.rounds} interleaved rounds; "
+          f"TTFT: medians of {args.ttft_rounds} more rounds of 2-token requests")
+    print(f"{'path':40} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9} {'TTFT p25-p75 ms':>16}")
+    base_ttft = statistics.median(firsts[0])
+    for name, rows_, ttfts in (("(a) llama-cpp-python in-process", a, firsts[0]), ("(b) local node API", b, firsts[1]),
+                               ("(c) remote node over libp2p", c, firsts[2])):
+        q = statistics.quantiles(ttfts, n=4)
+        print(f"{name:40} {med(rows_, 1):9.1f} {med(rows_, 1) / med(a, 1):6.3f} {statistics.median(ttfts) * 1000:8.1f} "
+              f"{(statistics.median(ttfts) - base_ttft) * 1000:9.1f} {q[0] * 1000:7.0f}-{q[2] * 1000:.0f}")
     print(f"\nclient gone -> worker stopped and slot free: median {statistics.median(cancels) * 1000:.0f} ms "
           f"(max {max(cancels) * 1000:.0f} ms) over {len(cancels)} cancellations")
     print(f"\n4 concurrent clients, {args.concurrent_tokens} tokens each")
