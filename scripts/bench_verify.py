@@ -33,6 +33,7 @@ from runtimes.inference.registry import ModelHashes, ensure_packaged_model
 from runtimes.inference.runtime import GenerationRequest
 from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
 from tests.verify import cheaters
+from tests.verify.draws import FixedChunks
 from tests.verify.test_verify_inference import PROMPTS
 
 MODEL = cheaters.MODEL
@@ -57,48 +58,63 @@ async def verdict_ok(runtime: LlamaCppRuntime, payload: Mapping[str, Any], final
     return verdict.ok, verdict
 
 
-async def bench_cost(runtime: LlamaCppRuntime, tokens: int) -> None:
+async def bench_cost(runtime: LlamaCppRuntime, tokens: int, rounds: int) -> None:
     entry = runtime.registry.default
     assert entry is not None
     request = GenerationRequest(
         model=MODEL, prompt=PROMPTS[1], messages=None, max_tokens=tokens, temperature=0.0, seed=0
     )
-    timings: dict[str, list[float]] = {"plain": [], "committed": [], "verify": []}
-    for _ in range(2):  # alternate, so that a busy neighbour on the box hits both alike
+    plain: list[float] = []
+    committed: list[float] = []
+    full: list[float] = []  # every chunk checked: the verifier before spot checks, the baseline
+    spot: list[list[float]] = []  # per round, one check per possible draw of CHECKED_CHUNKS = 1 chunk
+    verdicts: list[bool] = []
+    for _ in range(rounds):  # alternate, so that a busy neighbour on the box hits all alike
         for commit in (False, True):
             work = functools.partial(
                 runtime._work, entry, request, 0, on_piece=lambda _t: None, ignore_eog=True, commit=commit
             )
             result = await trio.to_thread.run_sync(work)
-            timings["committed" if commit else "plain"].append(result.generate_seconds)
-            if commit:
-                assert result.commitment is not None
-                output = {
-                    "text": result.text, "finish_reason": result.finish_reason, "tokens_in": result.tokens_in,
-                    "tokens_out": result.tokens_out, "model": MODEL, "token_ids": list(result.token_ids),
-                }
-                evidence = {
-                    "model": MODEL, "model_sha256": entry.expected_sha256, "seed": 0, "temperature": 0.0,
-                    "top_p": request.top_p, "sampler": {"top_k": 40, "min_p": 0.05, "typical_p": 1.0,
-                                                        "repeat_penalty": 1.0},
-                    "end_token": None, "logit_commitment": result.commitment.to_evidence(),
-                }
-                payload = {"model": MODEL, "prompt": request.prompt, "max_tokens": tokens, "temperature": 0.0,
-                           "seed": 0}
-                started = time.perf_counter()
-                verdict = await runtime.verify(payload, output, evidence)
-                timings["verify"].append(time.perf_counter() - started)
-                size = sum(len(c) for c in result.commitment.chunks) / (result.commitment.positions / 32)
-                b64 = sum(len(c) for c in result.commitment.to_evidence()["chunks"]) / (
-                    result.commitment.positions / 32
-                )
-    plain, committed, verify = (min(timings[k]) for k in ("plain", "committed", "verify"))
-    print(f"cost ({tokens} generated tokens, best of 2, 1 thread)")
-    print(f"  generation without commitments  {plain:7.2f} s  ({tokens / plain:5.1f} tokens/s)")
-    print(f"  generation with commitments     {committed:7.2f} s  ({tokens / committed:5.1f} tokens/s), "
-          f"overhead {100 * (committed / plain - 1):+.1f}%")
-    print(f"  verification (prefill + checks) {verify:7.2f} s  verdict ok={verdict.ok}")
-    print(f"  verification / generation       {verify / committed:7.3f}")
+            (committed if commit else plain).append(result.generate_seconds)
+        assert result.commitment is not None
+        output = {
+            "text": result.text, "finish_reason": result.finish_reason, "tokens_in": result.tokens_in,
+            "tokens_out": result.tokens_out, "model": MODEL, "token_ids": list(result.token_ids),
+        }
+        evidence = {
+            "model": MODEL, "model_sha256": entry.expected_sha256, "seed": 0, "temperature": 0.0,
+            "top_p": request.top_p, "sampler": {"top_k": 40, "min_p": 0.05, "typical_p": 1.0,
+                                                "repeat_penalty": 1.0},
+            "end_token": None, "logit_commitment": result.commitment.to_evidence(),
+        }
+        payload = {"model": MODEL, "prompt": request.prompt, "max_tokens": tokens, "temperature": 0.0, "seed": 0}
+        started = time.perf_counter()
+        verdict = await runtime.verify(payload, output, evidence, chunks=0)
+        full.append(time.perf_counter() - started)
+        verdicts.append(verdict.ok)
+        spot.append([])
+        for chunk in range(len(result.commitment.chunks)):
+            started = time.perf_counter()
+            verdict = await runtime.verify(payload, output, evidence, chunks=1, rng=FixedChunks([chunk]))
+            spot[-1].append(time.perf_counter() - started)
+            verdicts.append(verdict.ok)
+        size = sum(len(c) for c in result.commitment.chunks) / (result.commitment.positions / 32)
+        b64 = sum(len(c) for c in result.commitment.to_evidence()["chunks"]) / (result.commitment.positions / 32)
+    # Ratios within a round (same minute, same neighbours), then the round with the cheapest generation.
+    best = min(range(rounds), key=lambda r: committed[r])
+    ratios = [t / committed[best] for t in spot[best]]
+    print(f"cost ({tokens} generated tokens, {rounds} rounds, round with the fastest generation, 1 thread)")
+    print(f"  generation without commitments  {plain[best]:7.2f} s  ({tokens / plain[best]:5.1f} tokens/s)")
+    print(f"  generation with commitments     {committed[best]:7.2f} s  ({tokens / committed[best]:5.1f} tokens/s), "
+          f"overhead {100 * (committed[best] / plain[best] - 1):+.1f}%")
+    print(f"  verification, every chunk       {full[best]:7.2f} s  / generation {full[best] / committed[best]:.3f}")
+    print(f"  verification, 1 random chunk    {statistics.mean(spot[best]):7.2f} s  / generation "
+          f"{statistics.mean(ratios):.3f} expected (mean over the {len(ratios)} equally likely draws), "
+          f"{min(ratios):.3f} first chunk .. {ratios[-1]:.3f} last chunk, max {max(ratios):.3f}")
+    for r in range(rounds):
+        print(f"    round {r}: generation {committed[r]:.2f} s, every chunk {full[r] / committed[r]:.3f}, "
+              f"1 chunk expected {statistics.mean(spot[r]) / committed[r]:.3f}")
+    print(f"  verdicts ok: {sum(verdicts)} of {len(verdicts)}")
     print(f"size: {size:.0f} bytes per 32 tokens raw, {b64:.0f} as base64 in the evidence")
 
 
@@ -202,7 +218,7 @@ async def main(args: argparse.Namespace) -> None:
         await honest.start()
         try:
             if "cost" in args.parts:
-                await bench_cost(honest, args.cost_tokens)
+                await bench_cost(honest, args.cost_tokens, args.rounds)
             if "honest" in args.parts:
                 await bench_honest(honest, args.trials, args.tokens)
             if "cheats" in args.parts:
@@ -228,6 +244,7 @@ if __name__ == "__main__":
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--cost-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="cost rounds")
     parser.add_argument("--parts", default="cost,honest,cheats")
     parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))
     trio.run(main, parser.parse_args())

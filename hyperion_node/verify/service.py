@@ -198,7 +198,10 @@ class SpotChecker:
         verify = getattr(loaded.runtime, "verify", None) if loaded is not None else None
         if verify is None:
             raise UserError(f"this node cannot check {runtime} work")
-        verdict = await verify(request.payload, request.output, evidence)
+        if runtime == "inference":
+            verdict = await verify(request.payload, request.output, evidence, chunks=self.settings.inference_chunks)
+        else:
+            verdict = await verify(request.payload, request.output, evidence)
         return "" if verdict.ok else str(verdict.reason)
 
     async def handle_stream(self, stream: INetStream) -> None:

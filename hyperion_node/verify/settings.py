@@ -17,6 +17,9 @@ class VerifySettings:
     timeout_s: float = 120.0
     distrust_after_disputes: int = 2
     concurrent: int = 1
+    # Chunks of an inference result's logit commitment the forward pass checks, drawn at random (0: every
+    # chunk); runtimes/inference/verifier.py explains the trade-off.
+    inference_chunks: int = 1
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> VerifySettings:
@@ -26,6 +29,7 @@ class VerifySettings:
             "timeout_s": (lambda v: v > 0, "a number of seconds above 0"),
             "distrust_after_disputes": (lambda v: v >= 1, "an integer of at least 1"),
             "concurrent": (lambda v: v >= 1, "an integer of at least 1"),
+            "inference_chunks": (lambda v: v >= 0, "an integer of at least 0 (0: every chunk)"),
         }
         for name, value in kwargs.items():
             ok, expected = checks[name]

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import math
 import os
+import random
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +53,7 @@ from runtimes.inference.registry import (
 )
 from runtimes.inference.text import StopFilter as StopFilter  # re-exported: its home before text.py
 from runtimes.inference.text import TextAssembler
-from runtimes.inference.verifier import reject, verify_claim
+from runtimes.inference.verifier import CHECKED_CHUNKS, reject, verify_claim
 from runtimes.interface import (
     BenchmarkResult,
     Emit,
@@ -542,10 +543,18 @@ class LlamaCppRuntime:
         )
 
     async def verify(
-        self, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any]
+        self,
+        payload: Mapping[str, Any],
+        output: Mapping[str, Any],
+        evidence: Mapping[str, Any],
+        *,
+        chunks: int = CHECKED_CHUNKS,
+        rng: random.Random | None = None,
     ) -> Verdict:
         """Check another worker's result for ``payload`` (its Final's output and evidence); see verifier.py.
 
+        ``chunks``: how many of the commitment's chunks the forward pass checks, drawn from ``rng`` (the
+        OS's unpredictable generator unless a test or benchmark fixes the draw); 0 checks them all.
         A verdict, never an exception, for anything the worker wrote. Raises ``UserError`` when this node
         cannot judge: a payload no worker should have accepted, or a model it does not serve.
         """
@@ -560,7 +569,7 @@ class LlamaCppRuntime:
         if evidence.get("model_sha256") != ours:
             return Verdict(False, f"evidence model_sha256 {evidence.get('model_sha256')!r} is not {ours}")
         return await trio.to_thread.run_sync(
-            functools.partial(self._verify_work, entry, request, output, evidence),
+            functools.partial(self._verify_work, entry, request, output, evidence, chunks, rng),
             limiter=self._slots[entry.model_id],
         )
 
@@ -623,7 +632,13 @@ class LlamaCppRuntime:
         return dataclasses.replace(result, load_seconds=load_seconds)
 
     def _verify_work(
-        self, entry: ModelEntry, request: GenerationRequest, output: Mapping[str, Any], evidence: Mapping[str, Any]
+        self,
+        entry: ModelEntry,
+        request: GenerationRequest,
+        output: Mapping[str, Any],
+        evidence: Mapping[str, Any],
+        chunks: int,
+        rng: random.Random | None,
     ) -> Verdict:
         """The verifier's forward pass, in a worker thread that holds one of the model's slots."""
         if self._pool is None:
@@ -663,7 +678,14 @@ class LlamaCppRuntime:
             except ClaimRejected as exc:
                 return reject(exc)
             return verify_claim(
-                llm, self._llama, prompt, claim, SAMPLER_DEFAULTS, check_cancelled=trio.from_thread.check_cancelled
+                llm,
+                self._llama,
+                prompt,
+                claim,
+                SAMPLER_DEFAULTS,
+                check_cancelled=trio.from_thread.check_cancelled,
+                chunks=chunks,
+                rng=rng,
             )
         finally:
             self._pool.checkin(entry, llm)
@@ -767,7 +789,12 @@ def _discard(_text: str) -> None:
 
 
 async def verify_inference(
-    runtime: LlamaCppRuntime, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any]
+    runtime: LlamaCppRuntime,
+    payload: Mapping[str, Any],
+    output: Mapping[str, Any],
+    evidence: Mapping[str, Any],
+    *,
+    chunks: int = CHECKED_CHUNKS,
 ) -> Verdict:
-    """``runtime.verify(payload, output, evidence)``: the entry point the rest of the node calls."""
-    return await runtime.verify(payload, output, evidence)
+    """``runtime.verify(payload, output, evidence, chunks=...)``: the entry point the rest of the node calls."""
+    return await runtime.verify(payload, output, evidence, chunks=chunks)

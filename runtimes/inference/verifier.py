@@ -3,10 +3,13 @@
 Blocking code for a worker thread, given a loaded ``Llama`` and the ``llama_cpp`` module (injected, as in
 ``runtime.py``). The runtime's ``verify`` wraps it behind the model's ``CapacityLimiter``.
 
-The pass: the prompt, then the generated tokens, go through ``llama_decode`` in batches of ``n_batch`` with
-logits requested for every generated position (the row that produced each generated token, and the end
-token). That is the worker's own computation without its one-token-at-a-time decode. Each row is then
-checked three ways:
+The pass is a spot check. Drawn after the worker has answered, from the OS's random source, ``chunks`` of
+the commitment's chunks (32 positions each; ``[verify] inference_chunks``, default 1) are checked, and the
+claimed end token's position whenever one is claimed. The prompt and the generated tokens go through
+``llama_decode`` in batches of ``n_batch`` with logits requested only for the rows that produced those
+positions, and the prefill stops at the last of them: causal attention means later tokens cannot change
+them. That is the worker's own computation without its one-token-at-a-time decode. Each checked row is
+then checked three ways:
 
 1. values: the committed polynomial, evaluated at the verifier's certified top-k ids, must give the
    verifier's logits: median deviation over positions under ``MEDIAN_DEVIATION_LIMIT``, few positions past
@@ -23,15 +26,30 @@ Batch shape, not the model, is what makes honest logits differ: the worker decod
 verifier hundreds. The bounds below come from measuring those differences (scripts/bench_verify.py prints
 the distributions).
 
-Cost: on this CPU the vocabulary projection (262,144 x 640, 168M of the model's ~270M weights) dominates,
-and it must run for every verified position, so a 1-thread prefill with logits reaches only ~3x the
-decode rate; verification then costs about half a generation (bench_verify). Spot-checking a random
-subset of chunks (logits for those rows only) is the lever left, and is not done yet.
+What a spot check can and cannot catch. Another model or quantization, a temperature lie and another
+task's commitments change every position, so any drawn chunk shows them (at a rate per chunk that
+bench_verify measures). Length, text and finish-reason lies are checked over the whole output without
+logits (``claims.check_text``), and a truncation -- an end token claimed where the model would have gone
+on -- is caught at the end position, which is always checked. A forgery confined to some chunks (padding
+an honest prefix with another generation's tokens and commitments) is caught only when a forged chunk is
+drawn: with one chunk of ``n`` drawn, with probability (forged chunks) / n per check. A worker cannot
+tell which chunk will be drawn, so forging a share ``f`` of the work costs it a dispute with probability
+about ``f`` each time it is checked; more chunks raise that at the price below.
+
+Cost (bench_verify, this 2-core CPU, 1 thread, 256 tokens): the prefill runs ~5 ms per token against
+~38 ms per decoded token, and the vocabulary projection (262,144 x 640, 168M of the model's ~270M
+weights), which every decode step pays, costs ~10 ms per row read. Checking every chunk cost about half a
+generation (0.45-0.62); one chunk costs ~0.05 of it when the first chunk is drawn and ~0.23 when the last
+is, ~0.13 expected. The floor is the prefill of the prefix (~1/7 of a decode step per token here, where
+Gemma's 640-wide layers fall back to q5_0 weights); ``n_ubatch`` 64-512 and flash attention on or off
+measured no different, and 2 threads on 2 shared cores only slower and erratic.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,6 +59,7 @@ import numpy.typing as npt
 
 from runtimes.inference.claims import Claim, ClaimRejected, Verdict
 from runtimes.inference.commitments import certified_ids, check_position
+from runtimes.interface import JSON
 
 # Honest noise, measured on the packaged Gemma 3 270M Q4_K_M, CPU, 1 thread, llama-cpp-python 0.3.36: a worker
 # decoding one token per call against a verifier prefilling the same tokens in one batch. The arithmetic
@@ -88,6 +107,9 @@ MAX_GREEDY_DIFFERED = 0.3
 # then, and >= 6 differences are themselves rare: p99 6.6 of 16 at 1.2 and hotter).
 MAX_SIGN_IMBALANCE = 6
 MIN_REPLAY_POSITIONS = 8  # fewer positions say too little for the share test
+# Chunks checked per result when the caller does not say (``[verify] inference_chunks``); module docstring.
+CHECKED_CHUNKS = 1
+_SYSTEM_RANDOM = random.SystemRandom()  # chunk draws: from the OS, not a seedable stream a worker could follow
 
 
 class SamplerReplay:
@@ -108,9 +130,27 @@ class SamplerReplay:
         self.more_likely = 0
         self._top_k = int(sampler["top_k"])
         self._min_p = float(sampler["min_p"])
+        self._skip_data = (llama.llama_token_data * 1)()
+        self._skip_array = llama.llama_token_data_array(data=self._skip_data, size=1, selected=-1, sorted=False)
 
     def close(self) -> None:
         self._chain.close()
+
+    def skip(self, claimed: int) -> None:
+        """Pass a position that is not checked, without its logits: the chain still samples (its ``dist``
+        draws its one uniform number whatever the candidates, a single one included) and accepts the
+        claimed token, so that the next checked position sees the worker's random stream.
+        """
+        if self._greedy:
+            return
+        self._skip_data[0].id = claimed
+        self._skip_data[0].logit = 0.0
+        self._skip_data[0].p = 0.0
+        self._skip_array.size = 1
+        self._skip_array.selected = -1
+        self._skip_array.sorted = False
+        self._llama.llama_sampler_apply(self._chain.sampler, ctypes.byref(self._skip_array))
+        self._llama.llama_sampler_accept(self._chain.sampler, claimed)
 
     def step(self, row: int, logits: npt.NDArray[np.float32], claimed: int, tolerance: float) -> bool:
         """Replay position ``row`` of the last batch; False if the claimed token cannot be honest."""
@@ -137,40 +177,81 @@ class SamplerReplay:
         return value >= max(kth, best + math.log(self._min_p)) - 2 * tolerance
 
 
+def choose_chunks(n_chunks: int, count: int, rng: random.Random) -> tuple[int, ...]:
+    """``count`` of the ``n_chunks`` chunks, uniformly without replacement, in order; all when ``count`` is 0
+    or covers them. The worker committed to every chunk before this draw, so it cannot know which are read.
+    """
+    if count <= 0 or count >= n_chunks:
+        return tuple(range(n_chunks))
+    return tuple(sorted(rng.sample(range(n_chunks), count)))
+
+
+def checked_positions(claim: Claim, chunks: Sequence[int]) -> list[int]:
+    """The positions of ``chunks``, and the end token's position when one is claimed (module docstring)."""
+    size = claim.commitment.params.chunk_tokens
+    total = len(claim.positions)
+    positions = {p for c in chunks for p in range(c * size, min((c + 1) * size, total))}
+    if claim.end_token is not None and total:
+        positions.add(total - 1)
+    return sorted(positions)
+
+
 def forward_rows(
     llm: Any,
     llama: Any,
     prompt: Sequence[int],
     generated: Sequence[int],
-    positions: int,
-    on_rows: Callable[[int, list[npt.NDArray[np.float32]]], None],
+    positions: Sequence[int],
+    on_rows: Callable[[list[int], list[int], list[npt.NDArray[np.float32]]], None],
     *,
     check_cancelled: Callable[[], None],
-) -> None:
-    """Prefill ``prompt + generated`` and hand the logits rows of the ``positions`` generated positions to
-    ``on_rows(first_position, rows)`` one batch at a time (a row is valid only until the next decode).
+) -> int:
+    """Prefill ``prompt + generated`` up to the last of ``positions`` (sorted generated positions), with
+    logits for those positions only, and hand them over one batch at a time as
+    ``on_rows(positions, batch_rows, rows)`` (a row is valid only until the next decode). Returns the number
+    of tokens prefilled.
     """
+    if not positions:
+        return 0
     n_batch = int(llm.n_batch)
     n_vocab = int(llm.n_vocab())
+    # The row that produced generated position j is the one of input len(prompt) - 1 + j; inputs after the
+    # last wanted row cannot change it (causal attention) and are not computed.
+    first = len(prompt) - 1
+    inputs = [*prompt, *generated][: first + positions[-1] + 1]
+    wanted = iter(positions)
+    upcoming = next(wanted, None)
+    batch = llm._batch.batch
     llm.reset()
-    head = list(prompt[:-1])
-    for start in range(0, len(head), n_batch):
-        check_cancelled()
-        llm.eval(head[start : start + n_batch])
-    # The rows that produced generated token j is the one after input token len(prompt) - 1 + j.
-    tail = [prompt[-1], *generated][:positions]
-    n_past = len(head)
-    for start in range(0, len(tail), n_batch):
-        check_cancelled()
-        batch = tail[start : start + n_batch]
-        llm._batch.set_batch(batch=batch, n_past=n_past, logits_all=True)
-        llm._ctx.decode(llm._batch)
-        n_past += len(batch)
-        rows = [
-            np.ctypeslib.as_array(llama.llama_get_logits_ith(llm.ctx, i), shape=(n_vocab,)) for i in range(len(batch))
-        ]
-        on_rows(start, rows)
-    llm.reset()  # what is cached now is no generation's state; the next one must start afresh
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    try:
+        for start in range(0, len(inputs), n_batch):
+            check_cancelled()
+            part = inputs[start : start + n_batch]
+            batch.n_tokens = len(part)
+            at: list[int] = []
+            rows_at: list[int] = []
+            for i, token in enumerate(part):
+                batch.token[i] = token
+                batch.pos[i] = start + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                wants = upcoming is not None and start + i == first + upcoming
+                batch.logits[i] = wants
+                if wants:
+                    assert upcoming is not None
+                    at.append(upcoming)
+                    rows_at.append(i)
+                    upcoming = next(wanted, None)
+            llm._ctx.decode(llm._batch)
+            if at:
+                rows = [
+                    np.ctypeslib.as_array(llama.llama_get_logits_ith(llm.ctx, i), shape=(n_vocab,)) for i in rows_at
+                ]
+                on_rows(at, rows_at, rows)
+    finally:
+        llm.reset()  # what is cached now is no generation's state; the next one must start afresh
+    return len(inputs)
 
 
 def verify_claim(
@@ -181,26 +262,37 @@ def verify_claim(
     sampler: Mapping[str, float | int],
     *,
     check_cancelled: Callable[[], None],
+    chunks: int = CHECKED_CHUNKS,
+    rng: random.Random | None = None,
     tolerance: float = LOGIT_TOLERANCE,
     token_tolerance: float = TOKEN_TOLERANCE,
     median_limit: float = MEDIAN_DEVIATION_LIMIT,
     max_differed: float = MAX_REPLAY_DIFFERED,
 ) -> Verdict:
-    """The forward-pass checks of the module docstring, on a claim that passed ``claims`` checks."""
+    """The forward-pass checks of the module docstring, on a claim that passed ``claims`` checks.
+
+    ``chunks`` of the commitment's chunks are checked (0: all), drawn from ``rng`` (the system's
+    unpredictable generator unless a test passes its own).
+    """
     started = time.perf_counter()
     params = claim.commitment.params
     limit = int(np.ceil(tolerance * params.scale)) + 1  # +1: both sides rounded to a quantum
     produced = claim.positions
+    picked = choose_chunks(len(claim.commitment.chunks), chunks, rng or _SYSTEM_RANDOM)
+    wanted = checked_positions(claim, picked)
     deviations: list[int] = []
     value_misses: list[int] = []
     token_misses: list[int] = []
     checked = 0
     replay = SamplerReplay(llm, llama, claim, sampler)
+    replayed = 0  # positions the replay has passed, checked or skipped
 
-    def on_rows(first: int, rows: list[npt.NDArray[np.float32]]) -> None:
-        nonlocal checked
-        for offset, logits in enumerate(rows):
-            position = first + offset
+    def on_rows(at: list[int], batch_rows: list[int], rows: list[npt.NDArray[np.float32]]) -> None:
+        nonlocal checked, replayed
+        for position, row, logits in zip(at, batch_rows, rows, strict=True):
+            while replayed < position:  # unchecked positions still move the sampler's random stream
+                replay.skip(produced[replayed])
+                replayed += 1
             ids, values = certified_ids(logits, params.top_k, CERTIFY_TOLERANCE)
             result = check_position(claim.commitment.coefficients(position), ids, values, params.scale)
             checked += result.checked
@@ -208,20 +300,27 @@ def verify_claim(
                 deviations.append(result.max_deviation)
             if result.max_deviation > limit:
                 value_misses.append(position)
-            if not replay.step(offset, logits, produced[position], token_tolerance):
+            if not replay.step(row, logits, produced[position], token_tolerance):
                 token_misses.append(position)
+            replayed += 1
 
     try:
-        forward_rows(
-            llm, llama, prompt, claim.token_ids, len(produced), on_rows, check_cancelled=check_cancelled
+        prefilled = forward_rows(
+            llm, llama, prompt, claim.token_ids, wanted, on_rows, check_cancelled=check_cancelled
         )
     finally:
         replay.close()
-    details = {
+    n = len(wanted)
+    median = float(np.median(deviations)) / params.scale if deviations else 0.0
+    largest = max(deviations, default=0) / params.scale
+    details: dict[str, JSON] = {
         "positions": len(produced),
+        "checked_chunks": list(picked),
+        "checked_positions": n,
+        "prefilled_tokens": prefilled,
         "checked_values": checked,
-        "max_deviation": max(deviations, default=0) / params.scale,
-        "median_deviation": float(np.median(deviations)) / params.scale if deviations else 0.0,
+        "max_deviation": largest,
+        "median_deviation": median,
         "replay_differed": replay.differed,
         "replay_less_likely": replay.less_likely,
         "value_mismatches": len(value_misses),
@@ -229,27 +328,27 @@ def verify_claim(
         "tolerance": tolerance,
         "seconds": time.perf_counter() - started,
     }
-    allowed = 1 + int(len(produced) * VALUE_MISMATCH_SHARE)
-    if details["median_deviation"] > median_limit:
+    allowed = 1 + int(n * VALUE_MISMATCH_SHARE)
+    if median > median_limit:
         return Verdict(
             False,
-            f"logits differ from the committed ones by {details['median_deviation']:.3f} at the median position "
+            f"logits differ from the committed ones by {median:.3f} at the median position "
             f"(honest noise stays under {median_limit})",
             details,
         )
     if len(value_misses) > allowed:
         return Verdict(
             False,
-            f"logits differ from the committed ones at {len(value_misses)} of {len(produced)} positions "
+            f"logits differ from the committed ones at {len(value_misses)} of {n} checked positions "
             f"(first at {value_misses[0] if value_misses else '-'}; largest deviation "
-            f"{details['max_deviation']:.3f} > {tolerance})",
+            f"{largest:.3f} > {tolerance})",
             details,
         )
     share = MAX_GREEDY_DIFFERED if claim.temperature == 0 else max_differed
-    if len(produced) >= MIN_REPLAY_POSITIONS and replay.differed >= share * len(produced):
+    if n >= MIN_REPLAY_POSITIONS and replay.differed >= share * n:
         return Verdict(
             False,
-            f"the claimed sampler and seed pick other tokens at {replay.differed} of {len(produced)} positions "
+            f"the claimed sampler and seed pick other tokens at {replay.differed} of {n} checked positions "
             f"(honest noise: ~3% greedy, ~12% sampled)",
             details,
         )

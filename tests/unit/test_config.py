@@ -103,6 +103,7 @@ def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
         ('[p2p]\nbootstrap = ["example.com:4001"]\n', "p2p.bootstrap", "multiaddrs"),
         ("[p2p]\nbootstrap = [1]\n", "p2p.bootstrap", "a list of strings"),
         ("[runtimes.inference]\nslotz = 2\n", "runtimes.inference.slotz", "runtimes.inference.slots"),
+        ("[verify]\ninference_chunks = -1\n", "verify.inference_chunks", "at least 0"),
     ],
 )
 def test_validation_errors_name_file_key_and_expectation(tmp_path: Path, text: str, key: str, expected: str) -> None:

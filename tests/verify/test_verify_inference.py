@@ -1,6 +1,7 @@
 """The verifier on the real packaged Gemma 3 270M and real llama.cpp: honest results pass, cheats fail.
 
-Generations are 12-24 tokens so that the file stays around two minutes on the 2-core dev box.
+Generations are 12-24 tokens (64-96 for the spot-check tests, whose results span several chunks) so that the
+file stays around three minutes on the 2-core dev box.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from runtimes.inference import LlamaCppRuntime, Verdict, verify_inference
 from runtimes.inference.commitments import LogitCommitment
 from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
 from tests.verify import cheaters
+from tests.verify.draws import FixedChunks
 
 MODEL = cheaters.MODEL
 END_OF_TURN = 106  # Gemma's <end_of_turn>: what a truncating cheat claims ended its output
@@ -209,3 +211,66 @@ async def _detokenizer(runtime: LlamaCppRuntime) -> Any:
     runtime._pool.with_loaded(MODEL, lambda llm: holder.append(llm) or 0)  # type: ignore[union-attr]
     llm = holder[0]
     return lambda token: bytes(llm.detokenize([token]))
+
+
+async def test_a_spot_check_reads_only_the_drawn_chunk(verify_cache_dir: Path, tmp_path: Path) -> None:
+    payload = {"prompt": PROMPTS[1], "max_tokens": 96, "temperature": 0.8, "seed": 4}
+    async with started(verify_cache_dir, tmp_path) as runtime:
+        final = await run(runtime, payload)
+        positions = final.output["tokens_out"] + (final.evidence["end_token"] is not None)
+        chunks = -(-positions // 32)
+        assert chunks >= 3, final.output
+        verdicts = [
+            await runtime.verify({"model": MODEL, **payload}, final.output, final.evidence,
+                                 chunks=1, rng=FixedChunks([c]))
+            for c in range(chunks)
+        ]
+    for c, verdict in enumerate(verdicts):
+        assert verdict.ok, (c, verdict.reason, verdict.details)
+        expected = [p for p in range(32 * c, min(32 * c + 32, positions))]
+        if final.evidence["end_token"] is not None and positions - 1 not in expected:
+            expected.append(positions - 1)
+        assert verdict.details["checked_chunks"] == [c]
+        assert verdict.details["checked_positions"] == len(expected)
+        # The prefill stops at the input that produces the last checked position.
+        assert verdict.details["prefilled_tokens"] == final.output["tokens_in"] + expected[-1]
+        # The sampler replay skipped the unread positions and still follows the worker's random stream: an
+        # honest replay picks the claimed token at most positions (~12% differ), a stream out of step at few.
+        assert verdict.details["replay_differed"] <= len(expected) // 3, (c, verdict.details)
+
+
+async def test_a_forged_chunk_is_caught_when_drawn(verify_cache_dir: Path, tmp_path: Path) -> None:
+    """Padding forges only the chunks it fills: a spot check catches it when it draws one of them."""
+    payload = {"prompt": PROMPTS[1], "max_tokens": 64, "temperature": 0.0}
+    async with started(verify_cache_dir, tmp_path) as runtime:
+        detok = await _detokenizer(runtime)
+        short = await run(runtime, {**payload, "max_tokens": 32})
+        assert (short.output["tokens_out"], short.evidence["end_token"]) == (32, None), short.output
+        donor = await run(runtime, {**payload, "prompt": PROMPTS[4]})
+        longer = cheaters.padded(short, list(donor.output["token_ids"])[:32], detokenize=detok, donor=donor)
+
+        async def verdict(**kwargs: Any) -> Verdict:
+            return await runtime.verify({"model": MODEL, **payload}, longer.output, longer.evidence, **kwargs)
+
+        padding_drawn = await verdict(chunks=1, rng=FixedChunks([1]))
+        every_chunk = await verdict(chunks=0)
+        honest_part_drawn = await verdict(chunks=1, rng=FixedChunks([0]))
+    assert not padding_drawn.ok
+    assert not every_chunk.ok
+    # The trade-off of reading one chunk (README, verifier.py): a forgery confined to undrawn chunks passes.
+    assert honest_part_drawn.ok, honest_part_drawn.reason
+
+
+async def test_a_truncation_is_caught_whichever_chunk_is_drawn(verify_cache_dir: Path, tmp_path: Path) -> None:
+    async with started(verify_cache_dir, tmp_path) as runtime:
+        detok = await _detokenizer(runtime)
+        verdicts = []
+        for n, prompt in enumerate(PROMPTS[:4]):
+            payload = {"prompt": prompt, "max_tokens": 64, "temperature": (0.0, 0.8)[n % 2], "seed": n}
+            final = await run(runtime, payload)
+            keep = final.output["tokens_out"] - 1 if final.output["tokens_out"] <= 40 else 40
+            cut = cheaters.truncated(final, keep, end_token=END_OF_TURN, detokenize=detok)
+            verdicts.append(await runtime.verify({"model": MODEL, **payload}, cut.output, cut.evidence,
+                                                 chunks=1, rng=FixedChunks([0])))
+    assert [v.reason for v in verdicts if v.ok] == []
+    assert all(v.details["checked_positions"] > 32 or v.details["positions"] <= 32 for v in verdicts)
