@@ -64,6 +64,17 @@ def _batch_size(windows: int, c: int) -> int:
     return max(64, min(1024, windows * max(1, math.isqrt(1 << (c - 1)))))
 
 
+def _start_at(lo: int, c: int) -> tuple[int, int, int]:
+    """(bits to drop, their mask, the carry threshold) for digits from window lo on.
+
+    Digits in (-2^(c-1), 2^(c-1)] of windows 0..lo-1 can sum to at most h = 2^(c-1) * (1 + 2^c + ... +
+    2^(c(lo-1))), and they represent the low c*lo bits L of the scalar exactly, so window lo receives a
+    carry iff L > h: a job for windows lo..hi-1 starts there instead of recoding the windows below.
+    """
+    skip = c * lo
+    return skip, (1 << skip) - 1, (1 << (c - 1)) * ((1 << skip) - 1) // ((1 << c) - 1)
+
+
 # --- G1 ----------------------------------------------------------------------------------------------
 
 
@@ -120,24 +131,27 @@ def msm_g1(
         bx.clear()
         by.clear()
 
+    skip, low, carry_above = _start_at(lo, c)
     for i, s in enumerate(scalars):
+        if skip:
+            s = (s >> skip) + ((s & low) > carry_above)
         x = xs[i]
         if not s or x is None:
             continue
         y = ys[i]
         ny = q - y if y else y
-        for w in range(hi):
+        for base in range(0, nb, half):  # windows lo..hi-1; base = the window's first bucket
             d = s & mask
             s >>= c
             if d > half:
                 d -= full
                 s += 1
-            if not d or w < lo:
+            if not d:
                 continue
             if d > 0:
-                k, py = (w - lo) * half + d - 1, y
+                k, py = base + d - 1, y
             else:
-                k, py = (w - lo) * half - d - 1, ny
+                k, py = base - d - 1, ny
             # This block runs n * windows times: keep it flat.
             bxk = BX[k]
             if bxk is None:
@@ -286,25 +300,28 @@ def msm_g2(
         for pending in (bk, b0s, b1s, c0s, c1s):
             pending.clear()
 
+    skip, low, carry_above = _start_at(lo, c)
     for i, s in enumerate(scalars):
+        if skip:
+            s = (s >> skip) + ((s & low) > carry_above)
         x = xs[i]
         if not s or x is None:
             continue
         x0, x1 = x
         y0, y1 = ys[i]
         n0, n1 = (q - y0) % q, (q - y1) % q
-        for w in range(hi):
+        for base in range(0, nb, half):
             d = s & mask
             s >>= c
             if d > half:
                 d -= full
                 s += 1
-            if not d or w < lo:
+            if not d:
                 continue
             if d > 0:
-                k, p0, p1 = (w - lo) * half + d - 1, y0, y1
+                k, p0, p1 = base + d - 1, y0, y1
             else:
-                k, p0, p1 = (w - lo) * half - d - 1, n0, n1
+                k, p0, p1 = base - d - 1, n0, n1
             # As in msm_g1: this block runs n * windows times.
             a0 = X0[k]
             if a0 is None:

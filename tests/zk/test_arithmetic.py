@@ -57,12 +57,15 @@ def test_msm_g1_matches_naive_sum_including_edge_cases(backend: str, c: int) -> 
     scalars[13] = scalars[1]  # the same point twice with the same digits: bucket doublings
     scalars[14] = scalars[2]  # P and -P with the same digits: buckets that cancel to infinity
     scalars[4] = 5
+    count = window_count(254, c)
+    mid = count // 2
+    # The low windows' digits sum to at most `top`; one more carries into window `mid`, where a part starts.
+    top = (1 << (c - 1)) * ((1 << (c * mid)) - 1) // ((1 << c) - 1)
+    scalars[5], scalars[6] = top, (rng.randrange(R) >> (c * mid) << (c * mid)) + top + 1
     xs = [None if p is None else ar.number(p[0]) for p in points]
     ys = [None if p is None else ar.number(p[1]) for p in points]
-    count = window_count(254, c)
     whole = to_affine(fq_ops(ar), msm_g1(xs, ys, scalars, ar, c, (0, count)))
     F = fq_ops(ar)
-    mid = count // 2
     low, high = msm_g1(xs, ys, scalars, ar, c, (0, mid)), msm_g1(xs, ys, scalars, ar, c, (mid, count))
     from runtimes.zk.curve import add as jadd
 
