@@ -93,6 +93,16 @@ class Partial:
 
 
 @dataclass(frozen=True)
+class Verdict:
+    """A verifier's answer on another worker's result (a runtime's ``verify``): ``ok``, or why not;
+    ``details`` holds the measured figures either way."""
+
+    ok: bool
+    reason: str
+    details: Mapping[str, JSON] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Final:
     """The finished result plus what the receipt needs to prove the work was done."""
 

@@ -18,6 +18,7 @@ stops the work.
 from __future__ import annotations
 
 import functools
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,6 +77,8 @@ class TaskEvent:
 
 Send = Callable[[TaskEvent], Awaitable[None]]
 Candidates = Callable[[TaskSpec, TaskRequirements], Awaitable[list[Any]]]
+# A peer's work settled: (the request, its final output, the settled receipt, one of its partial results).
+Completed = Callable[[TaskRequest, dict[str, Any], SignedReceipt, dict[str, Any] | None], None]
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Requester:
                  history: TaskHistory, settings: TaskSettings, store_run: Callable[..., Awaitable[Any]],
                  candidates: Candidates, open_stream: Callable[[str], Awaitable[Any]],
                  on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None],
-                 on_completed: Callable[[TaskRequest, dict[str, Any], SignedReceipt], None] | None = None) -> None:
+                 on_completed: Completed | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.scheduler = scheduler
@@ -255,10 +258,15 @@ class Requester:
                 raise MalformedFrame("wrong_type", f"expected an admission answer, got {type(first).__name__}")
             record.move(TaskState.RUNNING, now_ms())
             await self._store_run(self.history.save, record)
+            sample: dict[str, Any] | None = None  # one partial, uniformly chosen, for a spot check
+            partials = 0
             while True:
                 msg = decode_worker(await read_frame(stream, reader))
                 if isinstance(msg, PartialResult):
                     clock.partial()
+                    partials += 1
+                    if secrets.randbelow(partials) == 0:  # a reservoir of one: the worker cannot tell which
+                        sample = dict(msg.data)
                     await send(TaskEvent("partial", record.task_id, peer, dict(msg.data)))
                 elif isinstance(msg, FinalResult):
                     signed = self._check_final(peer, request, msg)
@@ -268,7 +276,7 @@ class Requester:
                     done = True
                     final = await self._settle(settled, record, dict(msg.output), clock)
                     if self._on_completed is not None:
-                        self._on_completed(request, dict(msg.output), settled)
+                        self._on_completed(request, dict(msg.output), settled, sample)
                     return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
                 elif isinstance(msg, TaskError):
                     kind = OutcomeKind.TIMEOUT if msg.code == "deadline" else OutcomeKind.FAILED

@@ -250,8 +250,9 @@ class Orchestrator:
 
     # -- spot checks ---------------------------------------------------------------------------------------
 
-    def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt) -> None:
-        self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled)
+    def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
+                   sample: dict[str, Any] | None) -> None:
+        self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled, sample)
 
     async def _verifiers(self, runtime: str, item: str, exclude: frozenset[str]) -> list[str]:
         """Who may check work on runtime/item, best first: this node when it serves it, then the scheduler's

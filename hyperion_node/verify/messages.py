@@ -3,13 +3,14 @@
 ::
 
     requester                                  verifier
-    CHECK {receipt, payload, output} ───────▶  receipt signatures and hashes, then the runtime's own check
+    CHECK {receipt, payload, output, sample?} ─▶  receipt signatures and hashes, then the runtime's own check
                                    ◀───────── VERDICT {ok, reason, dispute?}
 
 A failed verdict carries a :class:`~hyperion_node.ledger.dispute.Dispute` signed by the verifier (the
 verdict itself, in the form every peer can check); a passing one travels on the Noise-authenticated stream
 and is recorded as an event. Framing and caps as on ``/hyperion/task/1``: the check carries the task's
-payload and output again.
+payload and output again. ``sample`` is one partial result the requester kept, for runtimes whose final
+output holds only hashes of what was streamed (render: one frame's PNG, which the verifier renders again).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CheckRequest:
     receipt: bytes  # the countersigned SignedReceipt
     payload: Mapping[str, Any]
     output: Mapping[str, Any]
+    sample: Mapping[str, Any] | None = None  # one partial result, chosen by the requester (module docstring)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class VerdictAnswer:
 def encode_check(msg: CheckRequest) -> bytes:
     body = {"v": PROTOCOL_VERSION, "t": "check", "receipt": msg.receipt, "payload": dict(msg.payload),
             "output": dict(msg.output)}
+    if msg.sample is not None:
+        body["sample"] = dict(msg.sample)
     return encode_frame(bytes(cbor2.dumps(body, canonical=True)))
 
 
@@ -73,7 +77,8 @@ def decode_check(data: bytes) -> CheckRequest:
     receipt = body.get("receipt")
     if not isinstance(receipt, bytes):
         raise MalformedFrame("bad_schema", "receipt must be bytes")
-    return CheckRequest(receipt, text_keyed_map(body, "payload"), text_keyed_map(body, "output"))
+    sample = text_keyed_map(body, "sample") if "sample" in body else None
+    return CheckRequest(receipt, text_keyed_map(body, "payload"), text_keyed_map(body, "output"), sample)
 
 
 def decode_verdict(data: bytes) -> VerdictAnswer:

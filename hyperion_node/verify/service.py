@@ -13,8 +13,9 @@ with no second verifier to ask, the verdict stays an unconfirmed event. A worker
 ``verify.distrust_after_disputes`` disputes is given no more work by this node's scheduler.
 
 Verifier side (``handle_stream``): the receipt's signatures and hashes first, then the runtime's own check
-(inference: one batched prefill against the worker's logit commitments; ZK: the proof). A failed verdict is
-answered with a dispute signed by this node.
+(inference: one batched prefill against the worker's logit commitments; ZK: the proof; render: one frame,
+picked by the requester while the frames arrived, rendered again and compared pixel by pixel). A failed
+verdict is answered with a dispute signed by this node.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ log = structlog.get_logger(__name__)
 # A verifier that cannot give an answer (gone, slow, broken frames, cannot judge): ask the next one.
 _UNANSWERED: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, UserError, ReceiptRejected)
 _REFUSED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
-CHECKABLE = ("inference", "zk-groth16")  # runtimes with a check cheaper than the work (render: not yet)
+CHECKABLE = ("inference", "zk-groth16", "render-blender")  # runtimes with a check cheaper than the work
 
 
 Verifiers = Callable[[str, str, frozenset[str]], Awaitable[list[str]]]  # runtime, item, exclude -> best first
@@ -92,11 +93,11 @@ class SpotChecker:
     # -- requester side ------------------------------------------------------------------------------------
 
     def after_task(self, runtime: str, item: str, payload: Mapping[str, Any], output: Mapping[str, Any],
-                   settled: SignedReceipt) -> None:
+                   settled: SignedReceipt, sample: Mapping[str, Any] | None = None) -> None:
         if (self._nursery is None or runtime not in CHECKABLE or settled.receipt.worker == self.peer_id
                 or self._rng.random() >= self.settings.fraction):
             return
-        self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output),
+        self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output, sample),
                                  settled.receipt.worker, settled.id.hex())
 
     async def _check(self, runtime: str, item: str, request: CheckRequest, worker: str, receipt_id: str) -> None:
@@ -200,6 +201,8 @@ class SpotChecker:
             raise UserError(f"this node cannot check {runtime} work")
         if runtime == "inference":
             verdict = await verify(request.payload, request.output, evidence, chunks=self.settings.inference_chunks)
+        elif runtime == "render-blender":
+            verdict = await verify(request.payload, request.output, evidence, sample=request.sample)
         else:
             verdict = await verify(request.payload, request.output, evidence)
         return "" if verdict.ok else str(verdict.reason)

@@ -9,22 +9,13 @@ wrote is the worker's to get right: a malformed field is a failed verdict, never
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from runtimes.inference.commitments import LogitCommitment
 from runtimes.inference.exceptions import MalformedCommitment
 from runtimes.inference.text import TextAssembler
-from runtimes.interface import JSON
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A verifier's answer: ``ok``, or why not; ``details`` holds the measured figures either way."""
-
-    ok: bool
-    reason: str
-    details: Mapping[str, JSON] = field(default_factory=dict)
+from runtimes.interface import Verdict as Verdict  # defined beside the other runtime types; re-exported
 
 
 class ClaimRejected(Exception):

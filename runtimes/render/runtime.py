@@ -32,15 +32,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 import trio
 
-from hyperion_node.errors import InternalError
-from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
+from hyperion_node.errors import InternalError, UserError
+from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task, Verdict
 from runtimes.render.blender import BlenderBuild, probe
+from runtimes.render.check import SampleRejected, claimed_sample, compare
 from runtimes.render.exceptions import (
     BadRenderRequest,
     BlenderFailed,
@@ -278,6 +280,25 @@ class BlenderRuntime:
             },
             work_units=request.work_units,
         )  # fmt: skip
+
+    async def verify(self, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any],
+                     *, sample: Mapping[str, Any] | None = None) -> Verdict:
+        """Spot check of another worker's render: its sampled frame rendered here again and compared
+        (``runtimes.render.check``). ``UserError`` when the sample cannot be judged."""
+        try:
+            claimed = await trio.to_thread.run_sync(claimed_sample, output, sample)
+        except SampleRejected as exc:
+            raise UserError(str(exc)) from exc
+        rendered: list[bytes] = []
+
+        async def keep(partial: Partial) -> None:
+            rendered.append(bytes(partial.data["png"]))
+
+        one = {**payload, "frame_start": claimed.frame, "frame_end": claimed.frame}
+        await self.run(Task(f"verify-frame-{claimed.frame}", self.name, one), keep)
+        ours = await trio.to_thread.run_sync(decode_png, rendered[0])
+        ok, reason, figures = await trio.to_thread.run_sync(compare, claimed.image, ours)
+        return Verdict(ok, reason if ok else f"frame {claimed.frame}: {reason}", {"frame": claimed.frame, **figures})
 
     async def aclose(self) -> None:
         # Nothing outlives a task: each run() owns its Blender process and work directory.

@@ -28,10 +28,18 @@ def unframe(data: bytes) -> bytes:
     return frame
 
 
-@given(st.binary(max_size=64), maps, maps)
-def test_checks_round_trip(receipt: bytes, payload: dict[str, object], output: dict[str, object]) -> None:
-    request = CheckRequest(receipt, payload, output)
+@given(st.binary(max_size=64), maps, maps, st.none() | maps)
+def test_checks_round_trip(receipt: bytes, payload: dict[str, object], output: dict[str, object],
+                           sample: dict[str, object] | None) -> None:
+    request = CheckRequest(receipt, payload, output, sample)
     assert decode_check(unframe(encode_check(request))) == request
+
+
+def test_a_sample_must_be_a_map_with_text_keys() -> None:
+    body = cbor2.loads(unframe(encode_check(CheckRequest(b"r", {}, {}, {"frame": 1}))))
+    body["sample"] = [1, 2]
+    with pytest.raises(MalformedFrame, match="sample must be a map"):
+        decode_check(cbor2.dumps(body))
 
 
 @given(st.booleans(), st.text(max_size=100), st.binary(min_size=1, max_size=64))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,23 @@ def copied_commitments(final: Final, donor: Final) -> Final:
     donor_commitment = LogitCommitment.from_evidence(donor.evidence["logit_commitment"])
     fitted = _with_positions(donor.evidence["logit_commitment"], positions, donor_commitment)
     return dataclasses.replace(final, evidence={**final.evidence, "logit_commitment": fitted})
+
+
+def cheap_blender(out_dir: Path, real: str, *, samples_divisor: int = 4) -> Path:
+    """A wrapper around the real Blender that renders with 1/``samples_divisor`` of the samples asked for:
+    what an operator who wants to be paid for work it did not do would install. The node's runtime cannot
+    tell (it passes the job to "Blender" and gets frames back); only a re-render of a frame can."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = out_dir / "blender"
+    wrapper.write_text(f"""#!{sys.executable}
+import json, os, sys
+args = sys.argv[1:]
+if "--" in args and args[-1].startswith("{{"):
+    job = json.loads(args[-1])
+    if "samples" in job:
+        job["samples"] = max(1, job["samples"] // {samples_divisor})
+    args[-1] = json.dumps(job)
+os.execv({real!r}, [{real!r}, *args])
+""")
+    wrapper.chmod(0o755)
+    return wrapper
