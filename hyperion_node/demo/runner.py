@@ -23,11 +23,11 @@ import structlog
 import trio
 
 from hyperion_node.daemon import EXIT_SECOND_SIGNAL, EXIT_SHUTDOWN_OVERRUN, _hard_exit_after
-from hyperion_node.demo.network import DemoNode, run_demo_node
+from hyperion_node.demo.network import REAL_NODE, DemoNode, run_demo_node
 from hyperion_node.demo.script import Script
 from hyperion_node.demo.summary import node_rewards, report
 from hyperion_node.demo.view import LiveView
-from hyperion_node.demo.workload import Outcome, Tracker, plan_task
+from hyperion_node.demo.workload import Outcome, Tracker, plan_real_task, plan_task
 from hyperion_node.errors import UserError
 from hyperion_node.store import Store
 from hyperion_node.tasks.service import Job
@@ -46,6 +46,7 @@ class DemoOptions:
     duration: float = 60.0
     seed: int = 0
     web: bool = False
+    real_inference: bool = False  # node REAL_NODE serves the packaged GGUF model with llama.cpp
 
     def check(self) -> None:
         if not 1 <= self.nodes <= 200:
@@ -75,7 +76,8 @@ class Demo:
     async def add_node(self, nursery: trio.Nursery, index: int) -> DemoNode:
         bootstrap = self.nodes[0].node.p2p.listen_addrs()[0] if self.nodes else None
         start = functools.partial(run_demo_node, self.root, index, self.options.seed, bootstrap, self.stores,
-                                  self.options.web and index == 0)
+                                  self.options.web and index == 0,
+                                  self.options.real_inference and index == REAL_NODE)
         node: DemoNode = await nursery.start(start)
         self.nodes.append(node)
         return node
@@ -114,6 +116,32 @@ class Demo:
             seq += 1
             await trio.sleep_until(start + seq / self.options.rate)  # a fixed rate: late ticks catch up
 
+    async def real_workload(self, followers: trio.Nursery) -> None:
+        """Tasks for the packaged model, one at a time, each from another live node than the one that serves
+        it (so it crosses the network: provider lookup, the task stream, a receipt from a peer)."""
+        rng = random.Random(f"{self.options.seed}:real")
+        real = self.nodes[REAL_NODE]
+        seq = 0
+        while True:
+            planned = plan_real_task(rng, seq)
+            others = [n for n in self.live() if n is not real] or [real]
+            requester = others[planned.requester % len(others)]
+            assert requester.node.orchestrator is not None
+            job = requester.node.orchestrator.submit(planned.spec)
+            outcome = Outcome(seq, "inference", requester.name, job.task_id, trio.current_time(), real=True,
+                              payload=dict(planned.spec.payload))
+            self.tracker.outcomes.append(outcome)
+            done = trio.Event()
+            followers.start_soon(self._follow_then, outcome, job, done)
+            await done.wait()
+            seq += 1
+
+    async def _follow_then(self, outcome: Outcome, job: Job, done: trio.Event) -> None:
+        try:
+            await self.follow(outcome, job)
+        finally:
+            done.set()
+
     async def follow(self, outcome: Outcome, job: Job) -> None:
         await self.tracker.follow(outcome, job)
         if self.stop.cancel_called and not any(o.state == "running" for o in self.tracker.outcomes):
@@ -127,7 +155,8 @@ class Demo:
                                           "SELECT role, status, total FROM ledger_receipts")
             rewards.append(node_rewards(n.name, n.machine.profile.name, n.alive,
                                         [(r, s, int(t)) for r, s, t in rows]))
-        return report(self.tracker.outcomes, rewards, self.script_lines, dead,
+        real = self.nodes[REAL_NODE].name if self.options.real_inference else None
+        return report(self.tracker.outcomes, rewards, self.script_lines, dead, real_node=real,
                       elapsed_s=self.elapsed, interrupted=self.interrupted)
 
     script_lines: list[str] = field(default_factory=list)
@@ -153,6 +182,8 @@ class Demo:
                         with self.stop:
                             async with trio.open_nursery() as work:
                                 work.start_soon(self.workload, followers)
+                                if self.options.real_inference:
+                                    work.start_soon(self.real_workload, followers)
                                 work.start_soon(script.run)
                                 work.start_soon(view.run)
                         view.close()

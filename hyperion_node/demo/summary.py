@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hyperion_node.cli.top_view import fmt_ms
-from hyperion_node.demo.workload import KINDS, Outcome, percentile
+from hyperion_node.demo.workload import KINDS, REAL_MODEL, Outcome, percentile
 from hyperion_node.ledger.money import atto_to_credits
 
 
@@ -31,7 +31,7 @@ def failovers(outcomes: Sequence[Outcome], dead: set[str]) -> tuple[int, int]:
 
 
 def report(outcomes: Sequence[Outcome], rewards: Sequence[NodeRewards], events: Sequence[str],
-           dead: set[str], *, elapsed_s: float, interrupted: bool) -> list[str]:
+           dead: set[str], *, elapsed_s: float, interrupted: bool, real_node: str | None = None) -> list[str]:
     states = Counter(o.state for o in outcomes)
     finished = states["completed"] + states["failed"] + states["lost"]
     rate = 100 * states["completed"] / finished if finished else 0.0
@@ -39,11 +39,18 @@ def report(outcomes: Sequence[Outcome], rewards: Sequence[NodeRewards], events: 
              f"  tasks     {len(outcomes)} submitted, {states['completed']} completed, {states['failed']} failed, "
              f"{states['lost']} lost with their requester, {states['running']} unfinished at the end",
              f"  success   {rate:.1f}% of finished tasks"]
-    for kind in KINDS:
-        done = [o.latency_s for o in outcomes if o.runtime == kind and o.latency_s is not None]
-        of_kind = sum(1 for o in outcomes if o.runtime == kind)
+    for kind in (*KINDS, "real") if real_node else KINDS:
+        done = [o.latency_s for o in outcomes if o.kind == kind and o.latency_s is not None]
+        of_kind = sum(1 for o in outcomes if o.kind == kind)
         lines.append(f"  {kind:<9} {len(done)}/{of_kind} completed  latency p50 {fmt_ms(_ms(percentile(done, 50)))}"
                      f"  p95 {fmt_ms(_ms(percentile(done, 95)))}  p99 {fmt_ms(_ms(percentile(done, 99)))}")
+    if real_node:
+        said = next((o.final.get("output", {}).get("text") for o in outcomes if o.real and o.final), None)
+        lines.append(f"            {real_node} ran {REAL_MODEL} with llama.cpp"
+                     + (f"; its first answer: {_one_line(said)}" if isinstance(said, str) else ": no answer"))
+    failed = Counter(o.error or o.state for o in outcomes if o.state in ("failed", "lost"))
+    if failed:
+        lines.append("  failures  " + ", ".join(f"{n} {reason}" for reason, n in failed.most_common()))
     moved, broken = failovers(outcomes, dead)
     if dead:
         lines.append(f"  failover  {moved} tasks of the dead node completed elsewhere; {broken} failed because "
@@ -55,6 +62,12 @@ def report(outcomes: Sequence[Outcome], rewards: Sequence[NodeRewards], events: 
         lines.append(f"    {r.name:<12} {r.board:<26} {'alive' if r.alive else 'dead ':<5} served {r.served:>4}"
                      f"  earned {r.earned:.6f}  pending {r.pending:.6f}")
     return lines
+
+
+def _one_line(text: str, width: int = 60) -> str:
+    """A model's answer on one summary line: whitespace folded, control characters dropped, cut at ``width``."""
+    flat = " ".join("".join(c for c in text if c.isprintable() or c.isspace()).split())
+    return repr(flat if len(flat) <= width else flat[:width - 1] + "…")
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -17,6 +18,13 @@ from hyperion_node.tasks.service import Job
 
 KINDS = ("inference", "zk", "render")
 WEIGHTS = (0.6, 0.25, 0.15)  # chat traffic dominates a public network; proofs and renders are batch work
+# --real-inference: the packaged model's id, and what its tasks ask. Short answers, greedy decoding (the same
+# text every run on the same build, so a replay can check it); one task at a time, as one chat user sends them.
+REAL_MODEL = "gemma-3-270m-q4_k_m"
+REAL_MAX_TOKENS = 24
+# Openings to complete rather than chat turns: a 270M model continues text far better than it follows orders.
+REAL_PROMPTS = ("The sky is blue because", "A graphics card is", "The capital of France is",
+                "Peer-to-peer networks are", "A lighthouse is", "The fastest land animal is")
 PROMPTS = ("Explain proof of work", "Write a haiku about GPUs", "Summarise the libp2p spec",
            "What is a Merkle tree?", "Translate 'hello' to French", "Why is the sky blue?")
 
@@ -47,6 +55,15 @@ def plan_task(rng: random.Random, seq: int) -> PlannedTask:
     return PlannedTask(seq, requester, spec)
 
 
+def plan_real_task(rng: random.Random, seq: int) -> PlannedTask:
+    """The ``seq``-th task for the node that serves the packaged model for real."""
+    prompt = rng.choice(REAL_PROMPTS)
+    spec = TaskSpec(runtime="inference", item=REAL_MODEL, timeout_s=60.0, expected_units=REAL_MAX_TOKENS,
+                    payload={"model": REAL_MODEL, "prompt": prompt, "max_tokens": REAL_MAX_TOKENS,
+                             "deterministic": True})
+    return PlannedTask(seq, rng.randrange(1 << 30), spec)
+
+
 @dataclass
 class Outcome:
     seq: int
@@ -58,8 +75,16 @@ class Outcome:
     worker: str = ""
     latency_s: float | None = None
     first_output_s: float | None = None
-    error: str = ""
+    error: str = ""  # the error event's type (no_worker (all-busy), worker_failed, deadline, ...)
+    message: str = ""  # and its message, which says why
     assigned: list[str] = field(default_factory=list)  # every worker it was sent to, in order
+    real: bool = False  # for the real llama.cpp node (--real-inference)
+    payload: dict[str, Any] = field(default_factory=dict)  # a real task's payload (what the model was asked)
+    final: dict[str, Any] = field(default_factory=dict)  # a real task's final event: output, evidence, receipt
+
+    @property
+    def kind(self) -> str:
+        return "real" if self.real else self.runtime
 
 
 class Tracker:
@@ -82,9 +107,13 @@ class Tracker:
                     outcome.first_output_s = now
                 elif event.kind == "final":
                     outcome.state, outcome.worker, outcome.latency_s = "completed", event.worker, now
+                    if outcome.real:
+                        outcome.final = dict(event.data)
                 elif event.kind == "error":
                     outcome.state = "failed"
-                    outcome.error = str(event.data.get("type", "error"))
+                    reason = event.data.get("reason")  # a no_worker's: all-busy, no-provider, ...
+                    outcome.error = str(event.data.get("type", "error")) + (f" ({reason})" if reason else "")
+                    outcome.message = str(event.data.get("message", ""))
         if outcome.state == "running":
             outcome.state = "lost"  # the stream ended with no answer: the requesting node died under it
 
