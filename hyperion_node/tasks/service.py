@@ -59,6 +59,11 @@ log = structlog.get_logger(__name__)
 VERIFY_PROTOCOL = TProtocol("/hyperion/verify/1")
 
 EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
+# How stale this node's view of who serves an item may get before it asks the DHT again. Peers learn each
+# other's capability records only from the DHT (heartbeats carry no offers), so a node that serves an item
+# itself, or knows one other provider, would otherwise never learn of the rest: in a 16-node demo every task
+# then ran on its own requester. Half the heartbeat-driven health trend's default window (30 s).
+PROVIDER_REFRESH_S = 15.0
 
 
 @dataclass
@@ -131,6 +136,7 @@ class Orchestrator:
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
         self._nursery: trio.Nursery | None = None
+        self._looked_up: dict[tuple[str, str], float] = {}  # (runtime, item) -> when the DHT was last asked
 
     # -- the component ---------------------------------------------------------------------------------------
 
@@ -202,12 +208,23 @@ class Orchestrator:
 
     async def _candidates(self, spec: TaskSpec, req: TaskRequirements) -> list[Candidate]:
         found = self._known_candidates(spec)
+        key, now = (spec.runtime, spec.item), trio.current_time()
         if not any(c.state.value == "alive" for c in found):
-            # Nobody known serves it: ask the DHT (O(log N) hops); what it finds lands in the peer table.
+            # Nobody known serves it: ask the DHT (O(log N) hops) and wait; what it finds lands in the peer table.
+            self._looked_up[key] = now
             with trio.move_on_after(self.settings.lookup_timeout_s):
                 await self.p2p.find_providers(spec.runtime, spec.item)
             found = self._known_candidates(spec)
+        elif now - self._looked_up.get(key, -PROVIDER_REFRESH_S) >= PROVIDER_REFRESH_S and self._nursery is not None:
+            # Someone can take it now (maybe only this node); who else serves it is for the next tasks to use,
+            # so this task does not wait for the answer (and the lookup may take longer than a waiting one).
+            self._looked_up[key] = now
+            self._nursery.start_soon(self._refresh_providers, spec.runtime, spec.item)
         return found
+
+    async def _refresh_providers(self, runtime: str, item: str) -> None:
+        with trio.move_on_after(PROVIDER_REFRESH_S):
+            await self.p2p.find_providers(runtime, item)
 
     def _known_candidates(self, spec: TaskSpec) -> list[Candidate]:
         out = candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
