@@ -345,9 +345,11 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
     return node
 
 
-async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str | None) -> None:
+async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str | None,
+                           dashboard: bool = True) -> None:
     """Start every component of ``node`` in ``nursery``, in dependency order; with ``api_token`` None there is
-    no control API (the demo's virtual nodes are read in-process)."""
+    no control API (the demo's virtual nodes are read in-process), with ``dashboard`` False no dashboard
+    sampler (the demo shows one node's)."""
     config, store, identity = node.config, node.store, node.identity
     await nursery.start(node.sampler.run)
     await nursery.start(node.runtimes.run)
@@ -362,8 +364,9 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     await nursery.start(node.orchestrator.run)
     node.renders = RenderJobs(node.orchestrator)
     await nursery.start(node.renders.run)
-    node.dashboard = Dashboard(node, peer_id=str(identity.peer_id))
-    await nursery.start(node.dashboard.run)
+    if dashboard:
+        node.dashboard = Dashboard(node, peer_id=str(identity.peer_id))
+        await nursery.start(node.dashboard.run)
     if api_token is not None:
         node.api = ApiServer(node, api_token, host=config.api.host, port=config.api.port,
                              token_path=str(node.data_dir.token_path))

@@ -30,11 +30,15 @@ from hyperion_node.trio_types import TaskStatus
 log = structlog.get_logger(__name__)
 
 # Time constants shortened from the defaults (5 s heartbeats, dead after 30 s, a 30 s health trend) so that
-# a demo of a minute shows a failure detected and a degrading node drained; the logic is the same.
+# a demo of a minute shows a failure detected and a degrading node drained; the logic is the same. Every
+# node's gossip runs on the demo's one event loop, so its volume sets how many nodes one core holds: at 1 s
+# heartbeats and mesh degree 6, 16 nodes delivered heartbeats 5-30 s late (p50/p95) and no task could open a
+# stream to a peer within its 5 s admission timeout. 2 s heartbeats (the health's jitter bounds assume 2 s)
+# and the smallest mesh the config allows (3) cut the deliveries a heartbeat costs by 4.
 DEMO_SETTINGS = (
     "p2p.listen_host=127.0.0.1", "p2p.tcp_port=0", "p2p.mdns=false", "api.host=127.0.0.1", "api.port=0",
-    "p2p.heartbeat_interval_s=1.0", "p2p.suspect_after_s=3.0", "p2p.dead_after_s=6.0",
-    "hardware.telemetry_interval_s=1.0", "scheduler.health.trend_window_s=8.0", "scheduler.health.horizon_s=8.0",
+    "p2p.heartbeat_interval_s=2.0", "p2p.suspect_after_s=6.0", "p2p.dead_after_s=12.0", "p2p.gossip_degree=3",
+    "hardware.telemetry_interval_s=2.0", "scheduler.health.trend_window_s=8.0", "scheduler.health.horizon_s=8.0",
     "scheduler.health.error_min_outcomes=4.0", "tasks.queue_depth=2", "tasks.lookup_timeout_s=1.0",
 )
 # --real-inference: the node that serves the packaged GGUF model for real. Node 0 because the script never
@@ -121,7 +125,9 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
     scope = trio.CancelScope()
     with scope:
         async with trio.open_nursery() as nursery:
-            await start_components(node, nursery, api_token=data_dir.api_token(create=True) if web else None)
+            # Only node 0's dashboard is shown (the live view and --web read it): the others would sample for nobody.
+            await start_components(node, nursery, api_token=data_dir.api_token(create=True) if web else None,
+                                   dashboard=index == 0)
             log.info("demo_node_ready", name=node.name, board=profile.name)
             if real_inference and "inference" not in node.runtimes.loaded:
                 failed = "; ".join(f.error for f in node.runtimes.failures) or "not loaded"
