@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hyperion_node.errors import ConfigError
+from hyperion_node.config_section import Check, section_kwargs
 
 SECTION = "tasks"
 
@@ -24,13 +24,6 @@ class TaskSettings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> TaskSettings:
-        kwargs = {f.name: values[f"{SECTION}.{f.name}"] for f in fields(cls) if f"{SECTION}.{f.name}" in values}
-        for name, value in kwargs.items():
-            key = f"{SECTION}.{name}"
-            if name == "queue_depth" and value < 0:
-                raise ConfigError(f"got {value!r}", source=sources.get(key, "config"), key=key,
-                                  expected="an integer >= 0")
-            if name != "queue_depth" and value <= 0:
-                raise ConfigError(f"got {value!r}", source=sources.get(key, "config"), key=key,
-                                  expected="a number above 0")
-        return cls(**kwargs)
+        checks: dict[str, Check] = {f.name: (lambda v: v > 0, "a number above 0") for f in fields(cls)}
+        checks["queue_depth"] = (lambda v: v >= 0, "an integer >= 0")
+        return cls(**section_kwargs(cls, SECTION, values, sources, checks))

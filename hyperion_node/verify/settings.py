@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from hyperion_node.errors import ConfigError
+from hyperion_node.config_section import Check, section_kwargs
 
 SECTION = "verify"
 
@@ -23,17 +23,11 @@ class VerifySettings:
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> VerifySettings:
-        kwargs = {f.name: values[f"{SECTION}.{f.name}"] for f in fields(cls) if f"{SECTION}.{f.name}" in values}
-        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        checks: dict[str, Check] = {
             "fraction": (lambda v: 0 <= v <= 1, "a share from 0 to 1"),
             "timeout_s": (lambda v: v > 0, "a number of seconds above 0"),
             "distrust_after_disputes": (lambda v: v >= 1, "an integer of at least 1"),
             "concurrent": (lambda v: v >= 1, "an integer of at least 1"),
             "inference_chunks": (lambda v: v >= 0, "an integer of at least 0 (0: every chunk)"),
         }
-        for name, value in kwargs.items():
-            ok, expected = checks[name]
-            if not ok(value):
-                key = f"{SECTION}.{name}"
-                raise ConfigError(f"got {value!r}", source=sources.get(key, "config"), key=key, expected=expected)
-        return cls(**kwargs)
+        return cls(**section_kwargs(cls, SECTION, values, sources, checks))
