@@ -78,8 +78,10 @@ class Script:
             drained = [o for o in others if o is not None and o.scheduler.health.is_drained(degraded.peer_id)]
             if drained:
                 temp = degraded.machine.temperature()
+                # Which signal drained it: a loaded event loop delays heartbeats, and jitter drains a node too.
+                worst = drained[0].scheduler.health.health(degraded.peer_id, trio.current_time()).worst
                 await self.note("demo.drained", f"{degraded.name} drained by {len(drained)}/{len(others)} nodes "
-                                f"{trio.current_time() - began:.1f}s after it began to degrade (GPU {temp}C)",
-                                peer_id=degraded.peer_id)
+                                f"{trio.current_time() - began:.1f}s after it began to degrade (GPU {temp}C, "
+                                f"worst signal {worst})", peer_id=degraded.peer_id)
                 return
             await trio.sleep(0.25)
