@@ -13,6 +13,11 @@ Rows, per circuit: snarkjs proving in-process (warm: node has built its curve; m
 Python ints and with gmpy2, in 1 process and in a pool of one process per core, and as a whole process
 (`prove_files` from a fresh interpreter). Ratios are against snarkjs in-process, and for the whole-process
 row against the snarkjs command. Needs node_modules (scripts/setup.sh installs it).
+
+On a shared machine the wall ratios follow the load more than the code: snarkjs in-process runs before and
+after our rows (both medians are printed; the baseline is the median of all its rounds), the load average is
+printed per circuit, and each row also gives CPU seconds (node's process.cpuUsage(), which counts its worker
+threads; ours counts the pool's worker processes), which load moves far less.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -42,16 +49,20 @@ from runtimes.zk.zkey import ZKey, parse_zkey  # noqa: E402
 BIN = ROOT / "node_modules" / ".bin"
 CACHE = ROOT / "build" / "zk-bench"
 CIRCUITS = ROOT / "tests" / "zk" / "circuits"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 SNARKJS_INPROC = """
 import * as snarkjs from %s;
 const [zkey, wtns, rounds] = process.argv.slice(2);
-const times = [];
+const wall = [], cpu = [];
 for (let i = 0; i <= Number(rounds); i++) {
-  const t0 = performance.now();
+  const t0 = performance.now(), c0 = process.cpuUsage();  // cpuUsage: the whole process, its threads too
   await snarkjs.groth16.prove(zkey, wtns);
-  times.push((performance.now() - t0) / 1000);
+  const c = process.cpuUsage(c0);
+  wall.push((performance.now() - t0) / 1000);
+  cpu.push((c.user + c.system) / 1e6);
 }
-console.log(JSON.stringify(times.slice(1)));  // the first call builds the curve: excluded (warm figures)
+// the first call builds the curve: excluded (warm figures)
+console.log(JSON.stringify({wall: wall.slice(1), cpu: cpu.slice(1)}));
 process.exit(0);
 """
 
@@ -63,13 +74,43 @@ def sh(*cmd: str | Path, cwd: Path = CACHE) -> str:
     return done.stdout
 
 
-def timed(fn: Callable[[], object], rounds: int) -> float:
-    times = []
+Row = tuple[str, float, float | None, str, str]  # figure, wall s, CPU s, ratio, target
+
+
+def timed(fn: Callable[[], object], rounds: int, cpu: Callable[[], float] = time.process_time) -> tuple[float, float]:
+    """Medians of wall and CPU seconds; ``cpu`` is a clock of CPU seconds of everything that does the work."""
+    walls, cpus = [], []
     for _ in range(rounds):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), cpu()
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - started)
+        cpus.append(cpu() - cpu_started)
+    return statistics.median(walls), statistics.median(cpus)
+
+
+def children_cpu() -> float:
+    """CPU seconds of the finished child processes (and their own finished children)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pids: tuple[int, ...]) -> float:
+    """CPU seconds of this process and of running processes pids (/proc/PID/stat: utime, stime)."""
+    total = time.process_time()
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.1f} {five:.1f} {fifteen:.1f}"
+
+
+def snarkjs_inproc(script: Path, zkey: Path, wtns: Path, rounds: int) -> tuple[list[float], list[float]]:
+    result = json.loads(sh("node", script, zkey, wtns, str(rounds)))
+    return result["wall"], result["cpu"]
 
 
 def ptau(power: int) -> Path:
@@ -111,46 +152,68 @@ def _prove(pool: ProcessPool | None, zkey: ZKey, witness: list[int], backend: Ba
     return run_inline(plan) if pool is None else pool.prove(plan)
 
 
-def bench(power: int, tau: Path, rounds: int, workers: int) -> list[tuple[str, float, str, str]]:
+def bench(power: int, tau: Path, rounds: int, workers: int) -> list[Row]:
+    """Rows for one circuit. snarkjs in-process runs before and after ours; the baseline is the median of both
+    (the machine's load drifts during a run: the two medians are printed so the drift shows)."""
     zkey_path, wtns_path, vk_path = circuit(power, tau)
     zkey = parse_zkey(zkey_path.read_bytes(), label=str(zkey_path))
     witness = parse_wtns(wtns_path.read_bytes(), label=str(wtns_path))
-    rows: list[tuple[str, float, str, str]] = []
     label = f"2^{power} ({zkey.constraints} constraints)"
+    print(f"# {label}: {load()}", flush=True)
     script = CACHE / "snarkjs_inproc.mjs"
     script.write_text(SNARKJS_INPROC % json.dumps(str(ROOT / "node_modules" / "snarkjs" / "main.js")))
-    js = statistics.median(json.loads(sh("node", script, zkey_path, wtns_path, str(rounds))))
-    rows.append((f"{label}: snarkjs in-process (warm)", js, "1.00x", "baseline"))
+    js_wall, js_cpu = snarkjs_inproc(script, zkey_path, wtns_path, rounds)
     out = CACHE / "out"
     out.mkdir(exist_ok=True)
     prove_cmd = (BIN / "snarkjs", "groth16", "prove", zkey_path, wtns_path, out / "p.json", out / "q.json")
-    cli = timed(lambda: sh(*prove_cmd), rounds)
-    rows.append((f"{label}: `snarkjs groth16 prove` whole process", cli, f"{cli / js:.2f}x", "baseline 2"))
+    cli, cli_cpu = timed(lambda: sh(*prove_cmd), rounds, children_cpu)
+    ours: list[tuple[str, float, float, str, str]] = []  # figure, wall, CPU, what it is compared with, target
     backends: tuple[Backend, ...] = ("python", "gmpy2") if "gmpy2" in Arithmetic.available() else ("python",)
     for backend in backends:
         target = "<= 5x" if backend == "python" else "<= 2.5x"
-        t1 = timed(functools.partial(_prove, None, zkey, witness, backend, 1), rounds)
-        rows.append((f"{label}: ours, {backend}, 1 process", t1, f"{t1 / js:.2f}x", target))
+        t1, c1 = timed(functools.partial(_prove, None, zkey, witness, backend, 1), rounds)
+        ours.append((f"{label}: ours, {backend}, 1 process", t1, c1, "js", target))
         with ProcessPool(workers) as pool:
-            tp = timed(functools.partial(_prove, pool, zkey, witness, backend, workers), rounds)
-        rows.append((f"{label}: ours, {backend}, pool of {workers}", tp, f"{tp / js:.2f}x", target))
-    whole = timed(
-        lambda: sh(
-            sys.executable, "-c",
-            f"from runtimes.zk import prove_files; prove_files({str(zkey_path)!r}, {str(wtns_path)!r}, {str(out)!r})",
-            cwd=ROOT,
-        ),
-        rounds,
-    )  # fmt: skip
-    rows.append((f"{label}: ours, whole process (prove_files)", whole, f"{whole / cli:.2f}x of the command", "<= 1x"))
+            pids = pool.worker_pids()
+            tp, cp = timed(
+                functools.partial(_prove, pool, zkey, witness, backend, workers),
+                rounds,
+                functools.partial(process_cpu, pids),
+            )
+        ours.append((f"{label}: ours, {backend}, pool of {workers}", tp, cp, "js", target))
+    code = f"from runtimes.zk import prove_files; prove_files({str(zkey_path)!r}, {str(wtns_path)!r}, {str(out)!r})"
+    whole, whole_cpu = timed(lambda: sh(sys.executable, "-c", code, cwd=ROOT), rounds, children_cpu)
+    ours.append((f"{label}: ours, whole process (prove_files)", whole, whole_cpu, "cli", "<= 1x"))
+    after_wall, after_cpu = snarkjs_inproc(script, zkey_path, wtns_path, rounds)
+    js, jc = statistics.median(js_wall + after_wall), statistics.median(js_cpu + after_cpu)
+    rows: list[Row] = [
+        (f"{label}: snarkjs in-process (warm)", js, jc, "1.00x / 1.00x", "baseline"),
+        (f"{label}:   snarkjs in-process before our rows", statistics.median(js_wall), statistics.median(js_cpu),
+         "", "drift"),
+        (f"{label}:   snarkjs in-process after our rows", statistics.median(after_wall), statistics.median(after_cpu),
+         f"{statistics.median(after_wall) / statistics.median(js_wall):.2f}x / "
+         f"{statistics.median(after_cpu) / statistics.median(js_cpu):.2f}x of before", "drift"),
+        (f"{label}: `snarkjs groth16 prove` whole process", cli, cli_cpu, f"{cli / js:.2f}x / {cli_cpu / jc:.2f}x",
+         "baseline 2"),
+    ]  # fmt: skip
+    for name, wall, cpu, versus, target in ours:
+        if versus == "js":
+            rows.append((name, wall, cpu, f"{wall / js:.2f}x / {cpu / jc:.2f}x", target))
+        else:
+            rows.append((name, wall, cpu, f"{wall / cli:.2f}x / {cpu / cli_cpu:.2f}x of the command", target))
+    print(f"# {label}: done, {load()}", flush=True)
     vk = parse_verifying_key(load_json(vk_path, label="vk"))
     proof = parse_proof(load_json(out / "proof.json", label="proof"))
     public = parse_public(load_json(out / "public.json", label="public"))
     assert verify(vk, proof, public), "our proof did not verify"
-    ver = timed(lambda: verify(vk, proof, public), rounds)
-    rows.append((f"{label}: ours, verify (in-process)", ver, "", "<= 0.6 s"))
-    sver = timed(lambda: sh(BIN / "snarkjs", "groth16", "verify", vk_path, out / "public.json", out / "proof.json"), 1)
-    rows.append((f"{label}: `snarkjs groth16 verify` whole process", sver, "", "reference"))
+    ver, ver_cpu = timed(lambda: verify(vk, proof, public), rounds)
+    rows.append((f"{label}: ours, verify (in-process)", ver, ver_cpu, "", "<= 0.6 s"))
+    sver, sver_cpu = timed(
+        lambda: sh(BIN / "snarkjs", "groth16", "verify", vk_path, out / "public.json", out / "proof.json"),
+        1,
+        children_cpu,
+    )
+    rows.append((f"{label}: `snarkjs groth16 verify` whole process", sver, sver_cpu, "", "reference"))
     return rows
 
 
@@ -168,10 +231,12 @@ def main() -> None:
     rows = [row for power in powers for row in bench(power, tau, args.rounds, args.workers)]
     command = " ".join(["python", "scripts/bench_zk.py", *map(shlex.quote, sys.argv[1:])])
     print(f"\n# {command}  (medians of {args.rounds}; {default_workers()} cores; backends {Arithmetic.available()})")
-    print(f"| {'figure':<62} | {'seconds':>8} | {'ratio':>22} | {'target':>10} |")
-    print(f"|{'-' * 64}|{'-' * 10}:|{'-' * 24}:|{'-' * 12}:|")
-    for name, seconds, ratio, target in rows:
-        print(f"| {name:<62} | {seconds:8.3f} | {ratio:>22} | {target:>10} |")
+    print("# ratio: wall / CPU seconds against snarkjs in-process (CPU: node's threads, our pool's workers)")
+    print(f"| {'figure':<64} | {'wall s':>8} | {'CPU s':>8} | {'ratio wall / CPU':>30} | {'target':>10} |")
+    print(f"|{'-' * 66}|{'-' * 9}:|{'-' * 9}:|{'-' * 31}:|{'-' * 11}:|")
+    for name, wall, cpu, ratio, target in rows:
+        cpu_text = "" if cpu is None else f"{cpu:8.3f}"
+        print(f"| {name:<64} | {wall:8.3f} | {cpu_text:>8} | {ratio:>30} | {target:>10} |")
 
 
 if __name__ == "__main__":

@@ -82,9 +82,7 @@ def worker_env() -> dict[str, str]:
 
 class _SyncWorker:
     def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env()
-        )
+        self.process = subprocess.Popen(WORKER_COMMAND, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=worker_env())
         self.reader = FrameReader()
         self.job: Job | None = None
 
@@ -174,6 +172,10 @@ class ProcessPool:
                     worker.close()
                 self._workers = [w for w in self._workers if w.process.poll() is None and w.job is None]
         return plan.proof()
+
+    def worker_pids(self) -> tuple[int, ...]:
+        """The running workers' process ids (for benchmarks that count the workers' CPU time)."""
+        return tuple(w.process.pid for w in self._workers if w.process.poll() is None)
 
     def close(self) -> None:
         for worker in self._workers:
