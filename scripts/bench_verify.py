@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runtimes.inference import LlamaCppRuntime
 from runtimes.inference.registry import ModelHashes, ensure_packaged_model
 from runtimes.inference.runtime import GenerationRequest
+from runtimes.inference.verifier import CHECKED_CHUNKS
 from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
 from tests.verify import cheaters
 from tests.verify.draws import FixedChunks
@@ -128,7 +129,7 @@ def honest_payloads(n: int, tokens: int) -> list[dict[str, Any]]:
 
 
 async def bench_honest(runtime: LlamaCppRuntime, trials: int, tokens: int) -> None:
-    disputes, medians, differed = [], [], []
+    disputes, medians, differed, checked = [], [], [], []
     started = time.perf_counter()
     for payload in honest_payloads(trials, tokens):
         final = await run(runtime, payload)
@@ -137,13 +138,16 @@ async def bench_honest(runtime: LlamaCppRuntime, trials: int, tokens: int) -> No
             disputes.append((payload, verdict.reason))
         medians.append(verdict.details.get("median_deviation", 0.0))
         differed.append(verdict.details.get("replay_differed", 0))
+        checked.append(verdict.details.get("checked_positions", 0))
     q = np.quantile
     print(f"honest: {trials} results, {len(disputes)} false disputes ({time.perf_counter() - started:.0f} s)")
     for payload, reason in disputes:
         print(f"  dispute: {payload} -> {reason}")
     print(f"  median deviation per result: median {statistics.median(medians):.3f}, max {max(medians):.3f}")
-    print(f"  replay differences per result: p99 {q(differed, 0.99):.1f}, max {max(differed)} of {tokens}")
-    print(f"  replay picked another token: mean {statistics.mean(differed):.2f} of {tokens} positions")
+    print(f"  positions checked per result: mean {statistics.mean(checked):.1f}, max {max(checked)} "
+          f"({CHECKED_CHUNKS} random chunk of 32, and the end token's position)")
+    print(f"  replay differences per result: p99 {q(differed, 0.99):.1f}, max {max(differed)}")
+    print(f"  replay picked another token: mean {statistics.mean(differed):.2f} per result")
 
 
 Cheat = Callable[[int], Any]
@@ -160,36 +164,38 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
         return {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": (0.0, 0.8)[i % 2],
                 "seed": 1000 + i}
 
-    async def other_model(name: str, i: int) -> tuple[dict[str, Any], Final]:
+    # Each cheat returns its claim and the first position it forged (where a spot check has to look).
+    async def other_model(name: str, i: int) -> tuple[dict[str, Any], Final, int]:
         p = payload(i)
-        return p, cheaters.as_honest(await run(others[name], p), reference.evidence)
+        return p, cheaters.as_honest(await run(others[name], p), reference.evidence), 0
 
-    async def hotter(i: int) -> tuple[dict[str, Any], Final]:
+    async def hotter(i: int) -> tuple[dict[str, Any], Final, int]:
         p = {**payload(i), "temperature": 0.8}
-        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 1.4}), 0.8)
+        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 1.4}), 0.8), 0
 
-    async def greedy_claimed(i: int) -> tuple[dict[str, Any], Final]:
+    async def greedy_claimed(i: int) -> tuple[dict[str, Any], Final, int]:
         p = {**payload(i), "temperature": 0.0}
-        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 0.8}), 0.0)
+        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 0.8}), 0.0), 0
 
-    async def truncated(i: int) -> tuple[dict[str, Any], Final]:
+    async def truncated(i: int) -> tuple[dict[str, Any], Final, int]:
         p = payload(i)
         final = await run(honest, p)
         keep = max(1, final.output["tokens_out"] // 2)
-        return p, cheaters.truncated(final, keep, end_token=END_OF_TURN, detokenize=detok)
+        return p, cheaters.truncated(final, keep, end_token=END_OF_TURN, detokenize=detok), keep
 
-    async def padded(i: int) -> tuple[dict[str, Any], Final]:
+    async def padded(i: int) -> tuple[dict[str, Any], Final, int]:
         p = payload(i)
         short = await run(honest, {**p, "max_tokens": tokens // 2})
         donor = await run(honest, {**p, "prompt": PROMPTS[(i + 7) % len(PROMPTS)]})
         pad = list(donor.output["token_ids"])[: tokens - short.output["tokens_out"]]
-        return p, cheaters.padded(short, pad, detokenize=detok, donor=donor)
+        forged = short.output["tokens_out"]
+        return p, cheaters.padded(short, pad, detokenize=detok, donor=donor), forged
 
-    async def copied(i: int) -> tuple[dict[str, Any], Final]:
+    async def copied(i: int) -> tuple[dict[str, Any], Final, int]:
         p = payload(i)
         final = await run(honest, p)
         donor = await run(honest, {**p, "prompt": PROMPTS[(i + 7) % len(PROMPTS)]})
-        return p, cheaters.copied_commitments(final, donor)
+        return p, cheaters.copied_commitments(final, donor), 0
 
     strategies: dict[str, Callable[[int], Any]] = {
         "different model (Q2_K requant)": functools.partial(other_model, "q2_k"),
@@ -200,14 +206,21 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
         "padded (half the work)": padded,
         "commitments of another task": copied,
     }
-    print(f"detection ({trials} trials each, {tokens}-token generations):")
+    print(f"detection ({trials} trials each, {tokens}-token generations, {CHECKED_CHUNKS} random chunk checked):")
     for name, make in strategies.items():
         caught, started = 0, time.perf_counter()
+        drawn = [0, 0]  # trials whose check read a forged position: caught, all
         for i in range(trials):
-            p, forged = await make(i)
-            ok, _ = await verdict_ok(honest, p, forged)
+            p, forged, first_forged = await make(i)
+            ok, verdict = await verdict_ok(honest, p, forged)
             caught += not ok
-        print(f"  {name:34s} {caught:4d}/{trials} caught ({time.perf_counter() - started:.0f} s)")
+            chunks = verdict.details.get("checked_chunks")
+            positions = verdict.details.get("positions", 0)
+            if chunks is None or any(32 * c + 31 >= first_forged for c in chunks) or first_forged >= positions - 1:
+                drawn[0] += not ok  # rejected before the forward pass, or a forged position was read
+                drawn[1] += 1
+        print(f"  {name:34s} {caught:4d}/{trials} caught; {drawn[0]}/{drawn[1]} of the checks that read a forged "
+              f"position ({time.perf_counter() - started:.0f} s)")
 
 
 async def main(args: argparse.Namespace) -> None:
