@@ -76,7 +76,9 @@ from runtimes.interface import JSON
 # So values are judged on the median over positions of each position's largest deviation, which separates
 # honest (0.22) from other weights (>= 1.65) and shrugs off a rare outlier, with a per-position bound on
 # top. Per result of 16 tokens (bench_verify, 70 honest results) the honest median was 0.14 typically and
-# 0.36 at most; a Q3_K_M worker's ranged 0.45-1.7 (20 results), so the limit sits between the two:
+# 0.36 at most; a Q3_K_M worker's ranged 0.45-1.7 (20 results), so the limit sits between the two. Reading
+# one 32-position chunk of 64-token results the honest median reached 0.531 once in 100 (temperature 1.2,
+# code): the margin is thin at this model's noise, and that result was falsely disputed (README).
 MEDIAN_DEVIATION_LIMIT = 0.5
 LOGIT_TOLERANCE = 2.0  # 1.5x the largest honest difference seen
 # Positions past LOGIT_TOLERANCE allowed (plus one). None was measured in 16-token results, but 64-token
