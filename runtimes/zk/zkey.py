@@ -15,8 +15,8 @@ Sections (snarkjs ``zkey_new.js`` / ``zkey_utils.js``, file version 1):
 Points are affine, x then y, each coordinate n8q bytes little-endian in Montgomery form (x * 2^256 mod q);
 G2 coordinates are Fq2 as (c0, c1). The point at infinity is written as all zero bytes.
 
-Point sections stay as bytes until a worker process decodes the part it needs (``decode_g1``), so parsing
-a key costs little in the process that owns the event loop.
+Point sections stay as bytes until a worker process decodes and checks each one, once (``decode_g1``, the
+prover's ``decode`` jobs), so parsing a key costs little in the process that owns the event loop.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtimes.zk.binfile import BinFile, read_bigint, read_binfile, read_u32
-from runtimes.zk.curve import fq2_ops, is_on_curve_g1, is_on_curve_g2
+from runtimes.zk.curve import G2_B
 from runtimes.zk.exceptions import MalformedInput, UnsupportedCurve
-from runtimes.zk.field import MONT2_INV_R, MONT_INV_Q, N8, Arithmetic, Q, R
+from runtimes.zk.field import B1, MONT2_INV_R, MONT_INV_Q, N8, Arithmetic, Q, R
 
 PROTOCOLS = {1: "groth16", 2: "plonk", 10: "fflonk"}
 # Other curves snarkjs supports, by base field modulus, so the error can say which one a key is for.
@@ -169,48 +169,57 @@ def _header_g2(buf: memoryview, pos: int, where: str) -> Point2:
 
 
 def decode_g1(buf: bytes | memoryview, ar: Arithmetic, *, label: str) -> tuple[list[Any], list[Any]]:
-    """Affine G1 points from Montgomery form; None for the point at infinity. Checks each is on the curve."""
+    """Affine G1 points from Montgomery form; None for the point at infinity. Checks each is on the curve.
+
+    The check is inlined and done in ``ar``'s number type: a prover decodes every point of a key (2^14 G1
+    points: 0.18 s with gmpy2, 0.22 s with ints, against 0.29 s / 0.39 s through ``is_on_curve_g1``).
+    """
     view = memoryview(buf)
     n = len(view) // G1_BYTES
     xs: list[Any] = [None] * n
     ys: list[Any] = [None] * n
-    q, inv = Q, MONT_INV_Q
-    number = ar.number
+    number, from_bytes = ar.number, int.from_bytes
+    q, inv, b = number(Q), number(MONT_INV_Q), number(B1)
     for i in range(n):
         o = i * G1_BYTES
-        xm = int.from_bytes(view[o : o + N8], "little")
-        ym = int.from_bytes(view[o + N8 : o + G1_BYTES], "little")
+        xm = from_bytes(view[o : o + N8], "little")
+        ym = from_bytes(view[o + N8 : o + G1_BYTES], "little")
         if not xm and not ym:
             continue
-        if xm >= q or ym >= q:
+        if xm >= Q or ym >= Q:
             raise MalformedInput(f"{label}: point {i} has a coordinate >= q")
-        x, y = xm * inv % q, ym * inv % q
-        if not is_on_curve_g1((x, y)):
+        x, y = number(xm) * inv % q, number(ym) * inv % q
+        if (y * y - x * x * x - b) % q:
             raise MalformedInput(f"{label}: point {i} is not on BN254 G1")
-        xs[i], ys[i] = number(x), number(y)
+        xs[i], ys[i] = x, y
     return xs, ys
 
 
 def decode_g2(buf: bytes | memoryview, ar: Arithmetic, *, label: str) -> tuple[list[Any], list[Any]]:
-    """Affine G2 points (Fq2 pairs) from Montgomery form; None at infinity. Checks each is on the twist."""
+    """Affine G2 points (Fq2 pairs) from Montgomery form; None at infinity. Checks each is on the twist.
+
+    y^2 = x^3 + b over Fq2 = Fq[u]/(u^2 + 1), written out in the coordinates (as ``decode_g1``).
+    """
     view = memoryview(buf)
     n = len(view) // G2_BYTES
     xs: list[Any] = [None] * n
     ys: list[Any] = [None] * n
-    q, inv = Q, MONT_INV_Q
-    number = ar.number
-    F = fq2_ops(Arithmetic.select("python"))
+    number, from_bytes = ar.number, int.from_bytes
+    q, inv = number(Q), number(MONT_INV_Q)
+    b0, b1 = (number(v) for v in G2_B)
     for i in range(n):
         o = i * G2_BYTES
-        c = [int.from_bytes(view[o + k * N8 : o + (k + 1) * N8], "little") for k in range(4)]
+        c = [from_bytes(view[o + k * N8 : o + (k + 1) * N8], "little") for k in range(4)]
         if not any(c):
             continue
-        if max(c) >= q:
+        if max(c) >= Q:
             raise MalformedInput(f"{label}: point {i} has a coordinate >= q")
-        x0, x1, y0, y1 = (v * inv % q for v in c)
-        if not is_on_curve_g2(((x0, x1), (y0, y1)), F):
+        x0, x1, y0, y1 = (number(v) * inv % q for v in c)
+        # x^2 = (x0^2 - x1^2) + 2 x0 x1 u; x^3 = x^2 * x; y^2 = (y0^2 - y1^2) + 2 y0 y1 u
+        s0, s1 = x0 * x0 - x1 * x1, 2 * x0 * x1
+        if (y0 * y0 - y1 * y1 - (s0 * x0 - s1 * x1) - b0) % q or (2 * y0 * y1 - (s0 * x1 + s1 * x0) - b1) % q:
             raise MalformedInput(f"{label}: point {i} is not on the BN254 G2 twist")
-        xs[i], ys[i] = (number(x0), number(x1)), (number(y0), number(y1))
+        xs[i], ys[i] = (x0, x1), (y0, y1)
     return xs, ys
 
 

@@ -57,6 +57,23 @@ def test_witness_whose_header_lies_about_its_size(chain: Circuit, tmp_path: Path
     fails_fast(chain.zkey, bad, r"announces 7 values")
 
 
+@pytest.mark.parametrize(
+    ("section", "name", "size", "message"),
+    [(5, "A", 64, "not on BN254 G1"), (7, "B2", 128, "not on the BN254 G2 twist"), (9, "H", 64, "not on BN254 G1")],
+)
+def test_point_off_the_curve_is_named(
+    chain: Circuit, tmp_path: Path, section: int, name: str, size: int, message: str
+) -> None:
+    """Point sections are checked once, in a decode job; a bad point still fails the proof, naming it."""
+    data = bytearray(chain.zkey.read_bytes())
+    points = getattr(parse_zkey(bytes(data)), name.lower())
+    start = data.index(points)
+    data[start + 3 * size + 1] ^= 0x40  # point 3's x
+    bad = tmp_path / "offcurve.zkey"
+    bad.write_bytes(bytes(data))
+    fails_fast(bad, chain.wtns, rf"offcurve\.zkey: section {section} \({name}\): point 3 is {message}")
+
+
 def test_key_for_another_curve(chain: Circuit, bls_zkey: Path) -> None:
     fails_fast(bls_zkey, chain.wtns, r"tiny\.zkey: the key is for bls12-381", UnsupportedCurve)
 
