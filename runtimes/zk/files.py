@@ -15,8 +15,6 @@ from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.field import Backend
 from runtimes.zk.pool import ProcessPool, Progress
 from runtimes.zk.prover import ProofPlan, proof_json, public_json, run_inline
-from runtimes.zk.verifier import load_json
-from runtimes.zk.witness import calculate_witness
 from runtimes.zk.wtns import parse_wtns
 from runtimes.zk.zkey import parse_zkey
 
@@ -85,6 +83,11 @@ def prove_wasm_files(
     backend: Backend = "auto",
 ) -> tuple[ProofJson, list[str]]:
     """As ``prove_files``, computing the witness from the circuit's .wasm and an input JSON first."""
+    # Imported here: the verifier pulls in the pairing (~0.13 s) and the witness wasmtime, which a proof from
+    # a .wtns, the common case and a whole process of its own in the CLI, does not need.
+    from runtimes.zk.verifier import load_json
+    from runtimes.zk.witness import calculate_witness
+
     inputs = load_json(Path(input_path), label=str(input_path))
     witness = calculate_witness(read_input(Path(wasm_path), what="witness generator"), inputs)
     result = prove_witness(

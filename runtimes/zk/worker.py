@@ -40,11 +40,11 @@ def main() -> None:
     while True:
         header = _read_exact(stdin, FRAME_HEADER.size)
         if header is None:
-            return
+            break
         (size,) = FRAME_HEADER.unpack(header)
         body = _read_exact(stdin, size)
         if body is None:
-            return
+            break
         function, args = pickle.loads(body)
         reply: tuple[str, Any]
         try:
@@ -55,6 +55,11 @@ def main() -> None:
             reply = ("crash", traceback.format_exc())
         out.write(encode_frame(reply))
         out.flush()
+    # EOF: every reply is flushed and nothing else is held, so skip the interpreter's teardown, which frees
+    # the last job's points one by one (measured: the pool's close took 0.15 s of a 2^14 whole process).
+    out.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
