@@ -56,6 +56,7 @@ class P2PSettings:
     quic: bool = False
     quic_port: int = 4001
     mdns: bool = True
+    dht_random_walk: bool = True
     heartbeat_interval_s: float = 5.0
     suspect_after_s: float = 15.0
     dead_after_s: float = 30.0
@@ -313,6 +314,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             quic=values["p2p.quic"],
             quic_port=values["p2p.quic_port"],
             mdns=values["p2p.mdns"],
+            dht_random_walk=values["p2p.dht_random_walk"],
             heartbeat_interval_s=values["p2p.heartbeat_interval_s"],
             suspect_after_s=values["p2p.suspect_after_s"],
             dead_after_s=values["p2p.dead_after_s"],

@@ -35,11 +35,14 @@ log = structlog.get_logger(__name__)
 # heartbeats and mesh degree 6, 16 nodes delivered heartbeats 5-30 s late (p50/p95) and no task could open a
 # stream to a peer within its 5 s admission timeout. 2 s heartbeats (the health's jitter bounds assume 2 s)
 # and the smallest mesh the config allows (3) cut the deliveries a heartbeat costs by 4.
+# The DHT random walk is off: every node bootstraps from node 0 and meets the rest through it, and the
+# walks were 6 of 76 s of CPU in a 16-node profile.
 DEMO_SETTINGS = (
     "p2p.listen_host=127.0.0.1", "p2p.tcp_port=0", "p2p.mdns=false", "api.host=127.0.0.1", "api.port=0",
     "p2p.heartbeat_interval_s=2.0", "p2p.suspect_after_s=6.0", "p2p.dead_after_s=12.0", "p2p.gossip_degree=3",
     "hardware.telemetry_interval_s=2.0", "scheduler.health.trend_window_s=8.0", "scheduler.health.horizon_s=8.0",
     "scheduler.health.error_min_outcomes=4.0", "tasks.queue_depth=2", "tasks.lookup_timeout_s=1.0",
+    "p2p.dht_random_walk=false",
 )
 # --real-inference: the node that serves the packaged GGUF model for real. Node 0 because the script never
 # kills or degrades it and every demo has one.

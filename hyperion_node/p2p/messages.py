@@ -90,8 +90,15 @@ def seal(identity: Identity, msg_type: str, body: Mapping[str, Any]) -> bytes:
     return Envelope(msg_type, identity.peer_id, body_bytes, signature).encode()
 
 
-def open_envelope(data: bytes, *, expected_type: str, max_bytes: int) -> tuple[Envelope, dict[str, Any]]:
-    """Check size, decode, verify the signature; return the envelope and its decoded body."""
+def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
+                  signed_by: str | None = None) -> tuple[Envelope, dict[str, Any]]:
+    """Check size, decode, verify the signature; return the envelope and its decoded body.
+
+    ``signed_by``: the caller has already verified another signature by this peer over these exact bytes
+    (gossipsub's strict signing covers a message's data, topic, origin and sequence number with the origin's
+    key). The envelope must then name that peer, and its own signature, made by the same key over a part of
+    the same bytes, is not checked a second time.
+    """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
     try:
@@ -110,8 +117,11 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int) -> tuple[E
         peer_id = ID(outer["p"])
     except Exception as exc:
         raise MalformedMessage("bad_peer_id", type(exc).__name__) from exc
-    key = public_key_of(peer_id)
-    if not key.verify(_signing_input(expected_type, outer["b"]), outer["s"]):
+    if signed_by is not None:
+        if str(peer_id) != signed_by:
+            raise MalformedMessage("sender_mismatch", f"{peer_id} sealed a message sent by {signed_by}",
+                                   peer_id=signed_by)
+    elif not public_key_of(peer_id).verify(_signing_input(expected_type, outer["b"]), outer["s"]):
         raise MalformedMessage("bad_signature", f"from {peer_id}", peer_id=str(peer_id))
     try:
         body = cbor2.loads(outer["b"])
@@ -289,8 +299,10 @@ class Heartbeat:
         return seal(identity, TYPE_HEARTBEAT, self.to_body())
 
     @classmethod
-    def decode(cls, data: bytes) -> Heartbeat:
-        envelope, body = open_envelope(data, expected_type=TYPE_HEARTBEAT, max_bytes=MAX_HEARTBEAT_BYTES)
+    def decode(cls, data: bytes, *, signed_by: str | None = None) -> Heartbeat:
+        """``signed_by``: as for ``open_envelope``."""
+        envelope, body = open_envelope(data, expected_type=TYPE_HEARTBEAT, max_bytes=MAX_HEARTBEAT_BYTES,
+                                       signed_by=signed_by)
         health = _text(body, "health")
         if health not in HEALTH_STATES:
             raise MalformedMessage("bad_schema", f"health must be one of {', '.join(HEALTH_STATES)}")

@@ -109,6 +109,12 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
         impostor = Heartbeat(peer_id=str(target.peer_id), seq=1, time=time.time(), name="x", addrs=(),
                              health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
         await pubsub.publish(PRESENCE_TOPIC, impostor.seal(rogue))  # signed by the rogue: envelope says rogue
+        # An envelope naming the daemon, sent (and signed at the gossip layer) by the rogue: the daemon opens
+        # gossip envelopes without checking their signature a second time, so this must still be refused.
+        forged = cbor2.loads(impostor.seal(rogue))
+        forged["p"] = target.peer_id.to_bytes()
+        await pubsub.publish(PRESENCE_TOPIC, canonical(forged))
+        await wait_for(lambda: _has(rejected, "presence:sender_mismatch"), "impersonating envelope rejected")
         honest = Heartbeat(peer_id=str(rogue.peer_id), seq=1, time=time.time(), name="rogue", addrs=(),
                            health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
         await pubsub.publish(PRESENCE_TOPIC, honest.seal(rogue))

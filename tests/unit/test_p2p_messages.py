@@ -107,6 +107,24 @@ def test_signature_from_another_key_is_rejected() -> None:
     assert info.value.reason == "bad_signature"
 
 
+def test_an_envelope_naming_another_peer_than_the_gossip_origin_is_refused() -> None:
+    """With ``signed_by`` (gossipsub has checked the origin's signature over the bytes) the envelope's own
+    signature is not checked again, so the envelope must name that origin: a peer cannot pass its message
+    off as another's by sealing it with the other's peer ID."""
+    envelope = cbor2.loads(Heartbeat(peer_id=str(ME.peer_id), seq=1, time=1.0, name="", addrs=(), health="ok",
+                                     queue_depth=0, active_tasks=0, ram_available_bytes=0).seal(ME))
+    envelope["p"] = OTHER.peer_id.to_bytes()  # claims to be OTHER, sent (and signed at the gossip layer) by ME
+    with pytest.raises(MalformedMessage) as info:
+        Heartbeat.decode(canonical(envelope), signed_by=str(ME.peer_id))
+    assert info.value.reason == "sender_mismatch"
+
+
+@given(heartbeats)
+def test_a_heartbeat_opened_for_its_gossip_origin_is_the_same_as_verified(hb: Heartbeat) -> None:
+    data = hb.seal(ME)
+    assert Heartbeat.decode(data, signed_by=str(ME.peer_id)) == Heartbeat.decode(data)
+
+
 def test_a_signature_for_one_type_is_not_valid_for_another() -> None:
     data = seal(ME, "heartbeat", {"addrs": []})
     envelope = cbor2.loads(data)
