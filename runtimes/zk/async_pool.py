@@ -20,7 +20,7 @@ import trio
 from hyperion_node.errors import InternalError
 from runtimes.zk.exceptions import WorkerCrashed
 from runtimes.zk.pool import WORKER_COMMAND, FrameReader, default_workers, encode_frame, unwrap, worker_env
-from runtimes.zk.prover import Job, Proof, ProofPlan
+from runtimes.zk.prover import Job, Proof, ProofPlan, queue_order
 
 AsyncProgress = Callable[[float, Job], Awaitable[None]]
 # How long an idle worker gets to exit after its stdin closes before it is killed.
@@ -117,7 +117,7 @@ class TrioProcessPool:
                 running -= 1
                 idle.append(worker)
                 queue.extend(plan.complete(job, result))
-                queue.sort(key=lambda j: -j.cost)
+                queue.sort(key=queue_order)
                 done_cost += job.cost
                 if on_progress is not None:
                     await on_progress(min(1.0, done_cost / plan.expected_cost), job)

@@ -24,7 +24,7 @@ from typing import Any
 
 from hyperion_node.errors import InternalError
 from runtimes.zk.exceptions import HyperionError, WorkerCrashed
-from runtimes.zk.prover import Job, Proof, ProofPlan
+from runtimes.zk.prover import Job, Proof, ProofPlan, queue_order
 
 FRAME_HEADER = struct.Struct("<Q")
 WORKER_COMMAND = (sys.executable, "-m", "runtimes.zk.worker")
@@ -162,7 +162,7 @@ class ProcessPool:
                         del busy[int(key.fd)]
                         idle.append(worker)
                         queue.extend(plan.complete(job, unwrap(reply, job)))
-                        queue.sort(key=lambda j: -j.cost)
+                        queue.sort(key=queue_order)
                         done_cost += job.cost
                         if on_progress is not None:
                             on_progress(min(1.0, done_cost / plan.expected_cost), job)

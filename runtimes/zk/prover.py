@@ -67,6 +67,15 @@ class Job:
     part: tuple[str, int] = ("", 0)  # MSM jobs: which MSM, and the bit shift of its windows
 
 
+def queue_order(job: Job) -> tuple[bool, float]:
+    """Sort key for a queue of jobs: the jobs that unlock others (H scalars, decoding) first, then largest first.
+
+    By cost alone the small decode jobs waited behind the MSM parts of the first section decoded, so the
+    last section's parts started last and ran as the proof's tail.
+    """
+    return job.function not in (H_JOB, DECODE_JOB), -job.cost
+
+
 @dataclass(frozen=True)
 class Proof:
     pi_a: tuple[int, int] | None
@@ -212,7 +221,7 @@ class ProofPlan:
             cost = DECODE_COST[group] * (len(points) // (G1_BYTES * group))
             jobs.append(Job(f"{DECODE_JOB}:{name}", DECODE_JOB, (group, points, label, self._backend), cost))
         self._waiting = {job.key for job in jobs}
-        return jobs
+        return sorted(jobs, key=queue_order)
 
     def complete(self, job: Job, result: Any) -> list[Job]:
         """Record a job's result; return the jobs it unlocks (MSM parts, or the final step)."""
@@ -232,7 +241,7 @@ class ProofPlan:
             xs, ys = self._points.pop(name)
             more = self._msm_jobs(name, group, xs, ys, self._scalars.pop(name), total=self._total_cost())
             self._waiting |= {j.key for j in more}
-            return sorted(more, key=lambda j: -j.cost)
+            return sorted(more, key=queue_order)
         name, shift = job.part
         self._parts.setdefault(name, []).append((shift, result))
         if self._waiting:
