@@ -19,12 +19,16 @@ then checked three ways:
    draws one uniform number per token whatever the logits (llama-sampler.cpp, ``llama_sampler_dist_apply``),
    so the worker's and the verifier's random streams stay aligned and an honest replay mostly picks the
    claimed token; where it does not, the claimed token must at least pass the chain's top_k and min_p
-   cuts, and the share of such positions must stay far from what another temperature or seed gives;
+   cuts, and the share of such positions must stay far from what another temperature or seed gives.
+   The same chain is also replayed at other temperatures with the same seed: an honest worker's tokens
+   are matched best by the claimed temperature's replay, a hotter or colder worker's by another one's.
+   Greedy claims must differ from the argmax by near-ties only;
 3. text and finish reason (``claims.check_text``).
 
 Batch shape, not the model, is what makes honest logits differ: the worker decodes one token per call, the
-verifier hundreds. The bounds below come from measuring those differences (scripts/bench_verify.py prints
-the distributions).
+verifier hundreds. The bounds below come from measuring those differences: ``judge`` decides on the
+statistics alone (``CheckStatistics``), which scripts/bench_verify.py --record writes per trial, honest and
+cheating, and scripts/calibrate_verify.py judges again and tabulates.
 
 What a spot check can and cannot catch. Another model or quantization, a temperature lie and another
 task's commitments change every position, so any drawn chunk shows them (at a rate per chunk that
@@ -48,6 +52,7 @@ measured no different, and 2 threads on 2 shared cores only slower and erratic.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import random
 import time
@@ -78,8 +83,14 @@ from runtimes.interface import JSON
 # top. Per result of 16 tokens (bench_verify, 70 honest results) the honest median was 0.14 typically and
 # 0.36 at most; a Q3_K_M worker's ranged 0.45-1.7 (20 results), so the limit sits between the two. Reading
 # one 32-position chunk of 64-token results the honest median reached 0.531 once in 100 (temperature 1.2,
-# code): the margin is thin at this model's noise, and that result was falsely disputed (README).
-MEDIAN_DEVIATION_LIMIT = 0.5
+# code), which a limit of 0.5 disputed. Calibration (scripts/bench_verify.py --record, judged again by
+# scripts/calibrate_verify.py; 60 honest 16-token and 48 honest 64-token results, greedy and sampled at
+# 0.5-1.4): honest max 0.41, p99 0.38; Q3_K_M 16-token results (40) min 0.45, p10 0.62. No median limit
+# separates 0.531 from 0.45, so the limit sits above every honest figure seen (0.531 + 0.07) and the Q3_K_M
+# results under it are left to the token statistics below (greedy gaps, temperature test): in calibration
+# they caught 2 of the 3 under 0.6, so 38 of 40 were disputed (40 at a limit of 0.5; the one missed, twice
+# as it is greedy, has a median of 0.594 and differs from our argmax by near-ties only).
+MEDIAN_DEVIATION_LIMIT = 0.6
 LOGIT_TOLERANCE = 2.0  # 1.5x the largest honest difference seen
 # Positions past LOGIT_TOLERANCE allowed (plus one). None was measured in 16-token results, but 64-token
 # ones (a 32-position chunk read) showed up to 3 honest outliers of 32, up to 2.34 (bench_verify, 1 of 100
@@ -115,6 +126,22 @@ MAX_GREEDY_DIFFERED = 0.3
 # MAX_SIGN_IMBALANCE (then all alike: 2 x 2^-6).
 MAX_SIGN_IMBALANCE = 6
 SIGN_TEST_P = 1e-3
+# Temperature test (SamplerReplay): the claimed chain is replayed beside the same chain, same seed (so the
+# same uniform draws), at the claimed temperature times each factor. Calibration (above; 90 honest sampled
+# results): the claimed temperature's replay matched the claimed tokens at least as often as any other
+# factor's but once, by 1 (16 tokens; at most 0 at 64), so a result is disputed when another factor's
+# replay matches TEMPERATURE_MARGIN (2 above the honest maximum) more positions. Against 40 16-token
+# results sampled at 1.4 and claimed 0.8, this alone caught 31, against 0.4 claimed as 0.8 27 (the sign
+# test alone: 7 and 6; everything together: README). 1.75 and 0.5 are those cheats' exact factors; without
+# them the rule caught 29 and 7 of 40, so a lie between grid points is caught less (README).
+TEMPERATURE_FACTORS = (0.5, 0.7, 1.4, 1.75, 2.0)
+TEMPERATURE_MARGIN = 3
+# Greedy claims: where the verifier's argmax is not the claimed token, honest gaps were near-ties (at most
+# 0.07 over 18 calibration results; 5 of 160 positions differed before, all near-ties), while a worker that
+# sampled at 0.8 and claims greedy left a median of 5 gaps over 0.5 in 16 positions. Two such gaps
+# dispute; it caught 2 of 20 greedy Q3_K_M results whose median deviation was under the limit.
+GREEDY_GAP = 0.5
+MAX_GREEDY_GAPS = 2
 MIN_REPLAY_POSITIONS = 8  # fewer positions say too little for the share test
 # Chunks checked per result when the caller does not say (``[verify] inference_chunks``); module docstring.
 CHECKED_CHUNKS = 1
@@ -134,6 +161,21 @@ class SamplerReplay:
         self._chain = llm._init_sampler(
             temp=claim.temperature, top_p=claim.top_p, **{k: v for k, v in sampler.items()}
         )
+        # The same chain at other temperatures, same seed (so the same uniform draws): an honest worker's
+        # tokens match the claimed temperature's replay best, a worker that sampled hotter or colder matches
+        # one of these better (TEMPERATURE_FACTORS).
+        self.factors = () if self._greedy else TEMPERATURE_FACTORS
+        self._others: list[Any] = []
+        for factor in self.factors:
+            llm.set_seed(claim.seed)
+            self._others.append(
+                llm._init_sampler(
+                    temp=claim.temperature * factor, top_p=claim.top_p, **{k: v for k, v in sampler.items()}
+                )
+            )
+        self.matched = 0  # checked positions where the claimed temperature's replay picked the claimed token
+        self.others_matched = [0] * len(self.factors)
+        self.greedy_gaps: list[float] = []  # greedy: argmax - claimed logit where they differ
         self.differed = 0  # positions where the replay picked another token, plausible or not
         self.less_likely = 0  # ... of which the claimed token was less likely than the replay's pick
         self.more_likely = 0
@@ -144,6 +186,8 @@ class SamplerReplay:
 
     def close(self) -> None:
         self._chain.close()
+        for chain in self._others:
+            chain.close()
 
     def skip(self, claimed: int) -> None:
         """Pass a position that is not checked, without its logits: the chain still samples (its ``dist``
@@ -152,14 +196,15 @@ class SamplerReplay:
         """
         if self._greedy:
             return
-        self._skip_data[0].id = claimed
-        self._skip_data[0].logit = 0.0
-        self._skip_data[0].p = 0.0
-        self._skip_array.size = 1
-        self._skip_array.selected = -1
-        self._skip_array.sorted = False
-        self._llama.llama_sampler_apply(self._chain.sampler, ctypes.byref(self._skip_array))
-        self._llama.llama_sampler_accept(self._chain.sampler, claimed)
+        for chain in (self._chain, *self._others):
+            self._skip_data[0].id = claimed
+            self._skip_data[0].logit = 0.0
+            self._skip_data[0].p = 0.0
+            self._skip_array.size = 1
+            self._skip_array.selected = -1
+            self._skip_array.sorted = False
+            self._llama.llama_sampler_apply(chain.sampler, ctypes.byref(self._skip_array))
+            self._llama.llama_sampler_accept(chain.sampler, claimed)
 
     def step(self, row: int, logits: npt.NDArray[np.float32], claimed: int, tolerance: float) -> bool:
         """Replay position ``row`` of the last batch; False if the claimed token cannot be honest."""
@@ -168,9 +213,14 @@ class SamplerReplay:
         if self._greedy:
             if value < best:
                 self.differed += 1
+                self.greedy_gaps.append(best - value)
             return value >= best - 2 * tolerance
+        for i, chain in enumerate(self._others):
+            if int(self._llama.llama_sampler_sample(chain.sampler, self._llm.ctx, row)) == claimed:
+                self.others_matched[i] += 1
         picked = int(self._llama.llama_sampler_sample(self._chain.sampler, self._llm.ctx, row))
         if picked == claimed:
+            self.matched += 1
             return True
         self.differed += 1
         # Hotter sampling moves the draw to less likely tokens, always (for a fixed uniform draw, the
@@ -329,65 +379,143 @@ def verify_claim(
         )
     finally:
         replay.close()
-    n = len(wanted)
-    median = float(np.median(deviations)) / params.scale if deviations else 0.0
-    largest = max(deviations, default=0) / params.scale
+    stats = CheckStatistics(
+        positions=len(wanted),
+        deviations=tuple(d / params.scale for d in deviations),
+        value_mismatches=tuple(value_misses),
+        token_mismatches=tuple(token_misses),
+        replay_differed=replay.differed,
+        replay_less_likely=replay.less_likely,
+        replay_more_likely=replay.more_likely,
+        replay_matched=replay.matched,
+        matched_at_factors=tuple(zip(replay.factors, replay.others_matched, strict=True)),
+        greedy_gaps=tuple(replay.greedy_gaps),
+    )
     details: dict[str, JSON] = {
         "positions": len(produced),
         "checked_chunks": list(picked),
-        "checked_positions": n,
         "prefilled_tokens": prefilled,
         "checked_values": checked,
-        "max_deviation": largest,
-        "median_deviation": median,
-        "replay_differed": replay.differed,
-        "replay_less_likely": replay.less_likely,
-        "value_mismatches": len(value_misses),
-        "token_mismatches": len(token_misses),
+        **stats.to_details(),
         "tolerance": tolerance,
         "seconds": time.perf_counter() - started,
     }
+    ok, reason = judge(stats, claim.temperature, tolerance=tolerance, median_limit=median_limit,
+                       max_differed=max_differed)
+    return Verdict(ok, reason, details)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckStatistics:
+    """What the forward pass measured on the checked positions: all ``judge`` decides on.
+
+    Kept apart from the pass so that recorded statistics (``scripts/bench_verify.py --record``) can be judged
+    again under other bounds by the same code (``scripts/calibrate_verify.py``).
+    """
+
+    positions: int  # checked positions
+    deviations: tuple[float, ...]  # per checked position with certified ids: largest |committed - ours|
+    value_mismatches: tuple[int, ...]  # positions past the value tolerance
+    token_mismatches: tuple[int, ...]  # positions whose token no honest sampler could have picked
+    replay_differed: int
+    replay_less_likely: int
+    replay_more_likely: int
+    replay_matched: int  # sampled: positions where the claimed temperature's replay picked the claimed token
+    matched_at_factors: tuple[tuple[float, int], ...]  # the same at claimed temperature x factor
+    greedy_gaps: tuple[float, ...]  # greedy: our argmax logit - the claimed token's, where they differ
+
+    def to_details(self) -> dict[str, JSON]:
+        return {
+            "checked_positions": self.positions,
+            "median_deviation": float(np.median(self.deviations)) if self.deviations else 0.0,
+            "max_deviation": max(self.deviations, default=0.0),
+            "deviations": list(self.deviations),
+            "value_mismatches": len(self.value_mismatches),
+            "value_mismatch_positions": list(self.value_mismatches),
+            "token_mismatches": len(self.token_mismatches),
+            "token_mismatch_positions": list(self.token_mismatches),
+            "replay_differed": self.replay_differed,
+            "replay_less_likely": self.replay_less_likely,
+            "replay_more_likely": self.replay_more_likely,
+            "replay_matched": self.replay_matched,
+            "replay_matched_at_factors": [[f, m] for f, m in self.matched_at_factors],
+            "greedy_gaps": list(self.greedy_gaps),
+        }
+
+    @classmethod
+    def from_details(cls, details: Mapping[str, Any]) -> CheckStatistics:
+        return cls(
+            positions=int(details["checked_positions"]),
+            deviations=tuple(float(d) for d in details["deviations"]),
+            value_mismatches=tuple(int(p) for p in details["value_mismatch_positions"]),
+            token_mismatches=tuple(int(p) for p in details["token_mismatch_positions"]),
+            replay_differed=int(details["replay_differed"]),
+            replay_less_likely=int(details["replay_less_likely"]),
+            replay_more_likely=int(details["replay_more_likely"]),
+            replay_matched=int(details["replay_matched"]),
+            matched_at_factors=tuple((float(f), int(m)) for f, m in details["replay_matched_at_factors"]),
+            greedy_gaps=tuple(float(g) for g in details["greedy_gaps"]),
+        )
+
+
+def judge(
+    stats: CheckStatistics,
+    temperature: float,
+    *,
+    tolerance: float = LOGIT_TOLERANCE,
+    median_limit: float = MEDIAN_DEVIATION_LIMIT,
+    max_differed: float = MAX_REPLAY_DIFFERED,
+) -> tuple[bool, str]:
+    """The verdict on ``stats`` of a claim sampled at ``temperature``: ok, or the first reason it is not."""
+    n = stats.positions
+    median = float(np.median(stats.deviations)) if stats.deviations else 0.0
+    largest = max(stats.deviations, default=0.0)
+    misses = stats.value_mismatches
     allowed = 1 + int(n * VALUE_MISMATCH_SHARE)
     if median > median_limit:
-        return Verdict(
-            False,
+        return False, (
             f"logits differ from the committed ones by {median:.3f} at the median position "
-            f"(honest noise stays under {median_limit})",
-            details,
+            f"(honest noise stays under {median_limit})"
         )
-    if len(value_misses) > allowed:
-        return Verdict(
-            False,
-            f"logits differ from the committed ones at {len(value_misses)} of {n} checked positions "
-            f"(first at {value_misses[0] if value_misses else '-'}; largest deviation "
-            f"{largest:.3f} > {tolerance})",
-            details,
+    if len(misses) > allowed:
+        return False, (
+            f"logits differ from the committed ones at {len(misses)} of {n} checked positions "
+            f"(first at {misses[0]}; largest deviation {largest:.3f} > {tolerance})"
         )
-    share = MAX_GREEDY_DIFFERED if claim.temperature == 0 else max_differed
-    if n >= MIN_REPLAY_POSITIONS and replay.differed >= share * n:
-        return Verdict(
-            False,
-            f"the claimed sampler and seed pick other tokens at {replay.differed} of {n} checked positions "
-            f"(honest noise: ~3% greedy, ~12% sampled)",
-            details,
+    share = MAX_GREEDY_DIFFERED if temperature == 0 else max_differed
+    if n >= MIN_REPLAY_POSITIONS and stats.replay_differed >= share * n:
+        return False, (
+            f"the claimed sampler and seed pick other tokens at {stats.replay_differed} of {n} checked positions "
+            f"(honest noise: ~3% greedy, ~12% sampled)"
         )
-    imbalance = replay.less_likely - replay.more_likely
-    if claim.temperature > 0 and sign_test_fails(replay.less_likely, replay.more_likely):
-        return Verdict(
-            False,
-            f"sampled tokens are {'less' if imbalance > 0 else 'more'} likely than the claimed temperature's "
-            f"at {abs(imbalance)} more positions than the other way: sampled "
-            f"{'hotter' if imbalance > 0 else 'colder'} than claimed",
-            details,
+    if temperature > 0 and n >= MIN_REPLAY_POSITIONS:
+        for factor, matched in stats.matched_at_factors:
+            if matched - stats.replay_matched >= TEMPERATURE_MARGIN:
+                return False, (
+                    f"the claimed sampler and seed at temperature {temperature * factor:.2f} pick the claimed "
+                    f"tokens at {matched} of {n} checked positions, at the claimed {temperature} only at "
+                    f"{stats.replay_matched}: sampled {'hotter' if factor > 1 else 'colder'} than claimed"
+                )
+    gaps = sum(g > GREEDY_GAP for g in stats.greedy_gaps)
+    if temperature == 0 and gaps >= MAX_GREEDY_GAPS:
+        return False, (
+            f"the claimed token trails our top-1 by more than {GREEDY_GAP} at {gaps} of {n} checked positions: "
+            f"sampled, not greedy"
         )
-    if token_misses:
-        what = "the top-1 token" if claim.temperature == 0.0 else "what the claimed sampler and seed pick"
-        return Verdict(
-            False,
-            f"token at position {token_misses[0]} is not {what} ({len(token_misses)} such positions)",
-            details,
+    less, more = stats.replay_less_likely, stats.replay_more_likely
+    if temperature > 0 and sign_test_fails(less, more):
+        return False, (
+            f"sampled tokens are {'less' if less > more else 'more'} likely than the claimed temperature's "
+            f"at {abs(less - more)} more positions than the other way: sampled "
+            f"{'hotter' if less > more else 'colder'} than claimed"
         )
-    return Verdict(True, "ok", details)
+    if stats.token_mismatches:
+        what = "the top-1 token" if temperature == 0.0 else "what the claimed sampler and seed pick"
+        return False, (
+            f"token at position {stats.token_mismatches[0]} is not {what} "
+            f"({len(stats.token_mismatches)} such positions)"
+        )
+    return True, "ok"
 
 
 def reject(exc: ClaimRejected) -> Verdict:

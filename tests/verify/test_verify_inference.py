@@ -133,7 +133,8 @@ async def test_another_model_under_our_name_fails(
     caught = [v for v in verdicts if not v.ok]
     # Detection is statistical for the nearest cheat: bench_verify measured 38/40 for Q3_K_M at 16 tokens.
     assert len(caught) >= (len(payloads) if model == "q2_k" else len(payloads) - 2)
-    assert all("logits differ" in v.reason or "pick" in v.reason for v in caught)
+    # Caught on the values, or on the tokens that the other weights' logits made (verifier.judge).
+    assert all(any(why in v.reason for why in ("logits differ", "pick", "trails our top-1")) for v in caught)
     assert not plain.ok
     assert "model_sha256" in plain.reason
 
