@@ -28,6 +28,7 @@ from typing import Any
 import multiaddr
 import structlog
 import trio
+from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.custom_types import TProtocol
@@ -354,6 +355,7 @@ class P2PNetwork:
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=STRICT_SIGNING)
         self._count_sends(pubsub)
+        self._guard_pubsub_streams(host, pubsub, gossipsub.get_protocols())
         events_in: trio.MemoryReceiveChannel[PresenceEvent]
         self._events_out, events_in = trio.open_memory_channel(1000)
         try:
@@ -395,6 +397,26 @@ class P2PNetwork:
         finally:
             self.host = self.dht = self.pubsub = None
             self._events_out = None
+
+    def _guard_pubsub_streams(self, host: Any, pubsub: Pubsub, protocols: Sequence[TProtocol]) -> None:
+        """py-libp2p's pubsub stream handler catches its own ParseError but not protobuf's DecodeError, so one
+        undecodable RPC from a peer escaped into the host's connection service and stopped the node (seen in
+        a 50-node demo, whose every node then went down with it; any peer could send such bytes). Pubsub
+        registers its handler in its constructor; ours wraps it: the stream is reset, the peer scored down."""
+        handler = pubsub.stream_handler
+
+        async def guarded(stream: INetStream) -> None:
+            try:
+                await handler(stream)
+            except DecodeError:
+                peer = str(stream.muxed_conn.peer_id)
+                self.stats.reject("gossip", "undecodable")
+                self.table.penalize(peer, "undecodable")
+                log.info("gossip_rejected", reason="undecodable", forwarder=peer)
+                await stream.reset()
+
+        for protocol in protocols:
+            host.set_stream_handler(protocol, guarded)
 
     def _count_sends(self, pubsub: Pubsub) -> None:
         """py-libp2p keeps no send counters; every gossipsub send goes through ``Pubsub.write_msg``, so wrap

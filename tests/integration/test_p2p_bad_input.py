@@ -119,6 +119,12 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
                            health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
         await pubsub.publish(PRESENCE_TOPIC, honest.seal(rogue))
 
+        # Garbage on the gossip protocol itself: a length-prefixed frame that is no pubsub RPC. py-libp2p's
+        # handler let the decode error out and it stopped the whole host; ours resets the stream.
+        garbage = await host.new_stream(target.peer_id, [PROTOCOL_ID_V11])
+        await garbage.write(b"\x07" + b"\xff" * 7)
+        await wait_for(lambda: _has(rejected, "gossip:undecodable"), "undecodable gossip rejected")
+
         # 4. Garbage bytes on our stream protocol.
         stream = await host.new_stream(target.peer_id, [DIALBACK_PROTOCOL])
         await stream.write(b"\xff\xff\xff\xff\x0fgarbage" + os.urandom(32))
