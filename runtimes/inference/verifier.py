@@ -89,7 +89,8 @@ from runtimes.interface import JSON
 # separates 0.531 from 0.45, so the limit sits above every honest figure seen (0.531 + 0.07) and the Q3_K_M
 # results under it are left to the token statistics below (greedy gaps, temperature test): in calibration
 # they caught 2 of the 3 under 0.6, so 38 of 40 were disputed (40 at a limit of 0.5; the one missed, twice
-# as it is greedy, has a median of 0.594 and differs from our argmax by near-ties only).
+# as it is greedy, has a median of 0.594 and differs from our argmax by near-ties only). Confirmation on other
+# seeds: honest max 0.47 over 200 more results, Q3_K_M caught 43 of 50 (misses at 0.32-0.594).
 MEDIAN_DEVIATION_LIMIT = 0.6
 LOGIT_TOLERANCE = 2.0  # 1.5x the largest honest difference seen
 # Positions past LOGIT_TOLERANCE allowed (plus one). None was measured in 16-token results, but 64-token
@@ -127,18 +128,21 @@ MAX_GREEDY_DIFFERED = 0.3
 MAX_SIGN_IMBALANCE = 6
 SIGN_TEST_P = 1e-3
 # Temperature test (SamplerReplay): the claimed chain is replayed beside the same chain, same seed (so the
-# same uniform draws), at the claimed temperature times each factor. Calibration (above; 90 honest sampled
-# results): the claimed temperature's replay matched the claimed tokens at least as often as any other
-# factor's but once, by 1 (16 tokens; at most 0 at 64), so a result is disputed when another factor's
-# replay matches TEMPERATURE_MARGIN (2 above the honest maximum) more positions. Against 40 16-token
-# results sampled at 1.4 and claimed 0.8, this alone caught 31, against 0.4 claimed as 0.8 27 (the sign
-# test alone: 7 and 6; everything together: README). 1.75 and 0.5 are those cheats' exact factors; without
-# them the rule caught 29 and 7 of 40, so a lie between grid points is caught less (README).
+# same uniform draws), at the claimed temperature times each factor. Calibration and confirmation (above,
+# and 100 + 100 more honest results on other seeds; 256 sampled in all): another factor's replay matched the
+# claimed tokens more often than the claimed temperature's in 10 honest results, by 1 (6 of 16 positions, 3
+# of 32) or 2 (once, 32 positions). Honest noise in that difference grows like the square root of the
+# positions, a lie's offset like their number, so a result is disputed when another factor matches
+# temperature_margin(n) = max(3, ceil(0.75 sqrt(n))) more positions: 3 at 16 (2 above the honest maximum),
+# 5 at 32 (3 above). Against 40 16-token results sampled at 1.4 and claimed 0.8 this alone caught 31,
+# against 0.4 claimed as 0.8 27 (the sign test alone: 7 and 6; everything together: README). 1.75 and 0.5
+# are those cheats' exact factors; without them the rule caught 29 and 7 of 40, so a lie between grid
+# points is caught less (README: 1.2 and 0.5 claimed as 0.8).
 TEMPERATURE_FACTORS = (0.5, 0.7, 1.4, 1.75, 2.0)
-TEMPERATURE_MARGIN = 3
+TEMPERATURE_MARGIN = 3  # at 16 positions or fewer
 # Greedy claims: where the verifier's argmax is not the claimed token, honest gaps were near-ties (at most
-# 0.07 over 18 calibration results; 5 of 160 positions differed before, all near-ties), while a worker that
-# sampled at 0.8 and claims greedy left a median of 5 gaps over 0.5 in 16 positions. Two such gaps
+# 0.22 over 52 greedy results, 16 and 64 tokens; 5 of 160 positions differed before, all near-ties), while a
+# worker that sampled at 0.8 and claims greedy left a median of 5 gaps over 0.5 in 16 positions. Two such gaps
 # dispute; it caught 2 of 20 greedy Q3_K_M results whose median deviation was under the limit.
 GREEDY_GAP = 0.5
 MAX_GREEDY_GAPS = 2
@@ -234,6 +238,11 @@ class SamplerReplay:
         # of the largest one's: allow for noise of ``tolerance`` on both sides of each comparison.
         kth = float(np.partition(logits, -self._top_k)[-self._top_k])
         return value >= max(kth, best + math.log(self._min_p)) - 2 * tolerance
+
+
+def temperature_margin(positions: int) -> int:
+    """How many more positions another temperature's replay must match to dispute (constants above)."""
+    return max(TEMPERATURE_MARGIN, math.ceil(0.75 * math.sqrt(positions)))
 
 
 def sign_test_fails(less: int, more: int, p: float = SIGN_TEST_P) -> bool:
@@ -490,7 +499,7 @@ def judge(
         )
     if temperature > 0 and n >= MIN_REPLAY_POSITIONS:
         for factor, matched in stats.matched_at_factors:
-            if matched - stats.replay_matched >= TEMPERATURE_MARGIN:
+            if matched - stats.replay_matched >= temperature_margin(n):
                 return False, (
                     f"the claimed sampler and seed at temperature {temperature * factor:.2f} pick the claimed "
                     f"tokens at {matched} of {n} checked positions, at the claimed {temperature} only at "

@@ -17,9 +17,9 @@ from runtimes.inference.verifier import (
     MAX_GREEDY_GAPS,
     MEDIAN_DEVIATION_LIMIT,
     TEMPERATURE_FACTORS,
-    TEMPERATURE_MARGIN,
     CheckStatistics,
     judge,
+    temperature_margin,
 )
 
 N = 16
@@ -56,13 +56,13 @@ def test_median_deviation_over_the_limit_fails() -> None:
 
 
 def test_another_temperature_matching_by_the_margin_fails() -> None:
-    hotter = tuple((f, 13 + (TEMPERATURE_MARGIN if f == 1.75 else 0)) for f in TEMPERATURE_FACTORS)
-    short = tuple((f, 13 + (TEMPERATURE_MARGIN - 1 if f == 1.75 else 0)) for f in TEMPERATURE_FACTORS)
+    hotter = tuple((f, 13 + (temperature_margin(N) if f == 1.75 else 0)) for f in TEMPERATURE_FACTORS)
+    short = tuple((f, 13 + (temperature_margin(N) - 1 if f == 1.75 else 0)) for f in TEMPERATURE_FACTORS)
     assert judge(honest(matched_at_factors=short), 0.8)[0]
     ok, reason = judge(honest(matched_at_factors=hotter), 0.8)
     assert not ok
     assert "hotter" in reason
-    colder = tuple((f, 13 + (TEMPERATURE_MARGIN if f == 0.5 else 0)) for f in TEMPERATURE_FACTORS)
+    colder = tuple((f, 13 + (temperature_margin(N) if f == 0.5 else 0)) for f in TEMPERATURE_FACTORS)
     ok, reason = judge(honest(matched_at_factors=colder), 0.8)
     assert not ok
     assert "colder" in reason
@@ -81,8 +81,14 @@ def test_greedy_claim_with_real_gaps_fails_and_near_ties_pass() -> None:
     assert "not greedy" in reason
 
 
+def test_the_temperature_margin_grows_like_the_square_root_of_the_positions() -> None:
+    assert temperature_margin(16) == 3
+    assert temperature_margin(32) == 5
+    assert temperature_margin(256) == 12
+
+
 def test_too_few_positions_skip_the_replay_tests() -> None:
-    hotter = tuple((f, 4 + TEMPERATURE_MARGIN) for f in TEMPERATURE_FACTORS)
+    hotter = tuple((f, 4 + temperature_margin(4)) for f in TEMPERATURE_FACTORS)
     assert judge(honest(positions=4, replay_matched=4, replay_differed=0, matched_at_factors=hotter), 0.8)[0]
 
 
