@@ -12,6 +12,7 @@ which call the curve "bn128".
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,11 +48,24 @@ FR_NQR = 5
 Backend = Literal["auto", "python", "gmpy2"]
 
 
+_GMPY2_MISSING = "the gmpy2 backend was asked for but gmpy2 is not installed (pip install gmpy2)"
+
+
 def _load_gmpy2() -> Any:
     try:
         return importlib.import_module("gmpy2")
     except ImportError:
         return None
+
+
+def backend_name(backend: Backend = "auto") -> str:
+    """The arithmetic ``Arithmetic.select(backend)`` picks, found without importing gmpy2: the daemon only
+    hands proofs to worker processes, which import it (~1 MiB the idle daemon need not keep)."""
+    if backend != "python" and importlib.util.find_spec("gmpy2") is not None:
+        return "gmpy2"
+    if backend == "gmpy2":
+        raise ImportError(_GMPY2_MISSING)
+    return "python"
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,7 @@ class Arithmetic:
         if gmpy2 is not None:
             return Arithmetic("gmpy2", gmpy2.mpz, gmpy2.invert)
         if backend == "gmpy2":
-            raise ImportError("the gmpy2 backend was asked for but gmpy2 is not installed (pip install gmpy2)")
+            raise ImportError(_GMPY2_MISSING)
         return Arithmetic("python", int, _int_inverse)
 
     @staticmethod

@@ -19,7 +19,6 @@ All proving work runs in a pool of worker processes (``runtimes.zk.async_pool``)
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from hyperion_node.errors import ConfigError, InternalError
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
-from runtimes.zk.field import Backend
+from runtimes.zk.field import Backend, backend_name
 from runtimes.zk.prover import Job, Proof, ProofPlan, proof_json, public_json
 from runtimes.zk.witness import wasmtime_available
 from runtimes.zk.wtns import parse_wtns
@@ -184,16 +183,6 @@ def check_final(vk: VerifyingKey, output: Mapping[str, Any], evidence: Mapping[s
     if evidence.get("proof_sha256") != proof_sha256(proof or {}) or evidence.get("public_signals") != public:
         return False
     return verify(vk, parse_proof(proof), parse_public(public))
-
-
-def backend_name(backend: Backend) -> str:
-    """The arithmetic the proving workers will pick (``Arithmetic.select`` runs there), found without
-    importing gmpy2 into the daemon, which only hands out work."""
-    if backend != "python" and importlib.util.find_spec("gmpy2") is not None:
-        return "gmpy2"
-    if backend == "gmpy2":
-        raise ImportError("the gmpy2 backend was asked for but gmpy2 is not installed (pip install gmpy2)")
-    return "python"
 
 
 class Groth16Runtime:
