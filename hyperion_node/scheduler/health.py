@@ -123,6 +123,7 @@ class HealthMonitor:
         self._on_change = on_change
         self._peers: OrderedDict[str, _Trends] = OrderedDict()
         self._drained: set[str] = set()
+        self.drained_version = 0  # rises whenever the drained set changes, for readers that cache what it gives
 
     # -- what is known ---------------------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class HealthMonitor:
 
     def forget(self, peer_id: str) -> None:
         self._peers.pop(peer_id, None)
-        self._drained.discard(peer_id)
+        self._undrain(peer_id)
 
     # -- internals -------------------------------------------------------------------------------------------
 
@@ -195,10 +196,15 @@ class HealthMonitor:
             trends = self._peers[peer_id] = _Trends()
             while len(self._peers) > self.settings.max_peers:
                 forgotten, _ = self._peers.popitem(last=False)
-                self._drained.discard(forgotten)
+                self._undrain(forgotten)
         else:
             self._peers.move_to_end(peer_id)
         return trends
+
+    def _undrain(self, peer_id: str) -> None:
+        if peer_id in self._drained:
+            self._drained.discard(peer_id)
+            self.drained_version += 1
 
     def _decay(self, trends: _Trends, now: float) -> float:
         if trends.outcomes_at is None or now <= trends.outcomes_at:
@@ -236,8 +242,9 @@ class HealthMonitor:
         trends.drained = not trends.drained
         if trends.drained:
             self._drained.add(peer_id)
+            self.drained_version += 1
         else:
-            self._drained.discard(peer_id)
+            self._undrain(peer_id)
         if self._on_change is not None:
             self._on_change(HealthChange(peer_id, trends.drained, now,
                                          PeerHealth(peer_id, health.score, health.projected, health.slope_per_s,

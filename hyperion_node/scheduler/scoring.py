@@ -127,30 +127,51 @@ def score(criteria: FloatArray, weights: Weights) -> FloatArray:
     return mcda_scores(normalise(criteria), weights.vector())
 
 
-def score_oriented_in_place(oriented: FloatArray, weights: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """The same scores as ``mcda_scores(normalise_oriented(oriented), weights)`` in fewer passes over the matrix,
-    for the scheduler's hot path: ``w . ((x - low) / spread)`` is computed as ``(w / spread) . (x - low)``, and a
-    flat criterion adds its weight. Consumes ``oriented`` (left holding ``x - low``); returns the scores and
-    the per-criterion divisor (``inf`` for a flat criterion) that turns a column of what is left into its
-    normalised values: ``normalised_columns(oriented[:, columns], divisor)``."""
+def rank_in_place(oriented: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]
+                  ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Scores in the order of ``mcda_scores(normalise_oriented(oriented), weights)``, for choosing a short-list
+    out of many candidates: float32 (the criteria are stored twice, this copy for ranking), unclipped, in
+    fewer passes over the matrix -- ``w . ((x - low) / spread)`` as ``(w / spread) . (x - low)`` plus the
+    weight of the flat criteria. Consumes ``oriented``. Also returns, per criterion, the column holding its
+    lowest and its highest value, from which :func:`exact_scores` recovers the exact bounds: rounding to
+    float32 is monotone, so the float32 extremes sit in columns holding the float64 extremes (up to ties
+    within float32 precision)."""
+    n_criteria = oriented.shape[0]
+    rows = np.arange(n_criteria)
     if oriented.shape[1] == 0:
-        return np.zeros(0), np.ones(len(CRITERIA))
-    low = oriented.min(axis=1)
-    spread = oriented.max(axis=1) - low
+        empty = np.zeros(n_criteria, dtype=np.intp)
+        return np.zeros(0, dtype=np.float32), empty, empty
+    low_at = oriented.argmin(axis=1)
+    high_at = oriented.argmax(axis=1)
+    low = oriented[rows, low_at]
+    spread = oriented[rows, high_at] - low
     flat = spread <= 0
-    divisor = np.where(flat, np.inf, spread)
     oriented -= low[:, None]
-    scores: FloatArray = (weights / divisor) @ oriented
-    scores += weights[flat].sum()
-    np.clip(scores, 0.0, 1.0, out=scores)
-    return scores, divisor
+    scale = np.divide(weights, np.where(flat, np.float32(np.inf), spread), dtype=np.float32)
+    scores = np.matmul(scale, oriented, dtype=np.float32)
+    scores += np.float32(weights @ flat)
+    return scores, low_at, high_at
 
 
-def normalised_columns(rest: FloatArray, divisor: FloatArray) -> list[list[float]]:
-    """Normalised criteria of a few candidates, one list per candidate, from the columns of what
-    :func:`score_oriented_in_place` left (a flat criterion is 1, as in :func:`normalise_oriented`)."""
-    out: FloatArray = rest / divisor[:, None]
-    out[np.isinf(divisor)] = 1.0
-    np.clip(out, 0.0, 1.0, out=out)
-    columns: list[list[float]] = out.T.tolist()
-    return columns
+def exact_scores(oriented: FloatArray, weights: FloatArray) -> tuple[list[float], list[list[float]]]:
+    """The exact (float64) scores and normalised criteria of a few candidates, from an oriented
+    ``(criteria, 2 * criteria + k)`` matrix whose first columns hold each criterion's lowest value (column
+    ``r`` for criterion ``r``), the next its highest, and the last ``k`` the candidates: the same values
+    :func:`normalise_oriented` and :func:`mcda_scores` give over the whole eligible set. No clipping is
+    needed for the bounds themselves, as there; it guards against a float32 near-tie having picked a
+    column a rounding step away from the true extreme."""
+    n_criteria = oriented.shape[0]
+    rows = np.arange(n_criteria)
+    low = oriented[rows, rows]
+    spread = oriented[rows, n_criteria + rows] - low
+    flat = spread <= 0
+    spread[flat] = 1.0
+    normalised: FloatArray = (oriented[:, 2 * n_criteria:] - low[:, None]) / spread[:, None]
+    normalised[flat] = 1.0
+    np.minimum(normalised, 1.0, out=normalised)
+    np.maximum(normalised, 0.0, out=normalised)
+    scores = weights @ normalised
+    np.minimum(scores, 1.0, out=scores)
+    np.maximum(scores, 0.0, out=scores)
+    columns: list[list[float]] = normalised.T.tolist()
+    return scores.tolist(), columns

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from hyperion_node.p2p.messages import Heartbeat
 from hyperion_node.p2p.peer_table import PeerState
 from hyperion_node.scheduler import (
     AdaptiveSettings,
@@ -117,3 +118,36 @@ def test_the_decision_serialises_for_the_api() -> None:
     assert [c["peer_id"] for c in body["ranked"]] == ["a"]
     assert set(body["ranked"][0]["criteria"]) == {"memory", "jobs", "rtt", "throughput", "price", "reliability"}
     assert body["message"] == f"1 of 2 peers serving {RUNTIME}/{MODEL} short-listed"
+
+
+def test_one_kept_set_follows_busy_answers_breakers_health_and_membership() -> None:
+    """The scheduler caches, per candidate set, which columns its own view of the peers (BUSY answers, open
+    breakers, drained health) keeps out; every change to either side must show in the next decision."""
+    clock = ManualClock()
+    s = scheduler(clock=clock)
+    cset = CandidateSet(RUNTIME, MODEL, [candidate(p) for p in "abdc"])
+
+    def excluded(now: float | None = None) -> dict[str, str]:
+        return s.choose(REQ, cset, clock.now if now is None else now).excluded()
+
+    assert excluded() == {}
+    s.record_outcome("a", MODEL, Outcome(OutcomeKind.BUSY, at=0.0))
+    assert excluded() == {"a": "busy"}
+    assert excluded(s.settings.busy_backoff_s + 0.1) == {}  # its back-off is over
+    for _ in range(s.settings.breaker.consecutive_failures):
+        s.record_outcome("b", MODEL, Outcome(OutcomeKind.UNREACHABLE, at=clock.now))
+    assert excluded() == {"b": "breaker-open"}
+    clock.now += s.settings.breaker.cooldown_s + 0.1
+    decision = s.choose(REQ, cset, clock.now)
+    assert decision.excluded() == {}
+    assert {c.peer_id: c.probe for c in decision.ranked}["b"]  # half-open: its request is the probe
+    hot = Heartbeat(peer_id="c", seq=1, time=0.0, name="", addrs=(), health="ok", queue_depth=0, active_tasks=0,
+                    ram_available_bytes=GIB, gpus=({"temp_c": 99.0, "mem_errors": 0},))
+    s.observe_heartbeat(hot, clock.now)
+    assert s.health.is_drained("c")
+    assert excluded() == {"c": "unhealthy"}
+    cset.discard("a")  # the last column, c's, moves into a's place
+    cset.upsert(candidate("e"))
+    assert excluded() == {"c": "unhealthy"}
+    s.health.forget("c")
+    assert excluded() == {}
