@@ -98,17 +98,30 @@ class Store:
         with self._lock:
             return self._conn.execute(sql, params).fetchall()
 
-    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` in one IMMEDIATE transaction: all of it lands, or none."""
+    def transaction(self, work: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``work`` in one IMMEDIATE transaction: all of it lands, or none.
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this transaction only), for
+        writes that may be lost to a power cut, never torn: in WAL mode such a commit survives a killed
+        process (it is in the OS's cache) and can only roll back whole after a power loss, and the next
+        durable commit's fsync of the WAL covers it too (https://sqlite.org/pragma.html#pragma_synchronous,
+        https://sqlite.org/wal.html). Receipts never take this path.
+        """
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")  # not allowed inside a transaction
             try:
-                result = work(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-            return result
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(self._conn)
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                self._conn.execute("COMMIT")
+                return result
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     # -- async wrappers ----------------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ stops the work.
 
 from __future__ import annotations
 
-import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,7 @@ from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequire
 from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
 from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
-from hyperion_node.tasks.history import TaskHistory, now_ms
+from hyperion_node.tasks.history import HistoryWriter, now_ms
 from hyperion_node.tasks.messages import (
     MAX_RESPONSE_BYTES,
     Accepted,
@@ -96,8 +95,8 @@ class _Try:
 
 class Requester:
     def __init__(self, *, identity: Identity, scheduler: Scheduler, worker: Worker, ledger: LedgerService,
-                 history: TaskHistory, settings: TaskSettings, store_run: Callable[..., Awaitable[Any]],
-                 candidates: Candidates, open_stream: Callable[[str], Awaitable[Any]],
+                 history: HistoryWriter, settings: TaskSettings, candidates: Candidates,
+                 open_stream: Callable[[str, bytes], Awaitable[Any]],
                  on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None],
                  on_completed: Completed | None = None) -> None:
         self.identity = identity
@@ -107,7 +106,6 @@ class Requester:
         self.ledger = ledger
         self.history = history
         self.settings = settings
-        self._store_run = store_run
         self._candidates = candidates
         self._open_stream = open_stream
         self._on_malformed = on_malformed
@@ -121,8 +119,10 @@ class Requester:
                           requester=self.peer_id, created_ms=created, updated_ms=created)
 
     async def run(self, spec: TaskSpec, record: TaskRecord, send: Send) -> None:
-        """Run the task to its end; raises ``NoWorker``, ``TaskRejected``, ``TaskFailed`` or ``trio.TooSlowError``."""
-        await self._store_run(self.history.save, record)
+        """Run the task to its end; raises ``NoWorker``, ``TaskRejected``, ``TaskFailed`` or ``trio.TooSlowError``.
+
+        States before the end are saved without waiting for the disk, final ones durably (``HistoryWriter``)."""
+        self.history.save_soon(record)
         deadline = trio.current_time() + spec.timeout_s
         try:
             with trio.fail_at(deadline):
@@ -133,7 +133,7 @@ class Requester:
                 record.move(TaskState.CANCELLED if isinstance(exc, trio.Cancelled | trio.BrokenResourceError)
                             else TaskState.FAILED, now_ms())
                 with trio.CancelScope(shield=True):
-                    await self._store_run(self.history.save, record)
+                    await self.history.save(record)
             raise
 
     async def _run(self, spec: TaskSpec, record: TaskRecord, send: Send, deadline: float) -> None:
@@ -183,7 +183,7 @@ class Requester:
         record.attempts.append(attempt)
         record.worker = peer
         record.move(TaskState.ASSIGNED, now_ms())
-        await self._store_run(self.history.save, record)
+        self.history.save_soon(record)
         await send(TaskEvent("assigned", record.task_id, peer, {"local": choice.candidate.local,
                                                                 "score": round(choice.score, 4)}))
         request = TaskRequest(task_id=record.task_id, runtime=spec.runtime, item=spec.item, payload=spec.payload,
@@ -197,7 +197,9 @@ class Requester:
         attempt.detail, attempt.ended_ms = result.detail[:300], now_ms()
         if result.kind is OutcomeKind.SUCCESS:
             record.move(TaskState.COMPLETED, now_ms())
-        await self._store_run(functools.partial(self.history.save, record, event=result.kind is OutcomeKind.SUCCESS))
+            await self.history.save(record)  # on disk before the client hears the task is done
+        else:
+            self.history.save_soon(record, event=False)  # the attempt's outcome; the task goes on or fails
         if result.final is not None:
             await send(result.final)
         return result
@@ -215,7 +217,7 @@ class Requester:
     async def _execute_here(self, ticket: Ticket, record: TaskRecord, send: Send) -> _Try:
         clock = _Clock()
         record.move(TaskState.RUNNING, now_ms())
-        await self._store_run(self.history.save, record)
+        self.history.save_soon(record)
 
         async def emit(partial: Partial) -> None:
             clock.partial()
@@ -239,7 +241,7 @@ class Requester:
         clock = _Clock()
         try:
             with trio.fail_after(self.settings.admission_timeout_s):
-                stream = await self._open_stream(peer)
+                stream = await self._open_stream(peer, encode_request(request))  # the task goes with the stream
         except STREAM_ERRORS_OR_TIMEOUT as exc:
             return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
         except Exception as exc:  # py-libp2p's dialler raises assorted types for an unreachable peer
@@ -247,7 +249,6 @@ class Requester:
         reader = FrameReader(MAX_RESPONSE_BYTES)
         done = False
         try:
-            await stream.write(encode_request(request))
             with trio.fail_after(self.settings.admission_timeout_s):
                 first = decode_worker(await read_frame(stream, reader))
             if isinstance(first, Busy):
@@ -257,7 +258,7 @@ class Requester:
             if not isinstance(first, Accepted):
                 raise MalformedFrame("wrong_type", f"expected an admission answer, got {type(first).__name__}")
             record.move(TaskState.RUNNING, now_ms())
-            await self._store_run(self.history.save, record)
+            self.history.save_soon(record)
             sample: dict[str, Any] | None = None  # one partial, uniformly chosen, for a spot check
             partials = 0
             while True:

@@ -42,13 +42,13 @@ from hyperion_node.scheduler.scheduler import SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
-from hyperion_node.tasks.history import TaskHistory
+from hyperion_node.tasks.history import HistoryWriter, TaskHistory
 from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester, TaskEvent
 from hyperion_node.tasks.settings import TaskSettings
-from hyperion_node.tasks.streams import reset_quietly
+from hyperion_node.tasks.streams import open_with_first_frame, reset_quietly
 from hyperion_node.tasks.worker import Worker
 from hyperion_node.trio_types import TaskStatus
 from hyperion_node.verify.service import SpotChecker
@@ -115,17 +115,18 @@ class Orchestrator:
         self.p2p = p2p
         self.settings = tasks
         self.history = TaskHistory(store)
+        self.history_writer = HistoryWriter(self.history, store.run)
         self.ledger = ledger
         self.reputation = ReputationView()
         self.scheduler = Scheduler(scheduler, on_event=self._scheduler_event)
         self._free_memory = free_memory
         self.stats: Counter[str] = Counter()
-        self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history,
-                             settings=tasks, store_run=store.run, hardware=hardware,
+        self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history_writer,
+                             settings=tasks, hardware=hardware,
                              on_malformed=self._malformed, on_settled=self._publish)
         self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
-                                   history=self.history, settings=tasks, store_run=store.run,
-                                   candidates=self._candidates, open_stream=self._open_stream,
+                                   history=self.history_writer, settings=tasks, candidates=self._candidates,
+                                   open_stream=self._open_stream,
                                    on_malformed=self._malformed, on_failure=self._failure,
                                    on_completed=self._completed)
         self.verify = verify or VerifySettings()
@@ -154,6 +155,7 @@ class Orchestrator:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                await nursery.start(self.history_writer.run)
                 await nursery.start(self.spot_checker.run)
                 task_status.started()
                 await trio.sleep_forever()
@@ -324,10 +326,9 @@ class Orchestrator:
 
     # -- streams ---------------------------------------------------------------------------------------------
 
-    async def _open_stream(self, peer_id: str) -> INetStream:
+    async def _open_stream(self, peer_id: str, first: bytes) -> INetStream:
         assert self.p2p.host is not None
-        stream: INetStream = await self.p2p.host.new_stream(ID.from_base58(peer_id), [TASK_PROTOCOL])
-        return stream
+        return await open_with_first_frame(self.p2p.host, ID.from_base58(peer_id), TASK_PROTOCOL, first)
 
     async def _handle_stream(self, stream: INetStream) -> None:
         try:

@@ -31,7 +31,7 @@ from hyperion_node.ledger.receipt import SignedReceipt, receipt_from_final, sign
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import path_fields
-from hyperion_node.tasks.history import TaskHistory, now_ms
+from hyperion_node.tasks.history import HistoryWriter, now_ms
 from hyperion_node.tasks.messages import (
     MAX_REQUEST_BYTES,
     Accepted,
@@ -114,8 +114,7 @@ def item_hash(evidence: Mapping[str, Any], item: str) -> str:
 
 class Worker:
     def __init__(self, *, identity: Identity, runtimes: RuntimeRegistry, ledger: LedgerService,
-                 history: TaskHistory, settings: TaskSettings, store_run: Callable[..., Awaitable[Any]],
-                 hardware: Callable[[], dict[str, Any]],
+                 history: HistoryWriter, settings: TaskSettings, hardware: Callable[[], dict[str, Any]],
                  on_malformed: Callable[[str, str], None],
                  on_settled: Callable[[SignedReceipt], Awaitable[None]]) -> None:
         self.identity = identity
@@ -124,7 +123,6 @@ class Worker:
         self.ledger = ledger
         self.history = history
         self.settings = settings
-        self._store_run = store_run
         self._hardware = hardware
         self._on_malformed = on_malformed
         self._on_settled = on_settled
@@ -225,7 +223,7 @@ class Worker:
         started = trio.current_time()
         try:
             await self._send(stream, Accepted(answer.queue_position))
-            await self._store_run(self.history.save, record)
+            self.history.save_soon(record)  # not waited for: only final states are (tasks/history.py)
             outcome = await self._run_watched(stream, answer)
         except STREAM_ERRORS:
             outcome = TaskError("cancelled", "the requester closed the stream")
@@ -240,7 +238,7 @@ class Worker:
         record.error = f"{outcome.code}: {outcome.message}"
         record.move(TaskState.CANCELLED if outcome.code == "cancelled" else TaskState.FAILED, now_ms())
         with trio.CancelScope(shield=True):
-            await self._store_run(self.history.save, record)
+            await self.history.save(record)
         if outcome.code != "cancelled":
             try:
                 await self._send(stream, outcome)
@@ -290,7 +288,7 @@ class Worker:
         record.result = {"receipt_id": signed.id.hex(), "units": signed.receipt.units,
                          "total_atto": str(signed.receipt.total)}
         record.move(TaskState.COMPLETED, now_ms())
-        await self._store_run(self.history.save, record)
+        await self.history.save(record)
         self.served["completed"] += 1
         try:
             await self._send(stream, FinalResult(dict(done.final.output), signed.encode()))
