@@ -54,7 +54,8 @@ class Unauthorized(Exception):
 
 
 def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
+        # async: FastAPI runs a plain def dependency in a worker thread, a thread hop before every request
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(presented.strip(), token):
