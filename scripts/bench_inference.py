@@ -8,17 +8,24 @@ Reported: decode tokens/s (after the first token) and time to first token, with 
 TTFT each path adds over (a). Then 4 concurrent clients through a network of two workers against 4
 concurrent clients of llama-cpp-python's own OpenAI server (llama_cpp.server) on the same machine.
 
+TTFT is measured twice for (b) and (c): with the ``openai`` client, as an application would call the node,
+and with a plain streaming HTTP client (httpx, reading the server-sent events itself), which separates what
+the node adds from what the ``openai`` client adds (its request building, and parsing each chunk into
+pydantic models). The rounds alternate between all paths, so load changes hit every path alike.
+
 Threads: every llama.cpp instance gets the node's default, one less than the cores (1 here), for decoding and
 for prompt batches alike, so each path does the same work per token; the llama_cpp.server baseline gets the
 same and, in a second row, all cores. Every path starts each request from an empty KV cache (the node never
 reuses a prompt prefix: see runtimes/inference/runtime.py), and each keeps its client, as an application does.
 
     .venv/bin/python scripts/bench_inference.py [--tokens 128] [--rounds 3] [--ttft-rounds 15]
+    .venv/bin/python scripts/bench_inference.py --parts ttft --ttft-rounds 30   # time to first token only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -41,6 +48,7 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=1.0", "p2p.suspect_after_s=4.0", "p2p.dead_after_s=8.0"]
 OFF = '"zk-groth16", "render-blender"'
 THREADS = max(1, (os.cpu_count() or 2) - 1)  # the inference runtime's n_threads = 0 default
+PARTS = ("throughput", "ttft", "concurrent", "cancel")
 
 
 def stream_timing(chunks: Any, t0: float) -> tuple[float, float, int]:
@@ -93,6 +101,30 @@ class Api:
         stream = self.client.completions.create(model=MODEL, prompt=PROMPT, max_tokens=tokens, temperature=0,
                                                 stream=True)
         return stream_timing((c.choices[0].text for c in stream if c.choices), t0)
+
+
+class PlainHttp:
+    """The same streamed request through httpx, its server-sent events read as they come: the floor that an
+    HTTP client puts under a node's TTFT, without the ``openai`` client's own per-request and per-chunk work."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.client = httpx.Client(base_url=base_url + "/v1", headers={"Authorization": f"Bearer {token}"},
+                                   timeout=60)
+
+    def run(self, tokens: int) -> tuple[float, float, int]:
+        body = {"model": MODEL, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0, "stream": True}
+        t0 = time.perf_counter()
+        with self.client.stream("POST", "/completions", json=body) as answer:
+            answer.raise_for_status()
+
+            def texts() -> Any:
+                for line in answer.iter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        choices = json.loads(line[len("data: "):]).get("choices")
+                        if choices:
+                            yield choices[0]["text"]
+
+            return stream_timing(texts(), t0)
 
 
 def concurrent(base_url: str, token: str, clients: int, tokens: int, model: str) -> tuple[float, int]:
@@ -159,7 +191,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrent-tokens", type=int, default=64)
     parser.add_argument("--ttft-rounds", type=int, default=15)
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated, any of {', '.join(PARTS)} (default: all)")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}, not {', '.join(sorted(parts - set(PARTS)))}")
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -173,25 +210,28 @@ def main() -> None:
             wait_until(lambda: any(m["id"] == MODEL and m["providers"] >= 2
                                    for m in gateway.get("/v1/models")["data"]), timeout=60,
                        what="the gateway knows both workers")
-            paths = (Direct(model_path), Api(worker.api_url, worker.token), Api(gateway.api_url, gateway.token))
+            paths = (Direct(model_path), Api(worker.api_url, worker.token), Api(gateway.api_url, gateway.token),
+                     PlainHttp(worker.api_url, worker.token), PlainHttp(gateway.api_url, gateway.token))
             for path in paths[1:]:
                 path.run(8)  # warm the workers' models, connections and streams
             rows: list[list[tuple[float, float, int]]] = [[], [], []]
-            firsts: list[list[float]] = [[], [], []]
-            for _ in range(args.rounds):  # interleaved, so that load changes hit every path alike
-                for i, path in enumerate(paths):
+            firsts: list[list[float]] = [[] for _ in paths]
+            for _ in range(args.rounds if "throughput" in parts else 0):  # interleaved: load hits every path
+                for i, path in enumerate(paths[:3]):
                     rows[i].append(path.run(args.tokens))
-            for _ in range(args.ttft_rounds):  # short requests: time to first token only, more of them
+            for _ in range(args.ttft_rounds if "ttft" in parts else 0):  # short requests, more of them
                 for i, path in enumerate(paths):
                     firsts[i].append(path.run(2)[0])
-            a, b, c = rows
-            net_rate, _ = concurrent(gateway.api_url, gateway.token, 4, args.concurrent_tokens, MODEL)
-            cancels = [cancel_latency(gateway, [worker, worker2]) for _ in range(args.rounds)]
+            a = rows[0]
+            net_rate = (concurrent(gateway.api_url, gateway.token, 4, args.concurrent_tokens, MODEL)[0]
+                        if "concurrent" in parts else 0.0)
+            cancels = ([cancel_latency(gateway, [worker, worker2]) for _ in range(args.rounds)]
+                       if "cancel" in parts else [])
         finally:
             for node in (gateway, worker2, worker):
                 node.stop()
         base_rows = []
-        for threads in (THREADS, os.cpu_count() or 2):
+        for threads in (THREADS, os.cpu_count() or 2) if "concurrent" in parts else ():
             proc, url = llama_server(model_path, threads)
             try:
                 concurrent(url, "none", 1, 4, MODEL)
@@ -203,21 +243,30 @@ def main() -> None:
     def med(rows: list[tuple[float, float, int]], i: int) -> float:
         return statistics.median(r[i] for r in rows)
 
-    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {args.rounds} interleaved rounds; "
-          f"TTFT: medians of {args.ttft_rounds} more rounds of 2-token requests")
-    print(f"{'path':40} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9} {'TTFT p25-p75 ms':>16}")
-    base_ttft = statistics.median(firsts[0])
-    for name, rows_, ttfts in (("(a) llama-cpp-python in-process", a, firsts[0]), ("(b) local node API", b, firsts[1]),
-                               ("(c) remote node over libp2p", c, firsts[2])):
-        q = statistics.quantiles(ttfts, n=4)
-        print(f"{name:40} {med(rows_, 1):9.1f} {med(rows_, 1) / med(a, 1):6.3f} {statistics.median(ttfts) * 1000:8.1f} "
-              f"{(statistics.median(ttfts) - base_ttft) * 1000:9.1f} {q[0] * 1000:7.0f}-{q[2] * 1000:.0f}")
-    print(f"\nclient gone -> worker stopped and slot free: median {statistics.median(cancels) * 1000:.0f} ms "
-          f"(max {max(cancels) * 1000:.0f} ms) over {len(cancels)} cancellations")
-    print(f"\n4 concurrent clients, {args.concurrent_tokens} tokens each")
-    print(f"{'network (gateway + 2 workers)':40} {net_rate:9.1f} tokens/s")
-    for threads, rate in base_rows:
-        print(f"{'llama_cpp.server, n_threads=' + str(threads):40} {rate:9.1f} tokens/s  ratio {net_rate / rate:.2f}")
+    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {len(a)} interleaved rounds; "
+          f"TTFT: medians of {len(firsts[0])} more rounds of 2-token requests")
+    print(f"{'path':44} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9} {'TTFT p25-p75 ms':>16}")
+    base_ttft = statistics.median(firsts[0]) if firsts[0] else 0.0
+    names = ("(a) llama-cpp-python in-process", "(b) local node API, openai client",
+             "(c) remote node over libp2p, openai client", "(b) local node API, plain httpx",
+             "(c) remote node over libp2p, plain httpx")
+    for i, name in enumerate(names):
+        rate = f"{med(rows[i], 1):9.1f} {med(rows[i], 1) / med(a, 1):6.3f}" if i < 3 and a else f"{'-':>9} {'-':>6}"
+        ttft = "-"
+        if len(firsts[i]) >= 2:
+            q = statistics.quantiles(firsts[i], n=4)
+            median = statistics.median(firsts[i])
+            ttft = f"{median * 1000:8.1f} {(median - base_ttft) * 1000:9.1f} {q[0] * 1000:7.0f}-{q[2] * 1000:.0f}"
+        print(f"{name:44} {rate} {ttft}")
+    if cancels:
+        print(f"\nclient gone -> worker stopped and slot free: median {statistics.median(cancels) * 1000:.0f} ms "
+              f"(max {max(cancels) * 1000:.0f} ms) over {len(cancels)} cancellations")
+    if "concurrent" in parts:
+        print(f"\n4 concurrent clients, {args.concurrent_tokens} tokens each")
+        print(f"{'network (gateway + 2 workers)':44} {net_rate:9.1f} tokens/s")
+        for threads, rate_ in base_rows:
+            print(f"{'llama_cpp.server, n_threads=' + str(threads):44} {rate_:9.1f} tokens/s  "
+                  f"ratio {net_rate / rate_:.2f}")
 
 
 if __name__ == "__main__":
