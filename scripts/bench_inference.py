@@ -11,7 +11,9 @@ concurrent clients of llama-cpp-python's own OpenAI server (llama_cpp.server) on
 TTFT is measured twice for (b) and (c): with the ``openai`` client, as an application would call the node,
 and with a plain streaming HTTP client (httpx, reading the server-sent events itself), which separates what
 the node adds from what the ``openai`` client adds (its request building, and parsing each chunk into
-pydantic models). The rounds alternate between all paths, so load changes hit every path alike.
+pydantic models). The rounds alternate between all paths, so load changes hit every path alike, and "added"
+is the median of each round's difference against (a) in the same round (paired, so that a slow stretch of
+the machine, which moves the prefill by tens of ms on a shared 2-core box, lands on both sides of it).
 
 Threads: every llama.cpp instance gets the node's default, one less than the cores (1 here), for decoding and
 for prompt batches alike, so each path does the same work per token; the llama_cpp.server baseline gets the
@@ -243,10 +245,10 @@ def main() -> None:
     def med(rows: list[tuple[float, float, int]], i: int) -> float:
         return statistics.median(r[i] for r in rows)
 
-    print(f"{args.tokens} tokens, greedy, n_threads={THREADS}, medians of {len(a)} interleaved rounds; "
-          f"TTFT: medians of {len(firsts[0])} more rounds of 2-token requests")
+    print(f"n_threads={THREADS}; " + (f"{args.tokens} tokens, greedy, medians of {len(a)} interleaved rounds; "
+                                      if a else "") +
+          f"TTFT: medians of {len(firsts[0])} rounds of 2-token requests, added: median of per-round differences")
     print(f"{'path':44} {'tokens/s':>9} {'ratio':>6} {'TTFT ms':>8} {'added ms':>9} {'TTFT p25-p75 ms':>16}")
-    base_ttft = statistics.median(firsts[0]) if firsts[0] else 0.0
     names = ("(a) llama-cpp-python in-process", "(b) local node API, openai client",
              "(c) remote node over libp2p, openai client", "(b) local node API, plain httpx",
              "(c) remote node over libp2p, plain httpx")
@@ -256,7 +258,8 @@ def main() -> None:
         if len(firsts[i]) >= 2:
             q = statistics.quantiles(firsts[i], n=4)
             median = statistics.median(firsts[i])
-            ttft = f"{median * 1000:8.1f} {(median - base_ttft) * 1000:9.1f} {q[0] * 1000:7.0f}-{q[2] * 1000:.0f}"
+            added = statistics.median(t - base for t, base in zip(firsts[i], firsts[0], strict=True))
+            ttft = f"{median * 1000:8.1f} {added * 1000:9.1f} {q[0] * 1000:7.0f}-{q[2] * 1000:.0f}"
         print(f"{name:44} {rate} {ttft}")
     if cancels:
         print(f"\nclient gone -> worker stopped and slot free: median {statistics.median(cancels) * 1000:.0f} ms "
