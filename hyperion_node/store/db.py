@@ -2,7 +2,9 @@
 
 SQLite calls block, so the async API runs each one in a worker thread behind a CapacityLimiter of one:
 a single connection, used by one thread at a time, in the order calls arrive. ``synchronous=FULL``
-because a receipt acknowledged to a peer must survive a power cut, not only a process crash.
+because a receipt acknowledged to a peer must survive a power cut, not only a process crash; only
+writes that may be lost to one (a task's intermediate states, ``tasks/history.py``) commit without the
+fsync, through ``transaction(durable=False)``.
 """
 
 from __future__ import annotations
