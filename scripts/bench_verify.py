@@ -7,7 +7,9 @@
 greedy gaps, ...) as JSON, the data the bounds in verifier.py are calibrated from.
 
 1. cost: one 256-token generation (commitments on and off, side by side) and its verification, same run,
-   same model instance; prints verification / generation and the commitment overhead on generation.
+   same model instance; prints verification / generation and the commitment overhead on generation, and
+   each one-chunk check again with every row read whole (``shortlisted=False``, the code before the
+   shortlist), side by side. ``--cost-temperatures 0,0.8`` adds a sampled claim.
 2. size: commitment bytes per 32 tokens (raw and in the evidence, base64).
 3. honest noise: ``--trials`` honest results (greedy and sampled, varied prompts) through the verifier;
    prints false disputes and the distributions the tolerances in verifier.py are set from.
@@ -64,52 +66,68 @@ async def verdict_ok(runtime: LlamaCppRuntime, payload: Mapping[str, Any], final
     return verdict.ok, verdict
 
 
-async def bench_cost(runtime: LlamaCppRuntime, tokens: int, rounds: int) -> None:
+async def bench_cost(runtime: LlamaCppRuntime, tokens: int, rounds: int, temperature: float = 0.0) -> None:
     entry = runtime.registry.default
     assert entry is not None
     request = GenerationRequest(
-        model=MODEL, prompt=PROMPTS[1], messages=None, max_tokens=tokens, temperature=0.0, seed=0
+        model=MODEL, prompt=PROMPTS[1], messages=None, max_tokens=tokens, temperature=temperature, seed=0
     )
     plain: list[float] = []
     committed: list[float] = []
     full: list[float] = []  # every chunk checked: the verifier before spot checks, the baseline
     spot: list[list[float]] = []  # per round, one check per possible draw of CHECKED_CHUNKS = 1 chunk
+    whole: list[list[float]] = []  # the same draws with every row read whole (shortlisted=False), the code before
+    # Process CPU seconds of the same: steadier than wall time when other processes share the cores.
+    cpu_committed: list[float] = []
+    cpu_spot: list[list[float]] = []
+    cpu_whole: list[list[float]] = []
     verdicts: list[bool] = []
     for _ in range(rounds):  # alternate, so that a busy neighbour on the box hits all alike
         for commit in (False, True):
             work = functools.partial(
                 runtime._work, entry, request, 0, on_piece=lambda _t: None, ignore_eog=True, commit=commit
             )
+            cpu = time.process_time()
             result = await trio.to_thread.run_sync(work)
             (committed if commit else plain).append(result.generate_seconds)
+            if commit:
+                cpu_committed.append(time.process_time() - cpu)
         assert result.commitment is not None
         output = {
             "text": result.text, "finish_reason": result.finish_reason, "tokens_in": result.tokens_in,
             "tokens_out": result.tokens_out, "model": MODEL, "token_ids": list(result.token_ids),
         }
         evidence = {
-            "model": MODEL, "model_sha256": entry.expected_sha256, "seed": 0, "temperature": 0.0,
+            "model": MODEL, "model_sha256": entry.expected_sha256, "seed": 0, "temperature": temperature,
             "top_p": request.top_p, "sampler": {"top_k": 40, "min_p": 0.05, "typical_p": 1.0,
                                                 "repeat_penalty": 1.0},
             "end_token": None, "logit_commitment": result.commitment.to_evidence(),
         }
-        payload = {"model": MODEL, "prompt": request.prompt, "max_tokens": tokens, "temperature": 0.0, "seed": 0}
+        payload = {"model": MODEL, "prompt": request.prompt, "max_tokens": tokens, "temperature": temperature,
+                   "seed": 0}
         started = time.perf_counter()
         verdict = await runtime.verify(payload, output, evidence, chunks=0)
         full.append(time.perf_counter() - started)
         verdicts.append(verdict.ok)
-        spot.append([])
+        for lists in (spot, whole, cpu_spot, cpu_whole):
+            lists.append([])
         for chunk in range(len(result.commitment.chunks)):
-            started = time.perf_counter()
-            verdict = await runtime.verify(payload, output, evidence, chunks=1, rng=FixedChunks([chunk]))
-            spot[-1].append(time.perf_counter() - started)
-            verdicts.append(verdict.ok)
+            # Shortlisted and whole-row readings of the same draw side by side, in alternating order.
+            for shortlisted in (True, False) if chunk % 2 == 0 else (False, True):
+                started, cpu = time.perf_counter(), time.process_time()
+                verdict = await runtime.verify(payload, output, evidence, chunks=1, rng=FixedChunks([chunk]),
+                                               shortlisted=shortlisted)
+                (spot if shortlisted else whole)[-1].append(time.perf_counter() - started)
+                (cpu_spot if shortlisted else cpu_whole)[-1].append(time.process_time() - cpu)
+                verdicts.append(verdict.ok)
         size = sum(len(c) for c in result.commitment.chunks) / (result.commitment.positions / 32)
         b64 = sum(len(c) for c in result.commitment.to_evidence()["chunks"]) / (result.commitment.positions / 32)
     # Ratios within a round (same minute, same neighbours), then the round with the cheapest generation.
     best = min(range(rounds), key=lambda r: committed[r])
     ratios = [t / committed[best] for t in spot[best]]
-    print(f"cost ({tokens} generated tokens, {rounds} rounds, round with the fastest generation, 1 thread)")
+    before = [t / committed[best] for t in whole[best]]
+    print(f"cost ({tokens} generated tokens at temperature {temperature}, {rounds} rounds, round with the fastest "
+          f"generation, 1 thread)")
     print(f"  generation without commitments  {plain[best]:7.2f} s  ({tokens / plain[best]:5.1f} tokens/s)")
     print(f"  generation with commitments     {committed[best]:7.2f} s  ({tokens / committed[best]:5.1f} tokens/s), "
           f"overhead {100 * (committed[best] / plain[best] - 1):+.1f}%")
@@ -117,9 +135,23 @@ async def bench_cost(runtime: LlamaCppRuntime, tokens: int, rounds: int) -> None
     print(f"  verification, 1 random chunk    {statistics.mean(spot[best]):7.2f} s  / generation "
           f"{statistics.mean(ratios):.3f} expected (mean over the {len(ratios)} equally likely draws), "
           f"{min(ratios):.3f} first chunk .. {ratios[-1]:.3f} last chunk, max {max(ratios):.3f}")
+    print(f"    rows read whole (before)      {statistics.mean(whole[best]):7.2f} s  / generation "
+          f"{statistics.mean(before):.3f} expected, {before[0]:.3f} first chunk .. {before[-1]:.3f} last chunk; "
+          f"shortlisted / whole {sum(spot[best]) / sum(whole[best]):.3f}")
+    # The generation's CPU includes its prompt (a few tokens) and the thread hop, a few ms in ~10 s.
+    print("  CPU time, per round: generation, then 1 random chunk / generation expected, shortlisted vs rows read "
+          "whole, and per chunk position")
+    for r in range(rounds):
+        fast = [t / cpu_committed[r] for t in cpu_spot[r]]
+        slow = [t / cpu_committed[r] for t in cpu_whole[r]]
+        print(f"    round {r}: {cpu_committed[r]:.2f} s; {statistics.mean(fast):.4f} vs {statistics.mean(slow):.4f} "
+              f"(-{1e3 * (sum(cpu_whole[r]) - sum(cpu_spot[r])) / len(fast):.1f} ms CPU per check); "
+              f"{' '.join(f'{a:.3f}/{b:.3f}' for a, b in zip(fast, slow, strict=True))}")
     for r in range(rounds):
         print(f"    round {r}: generation {committed[r]:.2f} s, every chunk {full[r] / committed[r]:.3f}, "
-              f"1 chunk expected {statistics.mean(spot[r]) / committed[r]:.3f}")
+              f"1 chunk expected {statistics.mean(spot[r]) / committed[r]:.3f} "
+              f"(rows read whole {statistics.mean(whole[r]) / committed[r]:.3f}; per chunk, shortlisted / whole: "
+              f"{' '.join(f'{a / b:.2f}' for a, b in zip(spot[r], whole[r], strict=True))})")
     print(f"  verdicts ok: {sum(verdicts)} of {len(verdicts)}")
     print(f"size: {size:.0f} bytes per 32 tokens raw, {b64:.0f} as base64 in the evidence")
 
@@ -260,7 +292,8 @@ async def main(args: argparse.Namespace) -> None:
         await honest.start()
         try:
             if "cost" in args.parts:
-                await bench_cost(honest, args.cost_tokens, args.rounds)
+                for temperature in (float(t) for t in args.cost_temperatures.split(",")):
+                    await bench_cost(honest, args.cost_tokens, args.rounds, temperature)
             if "honest" in args.parts:
                 await bench_honest(honest, args.trials, args.tokens, recorded, args.seed_offset)
             if "cheats" in args.parts:
@@ -290,6 +323,8 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--cost-tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=2, help="cost rounds")
+    parser.add_argument("--cost-temperatures", default="0", help="comma-separated: one cost run per temperature "
+                        "(0 greedy; sampled claims also replay the sampler chains)")
     parser.add_argument("--parts", default="cost,honest,cheats")
     parser.add_argument("--strategies", default="", help="comma-separated words: only cheats whose name has one")
     parser.add_argument("--seed-offset", type=int, default=0, help="other seeds (and prompt order) than a run before")

@@ -257,7 +257,11 @@ class PositionCheck:
 
 
 def certified_ids(
-    logits: npt.NDArray[np.float32], k: int, tolerance: float
+    logits: npt.NDArray[np.float32],
+    k: int,
+    tolerance: float,
+    *,
+    top: tuple[Sequence[int], Sequence[float]] | None = None,
 ) -> tuple[list[int], list[float]]:
     """The verifier's ids that are surely in an honest worker's top-k, given |worker - verifier| <= tolerance.
 
@@ -265,8 +269,13 @@ def certified_ids(
     worker's side too, every id outside the verifier's top-k, so it is among the worker's k largest. Ids
     near that boundary may honestly have swapped places with the (k+1)-th and are not checked. An id is also
     skipped when another id of its residue class mod P could be in the worker's top-k (module docstring).
+
+    ``top``: the k+1 largest logits as ``top_k`` gives them, when the caller already has them. Which of
+    several ids tied at the (k+1)-th value it holds cannot change the answer: only the values at ranks k
+    and k+1 are read, and only ids strictly above the (k+1)-th value are returned, which every top-(k+1)
+    holds, in the same (value, id) order.
     """
-    ids, values = top_k(logits, k + 1)
+    ids, values = top_k(logits, k + 1) if top is None else (list(top[0]), list(top[1]))
     floor = values[-1] if len(values) > k else -np.inf
     could_be_top = float(values[k - 1] if len(values) >= k else values[-1]) - 2 * tolerance
     out_ids: list[int] = []

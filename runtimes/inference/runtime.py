@@ -549,11 +549,14 @@ class LlamaCppRuntime:
         *,
         chunks: int = CHECKED_CHUNKS,
         rng: random.Random | None = None,
+        shortlisted: bool = True,
     ) -> Verdict:
         """Check another worker's result for ``payload`` (its Final's output and evidence); see verifier.py.
 
         ``chunks``: how many of the commitment's chunks the forward pass checks, drawn from ``rng`` (the
         OS's unpredictable generator unless a test or benchmark fixes the draw); 0 checks them all.
+        ``shortlisted=False``: the slower reading of every row whole (``verifier.verify_claim``), the same
+        verdict and statistics; only tests and ``scripts/bench_verify.py`` use it, to compare.
         A verdict, never an exception, for anything the worker wrote. Raises ``UserError`` when this node
         cannot judge: a payload no worker should have accepted, or a model it does not serve.
         """
@@ -568,7 +571,7 @@ class LlamaCppRuntime:
         if evidence.get("model_sha256") != ours:
             return Verdict(False, f"evidence model_sha256 {evidence.get('model_sha256')!r} is not {ours}")
         return await trio.to_thread.run_sync(
-            functools.partial(self._verify_work, entry, request, output, evidence, chunks, rng),
+            functools.partial(self._verify_work, entry, request, output, evidence, chunks, rng, shortlisted),
             limiter=self._slots[entry.model_id],
         )
 
@@ -650,6 +653,7 @@ class LlamaCppRuntime:
         evidence: Mapping[str, Any],
         chunks: int,
         rng: random.Random | None,
+        shortlisted: bool = True,
     ) -> Verdict:
         """The verifier's forward pass, in a worker thread that holds one of the model's slots."""
         if self._pool is None:
@@ -697,6 +701,7 @@ class LlamaCppRuntime:
                 check_cancelled=trio.from_thread.check_cancelled,
                 chunks=chunks,
                 rng=rng,
+                shortlisted=shortlisted,
             )
         finally:
             self._pool.checkin(entry, llm)

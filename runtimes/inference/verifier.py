@@ -47,6 +47,16 @@ generation (0.45-0.62); one chunk costs ~0.05 of it when the first chunk is draw
 is, ~0.13 expected. The floor is the prefill of the prefix (~1/7 of a decode step per token here, where
 Gemma's 640-wide layers fall back to q5_0 weights); ``n_ubatch`` 64-512 and flash attention on or off
 measured no different, and 2 threads on 2 shared cores only slower and erratic.
+
+Where a one-chunk check's time goes (256-token claims, each chunk position, thread CPU; bench_verify
+--parts cost prints the check beside the whole-row reading): ``llama_decode``, one call of up to n_batch =
+n_ubatch = 512 tokens, is ~99% of it. The rest is the per-row work, which read each 262,144-logit row
+whole: the certified ids' argpartition (~0.7 ms a row) and, for a sampled claim, six sampler chains each
+copying the row into its candidates and sorting out its top-k (~0.4 ms each): ~30 ms a check greedy, ~170
+ms sampled. Read through a shortlist (``shortlist``, ``SamplerReplay``) it is ~13 and ~23 ms, with the same
+picks and statistics (tests/verify/test_shortlist.py). What remains is the prefill, the same computation
+as before: another n_ubatch or thread count would change the batched arithmetic that the bounds were
+calibrated on, whatever it did to the speed.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from hyperion_node.errors import InternalError
 from runtimes.inference.claims import Claim, ClaimRejected, Verdict
 from runtimes.inference.commitments import certified_ids, check_position
 from runtimes.interface import JSON
@@ -147,15 +158,79 @@ TEMPERATURE_MARGIN = 3  # at 16 positions or fewer
 GREEDY_GAP = 0.5
 MAX_GREEDY_GAPS = 2
 MIN_REPLAY_POSITIONS = 8  # fewer positions say too little for the share test
+# Shortlist of a checked row (``shortlist``): the row's ids at or above a threshold read off every
+# SHORTLIST_STRIDE-th logit, that sample's SHORTLIST_RANK-th largest, which leaves ~stride x rank = 256 of
+# the 262,144 ids (again at 4x the rank when fewer than asked for, then the whole row). The sampler chain and
+# the certified ids need 41. A fixed margin below the row's largest logit does not do: 8 logit units held 169
+# ids of a row right after a prompt and 55-240,000 of the rows of a 256-token generation (packaged model).
+SHORTLIST_STRIDE = 64
+SHORTLIST_RANK = 4
 # Chunks checked per result when the caller does not say (``[verify] inference_chunks``); module docstring.
 CHECKED_CHUNKS = 1
 _SYSTEM_RANDOM = random.SystemRandom()  # chunk draws: from the OS, not a seedable stream a worker could follow
 
 
-class SamplerReplay:
-    """llama.cpp's sampler chain as the worker built it, stepped along the claimed tokens."""
+def shortlist(logits: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
+    """Ids, ascending, of a set that holds every id whose logit is at least the ``count``-th largest: the
+    ``count`` largest whichever way ties fall. The set is every id at or above some threshold, and holds at
+    least ``count`` ids, so the ``count``-th largest logit is at or above the threshold too. The whole
+    vocabulary when no threshold does (or the row is not finite).
 
-    def __init__(self, llm: Any, llama: Any, claim: Claim, sampler: Mapping[str, float | int]) -> None:
+    A sample's partition, a comparison and a scan of the row, ~0.3 ms for Gemma's 262,144 logits, against
+    ~0.7 ms for ``argpartition`` of the row and ~0.4 ms for llama.cpp to copy the row into its candidates and
+    sort out its top-k.
+    """
+    n = logits.shape[0]
+    if count < n and math.isfinite(float(logits.max())):
+        sample = logits[::SHORTLIST_STRIDE]
+        rank = max(SHORTLIST_RANK, -(-2 * count // SHORTLIST_STRIDE))
+        for _ in range(2):
+            if rank > sample.size:
+                break
+            ids = np.flatnonzero(logits >= np.partition(sample, -rank)[-rank])
+            if ids.size >= count:
+                return ids
+            rank *= 4
+    return np.arange(n)
+
+
+def leading(
+    logits: npt.NDArray[np.float32], near: npt.NDArray[np.intp], k: int
+) -> tuple[list[int], list[float]]:
+    """The ``k`` largest logits among the shortlisted ids ``near``, largest first, ties by the lower id: what
+    ``commitments.top_k`` gives on the whole row, up to which ids tied at the k-th value it keeps."""
+    values = logits[near]
+    order = np.lexsort((near, -values))[:k]
+    return near[order].tolist(), values[order].astype(np.float64).tolist()
+
+
+class SamplerReplay:
+    """llama.cpp's sampler chain as the worker built it, stepped along the claimed tokens.
+
+    Each checked row runs through the claimed chain and the chains at the other temperatures. They share
+    their first members: llama-cpp-python's penalties (neutral here, so an empty sampler, "?penalties") and
+    top-k (stateless, the same k). ``llama_sampler_sample`` would copy the whole 262,144-logit row into
+    each chain's candidates and sort out its top-k six times; instead the shared members run once per row
+    and each chain's remaining members (typical, top-p, min-p, temperature, dist) get a copy of the same
+    40 survivors in the same state: a chain is applied member by member (llama-sampler.cpp,
+    ``llama_sampler_chain_apply``), so this is the same computation, and the chain then accepts the token it
+    picked, as ``llama_sampler_sample`` does. The shared members run on the shortlist (``shortlist``) rather
+    than the whole row when the 41 largest logits are distinct: then top-k's survivors and their order are
+    the only possible ones, on any candidate list that holds every id at or above the 41st value. With ties
+    among them the whole row goes in, as llama.cpp itself would have it. Any other chain (a penalty, no
+    top-k) is sampled by ``llama_sampler_sample`` as before, and so is everything when ``shortlisted`` is
+    False (tests and scripts/bench_verify.py compare the two).
+    """
+
+    def __init__(
+        self,
+        llm: Any,
+        llama: Any,
+        claim: Claim,
+        sampler: Mapping[str, float | int],
+        *,
+        shortlisted: bool = True,
+    ) -> None:
         self._llm = llm
         self._llama = llama
         self._greedy = claim.temperature == 0.0
@@ -187,6 +262,39 @@ class SamplerReplay:
         self._min_p = float(sampler["min_p"])
         self._skip_data = (llama.llama_token_data * 1)()
         self._skip_array = llama.llama_token_data_array(data=self._skip_data, size=1, selected=-1, sorted=False)
+        # The shared members and each chain's rest (class docstring); None: sample as llama.cpp does.
+        self._split = self._split_chains() if shortlisted and not self._greedy else None
+        self.shortlist_size = self._top_k + 1 if self._split is not None else 0
+        if self._split is not None:
+            n_vocab = int(llm.n_vocab())
+            self._row_data = (llama.llama_token_data * n_vocab)()
+            self._row = np.ctypeslib.as_array(self._row_data)  # the same memory, as a structured array
+            self._all_ids = np.arange(n_vocab, dtype=self._row.dtype["id"])
+            self._row_array = llama.llama_token_data_array(data=self._row_data, size=0, selected=-1, sorted=False)
+            self._pick_data = (llama.llama_token_data * self._top_k)()
+            self._pick = np.ctypeslib.as_array(self._pick_data)
+            self._pick_array = llama.llama_token_data_array(data=self._pick_data, size=0, selected=-1, sorted=False)
+
+    def _split_chains(self) -> tuple[list[Any], list[list[Any]]] | None:
+        """The claimed chain's members up to its top-k, and every chain's members after it, when every chain
+        starts with empty samplers (names beginning with "?": llama.cpp's stand-in for a neutral setting,
+        whose apply and accept do nothing) and then the same top-k; else None."""
+        llama = self._llama
+        shared: list[Any] = []
+        rests: list[list[Any]] = []
+        for chain in (self._chain, *self._others):
+            count = llama.llama_sampler_chain_n(chain.sampler)
+            members = [llama.llama_sampler_chain_get(chain.sampler, i) for i in range(count)]
+            names = [bytes(llama.llama_sampler_name(m)) for m in members]
+            if b"top-k" not in names or self._top_k <= 0:
+                return None
+            cut = names.index(b"top-k") + 1
+            if not all(name.startswith(b"?") for name in names[: cut - 1]):
+                return None
+            if not shared:
+                shared = members[:cut]
+            rests.append(members[cut:])
+        return shared, rests
 
     def close(self) -> None:
         self._chain.close()
@@ -210,8 +318,60 @@ class SamplerReplay:
             self._llama.llama_sampler_apply(chain.sampler, ctypes.byref(self._skip_array))
             self._llama.llama_sampler_accept(chain.sampler, claimed)
 
-    def step(self, row: int, logits: npt.NDArray[np.float32], claimed: int, tolerance: float) -> bool:
-        """Replay position ``row`` of the last batch; False if the claimed token cannot be honest."""
+    def _survivors(self, logits: npt.NDArray[np.float32], near: npt.NDArray[np.intp] | None) -> Any:
+        """The candidates after the shared members (class docstring): a copy of the entries top-k kept, and
+        the array's size, selected and sorted flags as llama.cpp left them."""
+        assert self._split is not None
+        shared = self._split[0]
+        k = self._top_k
+        cut = near if near is not None and k < near.size < logits.shape[0] else None
+        if cut is not None:
+            top = np.sort(logits[cut])[::-1][: k + 1]
+            if not bool(np.all(top[:-1] > top[1:])):
+                cut = None  # ties among the 41 largest: the whole row, as llama_sampler_sample builds it
+        row = self._row
+        if cut is None:
+            size = logits.shape[0]
+            row["id"] = self._all_ids
+            row["logit"] = logits
+        else:
+            size = cut.size
+            row["id"][:size] = cut
+            row["logit"][:size] = logits[cut]
+        row["p"][:size] = 0.0
+        array = self._row_array
+        array.size, array.selected, array.sorted = size, -1, False
+        for member in shared:
+            self._llama.llama_sampler_apply(member, ctypes.byref(array))
+        return row[: array.size].copy(), int(array.size), int(array.selected), bool(array.sorted)
+
+    def _sample(self, chain: Any, rest: list[Any], survivors: Any) -> int:
+        """``llama_sampler_sample`` from the shared members' survivors on: the rest of ``chain``, then accept."""
+        data, size, selected, is_sorted = survivors
+        self._pick[:size] = data
+        array = self._pick_array
+        array.size, array.selected, array.sorted = size, selected, is_sorted
+        for member in rest:
+            self._llama.llama_sampler_apply(member, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            # llama_sampler_sample asserts the same (GGML_ASSERT); dist always selects one.
+            raise InternalError(f"sampler chain selected {array.selected} of {array.size} candidates")
+        token = int(self._pick[array.selected]["id"])
+        self._llama.llama_sampler_accept(chain.sampler, token)
+        return token
+
+    def step(
+        self,
+        row: int,
+        logits: npt.NDArray[np.float32],
+        claimed: int,
+        tolerance: float,
+        near: npt.NDArray[np.intp] | None = None,
+    ) -> bool:
+        """Replay position ``row`` of the last batch; False if the claimed token cannot be honest.
+
+        ``near``: the row's ``shortlist`` of at least ``shortlist_size`` ids, when the caller has one.
+        """
         best = float(logits.max())
         value = float(logits[claimed])
         if self._greedy:
@@ -219,10 +379,19 @@ class SamplerReplay:
                 self.differed += 1
                 self.greedy_gaps.append(best - value)
             return value >= best - 2 * tolerance
-        for i, chain in enumerate(self._others):
-            if int(self._llama.llama_sampler_sample(chain.sampler, self._llm.ctx, row)) == claimed:
-                self.others_matched[i] += 1
-        picked = int(self._llama.llama_sampler_sample(self._chain.sampler, self._llm.ctx, row))
+        survivors = None
+        if self._split is not None:
+            survivors = self._survivors(logits, near)
+            rests = self._split[1]
+            for i, chain in enumerate(self._others):
+                if self._sample(chain, rests[i + 1], survivors) == claimed:
+                    self.others_matched[i] += 1
+            picked = self._sample(self._chain, rests[0], survivors)
+        else:
+            for i, chain in enumerate(self._others):
+                if int(self._llama.llama_sampler_sample(chain.sampler, self._llm.ctx, row)) == claimed:
+                    self.others_matched[i] += 1
+            picked = int(self._llama.llama_sampler_sample(self._chain.sampler, self._llm.ctx, row))
         if picked == claimed:
             self.matched += 1
             return True
@@ -235,8 +404,12 @@ class SamplerReplay:
         else:
             self.more_likely += 1
         # The chain only ever samples among the top_k largest logits whose probability is at least min_p
-        # of the largest one's: allow for noise of ``tolerance`` on both sides of each comparison.
-        kth = float(np.partition(logits, -self._top_k)[-self._top_k])
+        # of the largest one's: allow for noise of ``tolerance`` on both sides of each comparison. Top-k's
+        # survivors are the k largest, so the smallest of them is the k-th largest value.
+        if survivors is not None and survivors[1] == self._top_k:
+            kth = float(survivors[0]["logit"].min())
+        else:
+            kth = float(np.partition(logits, -self._top_k)[-self._top_k])
         return value >= max(kth, best + math.log(self._min_p)) - 2 * tolerance
 
 
@@ -346,11 +519,14 @@ def verify_claim(
     token_tolerance: float = TOKEN_TOLERANCE,
     median_limit: float = MEDIAN_DEVIATION_LIMIT,
     max_differed: float = MAX_REPLAY_DIFFERED,
+    shortlisted: bool = True,
 ) -> Verdict:
     """The forward-pass checks of the module docstring, on a claim that passed ``claims`` checks.
 
     ``chunks`` of the commitment's chunks are checked (0: all), drawn from ``rng`` (the system's
-    unpredictable generator unless a test passes its own).
+    unpredictable generator unless a test passes its own). ``shortlisted=False`` reads every row whole
+    (argpartition for the certified ids, ``llama_sampler_sample`` per chain), the computation before
+    ``shortlist``: the same statistics, slower; tests and scripts/bench_verify.py compare the two.
     """
     started = time.perf_counter()
     params = claim.commitment.params
@@ -362,8 +538,9 @@ def verify_claim(
     value_misses: list[int] = []
     token_misses: list[int] = []
     checked = 0
-    replay = SamplerReplay(llm, llama, claim, sampler)
+    replay = SamplerReplay(llm, llama, claim, sampler, shortlisted=shortlisted)
     replayed = 0  # positions the replay has passed, checked or skipped
+    count = max(params.top_k + 1, replay.shortlist_size)
 
     def on_rows(at: list[int], batch_rows: list[int], rows: list[npt.NDArray[np.float32]]) -> None:
         nonlocal checked, replayed
@@ -371,14 +548,20 @@ def verify_claim(
             while replayed < position:  # unchecked positions still move the sampler's random stream
                 replay.skip(produced[replayed])
                 replayed += 1
-            ids, values = certified_ids(logits, params.top_k, CERTIFY_TOLERANCE)
+            if shortlisted:
+                near = shortlist(logits, count)
+                top = leading(logits, near, params.top_k + 1)
+                ids, values = certified_ids(logits, params.top_k, CERTIFY_TOLERANCE, top=top)
+            else:
+                near = None
+                ids, values = certified_ids(logits, params.top_k, CERTIFY_TOLERANCE)
             result = check_position(claim.commitment.coefficients(position), ids, values, params.scale)
             checked += result.checked
             if result.checked:
                 deviations.append(result.max_deviation)
             if result.max_deviation > limit:
                 value_misses.append(position)
-            if not replay.step(row, logits, produced[position], token_tolerance):
+            if not replay.step(row, logits, produced[position], token_tolerance, near):
                 token_misses.append(position)
             replayed += 1
 
