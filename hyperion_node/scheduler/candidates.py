@@ -190,6 +190,11 @@ _FIELDS = 14
 # The criteria are also kept as float32, for ranking only: a decision at 10,000 candidates is bound by the
 # memory it reads, and half the bytes is ~0.6x the time once other work has taken the cache (measured).
 _N_CRITERIA = CRITERIA_ROWS.stop - CRITERIA_ROWS.start
+# And what the per-request filters compare, arranged so that each catches a candidate whose value is above
+# its threshold (so all three are one comparison): the queue depth when every slot is taken (else -1), the
+# free memory negated (unknown: +1, above any threshold a memory requirement sets), the price.
+FILTER_QUEUED, FILTER_NEG_MEMORY, FILTER_PRICE = range(3)
+_N_FILTERS = 3
 
 # Why a peer can take no work whatever the task, kept per candidate; higher wins.
 GONE_OK, GONE_BANNED, GONE_DRAINING, GONE_UNREACHABLE = range(4)
@@ -228,6 +233,7 @@ class CandidateSet:
         self.item = item
         self._data: FloatArray = np.empty((_FIELDS, 16), dtype=np.float64)
         self._ranking: npt.NDArray[np.float32] = np.empty((_N_CRITERIA, 16), dtype=np.float32)
+        self._filters: FloatArray = np.empty((_N_FILTERS, 16), dtype=np.float64)
         self._gone: npt.NDArray[np.int8] = np.zeros(16, dtype=np.int8)
         self._candidates: list[Candidate] = []
         self._peer_ids: list[str] = []  # parallel to _candidates
@@ -285,6 +291,28 @@ class CandidateSet:
             return self._ranking[:, : len(self._candidates)].copy()
         return np.take(self._ranking, columns, axis=1)
 
+    def filter_rows(self) -> FloatArray:
+        """A read-only ``(3, n)`` view of the filter block (``FILTER_*`` rows)."""
+        view = self._filters[:, : len(self._candidates)]
+        view.flags.writeable = False
+        return view
+
+    def above(self, thresholds: FloatArray) -> npt.NDArray[np.bool_]:
+        """``filter_rows() > thresholds[:, None]``: which candidates each filter catches, as a new array."""
+        out: npt.NDArray[np.bool_] = np.greater(self._filters[:, : len(self._candidates)], thresholds[:, None])
+        return out
+
+    def exact_criteria(self, columns: npt.NDArray[np.intp]) -> FloatArray:
+        """A new ``(criteria, len(columns))`` float64 array of the given columns' criteria rows (few columns:
+        fancy indexing, which unlike ``np.take`` does not first copy the non-contiguous rows)."""
+        out: FloatArray = self._data[CRITERIA_ROWS, :][:, columns]
+        return out
+
+    def mapped_gone(self, codes: npt.NDArray[np.int8]) -> npt.NDArray[np.int8]:
+        """``codes.take(gone())``: each candidate's ``GONE_*`` code mapped through ``codes``, as a new array."""
+        out: npt.NDArray[np.int8] = codes.take(self._gone[: len(self._candidates)])
+        return out
+
     def gone(self) -> npt.NDArray[np.int8]:
         """A read-only view of the ``GONE_*`` code of every candidate."""
         view = self._gone[: len(self._candidates)]
@@ -313,6 +341,7 @@ class CandidateSet:
             if index == self._data.shape[1]:
                 self._data = np.concatenate([self._data, np.empty_like(self._data)], axis=1)
                 self._ranking = np.concatenate([self._ranking, np.empty_like(self._ranking)], axis=1)
+                self._filters = np.concatenate([self._filters, np.empty_like(self._filters)], axis=1)
                 self._gone = np.concatenate([self._gone, np.zeros_like(self._gone)])
             self._own_peer_ids()
             self._candidates.append(candidate)
@@ -322,6 +351,8 @@ class CandidateSet:
             self._candidates[index] = candidate
         self._data[:, index] = _row(candidate)
         self._ranking[:, index] = self._data[CRITERIA_ROWS, index]
+        self._filters[:, index] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], index]
+        self._filters[FILTER_NEG_MEMORY, index] *= -1.0
         self._gone[index] = _gone(candidate)
 
     def discard(self, peer_id: str) -> None:
@@ -339,4 +370,5 @@ class CandidateSet:
             self._index[moved.peer_id] = index
             self._data[:, index] = self._data[:, last]
             self._ranking[:, index] = self._ranking[:, last]
+            self._filters[:, index] = self._filters[:, last]
             self._gone[index] = self._gone[last]

@@ -73,6 +73,7 @@ _CODE = {reason: len(_EXCLUSIONS) - i for i, reason in enumerate(_EXCLUSIONS)}
 _BY_CODE = {code: reason for reason, code in _CODE.items()}
 _CODE_INT8 = {reason: np.int8(code) for reason, code in _CODE.items()}
 _VALUE_CODES = [(reason.value, code) for reason, code in _CODE.items()]
+_FILTER_CODES = np.array([[_CODE[Exclusion.BUSY]], [_CODE[Exclusion.MEMORY]], [_CODE[Exclusion.PRICE]]], dtype=np.int8)
 _GONE_CODES = np.zeros(4, dtype=np.int8)  # CandidateSet.gone() code -> exclusion code
 _GONE_CODES[cs.GONE_BANNED] = _CODE[Exclusion.BANNED]
 _GONE_CODES[cs.GONE_DRAINING] = _CODE[Exclusion.DRAINING]
@@ -219,6 +220,7 @@ class Scheduler:
         self._peers_version = 0
         self._weights = self.settings.weights.vector()
         self._weights32 = self._weights.astype(np.float32)
+        self._weight_list: list[float] = self._weights.tolist()
 
     # -- peer state ------------------------------------------------------------------------------------------
 
@@ -335,29 +337,33 @@ class Scheduler:
         """One reason code per candidate (0: eligible), and the rows whose breaker is half-open. Every filter
         raises the codes of the candidates it catches to its own (see ``_CODE``)."""
         n = len(cset)
-        reasons = np.zeros(n, dtype=np.int8)
+        reasons = np.empty(n, dtype=np.int8)  # every path below sets every code
         probes: set[int] = set()
         if n == 0:
             return reasons, probes
         if req.deadline is not None and req.deadline <= now:
             reasons[:] = _CODE[Exclusion.DEADLINE]
             return reasons, probes
-        data = cset.columns()
+        np.maximum(self._peer_codes(cset, now), cset.mapped_gone(_GONE_CODES), out=reasons)
         if req.deadline is not None and req.expected_units is not None:
+            data = cset.columns()
             rtt = data[cs.RTT]
             seconds = np.where(np.isnan(rtt), self.settings.unknown_rtt_ms, rtt) / 1000.0
             seconds += req.expected_units / data[cs.THROUGHPUT]  # NaN (unmeasured) is never too slow
             _flag(reasons, seconds > req.deadline - now, Exclusion.TOO_SLOW)
-        np.maximum(reasons, self._peer_codes(cset, now), out=reasons)
         if self._half_open:
             self._probe_filter(reasons, probes, cset)
-        _flag(reasons, data[cs.QUEUED_WHEN_FULL] >= self.settings.busy_queue_depth, Exclusion.BUSY)
-        if req.min_memory_bytes > 0:
-            _flag(reasons, data[cs.MEMORY] < req.min_memory_bytes, Exclusion.MEMORY)  # unknown (-1) fails
-        if req.max_price_per_unit is not None:
-            _flag(reasons, data[cs.PRICE] > req.max_price_per_unit, Exclusion.PRICE)
-        _flag_rows(reasons, cset.indices(req.exclude), Exclusion.TRIED)
-        np.maximum(reasons, _GONE_CODES.take(cset.gone()), out=reasons)
+        # Busy by its heartbeat, too little memory, too dear: one comparison against the three thresholds.
+        thresholds = np.array([
+            self.settings.busy_queue_depth - 0.5,  # queue depths are whole numbers (or -1: a slot is free)
+            -req.min_memory_bytes if req.min_memory_bytes > 0 else np.inf,  # unknown (+1 here) fails
+            np.inf if req.max_price_per_unit is None else req.max_price_per_unit,
+        ])
+        caught = cset.above(thresholds).view(np.int8)
+        caught *= _FILTER_CODES
+        np.maximum(reasons, caught.max(axis=0), out=reasons)
+        if req.exclude:
+            _flag_rows(reasons, cset.indices(req.exclude), Exclusion.TRIED)
         return reasons, probes
 
     def _peer_codes(self, cset: CandidateSet, now: float) -> npt.NDArray[np.int8]:
@@ -439,11 +445,10 @@ class Scheduler:
         else:
             top = np.arange(eligible.size)
         # The short-list's scores and criteria, exact: float64 columns of the extremes and the k chosen.
-        # (Fancy indexing here: a few columns, and np.take would first copy the whole non-contiguous view.)
-        exact = cset.columns()[cs.CRITERIA_ROWS][:, eligible[np.concatenate((low_at, high_at, top))]]
+        exact = cset.exact_criteria(eligible[np.concatenate((low_at, high_at, top))])
         rtt = exact[cs.CRITERION_RTT]
         rtt[np.isnan(rtt)] = unknown_rtt
-        top_scores, top_criteria = exact_scores(exact, self._weights)
+        top_scores, top_criteria = exact_scores(exact.tolist(), self._weight_list)
         rows = eligible[top].tolist()
         top_candidates = [cset.at(row) for row in rows]
         # Ties are broken by peer ID so that the short-list order does not depend on the set's row order.

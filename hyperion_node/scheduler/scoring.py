@@ -131,11 +131,11 @@ def rank_in_place(oriented: npt.NDArray[np.float32], weights: npt.NDArray[np.flo
                   ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.intp], npt.NDArray[np.intp]]:
     """Scores in the order of ``mcda_scores(normalise_oriented(oriented), weights)``, for choosing a short-list
     out of many candidates: float32 (the criteria are stored twice, this copy for ranking), unclipped, in
-    fewer passes over the matrix -- ``w . ((x - low) / spread)`` as ``(w / spread) . (x - low)`` plus the
-    weight of the flat criteria. Consumes ``oriented``. Also returns, per criterion, the column holding its
-    lowest and its highest value, from which :func:`exact_scores` recovers the exact bounds: rounding to
-    float32 is monotone, so the float32 extremes sit in columns holding the float64 extremes (up to ties
-    within float32 precision)."""
+    fewer passes over the matrix -- ``w . ((x - low) / spread)`` as ``(w / spread) . (x - low)``, without
+    the weight of the flat criteria (the same for every candidate). Consumes ``oriented``. Also returns,
+    per criterion, the column holding its lowest and its highest value, from which :func:`exact_scores`
+    recovers the exact bounds: rounding to float32 is monotone, so the float32 extremes sit in columns
+    holding the float64 extremes (up to ties within float32 precision)."""
     n_criteria = oriented.shape[0]
     rows = np.arange(n_criteria)
     if oriented.shape[1] == 0:
@@ -149,29 +149,33 @@ def rank_in_place(oriented: npt.NDArray[np.float32], weights: npt.NDArray[np.flo
     oriented -= low[:, None]
     scale = np.divide(weights, np.where(flat, np.float32(np.inf), spread), dtype=np.float32)
     scores = np.matmul(scale, oriented, dtype=np.float32)
-    scores += np.float32(weights @ flat)
     return scores, low_at, high_at
 
 
-def exact_scores(oriented: FloatArray, weights: FloatArray) -> tuple[list[float], list[list[float]]]:
-    """The exact (float64) scores and normalised criteria of a few candidates, from an oriented
-    ``(criteria, 2 * criteria + k)`` matrix whose first columns hold each criterion's lowest value (column
-    ``r`` for criterion ``r``), the next its highest, and the last ``k`` the candidates: the same values
-    :func:`normalise_oriented` and :func:`mcda_scores` give over the whole eligible set. No clipping is
-    needed for the bounds themselves, as there; it guards against a float32 near-tie having picked a
-    column a rounding step away from the true extreme."""
-    n_criteria = oriented.shape[0]
-    rows = np.arange(n_criteria)
-    low = oriented[rows, rows]
-    spread = oriented[rows, n_criteria + rows] - low
-    flat = spread <= 0
-    spread[flat] = 1.0
-    normalised: FloatArray = (oriented[:, 2 * n_criteria:] - low[:, None]) / spread[:, None]
-    normalised[flat] = 1.0
-    np.minimum(normalised, 1.0, out=normalised)
-    np.maximum(normalised, 0.0, out=normalised)
-    scores = weights @ normalised
-    np.minimum(scores, 1.0, out=scores)
-    np.maximum(scores, 0.0, out=scores)
-    columns: list[list[float]] = normalised.T.tolist()
-    return scores.tolist(), columns
+def exact_scores(oriented: list[list[float]], weights: list[float]) -> tuple[list[float], list[list[float]]]:
+    """The exact (float64) scores and normalised criteria of a few candidates, from oriented rows (one per
+    criterion, as lists) whose first values hold each criterion's lowest value (value ``r`` for criterion
+    ``r``), the next its highest, and the last ``k`` the candidates: what :func:`normalise_oriented` and
+    :func:`mcda_scores` give over the whole eligible set. Plain Python: a short-list is a few dozen values,
+    and as many NumPy calls on arrays that small cost more than the arithmetic. The clipping guards against a
+    float32 near-tie having picked a column a rounding step away from the true extreme."""
+    n_criteria = len(oriented)
+    k = len(oriented[0]) - 2 * n_criteria if oriented else 0
+    scores = [0.0] * k
+    columns = [[1.0] * n_criteria for _ in range(k)]  # a flat criterion is 1
+    for r, (row, weight) in enumerate(zip(oriented, weights, strict=True)):
+        low = row[r]
+        spread = row[n_criteria + r] - low
+        if spread <= 0:
+            for j in range(k):
+                scores[j] += weight
+            continue
+        for j, value in enumerate(row[2 * n_criteria:]):
+            normalised = (value - low) / spread
+            if normalised > 1.0:
+                normalised = 1.0
+            elif normalised < 0.0:
+                normalised = 0.0
+            columns[j][r] = normalised
+            scores[j] += weight * normalised
+    return [1.0 if score > 1.0 else 0.0 if score < 0.0 else score for score in scores], columns
