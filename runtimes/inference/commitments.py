@@ -29,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,16 +117,59 @@ def evaluate(coeffs: Sequence[int], x: int) -> int:
     return result
 
 
+# Shortlist of a logit row (``shortlist``): the row's ids at or above a threshold read off every
+# SHORTLIST_STRIDE-th logit, that sample's SHORTLIST_RANK-th largest, which leaves ~stride x rank = 256 of
+# the 262,144 ids (again at 4x the rank when fewer than asked for, then the whole row). The verifier's sampler
+# chain and certified ids need 41, a commitment 4. A fixed margin below the row's largest logit does not do:
+# 8 logit units held 169 ids of a row right after a prompt and 55-240,000 of the rows of a 256-token
+# generation (packaged model).
+SHORTLIST_STRIDE = 64
+SHORTLIST_RANK = 4
+
+
+def shortlist(logits: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
+    """Ids, ascending, of a set that holds every id whose logit is at least the ``count``-th largest: the
+    ``count`` largest whichever way ties fall. The set is every id at or above some threshold, and holds at
+    least ``count`` ids, so the ``count``-th largest logit is at or above the threshold too. The whole
+    vocabulary when no threshold does (or the row is not finite).
+
+    A sample's partition, a comparison and a scan of the row, ~0.1 ms for Gemma's 262,144 logits, against
+    ~0.6 ms for ``argpartition`` of the row and ~0.4 ms for llama.cpp to copy the row into its candidates and
+    sort out its top-k.
+    """
+    n = logits.shape[0]
+    if count < n and math.isfinite(float(logits.max())):
+        sample = logits[::SHORTLIST_STRIDE]
+        rank = max(SHORTLIST_RANK, -(-2 * count // SHORTLIST_STRIDE))
+        for _ in range(2):
+            if rank > sample.size:
+                break
+            ids = np.flatnonzero(logits >= np.partition(sample, -rank)[-rank])
+            if ids.size >= count:
+                return ids
+            rank *= 4
+    return np.arange(n)
+
+
+def leading(
+    logits: npt.NDArray[np.float32], near: npt.NDArray[np.intp], k: int
+) -> tuple[list[int], list[float]]:
+    """The ``k`` largest logits among the shortlisted ids ``near``, largest first, ties by the lower id: on a
+    shortlist of ``k`` (``shortlist``), the row's own top ``k``."""
+    values = logits[near]
+    order = np.lexsort((near, -values))[:k]
+    return near[order].tolist(), values[order].astype(np.float64).tolist()
+
+
 def top_k(logits: npt.NDArray[np.float32], k: int) -> tuple[list[int], list[float]]:
     """The ``k`` largest logits, largest first, with their token ids; ties broken by the lower id.
 
-    ``argpartition`` is linear in the vocabulary: ~0.5 ms for Gemma's 262,144 logits, where a full sort
-    takes ~15 ms.
+    Once per generated token on the worker: through a shortlist (``shortlist``) this is ~0.1 ms for Gemma's
+    262,144 logits, where ``argpartition`` of the row took ~0.6 ms (~2% of a token at 30 tokens/s on the
+    reference machine) and a full sort ~15 ms.
     """
     k = min(k, logits.shape[0])
-    part = np.argpartition(logits, -k)[-k:]
-    order = sorted(part.tolist(), key=lambda i: (-float(logits[i]), i))
-    return order, [float(logits[i]) for i in order]
+    return leading(logits, shortlist(logits, k), k)
 
 
 def commit_position(ids: Sequence[int], values: Sequence[float], params: CommitmentParams) -> bytes:

@@ -74,7 +74,7 @@ import numpy.typing as npt
 
 from hyperion_node.errors import InternalError
 from runtimes.inference.claims import Claim, ClaimRejected, Verdict
-from runtimes.inference.commitments import certified_ids, check_position
+from runtimes.inference.commitments import certified_ids, check_position, leading, shortlist
 from runtimes.interface import JSON
 
 # Honest noise, measured on the packaged Gemma 3 270M Q4_K_M, CPU, 1 thread, llama-cpp-python 0.3.36: a worker
@@ -159,50 +159,9 @@ TEMPERATURE_MARGIN = 3  # at 16 positions or fewer
 GREEDY_GAP = 0.5
 MAX_GREEDY_GAPS = 2
 MIN_REPLAY_POSITIONS = 8  # fewer positions say too little for the share test
-# Shortlist of a checked row (``shortlist``): the row's ids at or above a threshold read off every
-# SHORTLIST_STRIDE-th logit, that sample's SHORTLIST_RANK-th largest, which leaves ~stride x rank = 256 of
-# the 262,144 ids (again at 4x the rank when fewer than asked for, then the whole row). The sampler chain and
-# the certified ids need 41. A fixed margin below the row's largest logit does not do: 8 logit units held 169
-# ids of a row right after a prompt and 55-240,000 of the rows of a 256-token generation (packaged model).
-SHORTLIST_STRIDE = 64
-SHORTLIST_RANK = 4
 # Chunks checked per result when the caller does not say (``[verify] inference_chunks``); module docstring.
 CHECKED_CHUNKS = 1
 _SYSTEM_RANDOM = random.SystemRandom()  # chunk draws: from the OS, not a seedable stream a worker could follow
-
-
-def shortlist(logits: npt.NDArray[np.float32], count: int) -> npt.NDArray[np.intp]:
-    """Ids, ascending, of a set that holds every id whose logit is at least the ``count``-th largest: the
-    ``count`` largest whichever way ties fall. The set is every id at or above some threshold, and holds at
-    least ``count`` ids, so the ``count``-th largest logit is at or above the threshold too. The whole
-    vocabulary when no threshold does (or the row is not finite).
-
-    A sample's partition, a comparison and a scan of the row, ~0.3 ms for Gemma's 262,144 logits, against
-    ~0.7 ms for ``argpartition`` of the row and ~0.4 ms for llama.cpp to copy the row into its candidates and
-    sort out its top-k.
-    """
-    n = logits.shape[0]
-    if count < n and math.isfinite(float(logits.max())):
-        sample = logits[::SHORTLIST_STRIDE]
-        rank = max(SHORTLIST_RANK, -(-2 * count // SHORTLIST_STRIDE))
-        for _ in range(2):
-            if rank > sample.size:
-                break
-            ids = np.flatnonzero(logits >= np.partition(sample, -rank)[-rank])
-            if ids.size >= count:
-                return ids
-            rank *= 4
-    return np.arange(n)
-
-
-def leading(
-    logits: npt.NDArray[np.float32], near: npt.NDArray[np.intp], k: int
-) -> tuple[list[int], list[float]]:
-    """The ``k`` largest logits among the shortlisted ids ``near``, largest first, ties by the lower id: what
-    ``commitments.top_k`` gives on the whole row, up to which ids tied at the k-th value it keeps."""
-    values = logits[near]
-    order = np.lexsort((near, -values))[:k]
-    return near[order].tolist(), values[order].astype(np.float64).tolist()
 
 
 class SamplerReplay:

@@ -41,6 +41,30 @@ def test_interpolation_passes_through_every_point(points: dict[int, int]) -> Non
     assert all(evaluate(coeffs, x) == y for x, y in points.items())
 
 
+def reference_top_k(row: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+    """The obvious way: sort every id by (-logit, id)."""
+    order = sorted(range(row.shape[0]), key=lambda i: (-float(row[i]), i))[:k]
+    return order, [float(row[i]) for i in order]
+
+
+@settings(max_examples=200)
+@given(row=st.lists(st.integers(-6, 6), min_size=1, max_size=3000).map(lambda v: np.array(v, dtype=np.float32)),
+       k=st.integers(1, 12))
+def test_top_k_is_the_sorted_top_with_ties_by_the_lower_id(row: np.ndarray, k: int) -> None:
+    # Few distinct values: ties at the k-th value in almost every row, where the shortlist must keep them all.
+    assert top_k(row, k) == reference_top_k(row, min(k, row.shape[0]))
+
+
+def test_top_k_of_a_vocabulary_row_and_of_rows_that_are_not_finite() -> None:
+    rng = np.random.default_rng(3)
+    row = (rng.normal(size=VOCAB) * 3).astype(np.float32)
+    assert top_k(row, 4) == reference_top_k(row, 4)
+    row[[7, 70_000]] = row.max() + 1  # a tie at the top
+    assert top_k(row, 2)[0] == [7, 70_000]
+    row[9] = np.nan  # a broken row: the whole row is read, as before
+    assert len(top_k(row, 4)[0]) == 4
+
+
 @given(value=st.floats(-500, 500), noise=st.floats(-1, 1))
 def test_quantized_distance_is_the_value_distance(value: float, noise: float) -> None:
     scale = 64

@@ -18,9 +18,17 @@ import pytest
 
 from runtimes.inference import LlamaCppRuntime
 from runtimes.inference.claims import Claim
-from runtimes.inference.commitments import PRIME, CommitmentParams, LogitCommitment, certified_ids, top_k
+from runtimes.inference.commitments import (
+    PRIME,
+    CommitmentParams,
+    LogitCommitment,
+    certified_ids,
+    leading,
+    shortlist,
+    top_k,
+)
 from runtimes.inference.runtime import SAMPLER_DEFAULTS
-from runtimes.inference.verifier import CheckStatistics, SamplerReplay, forward_rows, leading, shortlist
+from runtimes.inference.verifier import CheckStatistics, SamplerReplay, forward_rows
 from runtimes.interface import Final
 from tests.verify import cheaters
 from tests.verify.draws import FixedChunks
