@@ -6,8 +6,13 @@ admission queue. The thread is never abandoned on cancel (an abandoned generatio
 and a slot busy after its caller left). Instead the thread polls ``trio.from_thread.check_cancelled()``
 between prompt chunks and between tokens: trio fills that flag (a per-thread register, the
 ``threading.Event`` of this design) from the cancelled task's abort callback, so the loop stops within
-one decode step and the slot is free again. Tokens travel to trio by ``trio.from_thread.run(emit, ...)``,
-which runs ``emit`` in the calling task, under its cancel scope.
+one decode step and the slot is free again.
+
+Tokens do not wait for the network. The generation thread hands each decoded piece to the event loop
+(``TrioToken.run_sync_soon``) and goes on decoding; a sender task in the calling task's nursery, under its
+cancel scope, emits them in order. With ``trio.from_thread.run(emit, ...)`` the thread waited for every
+piece's send (a stream write, its encryption, a thread round trip), ~1-2 ms a token that the next decode
+did not overlap. An error in the sender cancels the generation, which stops at its next token.
 
 Generation uses ``Llama.generate`` (the token iterator under ``create_completion``) rather than
 ``create_completion(stream=True)``: the streamed chunks of the latter do not map 1:1 to tokens (it
@@ -314,6 +319,24 @@ def generate(
     )
 
 
+def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error that ended a generation's nursery (the sender's, or the thread's), so that callers
+    see the exception itself as before; a Cancelled when only cancellation is in it (the enclosing scope
+    catches it); the group when several real errors are."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            pending.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    errors = [exc for exc in leaves if not isinstance(exc, trio.Cancelled)]
+    if len(errors) == 1:
+        return errors[0]
+    return leaves[0] if not errors else group
+
+
 # --- the runtime -------------------------------------------------------------------------------------
 
 
@@ -507,14 +530,40 @@ class LlamaCppRuntime:
             raise UserError(f"unknown model {request.model!r}; available: {', '.join(self._registry.ids)}")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
-        def on_piece(text: str) -> None:
-            # Runs in the worker thread; emit runs in this task, under its cancel scope.
-            trio.from_thread.run(emit, Partial({"text": text}))
+        # Pieces go from the generation thread to a sender task in this nursery without the thread waiting
+        # for them to be sent (module docstring). At most one piece per token and one at the end, so the
+        # channel holds at most max_tokens + 1.
+        loop = trio.lowlevel.current_trio_token()
+        send_piece, pieces = trio.open_memory_channel[str](math.inf)
 
-        model_sha256, result = await trio.to_thread.run_sync(
-            functools.partial(self._hashed_work, entry, request, seed, on_piece=on_piece),
-            limiter=self._slots[entry.model_id],
-        )
+        def deliver(text: str) -> None:  # in the event loop, in the order the thread handed them over
+            try:
+                send_piece.send_nowait(text)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the sender failed; its error ends the task and with it the generation
+
+        def on_piece(text: str) -> None:  # in the generation thread: hand over, do not wait
+            loop.run_sync_soon(deliver, text)
+
+        async def forward() -> None:
+            async with pieces:
+                async for text in pieces:
+                    await emit(Partial({"text": text}))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(forward)
+                try:
+                    model_sha256, result = await trio.to_thread.run_sync(
+                        functools.partial(self._hashed_work, entry, request, seed, on_piece=on_piece),
+                        limiter=self._slots[entry.model_id],
+                    )
+                finally:
+                    # Every deliver() the thread queued ran before to_thread returned (run_sync_soon is
+                    # first in, first out), so the sender now drains what is left and ends.
+                    send_piece.close()
+        except BaseExceptionGroup as group:
+            raise _sole(group) from None
         return Final(
             output={
                 "text": result.text,
