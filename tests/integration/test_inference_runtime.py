@@ -152,6 +152,47 @@ async def test_cancelled_run_stops_and_frees_its_slot(inference_cache_dir: Path,
     assert final.output["tokens_out"] == 2
 
 
+class StreamGone(Exception):
+    pass
+
+
+async def test_a_failing_send_stops_the_generation_with_its_own_error(
+    inference_cache_dir: Path, tmp_path: Path
+) -> None:
+    """Pieces are sent by a task beside the generation thread: a send that fails must end the run with that
+    error (not an exception group), stop the generation, and leave the slot free."""
+    sent: list[str] = []
+
+    async def emit(partial: Partial) -> None:
+        sent.append(partial.data["text"])
+        if len(sent) == 3:
+            raise StreamGone("the requester's stream was reset")
+
+    async with started(inference_cache_dir, tmp_path, slots=1, n_ctx=2048) as runtime:
+        long_job = task(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=1000, deterministic=True)
+        with trio.fail_after(20):
+            with pytest.raises(StreamGone):
+                await runtime.run(long_job, emit)
+            final, _ = await collect(runtime, task(prompt="Hello", max_tokens=2))  # the one slot is free
+    assert len(sent) == 3
+    assert final.output["tokens_out"] == 2
+
+
+async def test_a_slow_send_still_gets_every_piece_in_order(inference_cache_dir: Path, tmp_path: Path) -> None:
+    pieces: list[str] = []
+
+    async def slow_emit(partial: Partial) -> None:
+        await trio.sleep(0.05)  # slower than a decode: the pieces queue up behind the sender
+        pieces.append(partial.data["text"])
+
+    async with started(inference_cache_dir, tmp_path) as runtime:
+        job = task(prompt="Count: 1, 2, 3,", max_tokens=12, deterministic=True)
+        final = await runtime.run(job, slow_emit)
+        reference, fast_pieces = await collect(runtime, job)
+    assert "".join(pieces) == final.output["text"] == reference.output["text"]
+    assert pieces == fast_pieces
+
+
 async def test_estimate_rejects_unknown_model_and_zero_max_tokens(
     inference_cache_dir: Path, tmp_path: Path
 ) -> None:
