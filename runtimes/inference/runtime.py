@@ -274,10 +274,20 @@ def generate(
     token_ids: list[int] = []
     finish_reason, end_token = "length", None
 
+    unsent: list[str] = []
+
     def put(out: str) -> None:
         if out:
             pieces.append(out)
+            unsent.append(out)
+
+    def send() -> None:
+        # Handed over just before the next decode, when this thread is about to let go of the GIL for it:
+        # the event loop, woken by the hand-over, then sends without keeping this thread's per-token Python
+        # work (the commitment, the sampler's bookkeeping) waiting for the GIL.
+        for out in unsent:
             on_piece(out)
+        unsent.clear()
 
     # The prompt is already in the KV cache with fresh logits, so generate() samples at once (its
     # "exact prompt cached" path) instead of evaluating the prompt again. The sampler settings are
@@ -303,9 +313,11 @@ def generate(
             if len(token_ids) >= request.max_tokens:
                 break
             check_cancelled()  # the next iteration decodes this token
+            send()
     finally:
         tokens.close()
     put(text.finish())
+    send()
     return Generation(
         text="".join(pieces),
         finish_reason=finish_reason,
