@@ -12,7 +12,9 @@ Tokens do not wait for the network. The generation thread hands each decoded pie
 (``TrioToken.run_sync_soon``) and goes on decoding; a sender task in the calling task's nursery, under its
 cancel scope, emits them in order. With ``trio.from_thread.run(emit, ...)`` the thread waited for every
 piece's send (a stream write, its encryption, a thread round trip), ~1-2 ms a token that the next decode
-did not overlap. An error in the sender cancels the generation, which stops at its next token.
+did not overlap. The hand-over comes right before the next decode (``generate``), so that the send, which
+needs the GIL, runs while this thread is in llama_decode without it. An error in the sender cancels the
+generation, which stops at its next token.
 
 Generation uses ``Llama.generate`` (the token iterator under ``create_completion``) rather than
 ``create_completion(stream=True)``: the streamed chunks of the latter do not map 1:1 to tokens (it
@@ -301,8 +303,7 @@ def generate(
                 put(text.push(llm.detokenize([token])))
             if commit is not None and builder is not None:
                 # generate() evaluates the token only when resumed: until then the context still holds the
-                # logits that produced it. So the token goes out first and its commitment (a top-k over the
-                # vocabulary, ~1 ms for Gemma's 262,144 logits) is made after, off the first token's path.
+                # logits that produced it (a top-k over them, ~0.1 ms for Gemma's 262,144 logits).
                 builder.add(commit())
             if end:
                 finish_reason, end_token = "stop", token
