@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtimes.inference import LlamaCppRuntime
 from runtimes.inference.registry import ModelHashes, ensure_packaged_model
-from runtimes.inference.runtime import GenerationRequest
+from runtimes.inference.request import GenerationRequest
 from runtimes.inference.verifier import CHECKED_CHUNKS
 from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
 from tests.verify import cheaters

@@ -8,7 +8,8 @@ serves. The packaged Gemma 3 270M model has the id ``gemma-3-270m-q4_k_m``. ``ve
 
 from runtimes.inference.claims import Verdict
 from runtimes.inference.registry import InferenceSettings, ModelEntry, ModelRegistry
-from runtimes.inference.runtime import GenerationRequest, LlamaCppRuntime, verify_inference
+from runtimes.inference.request import GenerationRequest
+from runtimes.inference.runtime import LlamaCppRuntime, verify_inference
 
 __all__ = [
     "GenerationRequest",

@@ -1,29 +1,23 @@
 """LLM inference on llama-cpp-python: the ``inference`` runtime.
 
-Threads and cancellation. llama.cpp blocks, so model loads and generations run in worker threads through
-``trio.to_thread.run_sync`` with a ``CapacityLimiter`` per model of size ``slots``; that limiter is the
-admission queue. The thread is never abandoned on cancel (an abandoned generation would keep a core
-and a slot busy after its caller left). Instead the thread polls ``trio.from_thread.check_cancelled()``
-between prompt chunks and between tokens: trio fills that flag (a per-thread register, the
-``threading.Event`` of this design) from the cancelled task's abort callback, so the loop stops within
-one decode step and the slot is free again.
+The runtime is the glue between the node and llama.cpp: the model registry and its warm pool, a slot
+limiter per model, benchmark and offers, admission estimates, and the two kinds of work a slot does --
+a generation (``generation.py``) and a verification of another worker's result (``verifier.py``).
+Requests are validated in ``request.py``, prompts tokenized in ``prompts.py``.
+
+Threads and cancellation. llama.cpp blocks, so model loads, generations and verifications run in worker
+threads through ``trio.to_thread.run_sync`` with a ``CapacityLimiter`` per model of size ``slots``; that
+limiter is the admission queue. The thread is never abandoned on cancel (an abandoned generation would
+keep a core and a slot busy after its caller left). Instead the thread polls
+``trio.from_thread.check_cancelled()`` between prompt chunks and between tokens: trio fills that flag (a
+per-thread register, the ``threading.Event`` of this design) from the cancelled task's abort callback,
+so the loop stops within one decode step and the slot is free again.
 
 Tokens do not wait for the network. The generation thread hands each decoded piece to the event loop
 (``TrioToken.run_sync_soon``) and goes on decoding; a sender task in the calling task's nursery, under its
 cancel scope, emits them in order. With ``trio.from_thread.run(emit, ...)`` the thread waited for every
 piece's send (a stream write, its encryption, a thread round trip), ~1-2 ms a token that the next decode
-did not overlap. The hand-over comes right before the next decode (``generate``), so that the send, which
-needs the GIL, runs while this thread is in llama_decode without it. An error in the sender cancels the
-generation, which stops at its next token.
-
-Generation uses ``Llama.generate`` (the token iterator under ``create_completion``) rather than
-``create_completion(stream=True)``: the streamed chunks of the latter do not map 1:1 to tokens (it
-merges multibyte characters and holds back stop-sequence prefixes), and ``tokens_out`` is what the
-receipt bills. We decode bytes incrementally and hold back stop prefixes ourselves.
-
-Reproducibility. Each generation starts from an empty KV cache (``Llama.reset``) and feeds the prompt
-in fixed chunks: reusing a cached prefix changes the batch shapes, and so the floating point sums,
-and greedy output could then differ between two runs of the same task.
+did not overlap. An error in the sender cancels the generation, which stops at its next token.
 """
 
 from __future__ import annotations
@@ -35,7 +29,7 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,11 +37,17 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 import trio
-from jinja2 import TemplateError
 
 from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
 from runtimes.inference.claims import ClaimRejected, Verdict, check_text, read_claim
-from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams, LogitCommitment
+from runtimes.inference.generation import (
+    CPU_PROMPT_CHUNK,
+    GPU_PROMPT_CHUNK,
+    SAMPLER_DEFAULTS,
+    Generation,
+    generate,
+)
+from runtimes.inference.prompts import PromptTokenizer, estimate_prompt_tokens
 from runtimes.inference.registry import (
     GgufInfo,
     InferenceSettings,
@@ -58,8 +58,7 @@ from runtimes.inference.registry import (
     choose_gpu_layers,
     ensure_packaged_model,
 )
-from runtimes.inference.text import StopFilter as StopFilter  # re-exported: its home before text.py
-from runtimes.inference.text import TextAssembler
+from runtimes.inference.request import GenerationRequest
 from runtimes.inference.verifier import CHECKED_CHUNKS, reject, verify_claim
 from runtimes.interface import (
     BenchmarkResult,
@@ -76,260 +75,10 @@ RUNTIME_NAME = "inference"
 # Bumped when a change here alters throughput or output, so cached benchmarks are redone.
 RUNTIME_REVISION = "1"
 
-# Prompt tokens per llama_decode call on CPU. Cancellation is checked between calls, so this bounds how
-# long a cancelled prompt keeps its slot, at some cost in prompt speed. Measured with the packaged model
-# on the 2-core dev box, 1 thread, a second process busy: chunks of 512/64/32/16 tokens ran at
-# 209/196/160/122 tokens/s, 32 tokens taking ~200 ms (about half that with the box to itself).
-CPU_PROMPT_CHUNK = 32
-# With layers on a GPU a 512-token batch (llama-cpp-python's n_batch) takes milliseconds; smaller
-# chunks would only slow it down.
-GPU_PROMPT_CHUNK = 512
 # Share of available RAM used when memory_budget_bytes = 0, leaving room for the OS and other runtimes.
 AUTO_MEMORY_SHARE = 0.6
-# Characters per token assumed before a model is loaded (English averages ~4 for llama-class vocabularies).
-CHARS_PER_TOKEN = 4
-# Template markup per chat message ("<start_of_turn>user\n" ... "<end_of_turn>\n"), in tokens, for estimates.
-CHAT_TOKENS_PER_MESSAGE = 8
-# At most this many stop sequences, as in the OpenAI completions API the payload imitates.
-MAX_STOP_SEQUENCES = 4
 BENCHMARK_PROMPT = "The history of lighthouses begins in the ancient world, where"
 BENCHMARK_TOKENS = 32
-# The sampler chain beyond temperature and top_p, as Llama.generate builds it (llama-cpp-python 0.3.x
-# defaults: top_k 40 -> typical -> top_p -> min_p 0.05 -> temperature -> dist(seed)). Fixed here and
-# recorded in the evidence, because the verifier rebuilds the same chain to replay the sampling.
-SAMPLER_DEFAULTS: Mapping[str, float | int] = {
-    "top_k": 40,
-    "min_p": 0.05,
-    "typical_p": 1.0,
-    "repeat_penalty": 1.0,
-}
-DEFAULT_COMMITMENT = CommitmentParams()
-
-_ROLES = frozenset({"system", "user", "assistant"})
-
-# Chat templates for GGUF files converted without one (the packaged Gemma 3 270M is such a file: its
-# converter copied no tokenizer.chat_template). Keyed by general.architecture. The Gemma template is
-# Google's from google/gemma-3-270m-it tokenizer_config.json (also used by Gemma 1 and 2), reduced to
-# string contents: a system message is folded into the first user turn, and "assistant" is "model".
-BUILTIN_CHAT_TEMPLATES: Mapping[str, str] = {
-    arch: (
-        "{{ bos_token }}"
-        "{%- if messages[0]['role'] == 'system' -%}"
-        "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-        "{%- set loop_messages = messages[1:] -%}"
-        "{%- else -%}"
-        "{%- set first_user_prefix = '' -%}"
-        "{%- set loop_messages = messages -%}"
-        "{%- endif -%}"
-        "{%- for message in loop_messages -%}"
-        "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-        "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
-        "{%- endif -%}"
-        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
-        "{{ message['content'] | trim }}"
-        "{{ '<end_of_turn>\n' }}"
-        "{%- endfor -%}"
-        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-    )
-    for arch in ("gemma", "gemma2", "gemma3")
-}
-
-
-# --- request --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated task payload."""
-
-    model: str
-    prompt: str | None
-    messages: tuple[Mapping[str, str], ...] | None
-    max_tokens: int = 128
-    temperature: float = 0.8
-    top_p: float = 0.95
-    seed: int | None = None  # None: a random seed, recorded in the evidence
-    stop: tuple[str, ...] = ()
-
-    @classmethod
-    def from_payload(cls, payload: Mapping[str, Any]) -> GenerationRequest:
-        """Validate a payload; raise ``UserError`` naming the field at fault."""
-        model = payload.get("model")
-        if not isinstance(model, str) or not model:
-            raise UserError("payload field 'model' must be a model id (a non-empty string)")
-        prompt, messages = payload.get("prompt"), payload.get("messages")
-        if (prompt is None) == (messages is None):
-            raise UserError("payload needs exactly one of 'prompt' (a string) or 'messages' (a list)")
-        if prompt is not None and not isinstance(prompt, str):
-            raise UserError("payload field 'prompt' must be a string")
-        chat: tuple[Mapping[str, str], ...] | None = None
-        if messages is not None:
-            if not isinstance(messages, list) or not messages:
-                raise UserError("payload field 'messages' must be a non-empty list")
-            for message in messages:
-                if not (
-                    isinstance(message, Mapping)
-                    and message.get("role") in _ROLES
-                    and isinstance(message.get("content"), str)
-                ):
-                    raise UserError(
-                        "each message must be {'role': 'system'|'user'|'assistant', 'content': str}"
-                    )
-            chat = tuple({"role": m["role"], "content": m["content"]} for m in messages)
-        max_tokens = payload.get("max_tokens", cls.max_tokens)
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise UserError(f"payload field 'max_tokens' must be an integer >= 1, got {max_tokens!r}")
-        temperature = _number(payload, "temperature", cls.temperature, low=0.0, high=2.0)
-        top_p = _number(payload, "top_p", cls.top_p, low=0.0, high=1.0)
-        if top_p == 0.0:
-            raise UserError("payload field 'top_p' must be > 0")
-        seed = payload.get("seed")
-        valid_seed = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
-        if seed is not None and not valid_seed:
-            # llama.cpp's sampler takes a uint32 seed.
-            raise UserError(f"payload field 'seed' must be an integer in [0, 2**32), got {seed!r}")
-        stop = payload.get("stop", [])
-        stops = (stop,) if isinstance(stop, str) else stop
-        if (
-            not isinstance(stops, list | tuple)
-            or len(stops) > MAX_STOP_SEQUENCES
-            or not all(isinstance(s, str) and s for s in stops)
-        ):
-            raise UserError(
-                f"payload field 'stop' must be a string or up to {MAX_STOP_SEQUENCES} non-empty strings"
-            )
-        deterministic = payload.get("deterministic", False)
-        if not isinstance(deterministic, bool):
-            raise UserError("payload field 'deterministic' must be true or false")
-        if deterministic:
-            # Greedy decoding with a fixed seed: the same task gives the same text on the same build.
-            temperature, seed = 0.0, 0
-        return cls(
-            model=model,
-            prompt=prompt,
-            messages=chat,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            seed=seed,
-            stop=tuple(stops),
-        )
-
-
-def _number(payload: Mapping[str, Any], key: str, default: float, *, low: float, high: float) -> float:
-    value = payload.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise UserError(f"payload field {key!r} must be a number in [{low}, {high}], got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """What a worker thread reports back from one generation."""
-
-    text: str
-    finish_reason: str  # "stop" (end of turn or a stop sequence) | "length" (max_tokens reached)
-    tokens_in: int
-    tokens_out: int  # tokens that became text; the end-of-generation token is not counted
-    prompt_seconds: float
-    generate_seconds: float
-    load_seconds: float | None = None  # None: the model was already loaded
-    token_ids: tuple[int, ...] = ()  # the tokens_out generated tokens
-    end_token: int | None = None  # the end-of-generation token that ended it, if one did
-    commitment: LogitCommitment | None = None  # one position per generated token, end_token included
-
-
-def generate(
-    llm: Any,
-    prompt: Sequence[int],
-    request: GenerationRequest,
-    seed: int,
-    *,
-    on_piece: Callable[[str], None],
-    check_cancelled: Callable[[], None],
-    is_eog: Callable[[int], bool],
-    prompt_chunk: int = CPU_PROMPT_CHUNK,
-    ignore_eog: bool = False,
-    commit: Callable[[], npt.NDArray[np.float32]] | None = None,
-    params: CommitmentParams = DEFAULT_COMMITMENT,
-) -> Generation:
-    """Run one generation on a loaded ``Llama``; blocking.
-
-    ``check_cancelled`` raises to stop (``trio.from_thread.check_cancelled`` in the runtime); it runs
-    before every llama_decode call, so a cancelled caller waits for one decode step at most.
-    ``ignore_eog`` keeps going past end-of-turn, for benchmarks that need a fixed token count.
-    The prompt chunk size must not vary between runs of one task: batch shapes change the sums.
-    ``commit`` returns the logits row that produced the token just sampled; given, every generated
-    position (the end token's included) is committed to (``commitments.py``).
-    """
-    started = time.perf_counter()
-    llm.reset()  # no prefix reuse, for reproducible output (module docstring)
-    llm.set_seed(seed)
-    for start in range(0, len(prompt), prompt_chunk):
-        check_cancelled()
-        llm.eval(prompt[start : start + prompt_chunk])
-    prompt_done = time.perf_counter()
-    text = TextAssembler(request.stop)
-    builder = CommitmentBuilder(params) if commit is not None else None
-    pieces: list[str] = []
-    token_ids: list[int] = []
-    finish_reason, end_token = "length", None
-
-    unsent: list[str] = []
-
-    def put(out: str) -> None:
-        if out:
-            pieces.append(out)
-            unsent.append(out)
-
-    def send() -> None:
-        # Handed over just before the next decode, when this thread is about to let go of the GIL for it:
-        # the event loop, woken by the hand-over, then sends without keeping this thread's per-token Python
-        # work (the commitment, the sampler's bookkeeping) waiting for the GIL.
-        for out in unsent:
-            on_piece(out)
-        unsent.clear()
-
-    # The prompt is already in the KV cache with fresh logits, so generate() samples at once (its
-    # "exact prompt cached" path) instead of evaluating the prompt again. The sampler settings are
-    # spelled out (they are llama-cpp-python's defaults) because the verifier replays the same chain.
-    tokens = llm.generate(prompt, temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
-    try:
-        for token in tokens:
-            end = is_eog(token) and not ignore_eog
-            if not end:
-                token_ids.append(token)
-                put(text.push(llm.detokenize([token])))
-            if commit is not None and builder is not None:
-                # generate() evaluates the token only when resumed: until then the context still holds the
-                # logits that produced it (a top-k over them, ~0.1 ms for Gemma's 262,144 logits).
-                builder.add(commit())
-            if end:
-                finish_reason, end_token = "stop", token
-                break
-            if text.hit_stop:
-                finish_reason = "stop"
-                break
-            if len(token_ids) >= request.max_tokens:
-                break
-            check_cancelled()  # the next iteration decodes this token
-            send()
-    finally:
-        tokens.close()
-    put(text.finish())
-    send()
-    return Generation(
-        text="".join(pieces),
-        finish_reason=finish_reason,
-        tokens_in=len(prompt),
-        tokens_out=len(token_ids),
-        prompt_seconds=prompt_done - started,
-        generate_seconds=time.perf_counter() - prompt_done,
-        token_ids=tuple(token_ids),
-        end_token=end_token,
-        commitment=builder.build() if builder is not None else None,
-    )
 
 
 def _sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -374,7 +123,7 @@ class LlamaCppRuntime:
         self._registry = ModelRegistry([])
         self._slots: dict[str, trio.CapacityLimiter] = {}
         self._placements: dict[str, _Placement] = {}
-        self._chat_formatters: dict[str, Any] = {}
+        self._prompts = PromptTokenizer()
         self._benchmark: BenchmarkResult | None = None
         self._pool: ModelPool | None = None
         self._llama: Any = None
@@ -512,14 +261,14 @@ class LlamaCppRuntime:
             available = ", ".join(self._registry.ids) or "none"
             return Estimate(accepted=False, reason=f"unknown model {request.model!r}; available: {available}")
         n_ctx = self._settings.n_ctx
-        tokens_in = self._estimate_prompt_tokens(request)
+        tokens_in = estimate_prompt_tokens(request)
         # Tokenizing needs a loaded model; loading one to answer an admission question would be
         # neither cheap nor free of side effects. Past 2 x n_ctx estimated tokens the prompt would need
         # over 8 characters per token to fit, so it is refused without spending time tokenizing it.
         if tokens_in <= 2 * n_ctx and self._pool is not None:
             try:
                 counted = self._pool.with_loaded(
-                    entry.model_id, lambda llm: len(self._prompt_tokens(llm, request))
+                    entry.model_id, lambda llm: len(self._prompts.tokens(llm, request))
                 )
             except UserError as exc:
                 return Estimate(accepted=False, reason=exc.one_line())
@@ -675,7 +424,7 @@ class LlamaCppRuntime:
         llm, load_seconds = self._pool.checkout(entry)
         try:
             trio.from_thread.check_cancelled()
-            prompt = self._prompt_tokens(llm, request)
+            prompt = self._prompts.tokens(llm, request)
             if len(prompt) + request.max_tokens > self._settings.n_ctx:
                 raise UserError(
                     f"prompt ({len(prompt)} tokens) plus max_tokens ({request.max_tokens}) exceeds "
@@ -747,7 +496,7 @@ class LlamaCppRuntime:
                     stops=request.stop,
                     max_tokens=request.max_tokens,
                 )
-                prompt = self._prompt_tokens(llm, request)
+                prompt = self._prompts.tokens(llm, request)
                 if output.get("tokens_in") != len(prompt):
                     raise ClaimRejected(f"tokens_in {output.get('tokens_in')!r} is not the prompt's {len(prompt)}")
                 if len(prompt) + len(claim.positions) > self._settings.n_ctx:
@@ -786,7 +535,7 @@ class LlamaCppRuntime:
                 n_threads_batch=self._n_threads(),
                 n_gpu_layers=n_gpu_layers,
                 # Sliding-window layers keep only their window: a full-size SWA cache exists to reuse
-                # prompt prefixes, which generate() never does (module docstring).
+                # prompt prefixes, which generate() never does (generation.py).
                 swa_full=False,
                 verbose=False,
             )
@@ -795,43 +544,6 @@ class LlamaCppRuntime:
                 f"llama.cpp cannot load model {entry.model_id} from {entry.path}: {exc}",
                 hint="replace the file or remove it from [runtimes.inference] models",
             ) from exc
-
-    def _prompt_tokens(self, llm: Any, request: GenerationRequest) -> list[int]:
-        """The prompt as tokens: plain text as is, chat messages through the model's own template."""
-        if request.prompt is not None:
-            # add_bos=True adds BOS only when the model's vocabulary asks for one.
-            return list(llm.tokenize(request.prompt.encode("utf-8"), add_bos=True, special=False))
-        formatter = self._chat_formatter(llm, request.model)
-        try:
-            formatted = formatter(messages=[dict(m) for m in request.messages or ()])
-        except (TemplateError, ValueError, TypeError) as exc:  # raise_exception() in a template: ValueError
-            raise UserError(f"model {request.model} rejects these messages: {exc}") from exc
-        # The template writes BOS and turn markers as text, hence special=True, and no second BOS.
-        return list(
-            llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=not formatted.added_special, special=True)
-        )
-
-    def _chat_formatter(self, llm: Any, model_id: str) -> Any:
-        formatter = self._chat_formatters.get(model_id)
-        if formatter is None:
-            template = llm.metadata.get("tokenizer.chat_template") or BUILTIN_CHAT_TEMPLATES.get(
-                llm.metadata.get("general.architecture", "")
-            )
-            if not template:
-                raise UserError(f"model {model_id} has no chat template; send 'prompt' instead of 'messages'")
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            def special_text(token: int) -> str:
-                return "" if token < 0 else llm.detokenize([token], special=True).decode("utf-8", "replace")
-
-            formatter = Jinja2ChatFormatter(
-                template=template,
-                eos_token=special_text(llm.token_eos()),
-                bos_token=special_text(llm.token_bos()),
-            )
-            # Same model, same template: a race between two threads only builds it twice.
-            self._chat_formatters[model_id] = formatter
-        return formatter
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -843,13 +555,6 @@ class LlamaCppRuntime:
         # process stalls them all. Measured on 2 cores under load: 2 threads 1-4 tokens/s, 1 thread ~21.
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return max(1, cpus - 1)
-
-    def _estimate_prompt_tokens(self, request: GenerationRequest) -> int:
-        if request.prompt is not None:
-            return math.ceil(len(request.prompt) / CHARS_PER_TOKEN) + 1
-        messages = request.messages or ()
-        chars = sum(len(m["content"]) for m in messages)
-        return math.ceil(chars / CHARS_PER_TOKEN) + CHAT_TOKENS_PER_MESSAGE * len(messages)
 
     def _estimate_seconds(self, entry: ModelEntry, tokens_in: int, max_tokens: int) -> float | None:
         benchmark = self._benchmark

@@ -27,7 +27,7 @@ from runtimes.inference.registry import (
     parse_quantization,
     read_gguf_info,
 )
-from runtimes.inference.runtime import StopFilter
+from runtimes.inference.text import StopFilter
 from runtimes.interface import Final, HardwareSummary, Partial, Runtime, RuntimeContext, Task
 
 MODEL = "gemma-3-270m-q4_k_m"

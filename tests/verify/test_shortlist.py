@@ -27,7 +27,7 @@ from runtimes.inference.commitments import (
     shortlist,
     top_k,
 )
-from runtimes.inference.runtime import SAMPLER_DEFAULTS
+from runtimes.inference.generation import SAMPLER_DEFAULTS
 from runtimes.inference.verifier import CheckStatistics, SamplerReplay, forward_rows
 from runtimes.interface import Final
 from tests.verify import cheaters

@@ -1,0 +1,104 @@
+"""What an inference task asks for: ``GenerationRequest``, validated from a task payload.
+
+Every field a worker reads from a payload is checked here, so that a bad payload is refused with a
+``UserError`` naming the field before any model is touched, and the verifier reads the same request the
+worker did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hyperion_node.errors import UserError
+
+# At most this many stop sequences, as in the OpenAI completions API the payload imitates.
+MAX_STOP_SEQUENCES = 4
+
+_ROLES = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated task payload."""
+
+    model: str
+    prompt: str | None
+    messages: tuple[Mapping[str, str], ...] | None
+    max_tokens: int = 128
+    temperature: float = 0.8
+    top_p: float = 0.95
+    seed: int | None = None  # None: a random seed, recorded in the evidence
+    stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> GenerationRequest:
+        """Validate a payload; raise ``UserError`` naming the field at fault."""
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise UserError("payload field 'model' must be a model id (a non-empty string)")
+        prompt, messages = payload.get("prompt"), payload.get("messages")
+        if (prompt is None) == (messages is None):
+            raise UserError("payload needs exactly one of 'prompt' (a string) or 'messages' (a list)")
+        if prompt is not None and not isinstance(prompt, str):
+            raise UserError("payload field 'prompt' must be a string")
+        chat: tuple[Mapping[str, str], ...] | None = None
+        if messages is not None:
+            if not isinstance(messages, list) or not messages:
+                raise UserError("payload field 'messages' must be a non-empty list")
+            for message in messages:
+                if not (
+                    isinstance(message, Mapping)
+                    and message.get("role") in _ROLES
+                    and isinstance(message.get("content"), str)
+                ):
+                    raise UserError(
+                        "each message must be {'role': 'system'|'user'|'assistant', 'content': str}"
+                    )
+            chat = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        max_tokens = payload.get("max_tokens", cls.max_tokens)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise UserError(f"payload field 'max_tokens' must be an integer >= 1, got {max_tokens!r}")
+        temperature = _number(payload, "temperature", cls.temperature, low=0.0, high=2.0)
+        top_p = _number(payload, "top_p", cls.top_p, low=0.0, high=1.0)
+        if top_p == 0.0:
+            raise UserError("payload field 'top_p' must be > 0")
+        seed = payload.get("seed")
+        valid_seed = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
+        if seed is not None and not valid_seed:
+            # llama.cpp's sampler takes a uint32 seed.
+            raise UserError(f"payload field 'seed' must be an integer in [0, 2**32), got {seed!r}")
+        stop = payload.get("stop", [])
+        stops = (stop,) if isinstance(stop, str) else stop
+        if (
+            not isinstance(stops, list | tuple)
+            or len(stops) > MAX_STOP_SEQUENCES
+            or not all(isinstance(s, str) and s for s in stops)
+        ):
+            raise UserError(
+                f"payload field 'stop' must be a string or up to {MAX_STOP_SEQUENCES} non-empty strings"
+            )
+        deterministic = payload.get("deterministic", False)
+        if not isinstance(deterministic, bool):
+            raise UserError("payload field 'deterministic' must be true or false")
+        if deterministic:
+            # Greedy decoding with a fixed seed: the same task gives the same text on the same build.
+            temperature, seed = 0.0, 0
+        return cls(
+            model=model,
+            prompt=prompt,
+            messages=chat,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=tuple(stops),
+        )
+
+
+def _number(payload: Mapping[str, Any], key: str, default: float, *, low: float, high: float) -> float:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise UserError(f"payload field {key!r} must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
