@@ -12,8 +12,12 @@ For each network size it reports:
 
 Providers: the first 3 joiners serve the packaged model; all others disable the inference runtime.
 
+``--baseline`` runs each size a second time with py-libp2p as shipped (``HYPERION_LIBP2P_AS_SHIPPED=1``:
+without ``hyperion_node/p2p/libp2p_costs.py``), the two runs in alternating order, and prints both rows.
+
     .venv/bin/python scripts/bench_p2p.py                 # sizes 10, 20, 30
     .venv/bin/python scripts/bench_p2p.py --sizes 5 --lookups 10
+    .venv/bin/python scripts/bench_p2p.py --sizes 10,20 --lookups 30 --baseline
 """
 
 from __future__ import annotations
@@ -49,10 +53,10 @@ def base_sets(serve: bool) -> list[str]:
     return [*sets, f"runtimes.disabled=[{others}]" if serve else f'runtimes.disabled=["inference", {others}]']
 
 
-def run_size(n: int, root: Path, lookups: int) -> dict[str, Any]:
-    seed = NodeProcess(root / "n00", sets=base_sets(False), quiet=True).start()
+def run_size(n: int, root: Path, lookups: int, env: dict[str, str]) -> dict[str, Any]:
+    seed = NodeProcess(root / "n00", sets=base_sets(False), quiet=True, env=env).start()
     bootstrap = f'p2p.bootstrap=["{seed.p2p_addr()}"]'
-    joiners = [NodeProcess(root / f"n{i:02d}", sets=[*base_sets(i <= PROVIDERS), bootstrap], quiet=True)
+    joiners = [NodeProcess(root / f"n{i:02d}", sets=[*base_sets(i <= PROVIDERS), bootstrap], quiet=True, env=env)
                for i in range(1, n)]
     nodes = [seed, *joiners]
     try:
@@ -116,19 +120,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,20,30")
     parser.add_argument("--lookups", type=int, default=50)
+    parser.add_argument("--baseline", action="store_true", help="also run each size with py-libp2p as shipped")
     args = parser.parse_args()
+    settings = [("node", {})]
+    if args.baseline:
+        settings.append(("shipped", {"HYPERION_LIBP2P_AS_SHIPPED": "1"}))
     rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        with tempfile.TemporaryDirectory() as tmp:
-            row = run_size(n, Path(tmp), args.lookups)
-        rows.append(row)
-        print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    for k, n in enumerate(int(x) for x in args.sizes.split(",")):
+        for name, env in settings if k % 2 == 0 else settings[::-1]:
+            with tempfile.TemporaryDirectory() as tmp:
+                row = {"libp2p": name, **run_size(n, Path(tmp), args.lookups, env)}
+            rows.append(row)
+            print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     print(f"\nmachine: {psutil.cpu_count()} logical cores; heartbeat every {HEARTBEAT_S} s; gossip degree 6")
-    print("| N | converge s | gossip p50/p95 ms | lookup p50/p95 ms (health p50) | frames/msgs/control per node "
-          "per heartbeat | sends per node per message | RSS MiB median (max) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| N | libp2p | converge s | gossip p50/p95 ms | lookup p50/p95 ms (health p50) | "
+          "frames/msgs/control per node per heartbeat | sends per node per message | RSS MiB median (max) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']} | {r['converged_s']:.1f} | {r['gossip_p50_ms']:.1f} / {r['gossip_p95_ms']:.1f} | "
+        print(f"| {r['n']} | {r['libp2p']} | {r['converged_s']:.1f} | "
+              f"{r['gossip_p50_ms']:.1f} / {r['gossip_p95_ms']:.1f} | "
               f"{r['lookup_p50_ms']:.1f} / {r['lookup_p95_ms']:.1f} "
               f"({r['health_p50_ms']:.1f}; found {r['lookups_found']}) | "
               f"{r['rpc_frames_out_per_heartbeat']:.1f} / {r['messages_out_per_heartbeat']:.1f} / "

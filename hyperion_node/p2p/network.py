@@ -47,6 +47,7 @@ from hyperion_node import __version__
 from hyperion_node.config.loader import P2PSettings
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
+from hyperion_node.p2p import libp2p_costs
 from hyperion_node.p2p.limits import RateLimiter
 from hyperion_node.p2p.messages import (
     HEALTH_LEAVING,
@@ -75,6 +76,11 @@ from hyperion_node.trio_types import TaskStatus, run_sync_abandoning
 # go-yamux's half-window hysteresis. scripts/bench_gossip.py (six hosts in one process, both settings side by
 # side): delivery p50 28 -> 19 ms, p95 81 -> 34 ms, CPU per published message 0.71x. A user's setting wins.
 os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# What that setting still left (a credit frame after about every other small read) and the signed peer record
+# built and checked for every pubsub RPC: see libp2p_costs.py. HYPERION_LIBP2P_AS_SHIPPED=1 leaves py-libp2p
+# as it is (to compare, scripts/bench_p2p.py --baseline, or should a py-libp2p release disagree with it).
+if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
+    libp2p_costs.install()
 
 log = structlog.get_logger(__name__)
 
