@@ -66,6 +66,10 @@ class WrongSigner(InternalError):
     """Our own misuse: signing a receipt as someone the receipt does not name."""
 
 
+class LedgerClosed(EnvironmentProblem):
+    """A receipt handed to the ledger after its writer stopped (the node is shutting down): not recorded."""
+
+
 class ChainBroken(EnvironmentProblem):
     """The stored hash chain does not verify; ``position`` is the first entry that is wrong."""
 

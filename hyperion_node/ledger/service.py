@@ -10,6 +10,12 @@ Epochs close in the writer's transaction when they reach ``epoch_receipts``; a t
 oldest receipt has waited ``epoch_minutes``, checking every tenth of that (at most every minute). Each closed
 epoch is handed to ``on_epoch`` (the P2P layer publishes its root on the receipts topic) once, in order; at
 start the latest closed epoch is handed over again, so that peers that missed it learn the node's head.
+
+Stopping loses no receipt that was handed over: callers wait for their receipt shielded from cancellation
+(a task being cancelled still records the work it did), so when the service is cancelled the writer first
+closes the queue to new receipts, then writes every receipt already in it, shielded, and only then ends.
+A receipt handed over after that fails at once with ``LedgerClosed`` instead of waiting for a writer that
+is gone (a stream handler that outlives the ledger by a moment at shutdown hung there before).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from hyperion_node.identity import Identity
 from hyperion_node.ledger.chain import Entry, Ledger
 from hyperion_node.ledger.dispute import Dispute
 from hyperion_node.ledger.epochs import EpochPolicy, SignedEpoch
-from hyperion_node.ledger.exceptions import ReceiptRejected
+from hyperion_node.ledger.exceptions import LedgerClosed, ReceiptRejected
 from hyperion_node.ledger.receipt import SignedReceipt
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
@@ -70,9 +76,14 @@ class LedgerService:
             task_status.started()
 
     async def append(self, signed: SignedReceipt) -> Entry:
-        """Verify and append a receipt; returns once it is durable. Raises ReceiptRejected with the reason."""
+        """Verify and append a receipt; returns once it is durable. Raises ReceiptRejected with the reason,
+        LedgerClosed when the service has stopped."""
         waiting = _Waiting(signed)
-        await self._send.send(waiting)
+        try:
+            await self._send.send(waiting)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise LedgerClosed("the ledger has stopped (the node is shutting down); the receipt was not recorded",
+                               hint="the task's work is not billed; it can be run again") from None
         await waiting.done.wait()
         if isinstance(waiting.outcome, BaseException):
             raise waiting.outcome
@@ -86,28 +97,57 @@ class LedgerService:
         return await self._store.run(self.ledger.dispute, dispute)
 
     async def _write(self) -> None:
-        async with self._receive:
+        try:
             async for first in self._receive:
-                batch = [first]
-                while len(batch) < MAX_BATCH:
-                    try:
-                        batch.append(self._receive.receive_nowait())
-                    except trio.WouldBlock:
-                        break
-                try:
-                    outcomes: list[Entry | ReceiptRejected] = await self._store.run(
-                        self.ledger.append_batch, [w.signed for w in batch])
-                except BaseException as exc:
-                    # The store failed (disk full, I/O error): every caller learns it, and the error still
-                    # propagates to the daemon, which stops rather than run on without a ledger.
-                    for waiting in batch:
-                        waiting.outcome = exc
-                        waiting.done.set()
-                    raise
-                for waiting, outcome in zip(batch, outcomes, strict=True):
-                    waiting.outcome = outcome
-                    waiting.done.set()
+                await self._commit(first)
                 await self._hand_over_epochs()
+        finally:
+            # Stopping (module docstring): no new receipts, and the queued ones written before the end.
+            self._send.close()
+            with trio.CancelScope(shield=True):
+                try:
+                    while True:
+                        try:
+                            first = self._receive.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        await self._commit(first)
+                finally:
+                    self._receive.close()
+
+    async def _commit(self, first: _Waiting) -> None:
+        """One transaction for ``first`` and every receipt queued behind it; each caller woken with its outcome."""
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                batch.append(self._receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        try:
+            outcomes: list[Entry | ReceiptRejected] = await self._store.run(
+                self.ledger.append_batch, [w.signed for w in batch])
+        except BaseException as exc:
+            # The store failed (disk full, I/O error): every caller learns it, and the error still
+            # propagates to the daemon, which stops rather than run on without a ledger. Receipts still
+            # queued are failed too (the receive side closes on the way out), so no caller waits forever.
+            for waiting in batch:
+                waiting.outcome = exc
+                waiting.done.set()
+            self._fail_queued(exc)
+            raise
+        for waiting, outcome in zip(batch, outcomes, strict=True):
+            waiting.outcome = outcome
+            waiting.done.set()
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        self._send.close()
+        while True:
+            try:
+                waiting = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            waiting.outcome = exc
+            waiting.done.set()
 
     async def _hand_over_epochs(self) -> None:
         closed = await self._store.run(functools.partial(self.ledger.signed_epochs, after=self._handed_over))

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from hyperion_node.ledger.chain import Entry
 from hyperion_node.ledger.epochs import SignedEpoch
-from hyperion_node.ledger.exceptions import BadSignature, Replayed
+from hyperion_node.ledger.exceptions import BadSignature, LedgerClosed, Replayed
 from hyperion_node.ledger.receipt import SignedReceipt, countersign
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.store import Store
@@ -110,4 +111,33 @@ async def test_closed_epochs_are_handed_over_once_in_order(tmp_path: Path, facto
         await nursery.start(restarted.run)
         nursery.cancel_scope.cancel()
     assert handed == [1, 2, 3, 3]
+    store.close()
+
+
+async def test_stopping_writes_every_receipt_already_handed_over_and_refuses_later_ones(
+    tmp_path: Path, factory: ReceiptFactory
+) -> None:
+    # Callers wait shielded, as the task protocol does; the service is cancelled while their receipts are
+    # queued. Before, the writer's end stranded them and each caller waited forever.
+    store = Store.open(tmp_path / "node.db")
+    service = LedgerService(store, factory.worker, epoch_receipts=1000, epoch_minutes=60)
+    receipts = [factory.signed() for _ in range(40)]
+    entries: dict[bytes, Entry] = {}
+
+    async def finish_task(signed: SignedReceipt) -> None:
+        with trio.CancelScope(shield=True):
+            entries[signed.id] = await service.append(signed)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as outer:
+            async with trio.open_nursery() as ledger:
+                await ledger.start(service.run)
+                for signed in receipts:
+                    outer.start_soon(finish_task, signed)
+                await trio.testing.wait_all_tasks_blocked()  # every receipt is in the queue or being written
+                ledger.cancel_scope.cancel()
+    assert set(entries) == {s.id for s in receipts}
+    assert service.ledger.verify().receipts == 40
+    with trio.fail_after(5), pytest.raises(LedgerClosed, match="not recorded"):
+        await service.append(factory.signed())
     store.close()
