@@ -36,6 +36,7 @@ from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 RECORD_REFRESH_S = 30.0
+MAX_REMEMBERED_PEERS = 4096  # per host, before records older than RECORD_REFRESH_S are dropped
 
 _installed = False
 _original_window_update = YamuxStream._auto_tune_and_send_window_update
@@ -80,6 +81,9 @@ def _consume_once(msg: Any, host: Any, peer_id: ID) -> bool:
         return True
     accepted = bool(_original_consume(msg, host, peer_id))
     if accepted:
+        if len(peers) >= MAX_REMEMBERED_PEERS:  # a long-lived node meets many peers: forget the stale ones
+            for stale in [p for p, (_, at) in peers.items() if now - at >= RECORD_REFRESH_S]:
+                del peers[stale]
         peers[peer_id] = (record, now)
     else:
         peers.pop(peer_id, None)

@@ -223,3 +223,20 @@ def test_hyperion_libp2p_as_shipped_leaves_py_libp2p_unchanged(value: str, expec
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
+
+
+def test_records_older_than_the_refresh_are_forgotten_when_many_peers_were_seen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(libp2p_costs, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+    monkeypatch.setattr(libp2p_costs, "MAX_REMEMBERED_PEERS", 2)
+    host = _host()
+    addrs = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/4001")]
+    senders = [create_new_key_pair() for _ in range(3)]
+    ids = [ID.from_pubkey(k.public_key) for k in senders]
+    for key, peer in zip(senders[:2], ids[:2], strict=True):
+        assert libp2p_costs._consume_once(_rpc_with_record(key, peer, addrs), host, peer)
+    now[0] += libp2p_costs.RECORD_REFRESH_S
+    assert libp2p_costs._consume_once(_rpc_with_record(senders[2], ids[2], addrs), host, ids[2])
+    assert set(libp2p_costs._accepted[host]) == {ids[2]}
