@@ -20,22 +20,33 @@ in one process, each setting side by side with py-libp2p's own behaviour (README
    peer within that time is accepted again without another signature check (the bytes, signature
    included, are the ones already checked). A changed record, or one older than that, goes through
    py-libp2p's own checks as before.
+
+3. On-demand DHT refreshes. py-libp2p's auto-connector asks the DHT for a refresh (a random walk of several
+   lookups, each a new stream to every peer it queries) on every check while the node has fewer connections
+   than ``min_connections`` -- every 10 s, for ever, in any network smaller than that floor (16 with our
+   default ``p2p.max_connections`` of 64). An idle node in a 10-node network ran 114 lookups and 7,208 DHT
+   queries in 100 s (cProfile), and answered 4,079. ``throttle_on_demand_refresh`` lets one such refresh
+   through per ``ON_DEMAND_REFRESH_MIN_S``; the refresh at start and the periodic one are untouched.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from typing import Any
 
 import libp2p.pubsub.gossipsub as gossipsub_module
 import libp2p.pubsub.pubsub as pubsub_module
+import trio
+from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerstore import env_to_send_in_RPC
 from libp2p.pubsub.utils import maybe_consume_signed_record
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 RECORD_REFRESH_S = 30.0
+ON_DEMAND_REFRESH_MIN_S = 60.0
 MAX_REMEMBERED_PEERS = 4096  # per host, before records older than RECORD_REFRESH_S are dropped
 
 _installed = False
@@ -90,8 +101,29 @@ def _consume_once(msg: Any, host: Any, peer_id: ID) -> bool:
     return accepted
 
 
+def throttle_on_demand_refresh(dht: KadDHT, min_interval_s: float = ON_DEMAND_REFRESH_MIN_S) -> None:
+    """At most one on-demand routing-table refresh per ``min_interval_s`` for this DHT (item 3 above).
+    Call before the DHT runs: ``KadDHT.run`` hands ``trigger_refresh`` to the auto-connector then."""
+    manager = dht.rt_refresh_manager
+    if manager is None:  # random walk off: nothing triggers refreshes
+        return
+    trigger = manager.trigger_refresh
+    last = -math.inf
+
+    async def throttled() -> None:
+        nonlocal last
+        now = trio.current_time()
+        if now - last < min_interval_s:
+            return
+        last = now
+        await trigger()
+
+    manager.trigger_refresh = throttled  # type: ignore[method-assign]
+
+
 def install() -> None:
-    """Apply both changes to py-libp2p's classes and modules; idempotent."""
+    """Apply changes 1 and 2 to py-libp2p's classes and modules; idempotent. Change 3 is per DHT
+    (``throttle_on_demand_refresh``), applied by ``P2PNetwork`` while these are installed."""
     global _installed
     if _installed:
         return

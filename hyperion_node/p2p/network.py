@@ -350,6 +350,8 @@ class P2PNetwork:
                         announce_addrs=announce, addrs_factory=order, connection_config=connections,
                         enable_quic=settings.quic)
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk)
+        if libp2p_costs.installed():
+            libp2p_costs.throttle_on_demand_refresh(dht)
         dht.register_validator("hyperion", CapabilityValidator(self))
         degree = settings.gossip_degree
         gossipsub = GossipSub(

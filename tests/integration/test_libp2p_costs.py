@@ -6,6 +6,7 @@ per distinct record, while a forged or foreign one is still refused."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import subprocess
 import sys
@@ -17,10 +18,12 @@ import multiaddr
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 from libp2p import new_host
 from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.peer.peerstore import create_signed_peer_record
@@ -240,3 +243,20 @@ def test_records_older_than_the_refresh_are_forgotten_when_many_peers_were_seen(
     now[0] += libp2p_costs.RECORD_REFRESH_S
     assert libp2p_costs._consume_once(_rpc_with_record(senders[2], ids[2], addrs), host, ids[2])
     assert set(libp2p_costs._accepted[host]) == {ids[2]}
+
+
+async def test_on_demand_dht_refreshes_are_let_through_once_a_minute(autojump_clock: trio.testing.MockClock) -> None:
+    dht = KadDHT(_host(), DHTMode.SERVER, enable_random_walk=True)
+    assert dht.rt_refresh_manager is not None
+    refreshes: list[float] = []
+
+    async def refresh() -> None:
+        refreshes.append(trio.current_time())
+
+    dht.rt_refresh_manager.trigger_refresh = refresh  # type: ignore[method-assign]
+    libp2p_costs.throttle_on_demand_refresh(dht)
+    for _ in range(30):  # the auto-connector's critical checks, every 10 s for 5 minutes
+        await dht.rt_refresh_manager.trigger_refresh()
+        await trio.sleep(10)
+    assert len(refreshes) == 5  # at 0, 60, 120, 180, 240 s instead of 30
+    assert [b - a for a, b in itertools.pairwise(refreshes)] == [60.0] * 4
