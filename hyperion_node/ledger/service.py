@@ -106,47 +106,39 @@ class LedgerService:
             self._send.close()
             with trio.CancelScope(shield=True):
                 try:
-                    while True:
-                        try:
-                            first = self._receive.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        await self._commit(first)
+                    while (queued := self._queued()) is not None:
+                        await self._commit(queued)
                 finally:
                     self._receive.close()
+
+    def _queued(self) -> _Waiting | None:
+        """The next receipt already in the queue, or None when it is empty or closed."""
+        try:
+            return self._receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return None
 
     async def _commit(self, first: _Waiting) -> None:
         """One transaction for ``first`` and every receipt queued behind it; each caller woken with its outcome."""
         batch = [first]
-        while len(batch) < MAX_BATCH:
-            try:
-                batch.append(self._receive.receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel):
-                break
+        while len(batch) < MAX_BATCH and (waiting := self._queued()) is not None:
+            batch.append(waiting)
         try:
             outcomes: list[Entry | ReceiptRejected] = await self._store.run(
                 self.ledger.append_batch, [w.signed for w in batch])
         except BaseException as exc:
             # The store failed (disk full, I/O error): every caller learns it, and the error still
             # propagates to the daemon, which stops rather than run on without a ledger. Receipts still
-            # queued are failed too (the receive side closes on the way out), so no caller waits forever.
+            # queued are failed too, so no caller waits forever.
+            self._send.close()
+            while (waiting := self._queued()) is not None:
+                batch.append(waiting)
             for waiting in batch:
                 waiting.outcome = exc
                 waiting.done.set()
-            self._fail_queued(exc)
             raise
         for waiting, outcome in zip(batch, outcomes, strict=True):
             waiting.outcome = outcome
-            waiting.done.set()
-
-    def _fail_queued(self, exc: BaseException) -> None:
-        self._send.close()
-        while True:
-            try:
-                waiting = self._receive.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
-            waiting.outcome = exc
             waiting.done.set()
 
     async def _hand_over_epochs(self) -> None:

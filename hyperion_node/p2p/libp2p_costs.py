@@ -1,7 +1,8 @@
-"""Per-message costs of py-libp2p 0.8.1 that the node takes out, without changing what goes on the wire
-in meaning. Installed once, on import of ``hyperion_node.p2p.network`` (``install()``); every host in the
-process (the daemon's one, or a demo's many) gets them. Measured by ``scripts/bench_gossip.py``, six hosts
-in one process, each setting side by side with py-libp2p's own behaviour (README, *Performance*).
+"""Costs of py-libp2p 0.8.1, per message and per idle minute, that the node takes out, without changing
+what goes on the wire in meaning. Installed once, on import of ``hyperion_node.p2p.network``
+(``install()``); every host in the process (the daemon's one, or a demo's many) gets them. Measured by
+``scripts/bench_gossip.py``, six hosts in one process, each setting side by side with py-libp2p's own
+behaviour (README, *Performance*).
 
 1. Yamux receive credit. After a read, ``YamuxStream._auto_tune_and_send_window_update`` returns credit
    with a WINDOW_UPDATE frame whenever the unreturned credit is above zero and below half the window (its
@@ -10,7 +11,7 @@ in one process, each setting side by side with py-libp2p's own behaviour (README
    against 6,198 data frames in a profile. Here credit goes back as go-yamux does it: once the unreturned
    credit reaches half the window, in one update (and the window grows by py-libp2p's own auto-tuning then).
    A sender can always have half a window in flight, so throughput of large transfers is kept (tested
-   with a multi-megabyte stream in ``tests/p2p/test_libp2p_costs.py``).
+   with a multi-megabyte stream in ``tests/integration/test_libp2p_costs.py``).
 
 2. The signed peer record every pubsub RPC carries. py-libp2p builds it for each RPC sent
    (``env_to_send_in_RPC``: the host's addresses rebuilt as multiaddrs and compared with the cached
