@@ -242,8 +242,34 @@ class CandidateSet:
         # What a reader derived from the column layout (which peer is in which column), keyed by the reader;
         # dropped whenever a candidate is added or removed. Replacing a candidate keeps its column.
         self._memo: dict[object, object] = {}
+        self._fill(candidates)
+
+    def _fill(self, candidates: Iterable[Candidate]) -> None:
+        """An empty set's first candidates, in one block write rather than a column at a time: a set built
+        for one request (the daemon's, from its peer table) cost ~60 us a candidate through ``upsert``'s
+        per-column numpy writes, ~9% of a 50-node demo's CPU."""
+        latest: dict[str, Candidate] = {}
         for candidate in candidates:
-            self.upsert(candidate)
+            if candidate.runtime != self.runtime or candidate.item != self.item:
+                raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
+                                      f"{self.runtime}/{self.item}")
+            latest[candidate.peer_id] = candidate  # as upsert: a later one with the same peer ID replaces
+        if not latest:
+            return
+        n = len(latest)
+        size = max(16, 1 << (n - 1).bit_length())
+        self._data = np.empty((_FIELDS, size), dtype=np.float64)
+        self._data[:, :n] = np.array([_row(c) for c in latest.values()], dtype=np.float64).T
+        self._ranking = np.empty((_N_CRITERIA, size), dtype=np.float32)
+        self._ranking[:, :n] = self._data[CRITERIA_ROWS, :n]
+        self._filters = np.empty((_N_FILTERS, size), dtype=np.float64)
+        self._filters[:, :n] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], :n]
+        self._filters[FILTER_NEG_MEMORY, :n] *= -1.0
+        self._gone = np.zeros(size, dtype=np.int8)
+        self._gone[:n] = [_gone(c) for c in latest.values()]
+        self._candidates = list(latest.values())
+        self._peer_ids = list(latest)
+        self._index = {peer_id: i for i, peer_id in enumerate(latest)}
 
     def __len__(self) -> int:
         return len(self._candidates)

@@ -308,12 +308,13 @@ class Scheduler:
                                       f"{requirements.runtime}/{requirements.item} task")
             cset = candidates
         else:
-            cset = CandidateSet(requirements.runtime, requirements.item)
+            matching = []
             for candidate in candidates:
                 if (candidate.runtime, candidate.item) == (requirements.runtime, requirements.item):
-                    cset.upsert(candidate)
+                    matching.append(candidate)
                 else:
                     other[candidate.peer_id] = Exclusion.NOT_OFFERED.value
+            cset = CandidateSet(requirements.runtime, requirements.item, matching)
         reasons, probes = self._filter(requirements, cset, now)
         eligible = np.flatnonzero(reasons == 0)
         counts = np.bincount(reasons, minlength=len(_EXCLUSIONS) + 1).tolist()

@@ -118,6 +118,29 @@ def test_a_set_kept_up_to_date_decides_like_a_fresh_one() -> None:
             assert [c.score for c in a.ranked] == pytest.approx([c.score for c in b.ranked], abs=1e-12)
 
 
+def test_a_set_built_at_once_holds_what_upserts_build() -> None:
+    rng = random.Random(3)
+    cands = [candidate(f"p{rng.randrange(30)}", rtt_ms=rng.choice([None, rng.uniform(1, 300)]),
+                       free_memory_bytes=rng.choice([None, rng.randrange(1, 16) * GIB]),
+                       throughput=rng.choice([None, 40.0]), active_tasks=rng.randrange(3), queue_depth=rng.randrange(4),
+                       banned=rng.random() < 0.1, state=rng.choice(list(PeerState)))
+             for _ in range(40)]  # some peer IDs twice: the later candidate wins, as with upsert
+    one_by_one = CandidateSet(RUNTIME, MODEL)
+    for c in cands:
+        one_by_one.upsert(c)
+    at_once = CandidateSet(RUNTIME, MODEL, cands)
+    order = [at_once.index_of(c.peer_id) for c in one_by_one]
+    assert {c.peer_id: c for c in at_once} == {c.peer_id: c for c in one_by_one}
+    assert at_once.columns()[:, order] == pytest.approx(one_by_one.columns(), nan_ok=True)
+    assert at_once.filter_rows()[:, order] == pytest.approx(one_by_one.filter_rows(), nan_ok=True)
+    assert at_once.ranking_criteria()[:, order] == pytest.approx(one_by_one.ranking_criteria(), nan_ok=True)
+    assert at_once.gone()[order].tolist() == one_by_one.gone().tolist()
+    for i in range(40):  # and it grows past its first block like any other set
+        at_once.upsert(candidate(f"new{i}"))
+    assert len(at_once) == len(one_by_one) + 40
+    assert at_once.get("new39") == candidate("new39")
+
+
 def test_a_decision_keeps_its_exclusions_when_the_set_changes_after_it() -> None:
     cset = CandidateSet(RUNTIME, MODEL, [candidate("a"), candidate("b", price_per_unit=9.0), candidate("c")])
     decision = scheduler().choose(TaskRequirements(RUNTIME, MODEL, max_price_per_unit=1.0), cset, 0.0)
