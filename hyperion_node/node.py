@@ -30,6 +30,7 @@ from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.money import atto_to_credits
 from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
 from hyperion_node.ledger.service import LedgerService
+from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
@@ -322,9 +323,11 @@ class Node:
 
 
 def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identity, profile: HardwareProfile,
-               sampler: TelemetrySampler, registry: RuntimeRegistry | None = None) -> Node:
+               sampler: TelemetrySampler, registry: RuntimeRegistry | None = None,
+               fabric: MemoryFabric | None = None) -> Node:
     """Wire one node's parts. ``registry`` defaults to the installed runtimes, configured by ``config``; the
-    demo passes one built on its simulated runtimes (``RuntimeRegistry(entry_points=...)``)."""
+    demo passes one built on its simulated runtimes (``RuntimeRegistry(entry_points=...)``), and with
+    ``--network memory`` the in-process fabric its nodes share in place of libp2p (``p2p/memory.py``)."""
     runtimes = registry or RuntimeRegistry(
         store=store,
         data_dir=data_dir.root,
@@ -340,7 +343,7 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
     node.p2p = P2PNetwork(
         identity, config.p2p, store,
         LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
-        name=node.name,
+        name=node.name, fabric=fabric,
     )
     return node
 

@@ -5,7 +5,8 @@ one configuration after another (nodes x tasks/s), each against the small baseli
 latency stays near the baseline's (p50 ratio), and the live view still prints its line once a second. CPU is
 the process's user+system time over its wall time (1.0 = one core busy), memory its peak RSS.
 
-    .venv/bin/python scripts/bench_demo.py [--duration 30] [--configs 8x5,20x20,50x50,50x100] [--against DIR]
+    .venv/bin/python scripts/bench_demo.py [--duration 30] [--configs 8x5,20x20,50x50,50x100]
+        [--networks libp2p,memory] [--against DIR]
 
 ``--against DIR`` runs each configuration a second time, right after, with the ``hyperion_node`` package of
 another source tree first on PYTHONPATH (e.g. ``git archive HEAD~3 | tar -x -C DIR``), so a change is
@@ -29,13 +30,15 @@ import psutil
 from hyperion_node.testing.process import hyperion_executable
 
 
-def run(nodes: int, rate: float, duration: float, tree: str | None = None) -> dict[str, Any]:
+def run(nodes: int, rate: float, duration: float, tree: str | None = None, network: str = "libp2p"
+        ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         out_path, err_path = Path(tmp) / "out.txt", Path(tmp) / "err.txt"
         with out_path.open("wb") as out, err_path.open("wb") as err:
             started = time.monotonic()
             proc = subprocess.Popen([hyperion_executable(), "start", "--demo", "--nodes", str(nodes), "--rate",
-                                     str(rate), "--duration", str(duration), "--seed", "7"],
+                                     str(rate), "--duration", str(duration), "--seed", "7",
+                                     "--network", network],
                                     stdout=out, stderr=err,
                                     env={**os.environ, "PYTHONPATH": tree} if tree else None)
             ps = psutil.Process(proc.pid)
@@ -65,7 +68,8 @@ def run(nodes: int, rate: float, duration: float, tree: str | None = None) -> di
     p50_ms = [float(v) * (1 if unit == "ms" else 1000) for v, unit in p50]
     lines = text.count("| demo seed=")
     work_s = ended - workload_started
-    return {"tree": tree or ".", "nodes": nodes, "rate": rate, "startup_s": workload_started - started,
+    return {"tree": tree or ".", "network": network, "nodes": nodes, "rate": rate,
+            "startup_s": workload_started - started,
             "submitted": submitted,
             "completed": completed, "failed": failed, "kept_up": completed / max(submitted, 1),
             "p50_ms": sum(p50_ms) / len(p50_ms) if p50_ms else float("nan"),
@@ -78,23 +82,29 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--configs", default="8x5,20x20,50x50,50x100")
     parser.add_argument("--against", help="another source tree, run after each configuration")
+    parser.add_argument("--networks", default="libp2p",
+                        help="the demo's --network for each configuration, in turn: libp2p, memory or both "
+                        "(libp2p,memory)")
     args = parser.parse_args()
     configs = [(int(n), float(r)) for n, r in (c.split("x") for c in args.configs.split(","))]
     trees = [None, args.against] if args.against else [None]
     rows = []
     for n, r in configs:
-        for tree in trees:
-            try:
-                rows.append(run(n, r, args.duration, tree))
-            except SystemExit as exc:  # one configuration failing still leaves the others' rows
-                print(f"tree {tree or '.'}: {exc}", file=sys.stderr)
+        for network in args.networks.split(","):
+            for tree in trees:
+                try:
+                    rows.append(run(n, r, args.duration, tree, network))
+                except SystemExit as exc:  # one configuration failing still leaves the others' rows
+                    print(f"tree {tree or '.'} on {network}: {exc}", file=sys.stderr)
     if not rows:
         raise SystemExit("no configuration finished")
     base = rows[0]
-    print(f"{'tree':>12} {'nodes':>5} {'tasks/s':>7} {'start s':>7} {'submit':>6} {'done%':>6} {'fail':>5} "
+    print(f"{'tree':>12} {'network':>7} {'nodes':>5} {'tasks/s':>7} {'start s':>7} {'submit':>6} {'done%':>6} "
+          f"{'fail':>5} "
           f"{'p50 ms':>7} {'p50/base':>8} {'view/s':>6} {'cores':>5} {'RSS MiB':>7}")
     for r in rows:
-        print(f"{str(r['tree'])[-12:]:>12} {r['nodes']:>5.0f} {r['rate']:>7.0f} {r['startup_s']:>7.1f} "
+        print(f"{str(r['tree'])[-12:]:>12} {r['network']:>7} {r['nodes']:>5.0f} {r['rate']:>7.0f} "
+              f"{r['startup_s']:>7.1f} "
               f"{r['submitted']:>6.0f} "
               f"{100 * r['kept_up']:>5.1f}% {r['failed']:>5.0f} {r['p50_ms']:>7.0f} "
               f"{r['p50_ms'] / base['p50_ms']:>8.2f} {r['view_lines_per_s']:>6.2f} {r['cpu_cores']:>5.2f} "

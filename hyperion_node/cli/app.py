@@ -107,6 +107,10 @@ def start(
     web: Annotated[bool, typer.Option("--web", help="--demo: serve the first node's web dashboard.")] = False,
     real_inference: Annotated[bool, typer.Option("--real-inference", help="--demo: the first node serves the "
                                                  "packaged GGUF model with llama.cpp for real.")] = False,
+    network: Annotated[str, typer.Option("--network", help="--demo: libp2p (each node a libp2p host on "
+                                         "127.0.0.1) or memory (an in-process fabric under the same P2P "
+                                         "interface: for more nodes and tasks than one core carries over libp2p).")
+                       ] = "libp2p",
 ) -> None:
     """Start the node: join the network, advertise this machine, serve work until Ctrl-C."""
     import trio
@@ -121,7 +125,7 @@ def start(
         # The script kills a node on purpose; its peers' libp2p then logs each broken connection as an error.
         logging.getLogger("libp2p").setLevel(logging.CRITICAL)
         options = DemoOptions(nodes=nodes, rate=rate, duration=duration, seed=seed, web=web,
-                              real_inference=real_inference)
+                              real_inference=real_inference, network=network)
         trio.run(functools.partial(run_demo, options, sys.stdout, terminal=sys.stdout.isatty()))
         return
     cfg = _config(config, data_dir, set_, log_format, log_level)

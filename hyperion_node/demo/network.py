@@ -23,6 +23,7 @@ from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.hardware import TelemetrySampler, probe_hardware
 from hyperion_node.identity import load_identity
 from hyperion_node.node import Node, build_node, start_components
+from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
@@ -104,7 +105,7 @@ def node_config(root: Path, index: int, name: str, bootstrap: str | None) -> Con
 
 
 async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None, stores: list[Store],
-                        web: bool = False, real_inference: bool = False, *,
+                        web: bool = False, real_inference: bool = False, *, fabric: MemoryFabric | None = None,
                         task_status: TaskStatus[DemoNode] = trio.TASK_STATUS_IGNORED) -> None:
     """One virtual node, until its scope is cancelled (the demo ends, or the script kills it). Its store is
     left open in ``stores`` so that the summary can read a dead node's ledger too."""
@@ -124,7 +125,7 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
     registry = RuntimeRegistry(store=store, data_dir=data_dir.root, hardware=hardware.summary(),
                                settings=settings, entry_points=plugins)
     node = build_node(config, data_dir, store, identity, hardware,
-                      TelemetrySampler(config.hardware.telemetry_interval_s, nvml=nvml), registry)
+                      TelemetrySampler(config.hardware.telemetry_interval_s, nvml=nvml), registry, fabric=fabric)
     scope = trio.CancelScope()
     with scope:
         async with trio.open_nursery() as nursery:

@@ -8,6 +8,7 @@ script and view, which stop at ``--duration`` or at the first SIGINT/SIGTERM (a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import random
@@ -29,6 +30,8 @@ from hyperion_node.demo.summary import node_rewards, report
 from hyperion_node.demo.view import LiveView
 from hyperion_node.demo.workload import Outcome, Tracker, plan_real_task, plan_task
 from hyperion_node.errors import UserError
+from hyperion_node.inprocess import shared_checks
+from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.store import Store
 from hyperion_node.tasks.service import Job
 
@@ -37,6 +40,7 @@ log = structlog.get_logger(__name__)
 CONNECT_TIMEOUT_S = 60.0  # a 50-node network on two cores takes tens of seconds to mesh
 GRACE_S = 5.0  # after --duration, for tasks in flight (longer ones are reported unfinished)
 SHUTDOWN_BUDGET_S = 15.0  # after a signal: summary from every ledger, then every node down
+NETWORKS = ("libp2p", "memory")
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,11 @@ class DemoOptions:
     seed: int = 0
     web: bool = False
     real_inference: bool = False  # node REAL_NODE serves the packaged GGUF model with llama.cpp
+    network: str = "libp2p"  # or "memory": the nodes share an in-process fabric (p2p/memory.py)
 
     def check(self) -> None:
+        if self.network not in NETWORKS:
+            raise UserError(f"--network {self.network!r} is not one of {', '.join(NETWORKS)}")
         if not 1 <= self.nodes <= 200:
             raise UserError(f"--nodes {self.nodes} is not between 1 and 200")
         if not 0 < self.rate <= 1000:
@@ -69,15 +76,17 @@ class Demo:
     stop: trio.CancelScope = field(default_factory=trio.CancelScope)
     interrupted: bool = False
     idle: trio.Event = field(default_factory=trio.Event)
+    fabric: MemoryFabric | None = None  # --network memory
 
     def live(self) -> list[DemoNode]:
         return [n for n in self.nodes if n.alive]
 
     async def add_node(self, nursery: trio.Nursery, index: int) -> DemoNode:
-        bootstrap = self.nodes[0].node.p2p.listen_addrs()[0] if self.nodes else None
+        # Over libp2p every node bootstraps from the first; on the fabric every node is every node's peer.
+        bootstrap = self.nodes[0].node.p2p.listen_addrs()[0] if self.nodes and self.fabric is None else None
         start = functools.partial(run_demo_node, self.root, index, self.options.seed, bootstrap, self.stores,
                                   self.options.web and index == 0,
-                                  self.options.real_inference and index == REAL_NODE)
+                                  self.options.real_inference and index == REAL_NODE, fabric=self.fabric)
         node: DemoNode = await nursery.start(start)
         self.nodes.append(node)
         return node
@@ -169,7 +178,7 @@ class Demo:
                 with self.stop:
                     for index in range(self.options.nodes):
                         await self.add_node(nursery, index)
-                    self.out.write(f"demo: {len(self.nodes)} nodes started; meshing\n")
+                    self.out.write(f"demo: {len(self.nodes)} nodes started on {self.options.network}; meshing\n")
                     self.out.flush()
                     await self.wait_meshed()
                 started = trio.current_time()
@@ -201,9 +210,13 @@ class Demo:
 async def run_demo(options: DemoOptions, out: TextIO, *, terminal: bool) -> None:
     options.check()
     with tempfile.TemporaryDirectory(prefix="hyperion-demo-") as tmp:
-        demo = Demo(options, Path(tmp), out, terminal)
+        demo = Demo(options, Path(tmp), out, terminal,
+                    fabric=MemoryFabric() if options.network == "memory" else None)
         try:
-            lines = await demo.run()
+            # On the fabric every node's gossip arrives in this one process: a receipt is decoded and its
+            # signatures checked once here, not once per virtual node (hyperion_node/inprocess.py).
+            with shared_checks() if demo.fabric is not None else contextlib.nullcontext():
+                lines = await demo.run()
         finally:
             for store in demo.stores:
                 store.close()

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hyperion_node import inprocess
 from hyperion_node.errors import InternalError
 from hyperion_node.ledger import codec
 from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature, Malformed, WrongSigner
@@ -174,6 +175,18 @@ class SignedReceipt:
     @classmethod
     def decode(cls, data: bytes) -> SignedReceipt:
         """Parse and check the form (not the signatures: see :func:`verify_receipt`)."""
+        memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
+        if memo is not None:
+            known: SignedReceipt | None = memo.decoded_value(("signed_receipt", data))
+            if known is not None:
+                return known
+        signed = cls._decode(data)
+        if memo is not None:
+            memo.remember_decoded(("signed_receipt", data), signed)
+        return signed
+
+    @classmethod
+    def _decode(cls, data: bytes) -> SignedReceipt:
         value = codec.decode(data, what="signed receipt", max_bytes=MAX_RECEIPT_BYTES + 256)
         if not isinstance(value, list) or len(value) != 4:
             raise Malformed("signed receipt: expected [version, body, signature, countersignature]")

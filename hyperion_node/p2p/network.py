@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
 from hyperion_node.p2p import libp2p_costs
 from hyperion_node.p2p.limits import RateLimiter
+from hyperion_node.p2p.memory import MemoryDHT, MemoryFabric, MemoryHost, MemoryPubsub
 from hyperion_node.p2p.messages import (
     HEALTH_LEAVING,
     HEALTH_OK,
@@ -62,6 +64,7 @@ from hyperion_node.p2p.messages import (
     decode_varint,
     encode_frame,
     open_envelope,
+    peer_id_from_bytes,
     record_key,
     seal,
 )
@@ -98,6 +101,7 @@ DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
 MAX_RECEIPT_GOSSIP_BYTES = 64 * 1024
 PING_TIMEOUT_S = 2.0
 LATENCY_WINDOW_S = 60.0
+VALIDATED_KEPT = 2048  # decoded heartbeats waiting for the consumer; above it the oldest are decoded again
 
 
 @dataclass
@@ -219,8 +223,11 @@ class P2PNetwork:
     """Owns the libp2p host, DHT and pubsub for the daemon's lifetime (a trio component)."""
 
     def __init__(self, identity: Identity, settings: P2PSettings, store: Store, local: LocalState,
-                 *, name: str) -> None:
+                 *, name: str, fabric: MemoryFabric | None = None) -> None:
         self.identity = identity
+        # None: the libp2p host (TCP/QUIC, Noise, yamux, Kademlia, gossipsub); else the in-process fabric
+        # that the demo's --network memory puts under its virtual nodes (p2p/memory.py).
+        self.fabric = fabric
         self.settings = settings
         self.store = store
         self.local = local
@@ -228,9 +235,9 @@ class P2PNetwork:
         self.peer_id = str(identity.peer_id)
         self.table = PeerTable(self.peer_id, settings.suspect_after_s, settings.dead_after_s)
         self.stats = P2PStats()
-        self.host: Any = None  # libp2p IHost while running
-        self.dht: KadDHT | None = None
-        self.pubsub: Pubsub | None = None
+        self.host: Any = None  # libp2p IHost (or MemoryHost) while running
+        self.dht: KadDHT | MemoryDHT | None = None
+        self.pubsub: Pubsub | MemoryPubsub | None = None
         self._limiter = RateLimiter(rate=settings.gossip_rate_per_peer, burst=2 * settings.gossip_rate_per_peer)
         # Heartbeat and record sequence numbers start from the clock (ms), so they keep rising across restarts:
         # peers drop a heartbeat whose seq is not above the last one they saw (gossip may reorder).
@@ -245,6 +252,9 @@ class P2PNetwork:
         self.on_rtt: Callable[[str, float], None] | None = None  # (peer ID, RTT in ms)
         self.on_receipt_gossip: Callable[[str, dict[str, Any]], None] | None = None
         self._cached_addrs: dict[str, tuple[str, ...]] = {}  # what the peer cache holds, per peer, this run
+        # Heartbeats our validator accepted, by their bytes, until the subscription hands them over: each was
+        # decoded twice before (JSON and schema, ~70 us), once to validate and once to consume.
+        self._validated: OrderedDict[bytes, Heartbeat] = OrderedDict()
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -307,6 +317,9 @@ class P2PNetwork:
             self.stats.reject("presence", "rate_limited")
             self.table.penalize(hb.peer_id, "rate_limited")
             return False
+        self._validated[msg.data] = hb
+        if len(self._validated) > VALIDATED_KEPT:
+            self._validated.popitem(last=False)
         return True
 
     def _validate_receipt_gossip(self, forwarder: ID, msg: Any) -> bool:
@@ -332,6 +345,39 @@ class P2PNetwork:
     # -- the component -------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        validator = CapabilityValidator(self)
+        stack = (self._libp2p_stack(validator) if self.fabric is None
+                 else self.fabric.attach(self.identity.peer_id, self.connection_changed, validator))
+        events_in: trio.MemoryReceiveChannel[PresenceEvent]
+        self._events_out, events_in = trio.open_memory_channel(1000)
+        try:
+            async with stack as (host, dht, pubsub):
+                pubsub.set_topic_validator(PRESENCE_TOPIC, self._validate_presence, False)
+                pubsub.set_topic_validator(RECEIPTS_TOPIC, self._validate_receipt_gossip, False)
+                presence = await pubsub.subscribe(PRESENCE_TOPIC)
+                receipts = await pubsub.subscribe(RECEIPTS_TOPIC)
+                host.set_stream_handler(DIALBACK_PROTOCOL, self._handle_dialback)
+                self.host, self.dht, self.pubsub = host, dht, pubsub
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._persist_events, events_in)
+                    if self.settings.mdns and self.fabric is None:
+                        nursery.start_soon(self._run_mdns, host)
+                    nursery.start_soon(self._consume_presence, presence)
+                    nursery.start_soon(self._consume_receipts, receipts)
+                    await self._dial_known_peers()
+                    nursery.start_soon(self._heartbeat_loop)
+                    nursery.start_soon(self._liveness_loop)
+                    nursery.start_soon(self._advertise_loop)
+                    log.info("p2p_ready", addrs=self.listen_addrs(), network="memory" if self.fabric else "libp2p")
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self.host = self.dht = self.pubsub = None
+            self._events_out = None
+
+    @asynccontextmanager
+    async def _libp2p_stack(self, validator: CapabilityValidator) -> AsyncIterator[tuple[Any, KadDHT, Pubsub]]:
+        """The running libp2p host, DHT (``validator`` checks our namespace) and pubsub, subscribed to nothing."""
         settings = self.settings
         proto = "ip6" if ":" in settings.listen_host else "ip4"
         listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
@@ -352,7 +398,7 @@ class P2PNetwork:
         dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk)
         if libp2p_costs.installed():
             libp2p_costs.throttle_on_demand_refresh(dht)
-        dht.register_validator("hyperion", CapabilityValidator(self))
+        dht.register_validator("hyperion", validator)
         degree = settings.gossip_degree
         gossipsub = GossipSub(
             protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=degree, degree_low=max(2, degree - 2),
@@ -364,8 +410,6 @@ class P2PNetwork:
         pubsub = Pubsub(host, gossipsub, strict_signing=STRICT_SIGNING)
         self._count_sends(pubsub)
         self._guard_pubsub_streams(host, pubsub, gossipsub.get_protocols())
-        events_in: trio.MemoryReceiveChannel[PresenceEvent]
-        self._events_out, events_in = trio.open_memory_channel(1000)
         try:
             async with host.run(listen_addrs=listen):
                 bound = [str(a) for a in host.get_transport_addrs()]
@@ -378,33 +422,12 @@ class P2PNetwork:
                 async with background_trio_service(pubsub), background_trio_service(gossipsub), \
                         background_trio_service(dht):
                     await pubsub.wait_until_ready()
-                    pubsub.set_topic_validator(PRESENCE_TOPIC, self._validate_presence, False)
-                    pubsub.set_topic_validator(RECEIPTS_TOPIC, self._validate_receipt_gossip, False)
-                    presence = await pubsub.subscribe(PRESENCE_TOPIC)
-                    receipts = await pubsub.subscribe(RECEIPTS_TOPIC)
-                    host.set_stream_handler(DIALBACK_PROTOCOL, self._handle_dialback)
-                    self.host, self.dht, self.pubsub = host, dht, pubsub
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(self._persist_events, events_in)
-                        if settings.mdns:
-                            nursery.start_soon(self._run_mdns, host)
-                        nursery.start_soon(self._consume_presence, presence)
-                        nursery.start_soon(self._consume_receipts, receipts)
-                        await self._dial_known_peers()
-                        nursery.start_soon(self._heartbeat_loop)
-                        nursery.start_soon(self._liveness_loop)
-                        nursery.start_soon(self._advertise_loop)
-                        log.info("p2p_ready", addrs=self.listen_addrs())
-                        task_status.started()
-                        await trio.sleep_forever()
+                    yield host, dht, pubsub
         except OSError as exc:
             raise EnvironmentProblem(
                 f"the P2P host could not listen on {listen[0]}: {exc.strerror or exc}",
                 hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
             ) from exc
-        finally:
-            self.host = self.dht = self.pubsub = None
-            self._events_out = None
 
     def _guard_pubsub_streams(self, host: Any, pubsub: Pubsub, protocols: Sequence[TProtocol]) -> None:
         """py-libp2p's pubsub stream handler catches its own ParseError but not protobuf's DecodeError, so one
@@ -480,10 +503,12 @@ class P2PNetwork:
     async def _consume_presence(self, subscription: Any) -> None:
         while True:
             msg = await subscription.get()
-            try:
-                hb = Heartbeat.decode(msg.data, signed_by=_signed_origin(msg))
-            except MalformedMessage:
-                continue  # our own validator already counted it; only our own messages skip validation
+            hb = self._validated.pop(msg.data, None)
+            if hb is None:
+                try:
+                    hb = Heartbeat.decode(msg.data, signed_by=_signed_origin(msg))
+                except MalformedMessage:
+                    continue  # our own validator already counted it; only our own messages skip validation
             if hb.peer_id == self.peer_id:
                 continue
             self.stats.gossip_in[PRESENCE_TOPIC] += 1
@@ -557,7 +582,7 @@ class P2PNetwork:
     async def _liveness_loop(self) -> None:
         from libp2p.host.ping import PingService
 
-        ping = PingService(self.host)
+        ping = self.host if isinstance(self.host, MemoryHost) else PingService(self.host)
         interval = min(self.settings.heartbeat_interval_s, self.settings.suspect_after_s / 3)
         rounds = 0
         while True:
@@ -790,7 +815,7 @@ def _signed_origin(msg: Any) -> str | None:
 
 def _origin(msg: Any) -> str:
     try:
-        return str(ID(msg.from_id)) if msg.from_id else ""
+        return str(peer_id_from_bytes(msg.from_id)) if msg.from_id else ""
     except Exception:  # a malformed origin field is treated as no origin
         return ""
 

@@ -24,21 +24,24 @@ def _completed(summary: str, kind: str) -> int:
     return int(match.group(1))
 
 
+@pytest.mark.parametrize(("network", "nodes", "rate", "joins"), [
+    ("libp2p", 4, 8, "NVIDIA Jetson AGX Orin"), ("memory", 12, 30, "NVIDIA H100 80GB HBM3")])
 def test_short_demo_finishes_with_every_kind_done_rewards_spread_and_failover(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, network: str, nodes: int, rate: int, joins: str
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the nodes' data dirs go under our basetemp
-    result = CliRunner().invoke(app, ["start", "--demo", "--nodes", "4", "--duration", "8", "--rate", "8",
-                                      "--seed", "1"])
+    result = CliRunner().invoke(app, ["start", "--demo", "--nodes", str(nodes), "--duration", "8", "--rate",
+                                      str(rate), "--seed", "1", "--network", network])
     out = result.output
     assert result.exit_code == 0, out
+    assert f"nodes started on {network}" in out, out
     summary = out[out.index("hyperion-node demo summary (finished"):]
     for kind in ("inference", "zk", "render"):
         assert _completed(summary, kind) > 0, summary
     earned = [float(m) for m in re.findall(r"earned (\d+\.\d+)", summary)]
     assert sum(1 for e in earned if e > 0) >= 2, summary
     assert re.search(r"died \(no goodbye\)", summary), summary
-    assert re.search(r"\(NVIDIA Jetson AGX Orin\) joined", summary), summary
+    assert f"({joins}) joined" in summary, summary
     assert "starts to overheat" in summary, summary
     moved = re.search(r"failover\s+(\d+) tasks of the dead node completed elsewhere", summary)
     assert moved, summary
@@ -46,6 +49,16 @@ def test_short_demo_finishes_with_every_kind_done_rewards_spread_and_failover(
     assert re.search(r"^\s+a100-1\s.*\bdead\b", summary, re.MULTILINE), summary
     # Off a terminal the live view is plain lines, one a second, with the demo's own counts.
     assert len(re.findall(r"\| demo seed=1 nodes=", out)) >= 5, out
+    if network == "memory":  # work spreads: most boards served some, not only their own requests
+        served = [int(n) for n in re.findall(r"\bserved\s+(\d+)\s+earned", summary)]
+        assert sum(1 for n in served if n > 0) >= nodes // 2, summary
+
+
+def test_an_unknown_demo_network_is_a_one_line_error() -> None:
+    result = CliRunner().invoke(app, ["start", "--demo", "--network", "carrier-pigeon", "--duration", "1"])
+    assert result.exit_code != 0
+    assert "--network 'carrier-pigeon' is not one of libp2p, memory" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
