@@ -164,10 +164,24 @@ class MemoryMessage:
 
 
 class MemorySubscription:
+    """A topic's queue for one node. ``get`` takes a waiting message without a trip through trio's scheduler
+    (trio's ``receive`` reschedules the task even when a message is there), yielding every ``YIELD_EVERY``
+    messages so a busy topic does not starve the node's other tasks: a heartbeat reaches 49 consumers at 50
+    nodes, and the scheduler round trips were ~10% of such a demo's CPU."""
+
+    YIELD_EVERY = 16
+
     def __init__(self, receive: trio.MemoryReceiveChannel[MemoryMessage]) -> None:
         self._receive = receive
+        self._taken = 0
 
     async def get(self) -> MemoryMessage:
+        self._taken += 1
+        if self._taken % self.YIELD_EVERY:
+            try:
+                return self._receive.receive_nowait()
+            except trio.WouldBlock:
+                pass
         return await self._receive.receive()
 
 

@@ -111,6 +111,18 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
     """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
+    memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
+    if memo is None:
+        return _open_envelope(data, expected_type, signed_by)
+    key = ("envelope", data, expected_type, signed_by)
+    opened: tuple[Envelope, dict[str, Any]] | None = memo.decoded_value(key)
+    if opened is None:
+        opened = _open_envelope(data, expected_type, signed_by)
+        memo.remember_decoded(key, opened)
+    return opened
+
+
+def _open_envelope(data: bytes, expected_type: str, signed_by: str | None) -> tuple[Envelope, dict[str, Any]]:
     try:
         outer = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises CBORDecodeError, but also ValueError/TypeError/etc. on odd input

@@ -58,6 +58,7 @@ from hyperion_node.p2p.messages import (
     CapabilityRecord,
     DialbackRequest,
     DialbackResult,
+    Envelope,
     Heartbeat,
     MalformedMessage,
     OfferAd,
@@ -101,7 +102,7 @@ DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
 MAX_RECEIPT_GOSSIP_BYTES = 64 * 1024
 PING_TIMEOUT_S = 2.0
 LATENCY_WINDOW_S = 60.0
-VALIDATED_KEPT = 2048  # decoded heartbeats waiting for the consumer; above it the oldest are decoded again
+VALIDATED_KEPT = 2048  # decoded messages waiting for their consumer; above it the oldest are decoded again
 
 
 @dataclass
@@ -252,9 +253,9 @@ class P2PNetwork:
         self.on_rtt: Callable[[str, float], None] | None = None  # (peer ID, RTT in ms)
         self.on_receipt_gossip: Callable[[str, dict[str, Any]], None] | None = None
         self._cached_addrs: dict[str, tuple[str, ...]] = {}  # what the peer cache holds, per peer, this run
-        # Heartbeats our validator accepted, by their bytes, until the subscription hands them over: each was
-        # decoded twice before (JSON and schema, ~70 us), once to validate and once to consume.
-        self._validated: OrderedDict[bytes, Heartbeat] = OrderedDict()
+        # Gossip our validators accepted, decoded, by its bytes, until the subscription hands it over: each
+        # heartbeat and receipt was decoded twice before (~70 us a heartbeat), to validate and to consume.
+        self._validated: OrderedDict[bytes, Heartbeat | tuple[Envelope, dict[str, Any]]] = OrderedDict()
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -317,10 +318,13 @@ class P2PNetwork:
             self.stats.reject("presence", "rate_limited")
             self.table.penalize(hb.peer_id, "rate_limited")
             return False
-        self._validated[msg.data] = hb
+        self._keep_validated(msg.data, hb)
+        return True
+
+    def _keep_validated(self, data: bytes, decoded: Heartbeat | tuple[Envelope, dict[str, Any]]) -> None:
+        self._validated[data] = decoded
         if len(self._validated) > VALIDATED_KEPT:
             self._validated.popitem(last=False)
-        return True
 
     def _validate_receipt_gossip(self, forwarder: ID, msg: Any) -> bool:
         """Receipts are validated in full by the ledger; here only what protects the mesh: size, signature."""
@@ -329,7 +333,7 @@ class P2PNetwork:
             self.stats.reject("receipts", "banned")
             return False
         try:
-            envelope, _ = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES,
+            envelope, body = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES,
                                         signed_by=_signed_origin(msg))
         except MalformedMessage as exc:
             self.stats.reject("receipts", exc.reason)
@@ -340,6 +344,7 @@ class P2PNetwork:
             self.stats.reject("receipts", "rate_limited")
             self.table.penalize(sender, "rate_limited")
             return False
+        self._keep_validated(msg.data, (envelope, body))
         return True
 
     # -- the component -------------------------------------------------------------------------------------
@@ -504,7 +509,7 @@ class P2PNetwork:
         while True:
             msg = await subscription.get()
             hb = self._validated.pop(msg.data, None)
-            if hb is None:
+            if not isinstance(hb, Heartbeat):
                 try:
                     hb = Heartbeat.decode(msg.data, signed_by=_signed_origin(msg))
                 except MalformedMessage:
@@ -529,11 +534,15 @@ class P2PNetwork:
     async def _consume_receipts(self, subscription: Any) -> None:
         while True:
             msg = await subscription.get()
-            try:
-                envelope, body = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES,
-                                               signed_by=_signed_origin(msg))
-            except MalformedMessage:
-                continue  # counted by the validator; only our own messages skip it
+            validated = self._validated.pop(msg.data, None)
+            if isinstance(validated, tuple):
+                envelope, body = validated
+            else:
+                try:
+                    envelope, body = open_envelope(msg.data, expected_type="receipt",
+                                                   max_bytes=MAX_RECEIPT_GOSSIP_BYTES, signed_by=_signed_origin(msg))
+                except MalformedMessage:
+                    continue  # counted by the validator; only our own messages skip it
             sender = str(envelope.peer_id)
             if sender == self.peer_id:
                 continue

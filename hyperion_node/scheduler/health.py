@@ -138,7 +138,9 @@ class HealthMonitor:
         trends = self._peers.get(peer_id)
         if trends is None:
             return PeerHealth(peer_id, 1.0, 1.0, 0.0, False, dict.fromkeys(SIGNALS, 1.0))
-        signals = self._signals(trends, now)
+        return self._health(peer_id, trends, now, self._signals(trends, now))
+
+    def _health(self, peer_id: str, trends: _Trends, now: float, signals: dict[str, float]) -> PeerHealth:
         score = min(signals.values())
         points = [p for p in trends.points if p[0] >= now - self.settings.trend_window_s]
         trend = slope(points) if len(points) >= MIN_TREND_POINTS else 0.0
@@ -228,11 +230,12 @@ class HealthMonitor:
         }
 
     def _evaluate(self, peer_id: str, trends: _Trends, now: float) -> None:
-        score = min(self._signals(trends, now).values())
+        signals = self._signals(trends, now)
+        score = min(signals.values())
         if trends.points and trends.points[-1][0] >= now:
             trends.points.pop()  # one point per instant: a burst of outcomes is not a trend
         trends.points.append((now, score))
-        health = self.health(peer_id, now)
+        health = self._health(peer_id, trends, now, signals)
         if trends.drained:
             changed = min(health.score, health.projected) >= self.settings.recover_above
         else:
