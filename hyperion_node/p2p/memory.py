@@ -204,7 +204,9 @@ class MemoryPubsub:
         self.router = MemoryRouter(self)
         self.validators: dict[str, Validator] = {}
         self.channels: dict[str, trio.MemorySendChannel[MemoryMessage]] = {}
+        self.handlers: dict[str, Callable[[MemoryMessage], None]] = {}
         self.dropped = 0  # messages a full subscription could not take
+        self.failed = 0  # messages whose handler raised
         self._seq = itertools.count(1)
 
     def set_topic_validator(self, topic: str, validator: Validator, is_async_validator: bool) -> None:
@@ -217,6 +219,13 @@ class MemoryPubsub:
         self.channels[topic] = send
         self.fabric.subscribers[topic][self.host.peer_id] = self
         return MemorySubscription(receive)
+
+    def handle(self, topic: str, handler: Callable[[MemoryMessage], None]) -> None:
+        """Subscribe with a synchronous handler, called as each message is delivered (after the validator):
+        what a subscription's consumer task would do, without the queue and the task switch per message. A
+        handler that raises is logged and counted; the publisher never sees it."""
+        self.handlers[topic] = handler
+        self.fabric.subscribers[topic][self.host.peer_id] = self
 
     async def publish(self, topic: str, data: bytes) -> None:
         """Deliver to every other subscriber, through its validator, as gossipsub would deliver it once."""
@@ -233,6 +242,14 @@ class MemoryPubsub:
     def deliver(self, forwarder: ID, msg: MemoryMessage) -> None:
         validator = self.validators.get(msg.topic)
         if validator is not None and not validator(forwarder, msg):
+            return
+        handler = self.handlers.get(msg.topic)
+        if handler is not None:
+            try:
+                handler(msg)
+            except Exception:  # the subscriber's bug, not the publisher's: as a consumer task's would be
+                self.failed += 1
+                log.exception("memory_gossip_handler_failed", topic=msg.topic, node=self.host.peer_id[-8:])
             return
         channel = self.channels.get(msg.topic)
         if channel is None:

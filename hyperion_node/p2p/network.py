@@ -253,6 +253,7 @@ class P2PNetwork:
         self.on_rtt: Callable[[str, float], None] | None = None  # (peer ID, RTT in ms)
         self.on_receipt_gossip: Callable[[str, dict[str, Any]], None] | None = None
         self._cached_addrs: dict[str, tuple[str, ...]] = {}  # what the peer cache holds, per peer, this run
+        self._nursery: trio.Nursery | None = None  # the running component's, for writes a handler starts
         # Gossip our validators accepted, decoded, by its bytes, until the subscription hands it over: each
         # heartbeat and receipt was decoded twice before (~70 us a heartbeat), to validate and to consume.
         self._validated: OrderedDict[bytes, Heartbeat | tuple[Envelope, dict[str, Any]]] = OrderedDict()
@@ -359,16 +360,20 @@ class P2PNetwork:
             async with stack as (host, dht, pubsub):
                 pubsub.set_topic_validator(PRESENCE_TOPIC, self._validate_presence, False)
                 pubsub.set_topic_validator(RECEIPTS_TOPIC, self._validate_receipt_gossip, False)
-                presence = await pubsub.subscribe(PRESENCE_TOPIC)
-                receipts = await pubsub.subscribe(RECEIPTS_TOPIC)
                 host.set_stream_handler(DIALBACK_PROTOCOL, self._handle_dialback)
                 self.host, self.dht, self.pubsub = host, dht, pubsub
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._persist_events, events_in)
                     if self.settings.mdns and self.fabric is None:
                         nursery.start_soon(self._run_mdns, host)
-                    nursery.start_soon(self._consume_presence, presence)
-                    nursery.start_soon(self._consume_receipts, receipts)
+                    for topic, handle in ((PRESENCE_TOPIC, self._on_presence), (RECEIPTS_TOPIC, self._on_receipt)):
+                        if isinstance(pubsub, MemoryPubsub):
+                            # The fabric calls the handler as it delivers: no queue, and no task woken for
+                            # each message (49 of them for every heartbeat at 50 nodes).
+                            pubsub.handle(topic, handle)
+                        else:
+                            nursery.start_soon(self._consume, await pubsub.subscribe(topic), handle)
                     await self._dial_known_peers()
                     nursery.start_soon(self._heartbeat_loop)
                     nursery.start_soon(self._liveness_loop)
@@ -378,7 +383,7 @@ class P2PNetwork:
                     await trio.sleep_forever()
         finally:
             self.host = self.dht = self.pubsub = None
-            self._events_out = None
+            self._events_out = self._nursery = None
 
     @asynccontextmanager
     async def _libp2p_stack(self, validator: CapabilityValidator) -> AsyncIterator[tuple[Any, KadDHT, Pubsub]]:
@@ -505,50 +510,53 @@ class P2PNetwork:
                 scope.shield = True
                 await run_sync_abandoning(mdns.stop)
 
-    async def _consume_presence(self, subscription: Any) -> None:
+    async def _consume(self, subscription: Any, handle: Callable[[Any], None]) -> None:
         while True:
-            msg = await subscription.get()
-            hb = self._validated.pop(msg.data, None)
-            if not isinstance(hb, Heartbeat):
-                try:
-                    hb = Heartbeat.decode(msg.data, signed_by=_signed_origin(msg))
-                except MalformedMessage:
-                    continue  # our own validator already counted it; only our own messages skip validation
-            if hb.peer_id == self.peer_id:
-                continue
-            self.stats.gossip_in[PRESENCE_TOPIC] += 1
-            self.stats.latencies_ms.append((time.monotonic(), max(0.0, (time.time() - hb.time) * 1000)))
-            self._emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
-            if self.on_heartbeat is not None:
-                self.on_heartbeat(hb)
-            if hb.addrs and self._cached_addrs.get(hb.peer_id) != hb.addrs:
-                # A peer first seen as a bare connection joined without addresses; its heartbeats bring
-                # them. Cache them now, or a restarted node could not redial the peers that dialled it.
-                self._cached_addrs[hb.peer_id] = hb.addrs
-                entry = self.table.get(hb.peer_id)
-                if entry is not None:
-                    await self.store.run(lambda e=entry: self.store.remember_peer(
-                        e.peer_id, list(e.addrs), state=e.state.value, score=e.score,
-                        keep=self.settings.peer_cache_size))
+            handle(await subscription.get())
 
-    async def _consume_receipts(self, subscription: Any) -> None:
-        while True:
-            msg = await subscription.get()
-            validated = self._validated.pop(msg.data, None)
-            if isinstance(validated, tuple):
-                envelope, body = validated
-            else:
-                try:
-                    envelope, body = open_envelope(msg.data, expected_type="receipt",
-                                                   max_bytes=MAX_RECEIPT_GOSSIP_BYTES, signed_by=_signed_origin(msg))
-                except MalformedMessage:
-                    continue  # counted by the validator; only our own messages skip it
-            sender = str(envelope.peer_id)
-            if sender == self.peer_id:
-                continue
-            self.stats.gossip_in[RECEIPTS_TOPIC] += 1
-            if self.on_receipt_gossip is not None:
-                self.on_receipt_gossip(sender, body)
+    def _on_presence(self, msg: Any) -> None:
+        hb = self._validated.pop(msg.data, None)
+        if not isinstance(hb, Heartbeat):
+            try:
+                hb = Heartbeat.decode(msg.data, signed_by=_signed_origin(msg))
+            except MalformedMessage:
+                return  # our own validator already counted it; only our own messages skip validation
+        if hb.peer_id == self.peer_id:
+            return
+        self.stats.gossip_in[PRESENCE_TOPIC] += 1
+        self.stats.latencies_ms.append((time.monotonic(), max(0.0, (time.time() - hb.time) * 1000)))
+        self._emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
+        if self.on_heartbeat is not None:
+            self.on_heartbeat(hb)
+        if hb.addrs and self._cached_addrs.get(hb.peer_id) != hb.addrs:
+            # A peer first seen as a bare connection joined without addresses; its heartbeats bring
+            # them. Cache them now, or a restarted node could not redial the peers that dialled it.
+            self._cached_addrs[hb.peer_id] = hb.addrs
+            entry = self.table.get(hb.peer_id)
+            if entry is not None and self._nursery is not None:
+                self._nursery.start_soon(self._remember, entry)
+
+    async def _remember(self, entry: Any) -> None:
+        await self.store.run(lambda: self.store.remember_peer(
+            entry.peer_id, list(entry.addrs), state=entry.state.value, score=entry.score,
+            keep=self.settings.peer_cache_size))
+
+    def _on_receipt(self, msg: Any) -> None:
+        validated = self._validated.pop(msg.data, None)
+        if isinstance(validated, tuple):
+            envelope, body = validated
+        else:
+            try:
+                envelope, body = open_envelope(msg.data, expected_type="receipt",
+                                               max_bytes=MAX_RECEIPT_GOSSIP_BYTES, signed_by=_signed_origin(msg))
+            except MalformedMessage:
+                return  # counted by the validator; only our own messages skip it
+        sender = str(envelope.peer_id)
+        if sender == self.peer_id:
+            return
+        self.stats.gossip_in[RECEIPTS_TOPIC] += 1
+        if self.on_receipt_gossip is not None:
+            self.on_receipt_gossip(sender, body)
 
     async def publish_receipt_gossip(self, body: dict[str, Any]) -> None:
         """Publish a settled receipt, an epoch root or a dispute (``hyperion_node.ledger.messages``)."""

@@ -178,3 +178,23 @@ async def test_p2p_layers_on_a_fabric_meet_find_providers_and_refuse_bad_gossip(
         nursery.cancel_scope.cancel()
     a.store.close()
     b.store.close()
+
+
+async def test_a_subscriber_whose_handler_fails_does_not_stop_the_publisher_or_the_others() -> None:
+    fabric = MemoryFabric()
+    heard: list[bytes] = []
+
+    def broken(msg: object) -> None:
+        raise RuntimeError("a bug in one node's consumer")
+
+    async with fabric.attach(_peer(), lambda p, c: None, None) as (_, _, sender), \
+            fabric.attach(_peer(), lambda p, c: None, None) as (_, _, bad), \
+            fabric.attach(_peer(), lambda p, c: None, None) as (_, _, good):
+        bad.handle("/t", broken)
+        good.handle("/t", lambda msg: heard.append(msg.data))
+        bad.set_topic_validator("/t", lambda forwarder, msg: True, False)
+        good.set_topic_validator("/t", lambda forwarder, msg: msg.data != b"refused", False)
+        for data in (b"one", b"refused", b"two"):
+            await sender.publish("/t", data)
+    assert heard == [b"one", b"two"]
+    assert bad.failed == 3
