@@ -8,7 +8,7 @@ stream protocols with their frames, receipts and ledgers -- runs unchanged.
 
 What it does not do, by design: encryption and multiplexing (Noise and yamux; nothing leaves the process),
 gossipsub's mesh and Kademlia's routing. Every node is connected to every other node on the fabric; a
-publish is handed to each subscriber's validator and then its subscription, once; the DHT is one table.
+publish is handed to each subscriber's validator and then its handler, once; the DHT is one table.
 A message's origin is the publishing node's own peer ID, set by the fabric, which no other node can forge;
 that is what gossipsub's strict signing proves on the wire, so the validators treat it the same way.
 
@@ -35,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 StreamHandler = Callable[[Any], Awaitable[None]]  # called with a MemoryStream; typed as the INetStream handlers it runs
 Validator = Callable[[ID, "MemoryMessage"], bool]
-SUBSCRIPTION_QUEUE = 1000  # messages a slow subscriber may hold before the fabric drops (and counts) more
 
 
 class NoSuchPeer(StreamError):
@@ -163,28 +162,6 @@ class MemoryMessage:
     topic: str
 
 
-class MemorySubscription:
-    """A topic's queue for one node. ``get`` takes a waiting message without a trip through trio's scheduler
-    (trio's ``receive`` reschedules the task even when a message is there), yielding every ``YIELD_EVERY``
-    messages so a busy topic does not starve the node's other tasks: a heartbeat reaches 49 consumers at 50
-    nodes, and the scheduler round trips were ~10% of such a demo's CPU."""
-
-    YIELD_EVERY = 16
-
-    def __init__(self, receive: trio.MemoryReceiveChannel[MemoryMessage]) -> None:
-        self._receive = receive
-        self._taken = 0
-
-    async def get(self) -> MemoryMessage:
-        self._taken += 1
-        if self._taken % self.YIELD_EVERY:
-            try:
-                return self._receive.receive_nowait()
-            except trio.WouldBlock:
-                pass
-        return await self._receive.receive()
-
-
 class MemoryRouter:
     """``status()`` reads gossipsub's mesh per topic; on the fabric every subscriber is every node's peer."""
 
@@ -203,9 +180,7 @@ class MemoryPubsub:
         self.fabric, self.host = fabric, host
         self.router = MemoryRouter(self)
         self.validators: dict[str, Validator] = {}
-        self.channels: dict[str, trio.MemorySendChannel[MemoryMessage]] = {}
         self.handlers: dict[str, Callable[[MemoryMessage], None]] = {}
-        self.dropped = 0  # messages a full subscription could not take
         self.failed = 0  # messages whose handler raised
         self._seq = itertools.count(1)
 
@@ -214,16 +189,10 @@ class MemoryPubsub:
             raise ValueError("the memory fabric runs synchronous validators only")
         self.validators[topic] = validator
 
-    async def subscribe(self, topic: str) -> MemorySubscription:
-        send, receive = trio.open_memory_channel[MemoryMessage](SUBSCRIPTION_QUEUE)
-        self.channels[topic] = send
-        self.fabric.subscribers[topic][self.host.peer_id] = self
-        return MemorySubscription(receive)
-
     def handle(self, topic: str, handler: Callable[[MemoryMessage], None]) -> None:
         """Subscribe with a synchronous handler, called as each message is delivered (after the validator):
-        what a subscription's consumer task would do, without the queue and the task switch per message. A
-        handler that raises is logged and counted; the publisher never sees it."""
+        what gossipsub's subscription and a consumer task do on the wire, without the queue and the task
+        switch per message per node. A handler that raises is logged and counted; the publisher never sees it."""
         self.handlers[topic] = handler
         self.fabric.subscribers[topic][self.host.peer_id] = self
 
@@ -244,27 +213,18 @@ class MemoryPubsub:
         if validator is not None and not validator(forwarder, msg):
             return
         handler = self.handlers.get(msg.topic)
-        if handler is not None:
-            try:
-                handler(msg)
-            except Exception:  # the subscriber's bug, not the publisher's: as a consumer task's would be
-                self.failed += 1
-                log.exception("memory_gossip_handler_failed", topic=msg.topic, node=self.host.peer_id[-8:])
-            return
-        channel = self.channels.get(msg.topic)
-        if channel is None:
+        if handler is None:
             return
         try:
-            channel.send_nowait(msg)
-        except trio.WouldBlock:
-            self.dropped += 1
+            handler(msg)
+        except Exception:  # the subscriber's bug, not the publisher's: as a consumer task's would be
+            self.failed += 1
+            log.exception("memory_gossip_handler_failed", topic=msg.topic, node=self.host.peer_id[-8:])
 
     def leave(self) -> None:
         for subs in self.fabric.subscribers.values():
             if subs.get(self.host.peer_id) is self:
                 del subs[self.host.peer_id]
-        for channel in self.channels.values():
-            channel.close()
 
 
 # -- DHT -----------------------------------------------------------------------------------------------------
