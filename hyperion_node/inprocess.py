@@ -14,9 +14,11 @@ A daemon hears each receipt once and never turns this on.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CAPACITY = 16384  # entries of each kind, oldest out first
 
@@ -58,6 +60,19 @@ _active: ProcessMemo | None = None
 
 def active() -> ProcessMemo | None:
     return _active
+
+
+def shared_decode(key: tuple[Any, ...], decode: Callable[[], T]) -> T:
+    """``decode()``; inside ``shared_checks()``, what it gave for ``key`` earlier in this process, if it
+    succeeded. ``key`` names the kind of decoding, the bytes and whatever else the result depends on."""
+    memo = _active
+    if memo is None:
+        return decode()
+    known: T | None = memo.decoded_value(key)
+    if known is None:
+        known = decode()
+        memo.remember_decoded(key, known)
+    return known
 
 
 @contextmanager

@@ -187,7 +187,7 @@ class Demo:
                     self.out.flush()
                     await self.wait_meshed()
                     # What start-up built (every node's code, stores, tables) lives until the end: out of the
-                    # collector's way, so that its full passes do not walk it again (GC_SETTINGS).
+                    # collector's way, so that its full passes do not walk it again (GC_THRESHOLDS).
                     gc.collect()
                     gc.freeze()
                 started = trio.current_time()

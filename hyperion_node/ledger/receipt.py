@@ -175,15 +175,8 @@ class SignedReceipt:
     @classmethod
     def decode(cls, data: bytes) -> SignedReceipt:
         """Parse and check the form (not the signatures: see :func:`verify_receipt`)."""
-        memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
-        if memo is not None:
-            known: SignedReceipt | None = memo.decoded_value(("signed_receipt", data))
-            if known is not None:
-                return known
-        signed = cls._decode(data)
-        if memo is not None:
-            memo.remember_decoded(("signed_receipt", data), signed)
-        return signed
+        # Decoded once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
+        return inprocess.shared_decode(("signed_receipt", data), lambda: cls._decode(data))
 
     @classmethod
     def _decode(cls, data: bytes) -> SignedReceipt:

@@ -84,7 +84,5 @@ class PeerKeys:
         return ok
 
 
-
-
 def sign(signer: Signer, domain: bytes, data: bytes) -> bytes:
     return bytes(signer.sign(domain + data))

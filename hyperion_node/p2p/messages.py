@@ -111,15 +111,9 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
     """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
-    memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
-    if memo is None:
-        return _open_envelope(data, expected_type, signed_by)
-    key = ("envelope", data, expected_type, signed_by)
-    opened: tuple[Envelope, dict[str, Any]] | None = memo.decoded_value(key)
-    if opened is None:
-        opened = _open_envelope(data, expected_type, signed_by)
-        memo.remember_decoded(key, opened)
-    return opened
+    # Opened once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
+    return inprocess.shared_decode(("envelope", data, expected_type, signed_by),
+                                   lambda: _open_envelope(data, expected_type, signed_by))
 
 
 def _open_envelope(data: bytes, expected_type: str, signed_by: str | None) -> tuple[Envelope, dict[str, Any]]:
@@ -323,15 +317,8 @@ class Heartbeat:
     @classmethod
     def decode(cls, data: bytes, *, signed_by: str | None = None) -> Heartbeat:
         """``signed_by``: as for ``open_envelope``."""
-        memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
-        if memo is not None:
-            known: Heartbeat | None = memo.decoded_value(("heartbeat", data, signed_by))
-            if known is not None:
-                return known
-        heartbeat = cls._decode(data, signed_by)
-        if memo is not None:
-            memo.remember_decoded(("heartbeat", data, signed_by), heartbeat)
-        return heartbeat
+        # Decoded once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
+        return inprocess.shared_decode(("heartbeat", data, signed_by), lambda: cls._decode(data, signed_by))
 
     @classmethod
     def _decode(cls, data: bytes, signed_by: str | None) -> Heartbeat:
