@@ -231,10 +231,16 @@ class CandidateSet:
     def __init__(self, runtime: str, item: str, candidates: Iterable[Candidate] = ()) -> None:
         self.runtime = runtime
         self.item = item
-        self._data: FloatArray = np.empty((_FIELDS, 16), dtype=np.float64)
-        self._ranking: npt.NDArray[np.float32] = np.empty((_N_CRITERIA, 16), dtype=np.float32)
-        self._filters: FloatArray = np.empty((_N_FILTERS, 16), dtype=np.float64)
-        self._gone: npt.NDArray[np.int8] = np.zeros(16, dtype=np.int8)
+        # One pass over the candidates: a later one with the same peer ID replaces an earlier one, as upsert.
+        latest: dict[str, Candidate] = {}
+        for candidate in candidates:
+            self._check(candidate)
+            latest[candidate.peer_id] = candidate
+        size = max(16, 1 << (len(latest) - 1).bit_length())
+        self._data: FloatArray = np.empty((_FIELDS, size), dtype=np.float64)
+        self._ranking: npt.NDArray[np.float32] = np.empty((_N_CRITERIA, size), dtype=np.float32)
+        self._filters: FloatArray = np.empty((_N_FILTERS, size), dtype=np.float64)
+        self._gone: npt.NDArray[np.int8] = np.zeros(size, dtype=np.int8)
         self._candidates: list[Candidate] = []
         self._peer_ids: list[str] = []  # parallel to _candidates
         self._shared = False  # _peer_ids was handed out by snapshot_peer_ids(): copy it before changing it
@@ -242,34 +248,28 @@ class CandidateSet:
         # What a reader derived from the column layout (which peer is in which column), keyed by the reader;
         # dropped whenever a candidate is added or removed. Replacing a candidate keeps its column.
         self._memo: dict[object, object] = {}
-        self._fill(candidates)
+        if latest:
+            # The first candidates in one block write, not a column at a time: a set built for one request
+            # (the daemon's, from its peer table) cost ~60 us a candidate through ``upsert``, ~9% of a 50-node
+            # demo's CPU.
+            self._candidates = list(latest.values())
+            self._peer_ids = list(latest)
+            self._index = {peer_id: i for i, peer_id in enumerate(latest)}
+            self._write(slice(0, len(latest)), np.array([_row(c) for c in latest.values()], dtype=np.float64).T,
+                        [_gone(c) for c in latest.values()])
 
-    def _fill(self, candidates: Iterable[Candidate]) -> None:
-        """An empty set's first candidates, in one block write rather than a column at a time: a set built
-        for one request (the daemon's, from its peer table) cost ~60 us a candidate through ``upsert``'s
-        per-column numpy writes, ~9% of a 50-node demo's CPU."""
-        latest: dict[str, Candidate] = {}
-        for candidate in candidates:
-            if candidate.runtime != self.runtime or candidate.item != self.item:
-                raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
-                                      f"{self.runtime}/{self.item}")
-            latest[candidate.peer_id] = candidate  # as upsert: a later one with the same peer ID replaces
-        if not latest:
-            return
-        n = len(latest)
-        size = max(16, 1 << (n - 1).bit_length())
-        self._data = np.empty((_FIELDS, size), dtype=np.float64)
-        self._data[:, :n] = np.array([_row(c) for c in latest.values()], dtype=np.float64).T
-        self._ranking = np.empty((_N_CRITERIA, size), dtype=np.float32)
-        self._ranking[:, :n] = self._data[CRITERIA_ROWS, :n]
-        self._filters = np.empty((_N_FILTERS, size), dtype=np.float64)
-        self._filters[:, :n] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], :n]
-        self._filters[FILTER_NEG_MEMORY, :n] *= -1.0
-        self._gone = np.zeros(size, dtype=np.int8)
-        self._gone[:n] = [_gone(c) for c in latest.values()]
-        self._candidates = list(latest.values())
-        self._peer_ids = list(latest)
-        self._index = {peer_id: i for i, peer_id in enumerate(latest)}
+    def _check(self, candidate: Candidate) -> None:
+        if candidate.runtime != self.runtime or candidate.item != self.item:
+            raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
+                                  f"{self.runtime}/{self.item}")
+
+    def _write(self, columns: int | slice, rows: Any, gone: Any) -> None:
+        """Store the field rows of the candidates in ``columns`` and everything derived from them."""
+        self._data[:, columns] = rows
+        self._ranking[:, columns] = self._data[CRITERIA_ROWS, columns]
+        self._filters[:, columns] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], columns]
+        self._filters[FILTER_NEG_MEMORY, columns] *= -1.0
+        self._gone[columns] = gone
 
     def __len__(self) -> int:
         return len(self._candidates)
@@ -358,9 +358,7 @@ class CandidateSet:
 
     def upsert(self, candidate: Candidate) -> None:
         """Add a candidate or replace the one with the same peer ID. O(1) amortised."""
-        if candidate.runtime != self.runtime or candidate.item != self.item:
-            raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
-                                  f"{self.runtime}/{self.item}")
+        self._check(candidate)
         index = self._index.get(candidate.peer_id)
         if index is None:
             index = len(self._candidates)
@@ -375,11 +373,7 @@ class CandidateSet:
             self._index[candidate.peer_id] = index
         else:
             self._candidates[index] = candidate
-        self._data[:, index] = _row(candidate)
-        self._ranking[:, index] = self._data[CRITERIA_ROWS, index]
-        self._filters[:, index] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], index]
-        self._filters[FILTER_NEG_MEMORY, index] *= -1.0
-        self._gone[index] = _gone(candidate)
+        self._write(index, _row(candidate), _gone(candidate))
 
     def discard(self, peer_id: str) -> None:
         """Remove a peer if present. O(1): the last column takes its place."""
