@@ -1,6 +1,6 @@
 """Gossip delivery on py-libp2p inside one process: what one message costs under py-libp2p's own behaviour
 and under the node's changes to it, side by side: yamux's per-read credit release off
-(``PY_YAMUX_RELEASE_ON_READ=0``, hyperion_node/p2p/network.py), then also ``hyperion_node/p2p/libp2p_costs.py``
+(``PY_YAMUX_RELEASE_ON_READ=0``, hyperion_node/p2p/libp2p_stack.py), then also ``hyperion_node/p2p/libp2p_costs.py``
 (credit returned at half a window, the signed peer record of each RPC built and checked once).
 
 N hosts on 127.0.0.1 in one trio loop (as the demo runs them), each connected to host 0 and to the one

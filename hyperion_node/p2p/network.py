@@ -1,6 +1,6 @@
-"""The P2P service: the node's libp2p host and everything that makes it a member of the network.
+"""The P2P service: what makes the node a member of the network, on its libp2p host (``libp2p_stack.py``:
+TCP, Noise, Yamux, the node's Ed25519 key; mDNS when enabled) or on the demo's in-memory fabric (``memory.py``).
 
-* host: TCP, Noise, Yamux, the node's Ed25519 key; mDNS when enabled;
 * Kademlia DHT in server mode, with random walk unless ``p2p.dht_random_walk`` is off; our signed
   CapabilityRecord under ``/hyperion/<peer ID>``
   (validated by ``CapabilityValidator``) and one provider record per offer (``capability_key``);
@@ -18,37 +18,29 @@ Everything blocking on the network runs under a deadline (``dial_timeout_s``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import multiaddr
 import structlog
 import trio
-from google.protobuf.message import DecodeError
-from libp2p import new_host
-from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
-from libp2p.discovery.mdns.mdns import create_mdns_discovery
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-from libp2p.network.config import ConnectionConfig
+from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.records.validator import Validator
-from libp2p.tools.anyio_service import background_trio_service
 from libp2p.utils.address_validation import get_available_interfaces
 
 from hyperion_node import __version__
 from hyperion_node.config.loader import P2PSettings
-from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
-from hyperion_node.p2p import libp2p_costs
+from hyperion_node.p2p.libp2p_stack import STRICT_SIGNING, libp2p_stack, run_mdns
 from hyperion_node.p2p.limits import RateLimiter
 from hyperion_node.p2p.memory import MemoryDHT, MemoryFabric, MemoryHost, MemoryPubsub
 from hyperion_node.p2p.messages import (
@@ -71,31 +63,10 @@ from hyperion_node.p2p.messages import (
 )
 from hyperion_node.p2p.peer_table import PeerTable, PresenceEvent
 from hyperion_node.store import Store
-from hyperion_node.trio_types import TaskStatus, run_sync_abandoning
-
-# py-libp2p's yamux returns receive credit with a WINDOW_UPDATE frame after every partial read unless
-# PY_YAMUX_RELEASE_ON_READ is off (it reads the variable at each call). Pubsub reads each RPC in pieces (the
-# length varint, then the body), so every gossip message cost its receiver two or three extra frames, each
-# written (Noise-encrypted) and awaited, before the message was delivered. Off, credit goes back with
-# go-yamux's half-window hysteresis. scripts/bench_gossip.py (six hosts in one process, both settings side by
-# side): delivery p50 28 -> 19 ms, p95 81 -> 34 ms, CPU per published message 0.71x. A user's setting wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-# What that setting still left (a credit frame after about every other small read) and the signed peer record
-# built and checked for every pubsub RPC: see libp2p_costs.py. HYPERION_LIBP2P_AS_SHIPPED=1 leaves py-libp2p
-# as it is (to compare, scripts/bench_p2p.py --baseline, or should a py-libp2p release disagree with it).
-if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
-    libp2p_costs.install()
+from hyperion_node.trio_types import TaskStatus
 
 log = structlog.get_logger(__name__)
 
-# Gossipsub's strict signing: every message carries the origin's signature over its data, topic, origin and
-# sequence number, checked by py-libp2p before our topic validators run (Pubsub.push_msg), for our own
-# publishes too. It is what makes the origin field (which our rate limits and penalties key on) and the
-# message ID trustworthy. Our envelopes inside are signed by the same key, so a message whose envelope names
-# its origin is opened without checking that second signature again (``open_envelope(signed_by=...)``): one
-# Ed25519 check per message instead of three (libp2p, our validator, our consumer), which was ~5% of a
-# 16-node demo's CPU (cProfile). Turning this off would make every envelope signature checked again.
-STRICT_SIGNING = True
 PRESENCE_TOPIC = "/hyperion/presence/1"
 RECEIPTS_TOPIC = "/hyperion/receipts/1"
 DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
@@ -195,29 +166,6 @@ class CapabilityValidator(Validator):
             if seq > best_seq:
                 best, best_seq = i, seq
         return best
-
-
-class _ConnectionEvents(INotifee):
-    def __init__(self, network: P2PNetwork) -> None:
-        self._network = network
-
-    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
-        return None
-
-    async def connected(self, network: INetwork, conn: INetConn) -> None:
-        self._network.connection_changed(conn.muxed_conn.peer_id, True)
-
-    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
-        self._network.connection_changed(conn.muxed_conn.peer_id, False)
-
-    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
-
-    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
-        return None
 
 
 class P2PNetwork:
@@ -352,8 +300,12 @@ class P2PNetwork:
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         validator = CapabilityValidator(self)
-        stack = (self._libp2p_stack(validator) if self.fabric is None
-                 else self.fabric.attach(self.identity.peer_id, self.connection_changed, validator))
+        stack: AbstractAsyncContextManager[tuple[Any, KadDHT | MemoryDHT, Pubsub | MemoryPubsub]]
+        if self.fabric is None:
+            stack = libp2p_stack(self.identity, self.settings, validator, self.stats, self.table,
+                                 self.connection_changed)
+        else:
+            stack = self.fabric.attach(self.identity.peer_id, self.connection_changed, validator)
         events_in: trio.MemoryReceiveChannel[PresenceEvent]
         self._events_out, events_in = trio.open_memory_channel(1000)
         try:
@@ -366,7 +318,7 @@ class P2PNetwork:
                     self._nursery = nursery
                     nursery.start_soon(self._persist_events, events_in)
                     if self.settings.mdns and self.fabric is None:
-                        nursery.start_soon(self._run_mdns, host)
+                        nursery.start_soon(run_mdns, host)
                     for topic, handle in ((PRESENCE_TOPIC, self._on_presence), (RECEIPTS_TOPIC, self._on_receipt)):
                         if isinstance(pubsub, MemoryPubsub):
                             # The fabric calls the handler as it delivers: no queue, and no task woken for
@@ -385,105 +337,6 @@ class P2PNetwork:
             self.host = self.dht = self.pubsub = None
             self._events_out = self._nursery = None
 
-    @asynccontextmanager
-    async def _libp2p_stack(self, validator: CapabilityValidator) -> AsyncIterator[tuple[Any, KadDHT, Pubsub]]:
-        """The running libp2p host, DHT (``validator`` checks our namespace) and pubsub, subscribed to nothing."""
-        settings = self.settings
-        proto = "ip6" if ":" in settings.listen_host else "ip4"
-        listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
-        if settings.quic:
-            listen.append(multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/udp/{settings.quic_port}/quic-v1"))
-        announce = [multiaddr.Multiaddr(a) for a in settings.announce_addrs] or None
-        # libp2p's defaults aim at ~200 connections and dial every peer learned of; we keep a bounded set.
-        most = settings.max_connections
-        connections = ConnectionConfig(max_connections=most, high_watermark=most, low_watermark=most // 2,
-                                       min_connections=most // 4)
-        # Advertise TCP before QUIC: peers dial the first address that works, and py-libp2p's QUIC is pure
-        # Python (aioquic): measured ~10% of a core per idle node in a 20-node network over QUIC. QUIC still
-        # listens for peers that choose it. Announce addresses, when set, are advertised as given.
-        order = None if announce else _tcp_first
-        host = new_host(key_pair=self.identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
-                        announce_addrs=announce, addrs_factory=order, connection_config=connections,
-                        enable_quic=settings.quic)
-        dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk)
-        if libp2p_costs.installed():
-            libp2p_costs.throttle_on_demand_refresh(dht)
-        dht.register_validator("hyperion", validator)
-        degree = settings.gossip_degree
-        gossipsub = GossipSub(
-            protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=degree, degree_low=max(2, degree - 2),
-            degree_high=2 * degree, heartbeat_interval=1, heartbeat_initial_delay=0.1,
-            # Our validators rate-limit per origin; gossipsub's own limit counts per forwarding peer, which
-            # in a mesh of D peers relaying everyone's heartbeats trips on honest traffic.
-            spam_protection_enabled=False,
-        )
-        pubsub = Pubsub(host, gossipsub, strict_signing=STRICT_SIGNING)
-        self._count_sends(pubsub)
-        self._guard_pubsub_streams(host, pubsub, gossipsub.get_protocols())
-        try:
-            async with host.run(listen_addrs=listen):
-                bound = [str(a) for a in host.get_transport_addrs()]
-                for wanted, key in zip(listen, ("p2p.tcp_port", "p2p.quic_port"), strict=False):
-                    transport = "/quic-v1" if "quic" in str(wanted) else "/tcp/"
-                    if not any(transport in a for a in bound):
-                        raise EnvironmentProblem(f"the P2P host could not listen on {wanted}",
-                                                 hint=f"is the port in use? set {key} (0 picks a free one)")
-                host.get_network().register_notifee(_ConnectionEvents(self))
-                async with background_trio_service(pubsub), background_trio_service(gossipsub), \
-                        background_trio_service(dht):
-                    await pubsub.wait_until_ready()
-                    yield host, dht, pubsub
-        except OSError as exc:
-            raise EnvironmentProblem(
-                f"the P2P host could not listen on {listen[0]}: {exc.strerror or exc}",
-                hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
-            ) from exc
-
-    def _guard_pubsub_streams(self, host: Any, pubsub: Pubsub, protocols: Sequence[TProtocol]) -> None:
-        """py-libp2p's pubsub stream handler catches its own ParseError but not protobuf's DecodeError, so one
-        undecodable RPC from a peer escaped into the host's connection service and stopped the node (seen in
-        a 50-node demo, whose every node then went down with it; any peer could send such bytes). Pubsub
-        registers its handler in its constructor; ours wraps it: the stream is reset, the peer scored down."""
-        handler = pubsub.stream_handler
-
-        async def guarded(stream: INetStream) -> None:
-            try:
-                await handler(stream)
-            except DecodeError:
-                peer = str(stream.muxed_conn.peer_id)
-                self.stats.reject("gossip", "undecodable")
-                self.table.penalize(peer, "undecodable")
-                log.info("gossip_rejected", reason="undecodable", forwarder=peer)
-                await stream.reset()
-
-        for protocol in protocols:
-            host.set_stream_handler(protocol, guarded)
-
-    def _count_sends(self, pubsub: Pubsub) -> None:
-        """py-libp2p keeps no send counters; every gossipsub send goes through ``Pubsub.write_msg``, so wrap
-        it on our own instance to count frames, messages and control entries.
-
-        The wrapper also leaves out the signed peer record that py-libp2p 0.8 attaches to every pubsub RPC
-        (``senderRecord``; go-libp2p sends none): each receiver checks its Ed25519 signature again per RPC,
-        ~3% of a 16-node demo's CPU (cProfile: 5,100 records opened in a 20 s run), for the same record
-        that identify and the DHT already hand over when peers connect. A receiver treats the field as
-        optional (``maybe_consume_signed_record``)."""
-        write_msg = pubsub.write_msg
-        stats = self.stats
-
-        async def counted(stream: INetStream, rpc: Any) -> bool:
-            if rpc.HasField("senderRecord"):
-                rpc.ClearField("senderRecord")
-            stats.rpc_frames_out += 1
-            stats.messages_out += len(rpc.publish)
-            if rpc.HasField("control"):
-                control = rpc.control
-                stats.control_out += (len(control.ihave) + len(control.iwant) + len(control.graft)
-                                      + len(control.prune))
-            return await write_msg(stream, rpc)
-
-        pubsub.write_msg = counted  # type: ignore[method-assign,assignment]
-
     # -- tasks -------------------------------------------------------------------------------------------
 
     async def _persist_events(self, events: trio.MemoryReceiveChannel[PresenceEvent]) -> None:
@@ -495,20 +348,6 @@ class P2PNetwork:
                 await self.store.run(
                     lambda e=entry: self.store.remember_peer(e.peer_id, list(e.addrs), state=e.state.value,
                                                              score=e.score, keep=self.settings.peer_cache_size))
-
-    async def _run_mdns(self, host: Any) -> None:
-        """mDNS discovery, started here rather than by libp2p's host: py-libp2p registers the service
-        synchronously inside the event loop, and zeroconf's conflict probing then blocks every task of the
-        node for ~1.7 s (measured at start-up). In a worker thread it costs the loop nothing."""
-        mdns = await trio.to_thread.run_sync(lambda: create_mdns_discovery(host.get_network(), host=host))
-        try:
-            await run_sync_abandoning(mdns.broadcaster.register)
-            log.info("mdns_announced")
-            await trio.sleep_forever()
-        finally:
-            with trio.move_on_after(1.0) as scope:
-                scope.shield = True
-                await run_sync_abandoning(mdns.stop)
 
     async def _consume(self, subscription: Any, handle: Callable[[Any], None]) -> None:
         while True:
@@ -818,10 +657,6 @@ class P2PNetwork:
             "stats": self.stats.to_json(),
             "advertised": [dataclasses.asdict(o) for o in self._advertised or ()],
         }
-
-
-def _tcp_first(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
-    return sorted(addrs, key=lambda a: "/quic" in str(a))
 
 
 def _signed_origin(msg: Any) -> str | None:

@@ -1,0 +1,214 @@
+"""The libp2p side of the P2P layer: the host, Kademlia DHT and gossipsub that ``P2PNetwork`` runs on when it
+is not on the demo's in-memory fabric (``memory.py``), and what we change in how py-libp2p runs them.
+
+* host: TCP (and QUIC when enabled), Noise, Yamux, the node's Ed25519 key, TCP addresses advertised first;
+* DHT in server mode, random walk unless ``p2p.dht_random_walk`` is off, our namespace's validator;
+* gossipsub with strict signing, its RPC writes counted (and the signed peer record left out), its stream
+  handler guarded against undecodable RPCs;
+* mDNS, started in a worker thread;
+* process-wide: yamux's receive-window setting and ``libp2p_costs`` (module comments below).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+import structlog
+import trio
+from google.protobuf.message import DecodeError
+from libp2p import new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.custom_types import TProtocol
+from libp2p.discovery.mdns.mdns import create_mdns_discovery
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.records.validator import Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+from hyperion_node.config.loader import P2PSettings
+from hyperion_node.errors import EnvironmentProblem
+from hyperion_node.identity import Identity
+from hyperion_node.p2p import libp2p_costs
+from hyperion_node.p2p.peer_table import PeerTable
+from hyperion_node.trio_types import run_sync_abandoning
+
+if TYPE_CHECKING:
+    from hyperion_node.p2p.network import P2PStats
+
+# py-libp2p's yamux returns receive credit with a WINDOW_UPDATE frame after every partial read unless
+# PY_YAMUX_RELEASE_ON_READ is off (it reads the variable at each call). Pubsub reads each RPC in pieces (the
+# length varint, then the body), so every gossip message cost its receiver two or three extra frames, each
+# written (Noise-encrypted) and awaited, before the message was delivered. Off, credit goes back with
+# go-yamux's half-window hysteresis. scripts/bench_gossip.py (six hosts in one process, both settings side by
+# side): delivery p50 28 -> 19 ms, p95 81 -> 34 ms, CPU per published message 0.71x. A user's setting wins.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# What that setting still left (a credit frame after about every other small read) and the signed peer record
+# built and checked for every pubsub RPC: see libp2p_costs.py. HYPERION_LIBP2P_AS_SHIPPED=1 leaves py-libp2p
+# as it is (to compare, scripts/bench_p2p.py --baseline, or should a py-libp2p release disagree with it).
+if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
+    libp2p_costs.install()
+
+log = structlog.get_logger(__name__)
+
+# Gossipsub's strict signing: every message carries the origin's signature over its data, topic, origin and
+# sequence number, checked by py-libp2p before our topic validators run (Pubsub.push_msg), for our own
+# publishes too. It is what makes the origin field (which our rate limits and penalties key on) and the
+# message ID trustworthy. Our envelopes inside are signed by the same key, so a message whose envelope names
+# its origin is opened without checking that second signature again (``open_envelope(signed_by=...)``): one
+# Ed25519 check per message instead of three (libp2p, our validator, our consumer), which was ~5% of a
+# 16-node demo's CPU (cProfile). Turning this off would make every envelope signature checked again.
+STRICT_SIGNING = True
+
+
+class ConnectionEvents(INotifee):
+    """Tells ``on_change(peer, connected)`` of every connection the host opens and closes."""
+
+    def __init__(self, on_change: Callable[[ID, bool], None]) -> None:
+        self._on_change = on_change
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_change(conn.muxed_conn.peer_id, True)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._on_change(conn.muxed_conn.peer_id, False)
+
+    async def listen(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, multiaddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+@asynccontextmanager
+async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Validator, stats: P2PStats,
+                       table: PeerTable, on_connection: Callable[[ID, bool], None]
+                       ) -> AsyncIterator[tuple[Any, KadDHT, Pubsub]]:
+    """The running libp2p host, DHT (``validator`` checks our namespace) and pubsub, subscribed to nothing.
+    ``stats`` and ``table`` count and score what the pubsub wrappers see; ``on_connection(peer, connected)``
+    hears of every connection opened and closed."""
+    proto = "ip6" if ":" in settings.listen_host else "ip4"
+    listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
+    if settings.quic:
+        listen.append(multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/udp/{settings.quic_port}/quic-v1"))
+    announce = [multiaddr.Multiaddr(a) for a in settings.announce_addrs] or None
+    # libp2p's defaults aim at ~200 connections and dial every peer learned of; we keep a bounded set.
+    most = settings.max_connections
+    connections = ConnectionConfig(max_connections=most, high_watermark=most, low_watermark=most // 2,
+                                   min_connections=most // 4)
+    # Advertise TCP before QUIC: peers dial the first address that works, and py-libp2p's QUIC is pure
+    # Python (aioquic): measured ~10% of a core per idle node in a 20-node network over QUIC. QUIC still
+    # listens for peers that choose it. Announce addresses, when set, are advertised as given.
+    order = None if announce else tcp_first
+    host = new_host(key_pair=identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
+                    announce_addrs=announce, addrs_factory=order, connection_config=connections,
+                    enable_quic=settings.quic)
+    dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk)
+    if libp2p_costs.installed():
+        libp2p_costs.throttle_on_demand_refresh(dht)
+    dht.register_validator("hyperion", validator)
+    degree = settings.gossip_degree
+    gossipsub = GossipSub(
+        protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=degree, degree_low=max(2, degree - 2),
+        degree_high=2 * degree, heartbeat_interval=1, heartbeat_initial_delay=0.1,
+        # Our validators rate-limit per origin; gossipsub's own limit counts per forwarding peer, which
+        # in a mesh of D peers relaying everyone's heartbeats trips on honest traffic.
+        spam_protection_enabled=False,
+    )
+    pubsub = Pubsub(host, gossipsub, strict_signing=STRICT_SIGNING)
+    count_sends(pubsub, stats)
+    guard_pubsub_streams(host, pubsub, gossipsub.get_protocols(), stats, table)
+    try:
+        async with host.run(listen_addrs=listen):
+            bound = [str(a) for a in host.get_transport_addrs()]
+            for wanted, key in zip(listen, ("p2p.tcp_port", "p2p.quic_port"), strict=False):
+                transport = "/quic-v1" if "quic" in str(wanted) else "/tcp/"
+                if not any(transport in a for a in bound):
+                    raise EnvironmentProblem(f"the P2P host could not listen on {wanted}",
+                                             hint=f"is the port in use? set {key} (0 picks a free one)")
+            host.get_network().register_notifee(ConnectionEvents(on_connection))
+            async with background_trio_service(pubsub), background_trio_service(gossipsub), \
+                    background_trio_service(dht):
+                await pubsub.wait_until_ready()
+                yield host, dht, pubsub
+    except OSError as exc:
+        raise EnvironmentProblem(
+            f"the P2P host could not listen on {listen[0]}: {exc.strerror or exc}",
+            hint="is the port in use? set p2p.tcp_port (0 picks a free one)",
+        ) from exc
+
+def guard_pubsub_streams(host: Any, pubsub: Pubsub, protocols: Sequence[TProtocol], stats: P2PStats,
+                         table: PeerTable) -> None:
+    """py-libp2p's pubsub stream handler catches its own ParseError but not protobuf's DecodeError, so one
+    undecodable RPC from a peer escaped into the host's connection service and stopped the node (seen in
+    a 50-node demo, whose every node then went down with it; any peer could send such bytes). Pubsub
+    registers its handler in its constructor; ours wraps it: the stream is reset, the peer scored down."""
+    handler = pubsub.stream_handler
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except DecodeError:
+            peer = str(stream.muxed_conn.peer_id)
+            stats.reject("gossip", "undecodable")
+            table.penalize(peer, "undecodable")
+            log.info("gossip_rejected", reason="undecodable", forwarder=peer)
+            await stream.reset()
+
+    for protocol in protocols:
+        host.set_stream_handler(protocol, guarded)
+
+def count_sends(pubsub: Pubsub, stats: P2PStats) -> None:
+    """py-libp2p keeps no send counters; every gossipsub send goes through ``Pubsub.write_msg``, so wrap
+    it on our own instance to count frames, messages and control entries.
+
+    The wrapper also leaves out the signed peer record that py-libp2p 0.8 attaches to every pubsub RPC
+    (``senderRecord``; go-libp2p sends none): each receiver checks its Ed25519 signature again per RPC,
+    ~3% of a 16-node demo's CPU (cProfile: 5,100 records opened in a 20 s run), for the same record
+    that identify and the DHT already hand over when peers connect. A receiver treats the field as
+    optional (``maybe_consume_signed_record``)."""
+    write_msg = pubsub.write_msg
+
+    async def counted(stream: INetStream, rpc: Any) -> bool:
+        if rpc.HasField("senderRecord"):
+            rpc.ClearField("senderRecord")
+        stats.rpc_frames_out += 1
+        stats.messages_out += len(rpc.publish)
+        if rpc.HasField("control"):
+            control = rpc.control
+            stats.control_out += (len(control.ihave) + len(control.iwant) + len(control.graft)
+                                  + len(control.prune))
+        return await write_msg(stream, rpc)
+
+    pubsub.write_msg = counted  # type: ignore[method-assign,assignment]
+
+
+async def run_mdns(host: Any) -> None:
+    """mDNS discovery, started here rather than by libp2p's host: py-libp2p registers the service
+    synchronously inside the event loop, and zeroconf's conflict probing then blocks every task of the
+    node for ~1.7 s (measured at start-up). In a worker thread it costs the loop nothing."""
+    mdns = await trio.to_thread.run_sync(lambda: create_mdns_discovery(host.get_network(), host=host))
+    try:
+        await run_sync_abandoning(mdns.broadcaster.register)
+        log.info("mdns_announced")
+        await trio.sleep_forever()
+    finally:
+        with trio.move_on_after(1.0) as scope:
+            scope.shield = True
+            await run_sync_abandoning(mdns.stop)
+
+
+def tcp_first(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    return sorted(addrs, key=lambda a: "/quic" in str(a))
