@@ -74,7 +74,7 @@ async def test_bytes_arrive_in_order_and_a_close_is_an_end_of_stream() -> None:
 
 async def test_a_reset_reaches_the_other_end_and_a_missing_protocol_is_refused() -> None:
     fabric = MemoryFabric()
-    reading = trio.Event()
+    reading, failed = trio.Event(), trio.Event()
     seen: list[type[BaseException]] = []
 
     async def wait(stream: MemoryStream) -> None:
@@ -83,6 +83,7 @@ async def test_a_reset_reaches_the_other_end_and_a_missing_protocol_is_refused()
             await stream.read(10)
         except STREAM_ERRORS as exc:
             seen.append(type(exc))
+            failed.set()
 
     async with _two_hosts(fabric) as (a, b, _):
         b.set_stream_handler(PROTOCOL, wait)
@@ -90,8 +91,7 @@ async def test_a_reset_reaches_the_other_end_and_a_missing_protocol_is_refused()
             stream = await a.new_stream(b.get_id(), [PROTOCOL])
             await reading.wait()
             await stream.reset()
-            while not seen:  # noqa: ASYNC110  # the handler runs on its own; poll under the deadline
-                await trio.sleep(0.01)
+            await failed.wait()
         assert seen[0].__name__ == "StreamReset"
         with pytest.raises(ProtocolNotSupported):
             await a.new_stream(b.get_id(), ["/hyperion/nobody-speaks-this/1"])
