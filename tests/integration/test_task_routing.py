@@ -314,9 +314,11 @@ def test_worker_killed_after_tokens_started_is_an_error(net: Network) -> None:
 
 
 def test_client_going_away_frees_the_worker_slot(net: Network) -> None:
+    net.wait_serving()  # the last test killed and restarted a worker
     headers = {"Authorization": f"Bearer {net.a.token}"}
     body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 400, "stream": True}
     with httpx.stream("POST", net.a.api_url + "/v1/completions", json=body, headers=headers, timeout=60) as answer:
+        assert answer.status_code == 200, f"{answer.status_code}: {answer.read().decode()}"
         worker = net.workers[answer.headers["x-hyperion-worker"]]
         task_id = answer.headers["x-hyperion-task-id"]
         for n, _line in enumerate(answer.iter_lines()):
