@@ -362,7 +362,7 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     node.orchestrator = Orchestrator(
         identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
         tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
-        free_memory=node.free_memory, verify=config.verify)
+        free_memory=node.free_memory, verify=config.verify, gossip_interval_s=config.ledger.gossip_interval_s)
     await nursery.start(node.ledger.run)
     await nursery.start(node.orchestrator.run)
     node.renders = RenderJobs(node.orchestrator)

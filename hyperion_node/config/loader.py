@@ -93,6 +93,7 @@ class LedgerSettings:
     epoch_minutes: float
     idle_warning_minutes: float
     unsettled_warning_minutes: float
+    gossip_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,8 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
     _check(values["p2p.max_connections"] >= 1, "p2p.max_connections", sources, values, "an integer of at least 1")
     _check(values["p2p.peer_cache_size"] >= 1, "p2p.peer_cache_size", sources, values, "an integer of at least 1")
     _check(values["ledger.epoch_receipts"] >= 1, "ledger.epoch_receipts", sources, values, "an integer of at least 1")
+    _check(values["ledger.gossip_interval_s"] >= 0, "ledger.gossip_interval_s", sources, values,
+           "a number of seconds, 0 or more")
     for key in ("ledger.epoch_minutes", "ledger.idle_warning_minutes", "ledger.unsettled_warning_minutes",
                 "pricing.auto_credits_per_hour"):
         _check(values[key] > 0, key, sources, values, "a number above 0")
@@ -339,6 +342,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             epoch_minutes=values["ledger.epoch_minutes"],
             idle_warning_minutes=values["ledger.idle_warning_minutes"],
             unsettled_warning_minutes=values["ledger.unsettled_warning_minutes"],
+            gossip_interval_s=values["ledger.gossip_interval_s"],
         ),
         pricing=PricingSettings(
             auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]

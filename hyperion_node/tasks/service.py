@@ -42,6 +42,7 @@ from hyperion_node.scheduler.scheduler import SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
+from hyperion_node.tasks.gossip_outbox import SettledOutbox
 from hyperion_node.tasks.history import HistoryWriter, TaskHistory
 from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
@@ -107,7 +108,7 @@ class Orchestrator:
     def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
                  hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None],
-                 verify: VerifySettings | None = None) -> None:
+                 verify: VerifySettings | None = None, gossip_interval_s: float = 1.0) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.store = store
@@ -123,7 +124,7 @@ class Orchestrator:
         self.stats: Counter[str] = Counter()
         self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history_writer,
                              settings=tasks, hardware=hardware,
-                             on_malformed=self._malformed, on_settled=self._publish)
+                             on_malformed=self._malformed, on_settled=self._settled)
         self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
                                    history=self.history_writer, settings=tasks, candidates=self._candidates,
                                    open_stream=self._open_stream,
@@ -136,6 +137,7 @@ class Orchestrator:
                                         event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
+        self.outbox = SettledOutbox(self.p2p.publish_receipt_gossip, gossip_interval_s)
         self._nursery: trio.Nursery | None = None
         self._looked_up: dict[tuple[str, str], float] = {}  # (runtime, item) -> when the DHT was last asked
 
@@ -157,6 +159,7 @@ class Orchestrator:
                 self._nursery = nursery
                 await nursery.start(self.history_writer.run)
                 await nursery.start(self.spot_checker.run)
+                await nursery.start(self.outbox.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -340,8 +343,11 @@ class Orchestrator:
 
     # -- the receipts topic ------------------------------------------------------------------------------------
 
-    async def _publish(self, record: SignedReceipt | SignedEpoch | Dispute) -> None:
+    async def _publish(self, record: SignedEpoch | Dispute) -> None:
         await self.p2p.publish_receipt_gossip(receipt_gossip.to_gossip_body(record))
+
+    async def _settled(self, settled: SignedReceipt) -> None:
+        self.outbox.add(settled)  # gossiped with the others that settle meanwhile (gossip_outbox.py)
 
     async def publish_epoch(self, epoch: SignedEpoch) -> None:
         await self._publish(epoch)
@@ -349,22 +355,30 @@ class Orchestrator:
     def _receipt_gossip(self, sender: str, body: dict[str, Any]) -> None:
         now = int(time.time() * 1000)
         try:
-            record = receipt_gossip.from_gossip_body(body)
-            if isinstance(record, SignedReceipt):
-                self.reputation.observe_settled(record, now)
-            elif isinstance(record, SignedEpoch):
-                self.reputation.observe_epoch(record, now)
-            else:
-                self.reputation.observe_dispute(record, now)
-                if record.worker == self.peer_id and self._nursery is not None:
-                    self._nursery.start_soon(self._record_dispute, record)  # our own receipt, disputed
+            records = receipt_gossip.records_from_gossip_body(body)
         except ReceiptRejected as exc:
-            reason = type(exc).__name__.lower()
-            self.p2p.stats.reject("receipts", reason)
-            if reason != "replayed":  # anyone can forward an old record: the forwarder is not at fault
-                self.p2p.table.penalize(sender, reason)
+            self._gossip_rejected(sender, exc)
             return
-        self.stats[f"gossip:{type(record).__name__}"] += 1
+        for record in records:  # each one counted and scored on its own: one bad receipt spoils no other
+            try:
+                if isinstance(record, SignedReceipt):
+                    self.reputation.observe_settled(record, now)
+                elif isinstance(record, SignedEpoch):
+                    self.reputation.observe_epoch(record, now)
+                else:
+                    self.reputation.observe_dispute(record, now)
+                    if record.worker == self.peer_id and self._nursery is not None:
+                        self._nursery.start_soon(self._record_dispute, record)  # our own receipt, disputed
+            except ReceiptRejected as exc:
+                self._gossip_rejected(sender, exc)
+                continue
+            self.stats[f"gossip:{type(record).__name__}"] += 1
+
+    def _gossip_rejected(self, sender: str, exc: ReceiptRejected) -> None:
+        reason = type(exc).__name__.lower()
+        self.p2p.stats.reject("receipts", reason)
+        if reason != "replayed":  # anyone can forward an old record: the forwarder is not at fault
+            self.p2p.table.penalize(sender, reason)
 
     def describe(self) -> dict[str, Any]:
         queued, running = self.load()

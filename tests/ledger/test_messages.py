@@ -6,19 +6,26 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from hyperion_node.ledger import messages
 from hyperion_node.ledger.dispute import Dispute, sign_dispute
 from hyperion_node.ledger.epochs import EpochHeader, SignedEpoch, sign_epoch
 from hyperion_node.ledger.exceptions import Malformed
 from hyperion_node.ledger.messages import (
+    BATCH_KIND,
     GOSSIP_TYPE,
+    MAX_BATCH_RECEIPTS,
+    MAX_BATCH_RECORD_BYTES,
     MAX_MESSAGE_BYTES,
     decode_message,
     encode_message,
     from_gossip_body,
+    pack_settled,
+    records_from_gossip_body,
     to_gossip_body,
 )
 from hyperion_node.ledger.receipt import countersign
 from hyperion_node.p2p.messages import open_envelope, seal
+from hyperion_node.p2p.network import MAX_RECEIPT_GOSSIP_BYTES
 from hyperion_node.testing.receipts import ReceiptFactory, new_identity
 
 
@@ -91,3 +98,59 @@ def test_a_dispute_round_trips_and_its_fields_are_checked(factory: ReceiptFactor
     assert Dispute.decode(dispute.encode()) == dispute
     with pytest.raises(Malformed):
         sign_dispute(b"\x01" * 31, "w", "short id", 3, factory.requester)
+
+
+def test_settled_receipts_are_packed_in_batches_within_the_caps_and_read_back_in_order(
+        factory: ReceiptFactory) -> None:
+    receipts = [factory.settled(tokens_out=n) for n in range(MAX_BATCH_RECEIPTS + 3)]
+    bodies = pack_settled(receipts)
+    assert [b["kind"] for b in bodies] == [BATCH_KIND, BATCH_KIND]
+    assert [len(b["records"]) for b in bodies] == [MAX_BATCH_RECEIPTS, 3]
+    assert [r for b in bodies for r in records_from_gossip_body(b)] == receipts
+    # A lone receipt travels as a plain "settled" body, which nodes without batches read too.
+    (lone,) = pack_settled(receipts[:1])
+    assert lone == to_gossip_body(receipts[0])
+    assert records_from_gossip_body(lone) == [receipts[0]]
+    assert records_from_gossip_body(to_gossip_body(epoch(factory))) == [epoch(factory)]
+    assert pack_settled([]) == []
+    # The envelope around a full batch stays under the receipts topic's cap.
+    wire = seal(factory.worker, GOSSIP_TYPE, bodies[0])
+    _, body = open_envelope(wire, expected_type=GOSSIP_TYPE, max_bytes=64 * 1024)
+    assert records_from_gossip_body(body) == receipts[:MAX_BATCH_RECEIPTS]
+
+
+def test_a_batch_is_cut_by_bytes_too(factory: ReceiptFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    receipts = [factory.settled() for _ in range(7)]
+    size = len(receipts[0].encode())
+    monkeypatch.setattr(messages, "MAX_BATCH_RECORD_BYTES", 3 * size)
+    bodies = pack_settled(receipts)
+    assert [len(b["records"]) if "records" in b else 1 for b in bodies] == [3, 3, 1]
+    assert [r for b in bodies for r in records_from_gossip_body(b)] == receipts
+
+
+def test_a_batch_at_both_caps_fits_in_the_receipts_topics_envelope() -> None:
+    sender = new_identity()
+    records = [b"\xff" * (MAX_BATCH_RECORD_BYTES // MAX_BATCH_RECEIPTS)] * MAX_BATCH_RECEIPTS
+    wire = seal(sender, GOSSIP_TYPE, {"v": 1, "kind": BATCH_KIND, "records": records})
+    assert len(wire) <= MAX_RECEIPT_GOSSIP_BYTES
+
+
+def test_pending_receipts_are_not_packed(factory: ReceiptFactory) -> None:
+    with pytest.raises(Malformed, match="only settled"):
+        pack_settled([factory.settled(), factory.signed()])
+
+
+@pytest.mark.parametrize("change", [
+    {"v": 2}, {"records": []}, {"records": "text"}, {"records": [b"\x00", b"\x01"]}, {"extra": 1},
+    {"records": [b"x"] * (MAX_BATCH_RECEIPTS + 1)}, {"records": [b"x" * MAX_BATCH_RECORD_BYTES, b"x"]},
+])
+def test_bad_batches_are_malformed_as_a_whole(factory: ReceiptFactory, change: dict[str, object]) -> None:
+    good = pack_settled([factory.settled(), factory.settled()])[0]
+    with pytest.raises(Malformed):
+        records_from_gossip_body({**good, **change})
+
+
+def test_a_batch_with_one_pending_receipt_is_malformed(factory: ReceiptFactory) -> None:
+    body = {"v": 1, "kind": BATCH_KIND, "records": [factory.settled().encode(), factory.signed().encode()]}
+    with pytest.raises(Malformed, match="without a countersignature"):
+        records_from_gossip_body(body)

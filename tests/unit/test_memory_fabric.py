@@ -17,12 +17,15 @@ from libp2p.peer.id import ID
 from hyperion_node.config import load_config
 from hyperion_node.datadir import DataDir
 from hyperion_node.identity import load_identity
+from hyperion_node.ledger.messages import records_from_gossip_body, to_gossip_body
 from hyperion_node.p2p.memory import MemoryFabric, MemoryStream, ProtocolNotSupported
 from hyperion_node.p2p.messages import Heartbeat, OfferAd
 from hyperion_node.p2p.network import PRESENCE_TOPIC, LocalState, P2PNetwork
 from hyperion_node.p2p.peer_table import PeerState
 from hyperion_node.store import Store
+from hyperion_node.tasks.gossip_outbox import SettledOutbox
 from hyperion_node.tasks.streams import STREAM_ERRORS, open_with_first_frame
+from hyperion_node.testing.receipts import ReceiptFactory
 
 PROTOCOL = "/hyperion/test/1"
 
@@ -198,3 +201,41 @@ async def test_a_subscriber_whose_handler_fails_does_not_stop_the_publisher_or_t
             await sender.publish("/t", data)
     assert heard == [b"one", b"two"]
     assert bad.failed == 3
+
+
+async def test_a_busy_workers_receipts_all_reach_its_peers_through_the_outbox(tmp_path: Path) -> None:
+    """40 receipts settled within a second: sent one message each, a peer's per-peer rate limit drops most
+    of them and scores the worker down (what busy workers met before the outbox); through the outbox every
+    one arrives and nothing is dropped."""
+    fabric = MemoryFabric()
+    a, b = _network(tmp_path, "a", fabric), _network(tmp_path, "b", fabric)
+    factory = ReceiptFactory(worker=b.identity)
+    heard: list[object] = []
+    a.on_receipt_gossip = lambda sender, body: heard.extend(records_from_gossip_body(body))
+    outbox = SettledOutbox(b.publish_receipt_gossip, interval_s=0.2)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(20):
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            await nursery.start(outbox.run)
+            while b.peer_id not in {e.peer_id for e in a.table.live_peers()}:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            batched = [factory.settled() for _ in range(40)]
+            for receipt in batched:
+                outbox.add(receipt)
+                await trio.sleep(0.02)
+            while len(heard) < len(batched):  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert heard == batched
+            assert "receipts:rate_limited" not in a.stats.to_json()["rejected"]
+            assert outbox.messages < 10
+            score = a.table.get(b.peer_id).score
+            for receipt in [factory.settled() for _ in range(40)]:
+                await b.publish_receipt_gossip(to_gossip_body(receipt))
+            rejected = a.stats.to_json()["rejected"].get("receipts:rate_limited", 0)
+            assert rejected >= 20, rejected
+            assert len(heard) < 2 * len(batched)
+            assert a.table.get(b.peer_id).score < score
+        nursery.cancel_scope.cancel()
+    a.store.close()
+    b.store.close()
