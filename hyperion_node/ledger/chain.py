@@ -85,6 +85,9 @@ class Ledger:
         # the open epoch costs a scan of up to epoch_receipts rows; a transaction that finds the head where
         # this says reuses it, any other recounts (another writer appended, or this is the first one).
         self._open_state: _OpenState | None = None
+        # Epochs this object closed in committed transactions: a writer learns from it whether a batch it
+        # appended closed one, without reading the epochs table after every batch.
+        self.epochs_closed = 0
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -115,7 +118,10 @@ class Ledger:
                 roles.append("")
                 outcomes.append(exc)
 
+        closed = 0
+
         def work(conn: sqlite3.Connection) -> tuple[list[Entry | ReceiptRejected], _OpenState]:
+            nonlocal closed
             head = self._head(conn)
             open_count, oldest = self._open_epoch_at(conn, head)
             seen: set[bytes] = set()
@@ -137,9 +143,11 @@ class Ledger:
                 if self._policy is not None and self._policy.due(open_count, oldest, head.at_ms):
                     head = self._close(conn, head)
                     open_count, oldest = 0, None
+                    closed += 1
             return [o for o in outcomes if o is not None], (head.position if head else 0, open_count, oldest)
 
         done, self._open_state = self.store.transaction(work)
+        self.epochs_closed += closed
         return done
 
     def settle(self, countersigned: SignedReceipt) -> Entry:
@@ -201,7 +209,10 @@ class Ledger:
             self._open_state = None  # set again by the next transaction; this one may still roll back
             return SignedEpoch.decode(entry.data)
 
-        return self.store.transaction(work)
+        epoch = self.store.transaction(work)
+        if epoch is not None:
+            self.epochs_closed += 1
+        return epoch
 
     # -- inside a transaction ----------------------------------------------------------------------------
 

@@ -99,8 +99,10 @@ class LedgerService:
     async def _write(self) -> None:
         try:
             async for first in self._receive:
+                closed = self.ledger.epochs_closed
                 await self._commit(first)
-                await self._hand_over_epochs()
+                if self.ledger.epochs_closed != closed:  # most batches close none: no read of the epochs
+                    await self._hand_over_epochs()
         finally:
             # Stopping (module docstring): no new receipts, and the queued ones written before the end.
             self._send.close()
