@@ -19,7 +19,8 @@ waits, preemption by other processes included) and in this thread's CPU time (``
 work itself, without the time the OS gave the core to someone else -- on a shared host the honest measure
 of the code; both are printed). Also, once per size and not per decision: building a CandidateSet from
 scratch and reading candidates out of a real PeerTable (what a requester that did not keep a set would pay
-on every request).
+on every request), and the daemon's kept set refreshed after a quarter of the peers' heartbeats against the
+same candidates read and built per request.
 
     .venv/bin/python scripts/bench_scheduler.py [--sizes 100 1000 10000] [--decisions 2000] [--seed 1]
 """
@@ -49,6 +50,7 @@ from hyperion_node.scheduler import (
     candidates_from_peer_table,
 )
 from hyperion_node.scheduler import candidates as cs
+from hyperion_node.scheduler.candidates import TableCandidates
 
 RUNTIME, MODEL = "inference", "gemma-3-270m"
 GIB = 1 << 30
@@ -155,13 +157,44 @@ def bench(n: int, decisions: int, seed: int) -> dict[str, float]:
     upserts = min(timed(one_by_one) for _ in range(3))
     table = peer_table_of(candidates)
     from_table = min(timed(lambda: candidates_from_peer_table(table, RUNTIME, MODEL, 0.0)) for _ in range(3))
+    kept, rebuilt = kept_against_rebuilt(table, candidates, rng)
     row: dict[str, float] = {"n": n, "eligible": len(candidates) - sum(decision.excluded_counts.values()),
-                             "build_set": build, "upserts": upserts, "from_table": from_table}
+                             "build_set": build, "upserts": upserts, "from_table": from_table,
+                             "kept": kept, "rebuilt": rebuilt}
     for clock, spent in (("wall", wall), ("cpu", cpu)):
         for name, values in zip(("ours", "sorted", "argsort"), spent, strict=True):
             row[f"{clock}_{name}_p50"] = statistics.median(values)
             row[f"{clock}_{name}_p99"] = quantile(values, 0.99)
     return row
+
+
+def kept_against_rebuilt(table: PeerTable, candidates: list[Candidate], rng: random.Random,
+                         rounds: int = 9) -> tuple[float, float]:
+    """The candidates of a request after a quarter of the peers sent a new heartbeat (a 50-node demo's
+    requester sees about that between two of its decisions): the daemon's kept set (``TableCandidates``)
+    against the same read from the table and built into a new set, per request. Medians over ``rounds``."""
+    kept_set = TableCandidates(RUNTIME, MODEL)
+
+    def refresh() -> object:
+        return kept_set.refresh(table, 0.0, reliability=lambda p: 0.5, distrusted=lambda p: False)
+
+    def rebuild() -> object:
+        return CandidateSet(RUNTIME, MODEL, candidates_from_peer_table(table, RUNTIME, MODEL, 0.0))
+
+    refresh()
+    seq = len(candidates) + 1
+    kept: list[float] = []
+    rebuilt: list[float] = []
+    for i in range(rounds):
+        for c in rng.sample(candidates, max(1, len(candidates) // 4)):
+            seq += 1
+            table.heartbeat(Heartbeat(c.peer_id, seq, 0.0, "", (), "ok", rng.randrange(3), c.active_tasks,
+                                      c.free_memory_bytes or 0), 0.0, wall_now=0.0)
+        first, second = (refresh, rebuild) if i % 2 == 0 else (rebuild, refresh)
+        a, b = timed(first), timed(second)
+        kept.append(a if first is refresh else b)
+        rebuilt.append(b if first is refresh else a)
+    return statistics.median(kept), statistics.median(rebuilt)
 
 
 def main() -> None:
@@ -192,6 +225,11 @@ def main() -> None:
     for r in rows:
         print(f"| {int(r['n']):,} | {r['build_set'] * 1e3:.2f} | {r['upserts'] * 1e3:.2f} "
               f"({r['build_set'] / r['upserts']:.2f}) | {r['from_table'] * 1e3:.1f} |")
+    print("\n| candidates | a request's candidates after 1/4 of the peers' heartbeats: kept set ms | read and built "
+          "per request ms | ratio |\n|---|---|---|---|")
+    for r in rows:
+        kept, rebuilt = r["kept"], r["rebuilt"]
+        print(f"| {int(r['n']):,} | {kept * 1e3:.3f} | {rebuilt * 1e3:.3f} | {kept / rebuilt:.2f} |")
     last = rows[-1]
     if last["n"] >= 10_000:
         for clock in ("wall", "cpu"):

@@ -141,18 +141,37 @@ def candidates_from_peer_table(
     """
     out: list[Candidate] = []
     for entry in table.peers.values():
-        offer = find_offer(entry.capability, runtime, item)
-        if offer is None or entry.peer_id == table.local_peer_id:
-            continue
-        if wall_now is not None and entry.capability is not None and entry.capability.expires_at <= wall_now:
-            continue
-        candidate = candidate_from_entry(
-            entry, offer, reliability=UNKNOWN_RELIABILITY if reliability is None else reliability(entry.peer_id))
-        silent_for = None if entry.last_heartbeat is None else now - entry.last_heartbeat
-        if silent_for is not None and silent_for >= table.dead_after and candidate.state is not PeerState.LEFT:
-            candidate = replace(candidate, state=PeerState.DEAD)
-        out.append(candidate)
+        offer = _offer_of(table, entry, runtime, item, wall_now)
+        if offer is not None:
+            out.append(_from_table(entry, offer, _silent_dead(table, entry, now),
+                                   UNKNOWN_RELIABILITY if reliability is None else reliability(entry.peer_id)))
     return out
+
+
+def _offer_of(table: PeerTable, entry: PeerEntry, runtime: str, item: str, wall_now: float | None) -> OfferAd | None:
+    """The entry's offer of runtime/item, unless the entry is this node or its record has expired."""
+    offer = find_offer(entry.capability, runtime, item)
+    if offer is None or entry.peer_id == table.local_peer_id:
+        return None
+    if wall_now is not None and entry.capability is not None and entry.capability.expires_at <= wall_now:
+        return None
+    return offer
+
+
+def _silent_dead(table: PeerTable, entry: PeerEntry, now: float) -> bool:
+    """Silent past the table's dead threshold, though ``tick`` has not caught up with it yet."""
+    return (entry.last_heartbeat is not None and now - entry.last_heartbeat >= table.dead_after
+            and entry.state is not PeerState.LEFT)
+
+
+def _from_table(entry: PeerEntry, offer: OfferAd, dead: bool, reliability: float, distrusted: bool = False
+                ) -> Candidate:
+    candidate = candidate_from_entry(entry, offer, reliability=reliability)
+    if dead:
+        candidate = replace(candidate, state=PeerState.DEAD)
+    if distrusted:
+        candidate = replace(candidate, banned=True)
+    return candidate
 
 
 def local_candidate(
@@ -263,12 +282,15 @@ class CandidateSet:
             raise WrongCapability(f"a candidate for {candidate.runtime}/{candidate.item} in the set for "
                                   f"{self.runtime}/{self.item}")
 
-    def _write(self, columns: int | slice, rows: Any, gone: Any) -> None:
-        """Store the field rows of the candidates in ``columns`` and everything derived from them."""
-        self._data[:, columns] = rows
-        self._ranking[:, columns] = self._data[CRITERIA_ROWS, columns]
-        self._filters[:, columns] = self._data[[QUEUED_WHEN_FULL, MEMORY, PRICE], columns]
-        self._filters[FILTER_NEG_MEMORY, columns] *= -1.0
+    def _write(self, columns: int | slice | npt.NDArray[np.intp], rows: Any, gone: Any) -> None:
+        """Store the field rows of the candidates in ``columns`` (one column, a slice or an index array; ``rows``
+        is ``(fields,)`` or ``(fields, columns)``) and everything derived from them."""
+        block = np.asarray(rows, dtype=np.float64)
+        self._data[:, columns] = block
+        self._ranking[:, columns] = block[CRITERIA_ROWS]
+        filters = block[[QUEUED_WHEN_FULL, MEMORY, PRICE]]
+        filters[FILTER_NEG_MEMORY] *= -1.0
+        self._filters[:, columns] = filters
         self._gone[columns] = gone
 
     def __len__(self) -> int:
@@ -375,6 +397,27 @@ class CandidateSet:
             self._candidates[index] = candidate
         self._write(index, _row(candidate), _gone(candidate))
 
+    def update(self, candidates: Iterable[Candidate]) -> None:
+        """``upsert`` each, with the columns of those already in the set rewritten in one block write (a later
+        candidate with the same peer ID replaces an earlier one). New peers are appended one by one."""
+        latest: dict[str, Candidate] = {}
+        for candidate in candidates:
+            self._check(candidate)
+            latest[candidate.peer_id] = candidate
+        columns: list[int] = []
+        known: list[Candidate] = []
+        for peer_id, candidate in latest.items():
+            index = self._index.get(peer_id)
+            if index is None:
+                self.upsert(candidate)
+            else:
+                self._candidates[index] = candidate
+                columns.append(index)
+                known.append(candidate)
+        if columns:
+            self._write(np.array(columns, dtype=np.intp), np.array([_row(c) for c in known], dtype=np.float64).T,
+                        [_gone(c) for c in known])
+
     def discard(self, peer_id: str) -> None:
         """Remove a peer if present. O(1): the last column takes its place."""
         index = self._index.pop(peer_id, None)
@@ -392,3 +435,46 @@ class CandidateSet:
             self._ranking[:, index] = self._ranking[:, last]
             self._filters[:, index] = self._filters[:, last]
             self._gone[index] = self._gone[last]
+
+
+class TableCandidates:
+    """The :class:`CandidateSet` of one capability as a peer table sees it, kept from one decision to the
+    next, as the module docstring asks: :meth:`refresh` rebuilds only the candidates of peers whose entry
+    changed since the last one (a heartbeat, a record, its state, RTT, ban, reliability) and rewrites their
+    columns in one block. In a 50-node demo at 100 tasks/s each decision found ~a quarter of its peers
+    changed; building the whole set per request was ~7 % of the process's CPU.
+
+    ``local`` is this node's own candidate, whose load changes with every task it takes: rewritten each time.
+    """
+
+    def __init__(self, runtime: str, item: str) -> None:
+        self.set = CandidateSet(runtime, item)
+        self._built_from: dict[str, tuple[object, ...]] = {}  # peer ID -> what its candidate was built from
+
+    def refresh(self, table: PeerTable, now: float, *, reliability: Callable[[str], float],
+                distrusted: Callable[[str], bool], wall_now: float | None = None,
+                local: Candidate | None = None) -> CandidateSet:
+        cset, built_from = self.set, self._built_from
+        changed: list[Candidate] = []
+        seen: set[str] = set()
+        for peer_id, entry in table.peers.items():
+            offer = _offer_of(table, entry, cset.runtime, cset.item, wall_now)
+            if offer is None:
+                continue
+            seen.add(peer_id)
+            dead, trust, banned = _silent_dead(table, entry, now), reliability(peer_id), distrusted(peer_id)
+            key = (entry.heartbeat, entry.capability, offer, entry.state, entry.rtt_ms, entry.score <= BAN_SCORE,
+                   dead, trust, banned)
+            if built_from.get(peer_id) != key:
+                built_from[peer_id] = key
+                changed.append(_from_table(entry, offer, dead, trust, banned))
+        if local is not None:
+            seen.add(local.peer_id)
+            built_from[local.peer_id] = ()
+            changed.append(local)
+        for peer_id in [p for p in built_from if p not in seen]:
+            del built_from[peer_id]
+            cset.discard(peer_id)
+        if changed:
+            cset.update(changed)
+        return cset

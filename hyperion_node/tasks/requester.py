@@ -33,6 +33,7 @@ from hyperion_node.ledger.exceptions import ReceiptRejected
 from hyperion_node.ledger.receipt import SignedReceipt, content_hash, countersign
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequirements
+from hyperion_node.scheduler.candidates import Candidate, CandidateSet
 from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
 from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
@@ -75,7 +76,8 @@ class TaskEvent:
 
 
 Send = Callable[[TaskEvent], Awaitable[None]]
-Candidates = Callable[[TaskSpec, TaskRequirements], Awaitable[list[Any]]]
+# The candidates for a task: a kept CandidateSet (what a daemon passes) or any list of Candidate.
+Candidates = Callable[[TaskSpec, TaskRequirements], Awaitable[CandidateSet | list[Candidate]]]
 # A peer's work settled: (the request, its final output, the settled receipt, one of its partial results).
 Completed = Callable[[TaskRequest, dict[str, Any], SignedReceipt, dict[str, Any] | None], None]
 

@@ -37,7 +37,13 @@ from hyperion_node.p2p.messages import Heartbeat, OfferAd
 from hyperion_node.p2p.network import P2PNetwork
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.scheduler import Scheduler, TaskRequirements
-from hyperion_node.scheduler.candidates import Candidate, candidates_from_peer_table, local_candidate
+from hyperion_node.scheduler.candidates import (
+    Candidate,
+    CandidateSet,
+    TableCandidates,
+    candidates_from_peer_table,
+    local_candidate,
+)
 from hyperion_node.scheduler.scheduler import SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
@@ -104,6 +110,10 @@ def error_event(task_id: str, exc: BaseException) -> TaskEvent:
     return TaskEvent("error", task_id, data=data)
 
 
+# Capabilities whose candidate set is kept between requests (``TableCandidates``), least recently used dropped.
+MAX_KEPT_CAPABILITIES = 64
+
+
 class Orchestrator:
     def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
@@ -140,6 +150,7 @@ class Orchestrator:
         self.outbox = SettledOutbox(self.p2p.publish_receipt_gossip, gossip_interval_s)
         self._nursery: trio.Nursery | None = None
         self._looked_up: dict[tuple[str, str], float] = {}  # (runtime, item) -> when the DHT was last asked
+        self._kept_candidates: dict[tuple[str, str], TableCandidates] = {}
 
     # -- the component ---------------------------------------------------------------------------------------
 
@@ -211,7 +222,7 @@ class Orchestrator:
 
     # -- inputs ----------------------------------------------------------------------------------------------
 
-    async def _candidates(self, spec: TaskSpec, req: TaskRequirements) -> list[Candidate]:
+    async def _candidates(self, spec: TaskSpec, req: TaskRequirements) -> CandidateSet | list[Candidate]:
         found = self._known_candidates(spec)
         key, now = (spec.runtime, spec.item), trio.current_time()
         if not any(c.state.value == "alive" for c in found):
@@ -231,22 +242,38 @@ class Orchestrator:
         with trio.move_on_after(PROVIDER_REFRESH_S):
             await self.p2p.find_providers(runtime, item)
 
-    def _known_candidates(self, spec: TaskSpec) -> list[Candidate]:
-        out = candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
-                                         reliability=self.reputation.reliability, wall_now=time.time())
-        offer = next((o for o in self.runtimes.offers() if o.runtime == spec.runtime and o.item == spec.item), None)
-        if offer is not None:
-            queued, running = self.worker.admission.load()
-            ad = OfferAd(runtime=offer.runtime, item=offer.item, unit=offer.unit, price_per_unit=offer.price_per_unit,
-                         capacity=offer.capacity, throughput=offer.throughput)
-            out.append(local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(),
-                                       active_tasks=running, queue_depth=queued))
+    def _known_candidates(self, spec: TaskSpec) -> CandidateSet | list[Candidate]:
+        """Every known peer offering the task's capability, and this node if it does: the kept set of that
+        capability (``TableCandidates``, rewritten where the peer table changed), or a list when the task is
+        pinned to some peers (``spec.only``, a render job's chunks)."""
+        local = self._local_candidate(spec)
         if spec.only:
-            out = [c for c in out if c.peer_id in spec.only]
-        # A worker with confirmed disputes gets no more work from this node (the scheduler skips banned peers).
-        limit = self.verify.distrust_after_disputes
-        return [dataclasses.replace(c, banned=True) if self.reputation.get(c.peer_id).disputed >= limit else c
-                for c in out]
+            out = candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
+                                             reliability=self.reputation.reliability, wall_now=time.time())
+            out = [c for c in [*out, *([local] if local else [])] if c.peer_id in spec.only]
+            return [dataclasses.replace(c, banned=True) if self._distrusted(c.peer_id) else c for c in out]
+        key = (spec.runtime, spec.item)
+        kept = self._kept_candidates.pop(key, None) or TableCandidates(spec.runtime, spec.item)
+        self._kept_candidates[key] = kept  # last: the least recently asked for is first
+        if len(self._kept_candidates) > MAX_KEPT_CAPABILITIES:  # model names come from API users: bounded
+            del self._kept_candidates[next(iter(self._kept_candidates))]
+        return kept.refresh(self.p2p.table, trio.current_time(), reliability=self.reputation.reliability,
+                            distrusted=self._distrusted, wall_now=time.time(), local=local)
+
+    def _local_candidate(self, spec: TaskSpec) -> Candidate | None:
+        offer = next((o for o in self.runtimes.offers() if o.runtime == spec.runtime and o.item == spec.item), None)
+        if offer is None:
+            return None
+        queued, running = self.worker.admission.load()
+        ad = OfferAd(runtime=offer.runtime, item=offer.item, unit=offer.unit, price_per_unit=offer.price_per_unit,
+                     capacity=offer.capacity, throughput=offer.throughput)
+        candidate = local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(), active_tasks=running,
+                                    queue_depth=queued)
+        return dataclasses.replace(candidate, banned=True) if self._distrusted(self.peer_id) else candidate
+
+    def _distrusted(self, peer_id: str) -> bool:
+        """A worker with confirmed disputes gets no more work from this node (the scheduler skips banned peers)."""
+        return self.reputation.get(peer_id).disputed >= self.verify.distrust_after_disputes
 
     async def live_providers(self, runtime: str, item: str) -> list[Candidate]:
         """The live peers (this node included) that offer runtime/item, for a job that splits its work

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -16,6 +17,7 @@ from hyperion_node.scheduler import (
     candidates_from_peer_table,
     local_candidate,
 )
+from hyperion_node.scheduler.candidates import Candidate, TableCandidates
 from tests.scheduler.factories import GIB, MODEL, RUNTIME, candidate, heartbeat, offer, record, scheduler
 
 
@@ -139,6 +141,66 @@ def test_a_set_built_at_once_holds_what_upserts_build() -> None:
         at_once.upsert(candidate(f"new{i}"))
     assert len(at_once) == len(one_by_one) + 40
     assert at_once.get("new39") == candidate("new39")
+
+
+def test_a_block_update_holds_what_upserts_build() -> None:
+    rng = random.Random(5)
+
+    def some(peer: str) -> Candidate:
+        return candidate(peer, rtt_ms=rng.choice([None, rng.uniform(1, 300)]),
+                         free_memory_bytes=rng.choice([None, rng.randrange(1, 16) * GIB]),
+                         throughput=rng.choice([None, 40.0]), active_tasks=rng.randrange(3),
+                         queue_depth=rng.randrange(4), banned=rng.random() < 0.1, state=rng.choice(list(PeerState)))
+
+    one_by_one, updated = CandidateSet(RUNTIME, MODEL), CandidateSet(RUNTIME, MODEL)
+    for _ in range(6):  # peers replaced in place, new ones, and the same peer twice in one update
+        batch = [some(f"p{rng.randrange(30)}") for _ in range(25)]
+        for c in batch:
+            one_by_one.upsert(c)
+        updated.update(batch)
+        order = [updated.index_of(c.peer_id) for c in one_by_one]
+        assert {c.peer_id: c for c in updated} == {c.peer_id: c for c in one_by_one}
+        assert updated.columns()[:, order] == pytest.approx(one_by_one.columns(), nan_ok=True)
+        assert updated.filter_rows()[:, order] == pytest.approx(one_by_one.filter_rows(), nan_ok=True)
+        assert updated.ranking_criteria()[:, order] == pytest.approx(one_by_one.ranking_criteria(), nan_ok=True)
+        assert updated.gone()[order].tolist() == one_by_one.gone().tolist()
+
+
+def test_kept_table_candidates_follow_the_table_and_rebuild_only_what_changed(table: PeerTable) -> None:
+    kept = TableCandidates(RUNTIME, MODEL)
+    trust = {"fast": 0.9}
+    distrusted: set[str] = set()
+    me = local_candidate("me", offer(), free_memory_bytes=GIB, active_tasks=0)
+    now = [100.0]
+
+    def check() -> CandidateSet:
+        got = kept.refresh(table, now[0], reliability=lambda p: trust.get(p, 0.5), distrusted=distrusted.__contains__,
+                           local=me)
+        fresh = candidates_from_peer_table(table, RUNTIME, MODEL, now[0], reliability=lambda p: trust.get(p, 0.5))
+        fresh = [replace(c, banned=True) if c.peer_id in distrusted else c for c in fresh] + [me]
+        assert {c.peer_id: c for c in got} == {c.peer_id: c for c in fresh}
+        expected = CandidateSet(RUNTIME, MODEL, fresh)
+        order = [got.index_of(c.peer_id) for c in expected]
+        assert got.columns()[:, order] == pytest.approx(expected.columns(), nan_ok=True)
+        assert got.gone()[order].tolist() == expected.gone().tolist()
+        return got
+
+    first = check()
+    before = {c.peer_id: c for c in first}
+    table.heartbeat(heartbeat("cpu", 2, queue=0), 101.0, wall_now=1_700_000_002.0)  # one peer's load changes
+    me = local_candidate("me", offer(), free_memory_bytes=GIB, active_tasks=1)
+    again = check()
+    assert again is first, "the same set, kept"
+    rebuilt = {c.peer_id for c in again if c is not before[c.peer_id]}
+    assert rebuilt == {"cpu", "me"}
+    trust["quiet"] = 0.1  # a peer's reliability and its confirmed disputes are part of its candidate too
+    distrusted.add("fast")
+    check()
+    now[0] = 120.0  # fast's last heartbeat (99) is past the dead threshold (15 s): dead before the table ticks
+    got = check()
+    assert got.get("fast").state is PeerState.DEAD
+    table.capability(record("cpu", offer("other-model"), seq=2), 120.0)  # cpu stops offering the model
+    assert "cpu" not in check()
 
 
 def test_a_decision_keeps_its_exclusions_when_the_set_changes_after_it() -> None:
