@@ -227,11 +227,13 @@ class Node:
 
     async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]:
         history = self._tasks.history
+        await self._tasks.history_writer.flush()  # the states still queued for the background flush, too
         records = await self.store.run(lambda: history.recent(limit=limit, role=role, state=state))
         return [r.to_json() for r in records]
 
     async def task(self, task_id: str) -> list[dict[str, Any]]:
         history = self._tasks.history
+        await self._tasks.history_writer.flush()
         records = await self.store.run(history.get, task_id)
         if not records and len(task_id) < 32:
             records = await self.store.run(history.find, task_id)

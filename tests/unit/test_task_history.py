@@ -64,6 +64,38 @@ async def test_the_background_flush_writes_intermediate_states_while_the_task_ru
         nursery.cancel_scope.cancel()
 
 
+async def test_changes_made_within_the_flush_delay_share_one_store_call(tmp_path: Path) -> None:
+    store = Store.open(tmp_path / "node.db")
+    history = TaskHistory(store)
+    calls: list[int] = []
+
+    async def store_run(fn: object, batch: list[object]) -> None:
+        calls.append(len(batch))
+        await store.run(fn, batch)
+
+    writer = HistoryWriter(history, store_run, flush_delay_s=0.2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(writer.run)
+        records = [_record(f"t{i}") for i in range(3)]
+        for record in records:  # three tasks' first states, then each one's next, within the delay
+            writer.save_soon(record)
+        for record in records:
+            record.move(TaskState.RUNNING, 2)
+            writer.save_soon(record)
+        with trio.fail_after(10):
+            while not calls:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        assert calls == [6]
+        records[1].result = {"progress": 0.5}
+        writer.save_soon(records[1], event=False)
+        records[0].move(TaskState.COMPLETED, 4)
+        await writer.save(records[0])  # a final save does not wait for the delay, and takes what is queued
+        assert calls == [6, 2]
+        assert _states(store, "t0") == ["task.queued", "task.running", "task.completed"]
+        assert history.get("t1")[0].result == {"progress": 0.5}
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_stopping_writer_writes_what_it_holds(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "node.db")
     history = TaskHistory(store)
