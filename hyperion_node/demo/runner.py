@@ -125,7 +125,7 @@ class Demo:
                 assert requester.node.orchestrator is not None
                 job = requester.node.orchestrator.submit(planned.spec)
                 outcome = Outcome(seq, planned.spec.runtime, requester.name, job.task_id, trio.current_time())
-                self.tracker.outcomes.append(outcome)
+                self.tracker.add(outcome)
                 followers.start_soon(self.follow, outcome, job)
                 seq += 1
             await trio.sleep_until(start + seq / self.options.rate)
@@ -144,7 +144,7 @@ class Demo:
             job = requester.node.orchestrator.submit(planned.spec)
             outcome = Outcome(seq, "inference", requester.name, job.task_id, trio.current_time(), real=True,
                               payload=dict(planned.spec.payload))
-            self.tracker.outcomes.append(outcome)
+            self.tracker.add(outcome)
             done = trio.Event()
             followers.start_soon(self._follow_then, outcome, job, done)
             await done.wait()
@@ -158,7 +158,7 @@ class Demo:
 
     async def follow(self, outcome: Outcome, job: Job) -> None:
         await self.tracker.follow(outcome, job)
-        if self.stop.cancel_called and not any(o.state == "running" for o in self.tracker.outcomes):
+        if self.stop.cancel_called and not self.tracker.running:  # a count: this ran once per task at the end
             self.idle.set()
 
     async def rewards(self) -> list[str]:
@@ -205,7 +205,7 @@ class Demo:
                                 work.start_soon(script.run)
                                 work.start_soon(view.run)
                         view.close()
-                    if not self.interrupted and any(o.state == "running" for o in self.tracker.outcomes):
+                    if not self.interrupted and self.tracker.running:
                         with trio.move_on_after(GRACE_S):
                             await self.idle.wait()
                     followers.cancel_scope.cancel()

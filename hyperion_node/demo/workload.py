@@ -92,12 +92,23 @@ class Tracker:
 
     def __init__(self) -> None:
         self.outcomes: list[Outcome] = []
+        self.running = 0  # added and not yet followed to their end (the end of a demo waits for these)
+
+    def add(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self.running += 1
 
     def counts(self) -> Counter[str]:
         return Counter(o.state for o in self.outcomes)
 
     async def follow(self, outcome: Outcome, job: Job) -> None:
-        """Read the job's events to the end, as an API client would."""
+        """Read the job's events to the end, as an API client would (``outcome`` was ``add``-ed)."""
+        try:
+            await self._follow(outcome, job)
+        finally:
+            self.running -= 1
+
+    async def _follow(self, outcome: Outcome, job: Job) -> None:
         async with job.events:
             async for event in job.events:
                 now = trio.current_time() - outcome.submitted
