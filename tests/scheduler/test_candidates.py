@@ -120,6 +120,16 @@ def test_a_set_kept_up_to_date_decides_like_a_fresh_one() -> None:
             assert [c.score for c in a.ranked] == pytest.approx([c.score for c in b.ranked], abs=1e-12)
 
 
+def assert_same_set(got: CandidateSet, expected: CandidateSet) -> None:
+    """The same candidates with the same columns, whatever the order of the columns."""
+    order = [got.index_of(c.peer_id) for c in expected]
+    assert {c.peer_id: c for c in got} == {c.peer_id: c for c in expected}
+    assert got.columns()[:, order] == pytest.approx(expected.columns(), nan_ok=True)
+    assert got.filter_rows()[:, order] == pytest.approx(expected.filter_rows(), nan_ok=True)
+    assert got.ranking_criteria()[:, order] == pytest.approx(expected.ranking_criteria(), nan_ok=True)
+    assert got.gone()[order].tolist() == expected.gone().tolist()
+
+
 def test_a_set_built_at_once_holds_what_upserts_build() -> None:
     rng = random.Random(3)
     cands = [candidate(f"p{rng.randrange(30)}", rtt_ms=rng.choice([None, rng.uniform(1, 300)]),
@@ -131,12 +141,7 @@ def test_a_set_built_at_once_holds_what_upserts_build() -> None:
     for c in cands:
         one_by_one.upsert(c)
     at_once = CandidateSet(RUNTIME, MODEL, cands)
-    order = [at_once.index_of(c.peer_id) for c in one_by_one]
-    assert {c.peer_id: c for c in at_once} == {c.peer_id: c for c in one_by_one}
-    assert at_once.columns()[:, order] == pytest.approx(one_by_one.columns(), nan_ok=True)
-    assert at_once.filter_rows()[:, order] == pytest.approx(one_by_one.filter_rows(), nan_ok=True)
-    assert at_once.ranking_criteria()[:, order] == pytest.approx(one_by_one.ranking_criteria(), nan_ok=True)
-    assert at_once.gone()[order].tolist() == one_by_one.gone().tolist()
+    assert_same_set(at_once, one_by_one)
     for i in range(40):  # and it grows past its first block like any other set
         at_once.upsert(candidate(f"new{i}"))
     assert len(at_once) == len(one_by_one) + 40
@@ -158,12 +163,7 @@ def test_a_block_update_holds_what_upserts_build() -> None:
         for c in batch:
             one_by_one.upsert(c)
         updated.update(batch)
-        order = [updated.index_of(c.peer_id) for c in one_by_one]
-        assert {c.peer_id: c for c in updated} == {c.peer_id: c for c in one_by_one}
-        assert updated.columns()[:, order] == pytest.approx(one_by_one.columns(), nan_ok=True)
-        assert updated.filter_rows()[:, order] == pytest.approx(one_by_one.filter_rows(), nan_ok=True)
-        assert updated.ranking_criteria()[:, order] == pytest.approx(one_by_one.ranking_criteria(), nan_ok=True)
-        assert updated.gone()[order].tolist() == one_by_one.gone().tolist()
+        assert_same_set(updated, one_by_one)
 
 
 def test_kept_table_candidates_follow_the_table_and_rebuild_only_what_changed(table: PeerTable) -> None:
@@ -178,11 +178,7 @@ def test_kept_table_candidates_follow_the_table_and_rebuild_only_what_changed(ta
                            local=me)
         fresh = candidates_from_peer_table(table, RUNTIME, MODEL, now[0], reliability=lambda p: trust.get(p, 0.5))
         fresh = [replace(c, banned=True) if c.peer_id in distrusted else c for c in fresh] + [me]
-        assert {c.peer_id: c for c in got} == {c.peer_id: c for c in fresh}
-        expected = CandidateSet(RUNTIME, MODEL, fresh)
-        order = [got.index_of(c.peer_id) for c in expected]
-        assert got.columns()[:, order] == pytest.approx(expected.columns(), nan_ok=True)
-        assert got.gone()[order].tolist() == expected.gone().tolist()
+        assert_same_set(got, CandidateSet(RUNTIME, MODEL, fresh))
         return got
 
     first = check()
