@@ -99,7 +99,7 @@ def records_from_gossip_body(body: Mapping[str, Any]) -> list[GossipRecord]:
             or sum(len(r) for r in records) > MAX_BATCH_RECORD_BYTES):
         raise Malformed(f"gossip batch: 2 to {MAX_BATCH_RECEIPTS} settled receipts of at most "
                         f"{MAX_BATCH_RECORD_BYTES} bytes together")
-    return [from_gossip_body({"v": MESSAGE_VERSION, "kind": "settled", "record": r}) for r in records]
+    return [_settled_receipt(r) for r in records]
 
 
 def from_gossip_body(body: Mapping[str, Any]) -> GossipRecord:
@@ -109,15 +109,19 @@ def from_gossip_body(body: Mapping[str, Any]) -> GossipRecord:
     if not isinstance(record, bytes) or len(record) > MAX_MESSAGE_BYTES:
         raise Malformed(f"gossip message: the record must be at most {MAX_MESSAGE_BYTES} bytes")
     if kind == "settled":
-        signed = SignedReceipt.decode(record)
-        if not signed.settled:
-            raise Malformed("gossip message: a settled receipt without a countersignature")
-        return signed
+        return _settled_receipt(record)
     if kind == "epoch":
         return SignedEpoch.decode(record)
     if kind == "dispute":
         return Dispute.decode(record)
     raise Malformed(f"gossip message: unknown kind {kind!r}")
+
+
+def _settled_receipt(record: bytes) -> SignedReceipt:
+    signed = SignedReceipt.decode(record)
+    if not signed.settled:
+        raise Malformed("gossip message: a settled receipt without a countersignature")
+    return signed
 
 
 def encode_message(record: GossipRecord) -> bytes:

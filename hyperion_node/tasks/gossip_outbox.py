@@ -68,7 +68,7 @@ class SettledOutbox:
             try:
                 await self._publish(body)
             except Exception:  # the P2P layer's failure must not stop the node; these receipts stay in the ledger
-                log.exception("receipt_gossip_failed", receipts=len(body.get("records", (1,))))
+                log.exception("receipt_gossip_failed", receipts=len(body["records"]) if "records" in body else 1)
                 continue
             self.messages += 1
         self.published += len(waiting)

@@ -248,10 +248,11 @@ class Orchestrator:
         pinned to some peers (``spec.only``, a render job's chunks)."""
         local = self._local_candidate(spec)
         if spec.only:
-            out = candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
-                                             reliability=self.reputation.reliability, wall_now=time.time())
-            out = [c for c in [*out, *([local] if local else [])] if c.peer_id in spec.only]
-            return [dataclasses.replace(c, banned=True) if self._distrusted(c.peer_id) else c for c in out]
+            out = [dataclasses.replace(c, banned=True) if self._distrusted(c.peer_id) else c
+                   for c in candidates_from_peer_table(self.p2p.table, spec.runtime, spec.item, trio.current_time(),
+                                                       reliability=self.reputation.reliability, wall_now=time.time())
+                   if c.peer_id in spec.only]
+            return [*out, local] if local is not None and local.peer_id in spec.only else out
         key = (spec.runtime, spec.item)
         kept = self._kept_candidates.pop(key, None) or TableCandidates(spec.runtime, spec.item)
         self._kept_candidates[key] = kept  # last: the least recently asked for is first
