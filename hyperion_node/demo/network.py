@@ -106,6 +106,7 @@ def node_config(root: Path, index: int, name: str, bootstrap: str | None) -> Con
 
 async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None, stores: list[Store],
                         web: bool = False, real_inference: bool = False, *, fabric: MemoryFabric | None = None,
+                        inline_store: bool = False,
                         task_status: TaskStatus[DemoNode] = trio.TASK_STATUS_IGNORED) -> None:
     """One virtual node, until its scope is cancelled (the demo ends, or the script kills it). Its store is
     left open in ``stores`` so that the summary can read a dead node's ledger too."""
@@ -114,6 +115,7 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
     data_dir = DataDir(config.node.data_dir)
     data_dir.ensure()
     store = await trio.to_thread.run_sync(Store.open, data_dir.db_path)
+    store.inline = inline_store  # the demo's root is in RAM: see Store.inline
     stores.append(store)
     identity = load_identity(data_dir, create=True)
     structlog.contextvars.bind_contextvars(node=str(identity.peer_id)[-8:])

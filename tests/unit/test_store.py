@@ -68,3 +68,34 @@ async def test_async_calls_run_off_the_event_loop(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "node.db")
     event_id = await store.run(store.append_event, "node.started", {"x": 1})
     assert (await store.run(store.events))[0].id == event_id
+
+
+async def test_inline_store_runs_calls_on_the_loop_in_order_and_still_checkpoints(tmp_path: Path) -> None:
+    import threading
+
+    import trio
+
+    store = Store.open(tmp_path / "node.db")
+    store.inline = True  # the demo's stores (Store.inline)
+    threads: list[str] = []
+
+    def append(i: int) -> int:
+        threads.append(threading.current_thread().name)
+        return store.append_event("demo.step", {"i": i})
+
+    ids = [await store.run(append, i) for i in range(3)]
+    assert [e.data["i"] for e in await store.run(store.events)] == [0, 1, 2]
+    assert ids == sorted(ids)
+    assert set(threads) == {threading.current_thread().name}
+    with pytest.raises(sqlite3.OperationalError):
+        await store.run(store.execute, "SELECT * FROM no_such_table")
+    # A cancelled caller runs nothing, and a call is still a checkpoint for its nursery.
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await store.run(append, 99)
+    assert len(threads) == 3
+    with trio.move_on_after(0):
+        while True:
+            await store.run(store.events)
+    assert store._thread is None
+
