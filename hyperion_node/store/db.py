@@ -182,8 +182,9 @@ class Store:
     # -- async wrappers ----------------------------------------------------------------------------------
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the store's thread, after every call made before it; not cancellable once
-        queued (as ``trio.to_thread.run_sync``): a write that has begun finishes, and its caller learns how."""
+        """``fn(*args)`` on the store's thread (on the caller's, for an ``inline`` store), after every call
+        made before it; not cancellable once queued (as ``trio.to_thread.run_sync``): a write that has begun
+        finishes, and its caller learns how."""
         await trio.lowlevel.checkpoint_if_cancelled()
         if self.inline:
             result = fn(*args)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+import trio
 
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.store import Store
@@ -71,10 +73,6 @@ async def test_async_calls_run_off_the_event_loop(tmp_path: Path) -> None:
 
 
 async def test_inline_store_runs_calls_on_the_loop_in_order_and_still_checkpoints(tmp_path: Path) -> None:
-    import threading
-
-    import trio
-
     store = Store.open(tmp_path / "node.db")
     store.inline = True  # the demo's stores (Store.inline)
     threads: list[str] = []
@@ -98,4 +96,3 @@ async def test_inline_store_runs_calls_on_the_loop_in_order_and_still_checkpoint
         while True:
             await store.run(store.events)
     assert store._thread is None
-
