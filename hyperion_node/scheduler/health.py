@@ -9,7 +9,8 @@ value, 0 at or above its "bad" one, linear between (``HealthSettings``):
   (it opens, then probes); a sustained or rising error rate is this one's, and takes the peer out before the
   breaker's own threshold is reached. A drained peer gets no work, so its counts fade below the minimum and
   it is let back to show how it does now;
-* heartbeat jitter: how far each heartbeat's interval is from the peer's usual interval;
+* heartbeat jitter: how far each heartbeat's interval is from the peer's usual interval, between consecutive
+  sequence numbers only (a gap is silence, liveness's business, or a restart);
 * GPU temperature: the hottest GPU in its heartbeat (``temp_c``);
 * GPU memory errors: heartbeats whose GPUs report a higher cumulative uncorrectable count (``mem_errors``)
   than the heartbeat before.
@@ -107,6 +108,7 @@ class _Trends:
     interval_s: float | None = None
     jitter_s: float | None = None
     last_heartbeat_at: float | None = None
+    last_seq: int | None = None
     gpu_temp_c: float | None = None
     memory_errors: float | None = None
     memory_error_count: float | None = None
@@ -167,12 +169,20 @@ class HealthMonitor:
     def observe_heartbeat(self, heartbeat: Heartbeat, now: float) -> None:
         trends = self._trends(heartbeat.peer_id)
         alpha = self.settings.alpha
-        if trends.last_heartbeat_at is not None and now > trends.last_heartbeat_at:
+        if trends.last_seq is not None and heartbeat.seq <= trends.last_seq:
+            return  # a stale or replayed heartbeat says nothing new
+        # Rhythm is measured between consecutive heartbeats only. A gap in the sequence is silence (lost
+        # heartbeats, or a restart: a new process starts its sequence at its clock in ms), which liveness
+        # answers with suspect and dead; counted here, a worker restarted after 8 s would look 8 s off its
+        # rhythm and be drained for its first seconds back.
+        consecutive = trends.last_seq is not None and heartbeat.seq == trends.last_seq + 1
+        if consecutive and trends.last_heartbeat_at is not None and now > trends.last_heartbeat_at:
             interval = now - trends.last_heartbeat_at
             if trends.interval_s is not None:
                 trends.jitter_s = _ewma(trends.jitter_s, abs(interval - trends.interval_s), alpha)
             trends.interval_s = _ewma(trends.interval_s, interval, alpha)
         trends.last_heartbeat_at = now
+        trends.last_seq = heartbeat.seq
         temps = [g.get("temp_c") for g in heartbeat.gpus]
         known = [float(t) for t in temps if isinstance(t, int | float) and math.isfinite(t)]
         if known:

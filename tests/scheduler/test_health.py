@@ -161,6 +161,26 @@ async def test_irregular_heartbeats_drain_and_regular_ones_do_not(autojump_clock
     assert node.scheduler.health.health("sick", trio.current_time()).worst == "jitter"
 
 
+async def test_a_restarted_peer_is_not_drained_for_the_gap_in_its_heartbeats(
+        autojump_clock: trio.testing.MockClock) -> None:
+    node = Node()
+    for _ in range(20):
+        await node.beat()
+    await trio.sleep(10.0)  # killed, then started again: its sequence starts afresh at its clock in ms
+    restarted = 1_764_000_000_000
+    for i in range(5):
+        node.scheduler.observe_heartbeat(heartbeat("sick", restarted + i))
+        assert node.serves("sick"), f"drained at heartbeat {i} after the restart"
+        await trio.sleep(2.0)
+    health = node.scheduler.health.health("sick", trio.current_time())
+    assert health.signals["jitter"] == 1.0
+    # A stale heartbeat (its sequence behind) is ignored, and the rhythm still counts from the last one.
+    node.scheduler.observe_heartbeat(heartbeat("sick", 20))
+    await trio.sleep(7.5)
+    node.scheduler.observe_heartbeat(heartbeat("sick", restarted + 5))
+    assert node.scheduler.health.health("sick", trio.current_time()).signals["jitter"] < 1.0
+
+
 async def test_rising_latency_drains(autojump_clock: trio.testing.MockClock) -> None:
     node = Node()
     rtt = 50.0
