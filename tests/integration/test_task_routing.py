@@ -14,7 +14,9 @@ import json
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,24 @@ class Network:
         """Until a small request succeeds: BUSY answers make A hold off a worker for scheduler.busy_backoff_s."""
         wait_until(lambda: self.post("/v1/completions", {"model": MODEL, "prompt": "hi", "max_tokens": 1}
                                      ).status_code == 200, timeout=30, interval=0.5, what="A serves again")
+
+    @contextmanager
+    def stream(self, body: dict[str, Any]) -> Iterator[httpx.Response]:
+        """A streamed completion, asked again while A answers 503 all-busy, as a client honouring Retry-After
+        would: right after a restart a worker can be briefly suspect on these loaded cores."""
+        deadline = time.monotonic() + 30
+        with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {self.a.token}"}) as client:
+            while True:
+                with client.stream("POST", self.a.api_url + "/v1/completions", json=body) as answer:
+                    if answer.status_code != 503 or time.monotonic() > deadline:
+                        yield answer
+                        return
+                    error = json.loads(answer.read())["error"]
+                    if error.get("code") != "all-busy":
+                        yield answer
+                        return
+                    retry_after = float(answer.headers.get("retry-after", "1"))
+                time.sleep(min(retry_after, 1.0))  # a poll under the deadline above
 
     def task(self, task_id: str) -> dict[str, Any]:
         return next(t for t in self.a.get(f"/api/tasks/{task_id}") if t["role"] == "requester")
@@ -315,9 +335,8 @@ def test_worker_killed_after_tokens_started_is_an_error(net: Network) -> None:
 
 def test_client_going_away_frees_the_worker_slot(net: Network) -> None:
     net.wait_serving()  # the last test killed and restarted a worker
-    headers = {"Authorization": f"Bearer {net.a.token}"}
     body = {"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 400, "stream": True}
-    with httpx.stream("POST", net.a.api_url + "/v1/completions", json=body, headers=headers, timeout=60) as answer:
+    with net.stream(body) as answer:
         assert answer.status_code == 200, f"{answer.status_code}: {answer.read().decode()}"
         worker = net.workers[answer.headers["x-hyperion-worker"]]
         task_id = answer.headers["x-hyperion-task-id"]
