@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,9 +110,10 @@ def start(
     real_inference: Annotated[bool, typer.Option("--real-inference", help="--demo: the first node serves the "
                                                  "packaged GGUF model with llama.cpp for real.")] = False,
     network: Annotated[str, typer.Option("--network", help="--demo: libp2p (each node a libp2p host on "
-                                         "127.0.0.1) or memory (an in-process fabric under the same P2P "
-                                         "interface: for more nodes and tasks than one core carries over libp2p).")
-                       ] = "libp2p",
+                                         "127.0.0.1), memory (an in-process fabric under the same P2P "
+                                         "interface: for more nodes and tasks than one core carries over "
+                                         "libp2p), or auto: libp2p up to nodes x rate = 40, memory above.")
+                       ] = "auto",
 ) -> None:
     """Start the node: join the network, advertise this machine, serve work until Ctrl-C."""
     import trio
@@ -325,4 +328,20 @@ def config_show(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except (BrokenPipeError, BaseExceptionGroup) as exc:
+        if not _only_broken_pipe(exc):
+            raise
+        # Whoever read our output went away (`start --demo | head`, `events --follow | less`, then q): stop
+        # quietly with the shell's code for a SIGPIPE death, as other command-line tools do. stdout now goes
+        # nowhere, so the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(128 + signal.SIGPIPE)
+
+
+def _only_broken_pipe(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        matched, rest = exc.split(BrokenPipeError)
+        return matched is not None and rest is None
+    return isinstance(exc, BrokenPipeError)

@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
+from hyperion_node.demo.runner import DemoOptions
 from hyperion_node.testing.process import hyperion_executable, wait_until
 
 
@@ -57,11 +58,36 @@ def test_short_demo_finishes_with_every_kind_done_rewards_spread_and_failover(
 def test_an_unknown_demo_network_is_a_one_line_error() -> None:
     result = CliRunner().invoke(app, ["start", "--demo", "--network", "carrier-pigeon", "--duration", "1"])
     assert result.exit_code != 0
-    assert "--network 'carrier-pigeon' is not one of libp2p, memory" in result.output
+    assert "--network 'carrier-pigeon' is not one of auto, libp2p, memory" in result.output
+
+
+def test_auto_network_keeps_libp2p_while_one_core_carries_it_and_takes_the_fabric_beyond() -> None:
+    assert DemoOptions().resolved().network == "libp2p"  # the default 8 nodes at 5 tasks/s: the real wire
+    assert DemoOptions(nodes=4, rate=10).resolved().network == "libp2p"
+    assert DemoOptions(nodes=8, rate=6).resolved().network == "memory"
+    assert DemoOptions(nodes=50, rate=100).resolved().network == "memory"
+    assert DemoOptions(nodes=50, rate=100, network="libp2p").resolved().network == "libp2p"  # asked for
+
+
+def test_an_auto_demo_too_big_for_libp2p_says_it_runs_on_the_fabric(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    result = CliRunner().invoke(app, ["start", "--demo", "--nodes", "3", "--rate", "20", "--duration", "2",
+                                      "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "3 nodes at 20 tasks/s are more than one core carries over libp2p" in result.output, result.output
+    assert "nodes started on memory" in result.output, result.output
     assert "Traceback" not in result.output
 
 
+def _demo_dirs(tmp_path: Path) -> set[Path]:
+    """The demo's data dirs: under TMPDIR, or in /dev/shm where the demo keeps them when it can."""
+    return {*tmp_path.glob("hyperion-demo-*"), *Path("/dev/shm").glob("hyperion-demo-*")}
+
+
 def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
+    before = _demo_dirs(tmp_path)
     log = tmp_path / "demo.out"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -79,4 +105,26 @@ def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
     text = log.read_text()
     assert "hyperion-node demo summary (interrupted" in text, text
     assert re.search(r"tasks\s+\d+ submitted, [1-9]\d* completed", text), text
-    assert not list(tmp_path.glob("hyperion-demo-*")), "the demo's temporary data dirs are removed"
+    assert _demo_dirs(tmp_path) == before, "the demo's temporary data dirs are removed"
+
+
+def test_a_demo_whose_reader_goes_away_stops_quietly(tmp_path: Path) -> None:
+    """`start --demo | head -1`: the pipe closes under the live view; no traceback, nothing left behind."""
+    before = _demo_dirs(tmp_path)
+    proc = subprocess.Popen(
+        [hyperion_executable(), "start", "--demo", "--nodes", "3", "--duration", "600", "--rate", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)})
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        assert proc.stdout.readline().startswith(b"demo: 3 nodes started")
+        proc.stdout.close()  # what head does after its line
+        code = proc.wait(timeout=60)
+        errors = proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 128 + signal.SIGPIPE, errors
+    assert "Traceback" not in errors, errors
+    assert _demo_dirs(tmp_path) == before, "the demo's temporary data dirs are removed"
