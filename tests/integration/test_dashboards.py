@@ -2,12 +2,18 @@
 
 Completions go through the gateway's ``/v1/completions``; ``hyperion-node top`` (not a terminal under
 CliRunner: plain lines) and the web page at ``/`` in a real headless Chromium must show both nodes and
-task counts that grow as more completions arrive.
+task counts that grow as more completions arrive. The same page served by `start --demo --web` must show
+every virtual node alive and the first node's task count rising.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import shutil
+import signal
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, wait_until
+from hyperion_node.testing.process import NodeProcess, hyperion_executable, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -124,13 +130,16 @@ def _routed_shown(driver: Any) -> int:
     return int(text) if text.isdigit() else -1
 
 
-@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)")
-def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> None:
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Debian's chromium and chromium-driver (scripts/setup.sh installs them)")
+
+
+@contextlib.contextmanager
+def _browser(tmp_path: Path) -> Iterator[Any]:
+    """A real headless Chromium through chromedriver, with a profile of its own under tmp_path."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
@@ -141,6 +150,23 @@ def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> Non
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _screenshot(driver: Any, shot: Path) -> None:
+    assert driver.save_screenshot(str(shot))
+    shutil.copyfile(shot, SCREENSHOT_COPY)
+    assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
+
+
+@needs_chromium
+def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with _browser(tmp_path) as driver:
         driver.get(net.gateway.api_url + "/")
         wait = WebDriverWait(driver, 60, poll_frequency=0.2)
         wait.until(lambda d: _routed_shown(d) >= 2)
@@ -157,9 +183,39 @@ def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> Non
             By.CSS_SELECTOR, f"#nodes tr[data-peer-id='{net.worker_id}'] td.routed").text) >= before + 3)
         assert driver.find_element(By.ID, "live").text == "live"
         assert net.gateway.token not in driver.page_source
-        shot = tmp_path / "dashboard.png"
-        assert driver.save_screenshot(str(shot))
-        shutil.copyfile(shot, SCREENSHOT_COPY)
-        assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
-    finally:
-        driver.quit()
+        _screenshot(driver, tmp_path / "dashboard.png")
+
+
+@needs_chromium
+def test_web_dashboard_of_a_demo_in_headless_chromium(tmp_path: Path) -> None:
+    """`start --demo --web`: the first virtual node's page shows every node alive and its task count rising."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    nodes = 5
+    log = tmp_path / "demo.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [hyperion_executable(), "start", "--demo", "--web", "--nodes", str(nodes), "--rate", "5",
+             "--duration", "300", "--seed", "3"],
+            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp_path)})
+        try:
+            url = wait_until(lambda: (m := re.search(r"web=(http://127\.0\.0\.1:\d+/)", log.read_text())) and m[1],
+                             timeout=90, what="the demo's status line names its web dashboard")
+            with _browser(tmp_path) as driver:
+                driver.get(url)
+                wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+                wait.until(lambda d: d.find_element(By.ID, "nodes-alive").text == f"{nodes} / {nodes}")
+                rows = driver.find_elements(By.CSS_SELECTOR, "#nodes tr[data-peer-id]")
+                assert len(rows) == nodes
+                wait.until(lambda d: _routed_shown(d) >= 1)
+                before = _routed_shown(driver)
+                wait.until(lambda d: _routed_shown(d) >= before + 2)  # rising, without a reload
+                assert driver.find_element(By.ID, "live").text == "live"
+                _screenshot(driver, tmp_path / "demo-dashboard.png")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
