@@ -7,6 +7,7 @@ for; a process that exits early fails at once with its stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -49,6 +50,20 @@ def hyperion_executable() -> str:
     if found is None:
         raise RuntimeError("hyperion-node is not installed in this environment; run scripts/test")
     return found
+
+
+@contextlib.contextmanager
+def demo_process(tmp: Path, args: Sequence[str], *, stdout: Any, stderr: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """``hyperion-node start --demo ARGS`` as its own process, TMPDIR under ``tmp``; killed if still running
+    when the block ends (a failed assertion must not leave a demo behind)."""
+    proc = subprocess.Popen([hyperion_executable(), "start", "--demo", *args], stdout=stdout, stderr=stderr,
+                            env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass

@@ -4,7 +4,6 @@ SIGINT ends it cleanly with the summary too."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
 from hyperion_node.demo.runner import DemoOptions
-from hyperion_node.testing.process import hyperion_executable, wait_until
+from hyperion_node.testing.process import demo_process, wait_until
 
 
 def _completed(summary: str, kind: str) -> int:
@@ -89,19 +88,12 @@ def _demo_dirs(tmp_path: Path) -> set[Path]:
 def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
     before = _demo_dirs(tmp_path)
     log = tmp_path / "demo.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [hyperion_executable(), "start", "--demo", "--nodes", "3", "--duration", "600", "--rate", "4"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp_path)})
-        try:
-            wait_until(lambda: re.search(r"completed=[1-9]", log.read_text()), timeout=60,
-                       what="the demo completes a task")
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with log.open("wb") as out, demo_process(tmp_path, ["--nodes", "3", "--duration", "600", "--rate", "4"],
+                                             stdout=out, stderr=subprocess.STDOUT) as proc:
+        wait_until(lambda: re.search(r"completed=[1-9]", log.read_text()), timeout=60,
+                   what="the demo completes a task")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
     text = log.read_text()
     assert "hyperion-node demo summary (interrupted" in text, text
     assert re.search(r"tasks\s+\d+ submitted, [1-9]\d* completed", text), text
@@ -111,20 +103,14 @@ def test_sigint_ends_a_demo_cleanly_with_the_summary(tmp_path: Path) -> None:
 def test_a_demo_whose_reader_goes_away_stops_quietly(tmp_path: Path) -> None:
     """`start --demo | head -1`: the pipe closes under the live view; no traceback, nothing left behind."""
     before = _demo_dirs(tmp_path)
-    proc = subprocess.Popen(
-        [hyperion_executable(), "start", "--demo", "--nodes", "3", "--duration", "600", "--rate", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TMPDIR": str(tmp_path)})
-    try:
+    with demo_process(tmp_path, ["--nodes", "3", "--duration", "600", "--rate", "4"],
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None
         assert proc.stderr is not None
         assert proc.stdout.readline().startswith(b"demo: 3 nodes started")
         proc.stdout.close()  # what head does after its line
         code = proc.wait(timeout=60)
         errors = proc.stderr.read().decode()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert code == 128 + signal.SIGPIPE, errors
     assert "Traceback" not in errors, errors
     assert _demo_dirs(tmp_path) == before, "the demo's temporary data dirs are removed"

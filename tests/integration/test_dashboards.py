@@ -9,7 +9,6 @@ every virtual node alive and the first node's task count rising.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import shutil
 import signal
@@ -24,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, hyperion_executable, wait_until
+from hyperion_node.testing.process import NodeProcess, demo_process, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -194,28 +193,20 @@ def test_web_dashboard_of_a_demo_in_headless_chromium(tmp_path: Path) -> None:
 
     nodes = 5
     log = tmp_path / "demo.out"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [hyperion_executable(), "start", "--demo", "--web", "--nodes", str(nodes), "--rate", "5",
-             "--duration", "300", "--seed", "3"],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(tmp_path)})
-        try:
-            url = wait_until(lambda: (m := re.search(r"web=(http://127\.0\.0\.1:\d+/)", log.read_text())) and m[1],
-                             timeout=90, what="the demo's status line names its web dashboard")
-            with _browser(tmp_path) as driver:
-                driver.get(url)
-                wait = WebDriverWait(driver, 60, poll_frequency=0.2)
-                wait.until(lambda d: d.find_element(By.ID, "nodes-alive").text == f"{nodes} / {nodes}")
-                rows = driver.find_elements(By.CSS_SELECTOR, "#nodes tr[data-peer-id]")
-                assert len(rows) == nodes
-                wait.until(lambda d: _routed_shown(d) >= 1)
-                before = _routed_shown(driver)
-                wait.until(lambda d: _routed_shown(d) >= before + 2)  # rising, without a reload
-                assert driver.find_element(By.ID, "live").text == "live"
-                _screenshot(driver, tmp_path / "demo-dashboard.png")
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(timeout=30) == 0, log.read_text()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    args = ["--web", "--nodes", str(nodes), "--rate", "5", "--duration", "300", "--seed", "3"]
+    with log.open("wb") as out, demo_process(tmp_path, args, stdout=out, stderr=subprocess.STDOUT) as proc:
+        url = wait_until(lambda: (m := re.search(r"web=(http://127\.0\.0\.1:\d+/)", log.read_text())) and m[1],
+                         timeout=90, what="the demo's status line names its web dashboard")
+        with _browser(tmp_path) as driver:
+            driver.get(url)
+            wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+            wait.until(lambda d: d.find_element(By.ID, "nodes-alive").text == f"{nodes} / {nodes}")
+            rows = driver.find_elements(By.CSS_SELECTOR, "#nodes tr[data-peer-id]")
+            assert len(rows) == nodes
+            wait.until(lambda d: _routed_shown(d) >= 1)
+            before = _routed_shown(driver)
+            wait.until(lambda d: _routed_shown(d) >= before + 2)  # rising, without a reload
+            assert driver.find_element(By.ID, "live").text == "live"
+            _screenshot(driver, tmp_path / "demo-dashboard.png")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
