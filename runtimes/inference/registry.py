@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from hyperion_node.errors import ConfigError, InternalError, RuntimeUnavailable
+from runtimes.settings import reject_unknown_keys
 
 SETTINGS_SOURCE = "[runtimes.inference]"
 
@@ -397,14 +398,7 @@ class InferenceSettings:
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any], *, base_dir: Path) -> InferenceSettings:
         """Validate the table; relative model paths are taken relative to ``base_dir`` (the data dir)."""
-        unknown = sorted(set(settings) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(
-                "unknown setting",
-                source=SETTINGS_SOURCE,
-                key=unknown[0],
-                expected="one of " + ", ".join(cls.__dataclass_fields__),
-            )
+        reject_unknown_keys(settings, cls.__dataclass_fields__, source=SETTINGS_SOURCE)
         defaults = cls()
         raw_models = settings.get("models", [])
         if not isinstance(raw_models, list) or not all(isinstance(m, str) for m in raw_models):

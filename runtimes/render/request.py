@@ -25,6 +25,7 @@ from typing import Any
 
 from hyperion_node.errors import ConfigError
 from runtimes.render.exceptions import BadRenderRequest, FrameRangeError, MalformedScene
+from runtimes.settings import reject_unknown_keys
 
 RUNTIME_NAME = "render-blender"
 # How a .blend file starts: "BLENDER", then pointer size and endianness (blender/source/blender/blenloader,
@@ -55,10 +56,7 @@ class RenderSettings:
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> RenderSettings:
         source = f"[runtimes.{RUNTIME_NAME}]"
-        known = set(cls.__dataclass_fields__)
-        for key in settings:
-            if key not in known:
-                raise ConfigError("unknown key", source=source, key=key, expected=", ".join(sorted(known)))
+        reject_unknown_keys(settings, cls.__dataclass_fields__, source=source)
         values = {**cls().__dict__, **settings}
         if not isinstance(values["blender"], str) or not values["blender"]:
             raise ConfigError(f"got {values['blender']!r}", source=source, key="blender",

@@ -30,6 +30,7 @@ import trio
 
 from hyperion_node.errors import ConfigError, InternalError
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
+from runtimes.settings import reject_unknown_keys
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.field import Backend, backend_name
@@ -62,10 +63,7 @@ class ZkSettings:
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> ZkSettings:
         source = f"[runtimes.{RUNTIME_NAME}]"
-        known = set(cls.__dataclass_fields__)
-        for key in settings:
-            if key not in known:
-                raise ConfigError("unknown key", source=source, key=key, expected=", ".join(sorted(known)))
+        reject_unknown_keys(settings, cls.__dataclass_fields__, source=source)
         values = {**cls().__dict__, **settings}
         for key in ("workers", "max_constraints", "benchmark_power"):
             value = values[key]
