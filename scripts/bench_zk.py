@@ -10,9 +10,10 @@ groth16 setup, a zkey contribution); they are cached under build/zk-bench/ (git-
 
 Rows, per circuit: snarkjs proving in-process (warm: node has built its curve; median of rounds), the
 `snarkjs groth16 prove` command as a whole process, and this runtime in-process (workers started) with
-Python ints and with gmpy2, in 1 process and in a pool of one process per core, and as a whole process
-(`prove_files` from a fresh interpreter). Ratios are against snarkjs in-process, and for the whole-process
-row against the snarkjs command. Needs node_modules (scripts/setup.sh installs it).
+Python ints, with gmpy2 and with the native MSM kernel (runtimes/zk/native; where it builds), in 1 process
+and in a pool of one process per core, and as a whole process (`prove_files` from a fresh interpreter, with
+the backend ``auto`` picks, and with gmpy2). Ratios are against snarkjs in-process, and for the whole-process
+rows against the snarkjs command. Needs node_modules (scripts/setup.sh installs it).
 
 On a shared machine the wall ratios follow the load more than the code: snarkjs in-process runs before and
 after our rows (both medians are printed; the baseline is the median of all its rounds), the load average is
@@ -39,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtimes.zk.field import Arithmetic, Backend  # noqa: E402
+from runtimes.zk import native  # noqa: E402
+from runtimes.zk.field import Arithmetic, Backend, backend_name  # noqa: E402
 from runtimes.zk.pool import ProcessPool, default_workers  # noqa: E402
 from runtimes.zk.prover import ProofPlan, run_inline  # noqa: E402
 from runtimes.zk.verifier import load_json, parse_proof, parse_public, parse_verifying_key, verify  # noqa: E402
@@ -168,9 +170,11 @@ def bench(power: int, tau: Path, rounds: int, workers: int) -> list[Row]:
     prove_cmd = (BIN / "snarkjs", "groth16", "prove", zkey_path, wtns_path, out / "p.json", out / "q.json")
     cli, cli_cpu = timed(lambda: sh(*prove_cmd), rounds, children_cpu)
     ours: list[tuple[str, float, float, str, str]] = []  # figure, wall, CPU, what it is compared with, target
-    backends: tuple[Backend, ...] = ("python", "gmpy2") if "gmpy2" in Arithmetic.available() else ("python",)
+    backends: list[Backend] = ["python", *(["gmpy2"] if "gmpy2" in Arithmetic.available() else [])]
+    if native.available():
+        backends.append("native")
     for backend in backends:
-        target = "<= 5x" if backend == "python" else "<= 2.5x"
+        target = {"python": "<= 5x", "gmpy2": "<= 2.5x"}.get(backend, "-")
         t1, c1 = timed(functools.partial(_prove, None, zkey, witness, backend, 1), rounds)
         ours.append((f"{label}: ours, {backend}, 1 process", t1, c1, "js", target))
         with ProcessPool(workers) as pool:
@@ -181,9 +185,13 @@ def bench(power: int, tau: Path, rounds: int, workers: int) -> list[Row]:
                 functools.partial(process_cpu, pids),
             )
         ours.append((f"{label}: ours, {backend}, pool of {workers}", tp, cp, "js", target))
-    code = f"from runtimes.zk import prove_files; prove_files({str(zkey_path)!r}, {str(wtns_path)!r}, {str(out)!r})"
-    whole, whole_cpu = timed(lambda: sh(sys.executable, "-c", code, cwd=ROOT), rounds, children_cpu)
-    ours.append((f"{label}: ours, whole process (prove_files)", whole, whole_cpu, "cli", "<= 1x"))
+    for backend in ("auto", *(["gmpy2"] if "gmpy2" in Arithmetic.available() else [])):
+        code = (f"from runtimes.zk import prove_files; "
+                f"prove_files({str(zkey_path)!r}, {str(wtns_path)!r}, {str(out)!r}, backend={backend!r})")
+        whole, whole_cpu = timed(lambda code=code: sh(sys.executable, "-c", code, cwd=ROOT), rounds, children_cpu)
+        what = f"auto: {backend_name('auto')}" if backend == "auto" else backend
+        ours.append((f"{label}: ours, whole process (prove_files, {what})", whole, whole_cpu, "cli",
+                     "<= 1x" if backend == "auto" else "-"))
     after_wall, after_cpu = snarkjs_inproc(script, zkey_path, wtns_path, rounds)
     js, jc = statistics.median(js_wall + after_wall), statistics.median(js_cpu + after_cpu)
     rows: list[Row] = [

@@ -77,3 +77,5 @@ node_packages() {
 system_packages
 python_packages
 node_packages
+# The ZK runtime's C MSM kernel (runtimes/zk/native): built now, once per source, rather than in the first proof.
+"$VENV/bin/python" -m runtimes.zk.native

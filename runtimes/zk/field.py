@@ -45,7 +45,8 @@ G2_GENERATOR = (
 FR_TWO_ADICITY = 28
 FR_NQR = 5
 
-Backend = Literal["auto", "python", "gmpy2"]
+Backend = Literal["auto", "python", "gmpy2", "native"]
+BACKENDS: tuple[Backend, ...] = ("auto", "python", "gmpy2", "native")
 
 
 _GMPY2_MISSING = "the gmpy2 backend was asked for but gmpy2 is not installed (pip install gmpy2)"
@@ -59,8 +60,18 @@ def _load_gmpy2() -> Any:
 
 
 def backend_name(backend: Backend = "auto") -> str:
-    """The arithmetic ``Arithmetic.select(backend)`` picks, found without importing gmpy2: the daemon only
-    hands proofs to worker processes, which import it (~1 MiB the idle daemon need not keep)."""
+    """What proves for ``backend``: "native" (the C MSM kernel, ``runtimes.zk.native``, with gmpy2 or ints
+    around it), "gmpy2" or "python". ``auto`` takes the first that works here. gmpy2 is found without
+    importing it: the daemon only hands proofs to worker processes, which import it (~1 MiB the idle daemon
+    need not keep); nor is the kernel built here (workers build it). ``native`` fails without a C compiler,
+    ``gmpy2`` if gmpy2 is missing."""
+    if backend in ("auto", "native"):
+        from runtimes.zk import native
+
+        if native.buildable():
+            return "native"
+        if backend == "native":
+            raise ImportError("the native backend was asked for but no C compiler (cc, gcc or clang) is on PATH")
     if backend != "python" and importlib.util.find_spec("gmpy2") is not None:
         return "gmpy2"
     if backend == "gmpy2":
@@ -78,8 +89,9 @@ class Arithmetic:
 
     @staticmethod
     def select(backend: Backend = "auto") -> Arithmetic:
-        """``auto``: gmpy2 when importable, else Python ints. ``gmpy2`` fails if it is missing."""
-        gmpy2 = _load_gmpy2() if backend in ("auto", "gmpy2") else None
+        """``auto`` (and ``native``, whose MSMs are in C and the rest in Python): gmpy2 when importable,
+        else Python ints. ``gmpy2`` fails if it is missing."""
+        gmpy2 = _load_gmpy2() if backend in ("auto", "gmpy2", "native") else None
         if gmpy2 is not None:
             return Arithmetic("gmpy2", gmpy2.mpz, gmpy2.invert)
         if backend == "gmpy2":

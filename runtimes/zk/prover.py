@@ -43,7 +43,7 @@ from runtimes.zk.curve import (
 )
 from runtimes.zk.exceptions import WitnessMismatch
 from runtimes.zk.fft import abc_on_domain, h_scalars
-from runtimes.zk.field import Arithmetic, Backend, R
+from runtimes.zk.field import Arithmetic, Backend, R, backend_name
 from runtimes.zk.msm import choose_window, msm_g1, msm_g2, window_count
 from runtimes.zk.zkey import G1_BYTES, ZKey, decode_coefs, decode_g1, decode_g2
 
@@ -87,9 +87,14 @@ class Proof:
 # --- job functions (run in worker processes; arguments and results are picklable plain data) ----------
 
 
+def _arithmetic(backend: str) -> Arithmetic:
+    """The number type of a job: a plan's backend is already resolved ("python", "gmpy2" or "native")."""
+    return Arithmetic.select("python" if backend == "python" else "auto")
+
+
 def job_decode(group: int, points: bytes, label: str, backend: str) -> tuple[list[Any], list[Any]]:
     """A point section as affine coordinates (plain ints, None at infinity), each point checked."""
-    ar = Arithmetic.select("gmpy2" if backend == "gmpy2" else "python")
+    ar = _arithmetic(backend)
     xs, ys = (decode_g1 if group == 1 else decode_g2)(points, ar, label=label)
     if ar.name == "python":
         return xs, ys
@@ -99,7 +104,13 @@ def job_decode(group: int, points: bytes, label: str, backend: str) -> tuple[lis
 def job_msm(
     group: int, xs: list[Any], ys: list[Any], scalars: Sequence[int], c: int, windows: tuple[int, int], backend: str
 ) -> Any:
-    ar = Arithmetic.select("gmpy2" if backend == "gmpy2" else "python")
+    if backend == "native":
+        from runtimes.zk import native
+
+        result = native.msm(group, xs, ys, scalars, c, windows)
+        if result is not None:
+            return result  # else the kernel could not be built here: the same MSM in Python
+    ar = _arithmetic(backend)
     if ar.name != "python":
         xs, ys = _numbers(xs, ar), _numbers(ys, ar)
     result = (msm_g1 if group == 1 else msm_g2)(xs, ys, scalars, ar, c, windows)
@@ -204,7 +215,7 @@ class ProofPlan:
                 f"the witness has {len(self.witness)} values but the proving key's circuit has "
                 f"{self.zkey.n_vars} signals -- was it computed for another circuit?"
             )
-        self._backend = Arithmetic.select(self.backend).name
+        self._backend = backend_name(self.backend)
 
     @property
     def public(self) -> tuple[int, ...]:

@@ -33,7 +33,7 @@ from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Pa
 from runtimes.settings import reject_unknown_keys
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
-from runtimes.zk.field import Backend, backend_name
+from runtimes.zk.field import BACKENDS, Backend, backend_name
 from runtimes.zk.prover import Job, Proof, ProofPlan, proof_json, public_json
 from runtimes.zk.witness import wasmtime_available
 from runtimes.zk.wtns import parse_wtns
@@ -72,9 +72,9 @@ class ZkSettings:
         price = values["price_per_constraint"]
         if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
             raise ConfigError(f"got {price!r}", source=source, key="price_per_constraint", expected="a number >= 0")
-        if values["backend"] not in ("auto", "python", "gmpy2"):
+        if values["backend"] not in BACKENDS:
             raise ConfigError(
-                f"got {values['backend']!r}", source=source, key="backend", expected="auto, python or gmpy2"
+                f"got {values['backend']!r}", source=source, key="backend", expected="auto, python, gmpy2 or native"
             )
         if not 2 <= values["benchmark_power"] <= 16:
             raise ConfigError(

@@ -1,0 +1,159 @@
+"""The optional native MSM kernel (``msm.c``): built with the system's C compiler on first use, loaded by ctypes.
+
+Why it exists: with gmpy2 the Python MSM is the floor of a proof. Its per-point bucket work and its batched
+additions are interpreter work (see ``runtimes.zk.msm``), and a 2^14-constraint proof as a whole process took
+1.1-1.5x the ``snarkjs groth16 prove`` command. The kernel computes the same windows, digits and buckets in C.
+
+Nothing needs it. When no compiler is found or the build fails, ``load`` returns None, says why in
+``unavailable_reason``, and the MSM jobs run the Python MSM (gmpy2 or ints) instead, with the same result.
+The library is cached per source and compiler flags under the user's cache directory
+(``$XDG_CACHE_HOME/hyperion-node/native``, or ``HYPERION_NATIVE_CACHE``). scripts/setup.sh builds it (-O3 takes
+~5 s; -O2 builds in 1 s but its MSMs took 1.3-1.5x as long); otherwise the first proof does, under a file lock,
+so that the pool's workers build it once and never load a half-written file. The daemon itself never builds
+or loads it (``buildable`` only looks): proofs run in worker processes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+SOURCE = Path(__file__).with_name("msm.c")
+ABI = 1  # HYPERION_MSM_ABI in msm.c
+FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
+BUILD_TIMEOUT_S = 120
+
+_library: ctypes.CDLL | None = None
+_tried = False
+unavailable_reason = ""
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("HYPERION_NATIVE_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hyperion-node" / "native"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _target(compiler: str) -> Path:
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
+    return cache_dir() / f"msm-{digest}.so"
+
+
+def _build(compiler: str, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building it: wait, then use its build
+        if target.exists():
+            return
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            done = subprocess.run([compiler, *FLAGS, "-o", temporary, str(SOURCE)], capture_output=True,
+                                  text=True, timeout=BUILD_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                raise OSError(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+
+
+def buildable() -> bool:
+    """Whether ``load`` can be expected to work here (not turned off, and a C compiler found),
+    without building or loading anything."""
+    if os.environ.get("HYPERION_ZK_NATIVE", "1") == "0":
+        return False
+    compiler = _compiler()
+    return compiler is not None
+
+
+def load() -> ctypes.CDLL | None:
+    """The kernel, built if needed; None (and ``unavailable_reason``) when it cannot be had here."""
+    global _library, _tried, unavailable_reason
+    if _tried:
+        return _library
+    _tried = True
+    if os.environ.get("HYPERION_ZK_NATIVE", "1") == "0":
+        unavailable_reason = "turned off by HYPERION_ZK_NATIVE=0"
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        unavailable_reason = "no C compiler (cc, gcc or clang) on PATH"
+        return None
+    target = _target(compiler)
+    try:
+        if not target.exists():
+            _build(compiler, target)
+        library = ctypes.CDLL(str(target))
+        if library.hyperion_msm_abi() != ABI:
+            raise OSError(f"{target} has ABI {library.hyperion_msm_abi()}, expected {ABI}")
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable_reason = f"the native MSM kernel could not be built or loaded: {exc}"
+        return None
+    for name in ("hyperion_msm_g1", "hyperion_msm_g2"):
+        function = getattr(library, name)
+        function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
+                             ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+        function.restype = ctypes.c_int
+    _library = library
+    return library
+
+
+def available() -> bool:
+    return load() is not None
+
+
+def _limbs_to_int(words: Any, start: int) -> int:
+    return int.from_bytes(b"".join(int(words[start + i]).to_bytes(8, "little") for i in range(4)), "little")
+
+
+def msm(group: int, xs: Sequence[Any], ys: Sequence[Any], scalars: Sequence[int], c: int,
+        windows: tuple[int, int]) -> Any | None:
+    """``msm_g1`` / ``msm_g2`` of ``runtimes.zk.msm`` in C: the same arguments (plain ints, Fq2 pairs, None at
+    infinity), the same Jacobian result as plain ints; None when the kernel cannot be had here."""
+    library = load()
+    if library is None:
+        return None
+    keep = [i for i, s in enumerate(scalars) if s and xs[i] is not None]
+    if group == 1:
+        xb = b"".join(xs[i].to_bytes(32, "little") for i in keep)
+        yb = b"".join(ys[i].to_bytes(32, "little") for i in keep)
+    else:
+        xb = b"".join(xs[i][0].to_bytes(32, "little") + xs[i][1].to_bytes(32, "little") for i in keep)
+        yb = b"".join(ys[i][0].to_bytes(32, "little") + ys[i][1].to_bytes(32, "little") for i in keep)
+    sb = b"".join(int(scalars[i]).to_bytes(32, "little") for i in keep)
+    limbs = 4 * group
+    out = (ctypes.c_uint64 * (3 * limbs))()
+    function = library.hyperion_msm_g1 if group == 1 else library.hyperion_msm_g2
+    status = function(xb, yb, sb, len(keep), c, windows[0], windows[1], out)
+    if status != 0:
+        raise RuntimeError(f"the native MSM kernel failed ({status}: bad window or out of memory)")
+    values = [_limbs_to_int(out, 4 * k) for k in range(3 * group)]
+    if group == 1:
+        return values[0], values[1], values[2]
+    return (values[0], values[1]), (values[2], values[3]), (values[4], values[5])
+
+
+if __name__ == "__main__":  # scripts/setup.sh: build it now rather than in the first proof
+    import sys
+
+    if load() is None:
+        print(f"[setup] ZK native MSM kernel not built ({unavailable_reason}); proofs use gmpy2 or Python ints",
+              file=sys.stderr)

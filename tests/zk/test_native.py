@@ -1,0 +1,121 @@
+"""The native MSM kernel (runtimes/zk/native/msm.c) against py-ecc and the Python MSM, and the fallback without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from py_ecc.optimized_bn128.optimized_pairing import field_modulus
+
+from runtimes.zk import native, prove_files
+from runtimes.zk.curve import add, fq2_ops, fq_ops, shift_left, to_affine
+from runtimes.zk.field import Arithmetic, R, backend_name
+from runtimes.zk.msm import msm_g2, window_count
+from tests.zk.conftest import Circuit, snarkjs_verify
+from tests.zk.test_arithmetic import g1_points, g2_points, naive_g1, naive_g2, rng
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel() -> None:
+    if native.load() is None:
+        if not native.buildable():
+            pytest.skip(f"no native kernel here: {native.unavailable_reason}")
+        pytest.fail(f"a C compiler is here but the kernel did not build: {native.unavailable_reason}")
+
+
+def affine(group: int, jacobian: Any) -> Any:
+    return to_affine(fq_ops(Arithmetic.select("python")) if group == 1 else fq2_ops(Arithmetic.select("python")),
+                     jacobian)
+
+
+@pytest.mark.parametrize("c", [2, 5, 8, 11])
+def test_g1_matches_naive_sum_including_edge_cases(c: int) -> None:
+    base = g1_points(12)
+    points: list[tuple[int, int] | None] = [*base, base[0], base[1], (base[2][0], -base[2][1] % field_modulus), None]
+    scalars = [rng.randrange(R) for _ in points]
+    scalars[3] = 0
+    scalars[13] = scalars[1]  # the same point twice with the same digits: a bucket doubles
+    scalars[14] = scalars[2]  # P and -P with the same digits: buckets that cancel to infinity
+    scalars[4] = 5
+    count = window_count(254, c)
+    mid = count // 2
+    top = (1 << (c - 1)) * ((1 << (c * mid)) - 1) // ((1 << c) - 1)  # the low windows' largest sum; +1 carries
+    scalars[5], scalars[6] = top, (rng.randrange(R) >> (c * mid) << (c * mid)) + top + 1
+    xs = [None if p is None else p[0] for p in points]
+    ys = [None if p is None else p[1] for p in points]
+    whole = affine(1, native.msm(1, xs, ys, scalars, c, (0, count)))
+    F = fq_ops(Arithmetic.select("python"))
+    low, high = native.msm(1, xs, ys, scalars, c, (0, mid)), native.msm(1, xs, ys, scalars, c, (mid, count))
+    assert whole == naive_g1(points, scalars)
+    assert affine(1, add(F, low, shift_left(F, high, c * mid))) == whole
+
+
+def test_g1_with_most_points_in_one_bucket() -> None:
+    base = g1_points(9)
+    points: list[tuple[int, int] | None] = [*base, *base, *((x, -y % field_modulus) for x, y in base[:4]), *base[:3]]
+    scalars = [1] * len(points)
+    scalars[5], scalars[6], scalars[20] = rng.randrange(R), 2, (1 << 253) + 1
+    xs = [None if p is None else p[0] for p in points]
+    ys = [None if p is None else p[1] for p in points]
+    assert affine(1, native.msm(1, xs, ys, scalars, 6, (0, window_count(254, 6)))) == naive_g1(points, scalars)
+
+
+def test_a_sum_that_cancels_is_the_point_at_infinity() -> None:
+    p = g1_points(1)[0]
+    k = rng.randrange(1, R)
+    result = native.msm(1, [p[0], p[0]], [p[1], -p[1] % field_modulus], [k, k], 8, (0, window_count(254, 8)))
+    assert result[2] == 0
+    assert native.msm(1, [p[0]], [p[1]], [0], 8, (0, window_count(254, 8)))[2] == 0
+
+
+@pytest.mark.parametrize("c", [4, 9])
+def test_g2_matches_naive_sum_and_the_python_msm(c: int) -> None:
+    g2 = g2_points(6)
+    points = [*g2, *g2, g2[0], g2[0], g2[1]]
+    scalars = [rng.randrange(R) for _ in points]
+    scalars[6] = scalars[0]  # doublings in G2 buckets
+    scalars[7] = 1
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    count = window_count(254, c)
+    result = affine(2, native.msm(2, xs, ys, scalars, c, (0, count)))
+    assert result is not None
+    assert (tuple(result[0]), tuple(result[1])) == naive_g2(points, scalars)
+    ar = Arithmetic.select("python")
+    mid = count // 2
+    assert native.msm(2, xs, ys, scalars, c, (mid, count)) is not None
+    python_part = to_affine(fq2_ops(ar), msm_g2(xs, ys, scalars, ar, c, (mid, count)))
+    assert affine(2, native.msm(2, xs, ys, scalars, c, (mid, count))) == python_part
+
+
+def test_auto_picks_the_native_backend_when_a_compiler_is_here() -> None:
+    assert backend_name("auto") == "native"
+    assert backend_name("gmpy2" if "gmpy2" in Arithmetic.available() else "python") != "native"
+
+
+def test_native_proof_verifies_with_snarkjs(chain: Circuit, tmp_path: Path) -> None:
+    prove_files(chain.zkey, chain.wtns, tmp_path, workers=2, backend="native")
+    assert snarkjs_verify(chain.vk, tmp_path / "public.json", tmp_path / "proof.json")
+
+
+def test_without_a_working_compiler_the_proof_is_made_in_python(chain: Circuit, tmp_path: Path) -> None:
+    # A real failed build (CC names a compiler that fails) in a fresh interpreter with an empty cache.
+    script = (
+        "import json, sys\n"
+        "from runtimes.zk import native, prove_files\n"
+        "prove_files(sys.argv[1], sys.argv[2], sys.argv[3], workers=1, backend='native')\n"
+        "print(json.dumps({'loaded': native.load() is not None, 'why': native.unavailable_reason}))\n"
+    )
+    env = {**os.environ, "CC": "false", "HYPERION_NATIVE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script, str(chain.zkey), str(chain.wtns), str(tmp_path / "out")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] is False
+    assert "false failed" in report["why"]
+    assert snarkjs_verify(chain.vk, tmp_path / "out" / "public.json", tmp_path / "out" / "proof.json")
