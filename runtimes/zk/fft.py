@@ -11,9 +11,11 @@ ffjavascript (``runtimes.zk.field.fr_root_of_unity``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from runtimes.zk.field import R, fr_coset_shift, fr_root_of_unity
+
+Transform = Callable[[Sequence[int], int], list[int]]  # ntt, or the native kernel's (runtimes.zk.native.ntt)
 
 
 def _bit_reverse(values: Sequence[int]) -> list[int]:
@@ -66,24 +68,24 @@ def intt(values: Sequence[int], omega: int) -> list[int]:
     return [x * n_inv % R for x in out]
 
 
-def odd_coset(evaluations: Sequence[int], power: int) -> list[int]:
+def odd_coset(evaluations: Sequence[int], power: int, transform: Transform = ntt) -> list[int]:
     """From evaluations on the 2^power domain to evaluations on snarkjs's odd coset of it."""
     omega = fr_root_of_unity(power)
-    coefficients = ntt(evaluations, pow(omega, -1, R))  # the inverse transform, but for its 1/n:
+    coefficients = transform(evaluations, pow(omega, -1, R))  # the inverse transform, but for its 1/n:
     shift = fr_coset_shift(power)
     factor = pow(len(coefficients), -1, R)  # 1/n, folded into the coset's powers of shift
     for i, c in enumerate(coefficients):
         coefficients[i] = c * factor % R
         factor = factor * shift % R
-    return ntt(coefficients, omega)
+    return transform(coefficients, omega)
 
 
-def h_scalars(a_t: Sequence[int], b_t: Sequence[int], power: int) -> list[int]:
+def h_scalars(a_t: Sequence[int], b_t: Sequence[int], power: int, transform: Transform = ntt) -> list[int]:
     """A*B - C on the odd coset, given A and B on the domain (C = A*B there for a satisfying witness)."""
     c_t = [x * y % R for x, y in zip(a_t, b_t, strict=True)]
-    a_odd = odd_coset(a_t, power)
-    b_odd = odd_coset(b_t, power)
-    c_odd = odd_coset(c_t, power)
+    a_odd = odd_coset(a_t, power, transform)
+    b_odd = odd_coset(b_t, power, transform)
+    c_odd = odd_coset(c_t, power, transform)
     return [(x * y - z) % R for x, y, z in zip(a_odd, b_odd, c_odd, strict=True)]
 
 

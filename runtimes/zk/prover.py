@@ -42,7 +42,7 @@ from runtimes.zk.curve import (
     to_jacobian,
 )
 from runtimes.zk.exceptions import WitnessMismatch
-from runtimes.zk.fft import abc_on_domain, h_scalars
+from runtimes.zk.fft import Transform, abc_on_domain, h_scalars, ntt
 from runtimes.zk.field import Arithmetic, Backend, R, backend_name
 from runtimes.zk.msm import choose_window, msm_g1, msm_g2, window_count
 from runtimes.zk.zkey import G1_BYTES, ZKey, decode_coefs, decode_g1, decode_g2
@@ -117,10 +117,16 @@ def job_msm(
     return _plain(result)
 
 
-def job_h(coefs: bytes, witness: Sequence[int], n_vars: int, domain_size: int) -> list[int]:
+def job_h(coefs: bytes, witness: Sequence[int], n_vars: int, domain_size: int, backend: str = "python") -> list[int]:
     decoded = decode_coefs(coefs, n_vars, domain_size, label="proving key section 4")
     a_t, b_t = abc_on_domain(decoded, witness, domain_size)
-    return h_scalars(a_t, b_t, domain_size.bit_length() - 1)
+    transform: Transform = ntt
+    if backend == "native":
+        from runtimes.zk import native
+
+        if native.load() is not None:
+            transform = native.ntt
+    return h_scalars(a_t, b_t, domain_size.bit_length() - 1, transform)
 
 
 def job_finish(
@@ -224,7 +230,7 @@ class ProofPlan:
     def start(self) -> list[Job]:
         z, w = self.zkey, list(self.witness)
         self._scalars = {"A": w, "B1": w, "B2": w, "C": w[z.n_public + 1 :]}
-        h_job = Job(H_JOB, H_JOB, (z.coefs, w, z.n_vars, z.domain_size), cost=self._h_cost())
+        h_job = Job(H_JOB, H_JOB, (z.coefs, w, z.n_vars, z.domain_size, self._backend), cost=self._h_cost())
         # The H scalars come first: they unlock the H MSM, and take ~5% of the time. Decoding unlocks the rest.
         jobs = [h_job]
         for name, group, points, kind in self._sections():

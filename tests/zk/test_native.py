@@ -14,7 +14,8 @@ from py_ecc.optimized_bn128.optimized_pairing import field_modulus
 
 from runtimes.zk import native, prove_files
 from runtimes.zk.curve import add, fq2_ops, fq_ops, shift_left, to_affine
-from runtimes.zk.field import Arithmetic, R, backend_name
+from runtimes.zk.fft import ntt
+from runtimes.zk.field import Arithmetic, R, backend_name, fr_root_of_unity
 from runtimes.zk.msm import msm_g2, window_count
 from tests.zk.conftest import Circuit, snarkjs_verify
 from tests.zk.test_arithmetic import g1_points, g2_points, naive_g1, naive_g2, rng
@@ -119,3 +120,13 @@ def test_without_a_working_compiler_the_proof_is_made_in_python(chain: Circuit, 
     assert report["loaded"] is False
     assert "false failed" in report["why"]
     assert snarkjs_verify(chain.vk, tmp_path / "out" / "public.json", tmp_path / "out" / "proof.json")
+
+
+@pytest.mark.parametrize("power", [0, 1, 4, 10])
+def test_ntt_equals_the_python_transform(power: int) -> None:
+    values = [rng.randrange(R) for _ in range(1 << power)]
+    omega = fr_root_of_unity(power)
+    assert native.ntt(values, omega) == ntt(values, omega)
+    assert native.ntt(values, pow(omega, -1, R)) == ntt(values, pow(omega, -1, R))
+    with pytest.raises(ValueError, match="not a power of two"):
+        native.ntt(values * 3, omega)

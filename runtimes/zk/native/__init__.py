@@ -1,4 +1,4 @@
-"""The optional native MSM kernel (``msm.c``): built with the system's C compiler on first use, loaded by ctypes.
+"""The optional native kernel (``msm.c``: the MSMs and the NTT), built with the system's C compiler, loaded by ctypes.
 
 Why it exists: with gmpy2 the Python MSM is the floor of a proof. Its per-point bucket work and its batched
 additions are interpreter work (see ``runtimes.zk.msm``), and a 2^14-constraint proof as a whole process took
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 SOURCE = Path(__file__).with_name("msm.c")
-ABI = 1  # HYPERION_MSM_ABI in msm.c
+ABI = 2  # HYPERION_MSM_ABI in msm.c
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT_S = 120
 
@@ -112,12 +112,27 @@ def load() -> ctypes.CDLL | None:
         function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
                              ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
         function.restype = ctypes.c_int
+    library.hyperion_ntt.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+    library.hyperion_ntt.restype = ctypes.c_int
     _library = library
     return library
 
 
 def available() -> bool:
     return load() is not None
+
+
+def ntt(values: Sequence[int], omega: int) -> list[int]:
+    """``runtimes.zk.fft.ntt`` in C (values and omega in [0, r)); only once ``load`` has returned the kernel."""
+    library = load()
+    if library is None:
+        raise RuntimeError(f"the native kernel is not loaded: {unavailable_reason}")
+    buffer = ctypes.create_string_buffer(b"".join(v.to_bytes(32, "little") for v in values), 32 * len(values))
+    status = library.hyperion_ntt(buffer, len(values), omega.to_bytes(32, "little"))
+    if status != 0:
+        raise ValueError(f"transform size {len(values)} is not a power of two")
+    raw = buffer.raw
+    return [int.from_bytes(raw[i : i + 32], "little") for i in range(0, len(raw), 32)]
 
 
 def _limbs_to_int(words: Any, start: int) -> int:

@@ -1,4 +1,5 @@
-/* Multi-scalar multiplication on BN254 G1 and G2 in C: the ZK runtime's optional "native" MSM kernel.
+/* Multi-scalar multiplication on BN254 G1 and G2, and the NTT over Fr, in C: the ZK runtime's optional
+ * "native" kernel.
  *
  * The same computation as runtimes/zk/msm.py (msm_g1 / msm_g2): Pippenger's bucket method with signed
  * c-bit digits in (-2^(c-1), 2^(c-1)], point i added (or subtracted) into bucket |d| of each window,
@@ -12,7 +13,7 @@
  * makes sure of, for llama.cpp), loaded through ctypes: no Python headers are needed. Its results are
  * checked against the Python MSM in tests/zk/test_native.py.
  *
- * Interface: coordinates and scalars are little-endian 64-bit limbs in normal form (not Montgomery),
+ * MSM interface: coordinates and scalars are little-endian 64-bit limbs in normal form (not Montgomery),
  * coordinates < q, scalars < 2^256. G1 points take 4 limbs a coordinate, G2 points 8 (c0 then c1, for
  * c0 + c1*u with u^2 = -1). No input point may be the point at infinity (the caller leaves those out).
  * The result is Jacobian (X, Y, Z) in normal form, 12 limbs (G1) or 24 (G2); Z = 0 at infinity.
@@ -25,120 +26,124 @@
 typedef uint64_t u64;
 typedef unsigned __int128 u128;
 
-#define HYPERION_MSM_ABI 1
+#define HYPERION_MSM_ABI 2 /* 2: hyperion_ntt */
 
 int hyperion_msm_abi(void) { return HYPERION_MSM_ABI; }
 
-/* --- Fq: the base field, Montgomery form ------------------------------------------------------------ */
+/* --- Fq (the base field) and Fr (the scalar field, for the NTT), Montgomery form ------------------------
+ * Both moduli are below 2^254, so a + b < 2^255 never carries out of the top limb.
+ */
 
 typedef struct { u64 v[4]; } fp;
+typedef struct { u64 v[4]; } fr;
 
-static const fp Q = {{0x3c208c16d87cfd47ULL, 0x97816a916871ca8dULL, 0xb85045b68181585dULL, 0x30644e72e131a029ULL}};
-static const fp R2 = {{0xf32cfc5b538afa89ULL, 0xb5e71911d44501fbULL, 0x47ab1eff0a417ff6ULL, 0x06d89f71cab8351fULL}};
-static const fp ONE = {{0xd35d438dc58f0d9dULL, 0x0a78eb28f5c70b3dULL, 0x666ea36f7879462cULL, 0x0e0a77c19a07df2fULL}};
-static const u64 QINV = 0x87d20782e4866389ULL; /* -q^-1 mod 2^64 */
-
-static inline int fp_geq_q(const fp *a) {
-    for (int i = 3; i >= 0; i--) {
-        if (a->v[i] != Q.v[i]) return a->v[i] > Q.v[i];
+#define FIELD(F, M0, M1, M2, M3, INV, S0, S1, S2, S3, O0, O1, O2, O3)                                      \
+    static const F F##_MOD = {{M0, M1, M2, M3}};                                                            \
+    static const F F##_R2 = {{S0, S1, S2, S3}};   /* 2^512 mod m: to Montgomery form */                       \
+    static const F F##_ONE = {{O0, O1, O2, O3}};  /* 2^256 mod m: 1 in Montgomery form */                    \
+    static const u64 F##_INV = INV;               /* -m^-1 mod 2^64 */                                        \
+                                                                                                              \
+    static inline int F##_geq_mod(const F *a) {                                                               \
+        for (int i = 3; i >= 0; i--) {                                                                        \
+            if (a->v[i] != F##_MOD.v[i]) return a->v[i] > F##_MOD.v[i];                                       \
+        }                                                                                                     \
+        return 1;                                                                                             \
+    }                                                                                                         \
+                                                                                                              \
+    static inline void F##_sub_mod(F *a) {                                                                    \
+        u64 borrow = 0;                                                                                       \
+        for (int i = 0; i < 4; i++) {                                                                         \
+            u128 d = (u128)a->v[i] - F##_MOD.v[i] - borrow;                                                   \
+            a->v[i] = (u64)d;                                                                                 \
+            borrow = (u64)(d >> 64) & 1;                                                                      \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    static inline void F##_add(F *r, const F *a, const F *b) {                                                \
+        u64 carry = 0;                                                                                        \
+        for (int i = 0; i < 4; i++) {                                                                         \
+            u128 s = (u128)a->v[i] + b->v[i] + carry;                                                         \
+            r->v[i] = (u64)s;                                                                                 \
+            carry = (u64)(s >> 64);                                                                           \
+        }                                                                                                     \
+        if (F##_geq_mod(r)) F##_sub_mod(r);                                                                   \
+    }                                                                                                         \
+                                                                                                              \
+    static inline void F##_sub(F *r, const F *a, const F *b) {                                                \
+        u64 borrow = 0;                                                                                       \
+        for (int i = 0; i < 4; i++) {                                                                         \
+            u128 d = (u128)a->v[i] - b->v[i] - borrow;                                                        \
+            r->v[i] = (u64)d;                                                                                 \
+            borrow = (u64)(d >> 64) & 1;                                                                      \
+        }                                                                                                     \
+        if (borrow) {                                                                                         \
+            u64 carry = 0;                                                                                    \
+            for (int i = 0; i < 4; i++) {                                                                     \
+                u128 s = (u128)r->v[i] + F##_MOD.v[i] + carry;                                                \
+                r->v[i] = (u64)s;                                                                             \
+                carry = (u64)(s >> 64);                                                                       \
+            }                                                                                                 \
+        }                                                                                                     \
+    }                                                                                                         \
+                                                                                                              \
+    /* Montgomery multiplication, CIOS: r = a * b / 2^256 mod m. */                                           \
+    static inline void F##_mul(F *r, const F *a, const F *b) {                                                \
+        u64 t[6] = {0, 0, 0, 0, 0, 0};                                                                        \
+        for (int i = 0; i < 4; i++) {                                                                         \
+            u64 c = 0;                                                                                        \
+            for (int j = 0; j < 4; j++) {                                                                     \
+                u128 s = (u128)a->v[j] * b->v[i] + t[j] + c;                                                  \
+                t[j] = (u64)s;                                                                                \
+                c = (u64)(s >> 64);                                                                           \
+            }                                                                                                 \
+            u128 s = (u128)t[4] + c;                                                                          \
+            t[4] = (u64)s;                                                                                    \
+            t[5] = (u64)(s >> 64);                                                                            \
+            u64 m = t[0] * F##_INV;                                                                           \
+            s = (u128)m * F##_MOD.v[0] + t[0];                                                                \
+            c = (u64)(s >> 64);                                                                               \
+            for (int j = 1; j < 4; j++) {                                                                     \
+                s = (u128)m * F##_MOD.v[j] + t[j] + c;                                                        \
+                t[j - 1] = (u64)s;                                                                            \
+                c = (u64)(s >> 64);                                                                           \
+            }                                                                                                 \
+            s = (u128)t[4] + c;                                                                               \
+            t[3] = (u64)s;                                                                                    \
+            t[4] = t[5] + (u64)(s >> 64);                                                                     \
+        }                                                                                                     \
+        memcpy(r->v, t, sizeof r->v);                                                                         \
+        if (t[4] || F##_geq_mod(r)) F##_sub_mod(r);                                                           \
+    }                                                                                                         \
+                                                                                                              \
+    static inline void F##_sqr(F *r, const F *a) { F##_mul(r, a, a); }                                        \
+    static inline int F##_is_zero(const F *a) { return !(a->v[0] | a->v[1] | a->v[2] | a->v[3]); }            \
+    static inline void F##_dbl(F *r, const F *a) { F##_add(r, a, a); }                                       \
+    static inline void F##_zero(F *r) { memset(r->v, 0, sizeof r->v); }                                      \
+    static inline void F##_one(F *r) { *r = F##_ONE; }                                                        \
+    static inline void F##_neg(F *r, const F *a) {                                                            \
+        F zero = {{0, 0, 0, 0}};                                                                              \
+        F##_sub(r, &zero, a);                                                                                 \
+    }                                                                                                         \
+    static void F##_load(F *r, const unsigned char *bytes) { /* normal form, little-endian -> Montgomery */  \
+        F a;                                                                                                  \
+        memcpy(a.v, bytes, sizeof a.v);                                                                       \
+        F##_mul(r, &a, &F##_R2);                                                                              \
+    }                                                                                                         \
+    static void F##_store(u64 *out, const F *a) { /* Montgomery -> normal form */                            \
+        F one = {{1, 0, 0, 0}}, n;                                                                            \
+        F##_mul(&n, a, &one);                                                                                 \
+        memcpy(out, n.v, sizeof n.v);                                                                         \
     }
-    return 1;
-}
 
-static inline void fp_sub_q(fp *a) {
-    u64 borrow = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 d = (u128)a->v[i] - Q.v[i] - borrow;
-        a->v[i] = (u64)d;
-        borrow = (u64)(d >> 64) & 1;
-    }
-}
+FIELD(fp, 0x3c208c16d87cfd47ULL, 0x97816a916871ca8dULL, 0xb85045b68181585dULL, 0x30644e72e131a029ULL,
+      0x87d20782e4866389ULL,
+      0xf32cfc5b538afa89ULL, 0xb5e71911d44501fbULL, 0x47ab1eff0a417ff6ULL, 0x06d89f71cab8351fULL,
+      0xd35d438dc58f0d9dULL, 0x0a78eb28f5c70b3dULL, 0x666ea36f7879462cULL, 0x0e0a77c19a07df2fULL)
 
-static inline void fp_add(fp *r, const fp *a, const fp *b) {
-    u64 carry = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 s = (u128)a->v[i] + b->v[i] + carry;
-        r->v[i] = (u64)s;
-        carry = (u64)(s >> 64);
-    }
-    /* q < 2^254, so a + b < 2^255 never carries out of the top limb */
-    if (fp_geq_q(r)) fp_sub_q(r);
-}
-
-static inline void fp_sub(fp *r, const fp *a, const fp *b) {
-    u64 borrow = 0;
-    for (int i = 0; i < 4; i++) {
-        u128 d = (u128)a->v[i] - b->v[i] - borrow;
-        r->v[i] = (u64)d;
-        borrow = (u64)(d >> 64) & 1;
-    }
-    if (borrow) {
-        u64 carry = 0;
-        for (int i = 0; i < 4; i++) {
-            u128 s = (u128)r->v[i] + Q.v[i] + carry;
-            r->v[i] = (u64)s;
-            carry = (u64)(s >> 64);
-        }
-    }
-}
-
-/* Montgomery multiplication, CIOS: r = a * b / 2^256 mod q. */
-static inline void fp_mul(fp *r, const fp *a, const fp *b) {
-    u64 t[6] = {0, 0, 0, 0, 0, 0};
-    for (int i = 0; i < 4; i++) {
-        u64 c = 0;
-        for (int j = 0; j < 4; j++) {
-            u128 s = (u128)a->v[j] * b->v[i] + t[j] + c;
-            t[j] = (u64)s;
-            c = (u64)(s >> 64);
-        }
-        u128 s = (u128)t[4] + c;
-        t[4] = (u64)s;
-        t[5] = (u64)(s >> 64);
-        u64 m = t[0] * QINV;
-        s = (u128)m * Q.v[0] + t[0];
-        c = (u64)(s >> 64);
-        for (int j = 1; j < 4; j++) {
-            s = (u128)m * Q.v[j] + t[j] + c;
-            t[j - 1] = (u64)s;
-            c = (u64)(s >> 64);
-        }
-        s = (u128)t[4] + c;
-        t[3] = (u64)s;
-        t[4] = t[5] + (u64)(s >> 64);
-    }
-    memcpy(r->v, t, sizeof r->v);
-    if (t[4] || fp_geq_q(r)) fp_sub_q(r);
-}
-
-static inline void fp_sqr(fp *r, const fp *a) { fp_mul(r, a, a); }
-
-static inline int fp_is_zero(const fp *a) { return !(a->v[0] | a->v[1] | a->v[2] | a->v[3]); }
-
-static inline int fp_eq(const fp *a, const fp *b) { return !memcmp(a->v, b->v, sizeof a->v); }
-
-static inline void fp_dbl(fp *r, const fp *a) { fp_add(r, a, a); }
-
-static inline void fp_neg(fp *r, const fp *a) {
-    fp zero = {{0, 0, 0, 0}};
-    fp_sub(r, &zero, a);
-}
-
-static inline void fp_zero(fp *r) { memset(r->v, 0, sizeof r->v); }
-
-static inline void fp_one(fp *r) { *r = ONE; }
-
-static void fp_load(fp *r, const unsigned char *bytes) { /* normal form, little-endian limbs -> Montgomery */
-    fp a;
-    memcpy(a.v, bytes, sizeof a.v);
-    fp_mul(r, &a, &R2);
-}
-
-static void fp_store(u64 *out, const fp *a) { /* Montgomery -> normal form */
-    fp one = {{1, 0, 0, 0}}, n;
-    fp_mul(&n, a, &one);
-    memcpy(out, n.v, sizeof n.v);
-}
+FIELD(fr, 0x43e1f593f0000001ULL, 0x2833e84879b97091ULL, 0xb85045b68181585dULL, 0x30644e72e131a029ULL,
+      0xc2e1f593efffffffULL,
+      0x1bb8e645ae216da7ULL, 0x53fe3ab1e35c59e3ULL, 0x8c49833d53bb8085ULL, 0x0216d0b17f4e44a5ULL,
+      0xac96341c4ffffffbULL, 0x36fc76959f60cd29ULL, 0x666ea36f7879462eULL, 0x0e0a77c19a07df2fULL)
 
 /* --- Fq2 = Fq[u] / (u^2 + 1) ------------------------------------------------------------------------ */
 
@@ -174,8 +179,6 @@ static inline void fp2_sqr(fp2 *r, const fp2 *a) { /* (a0 + a1)(a0 - a1) + 2 a0 
 }
 
 static inline int fp2_is_zero(const fp2 *a) { return fp_is_zero(&a->c0) && fp_is_zero(&a->c1); }
-
-static inline int fp2_eq(const fp2 *a, const fp2 *b) { return fp_eq(&a->c0, &b->c0) && fp_eq(&a->c1, &b->c1); }
 
 static inline void fp2_zero(fp2 *r) { fp_zero(&r->c0); fp_zero(&r->c1); }
 
@@ -233,8 +236,8 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F##_sub(&rr, &s2, &r->y);                                                                             \
         if (F##_is_zero(&h)) {                                                                                \
             if (F##_is_zero(&rr)) { /* the same point: double it */                                          \
-                F##_jac p = {q->x, q->y, {0}};                                                                \
-                F##_one(&p.z);                                                                                \
+                F##_jac p;                                                                                    \
+                p.x = q->x; p.y = q->y; F##_one(&p.z);                                                        \
                 F##_jac_dbl(r, &p);                                                                           \
             } else { /* P + (-P) */                                                                           \
                 F##_one(&r->x); F##_one(&r->y); F##_zero(&r->z);                                              \
@@ -314,7 +317,8 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         if (c < 1 || c > 16 || lo < 0 || hi < lo) return -1;                                                  \
         const int half = 1 << (c - 1), full = 1 << c, nw = hi - lo;                                          \
         F##_aff *points = malloc((n ? n : 1) * 2 * sizeof(F##_aff)); /* P_i, then -P_i */                   \
-        int32_t *digits = malloc((n * (size_t)nw ? n * (size_t)nw : 1) * sizeof(int32_t));                  \
+        size_t cells = n * (size_t)nw;                                                                        \
+        int32_t *digits = malloc((cells ? cells : 1) * sizeof(int32_t));                                   \
         F##_jac *buckets = malloc((size_t)half * sizeof(F##_jac));                                            \
         if (!points || !digits || !buckets) { free(points); free(digits); free(buckets); return -2; }        \
         for (size_t i = 0; i < n; i++) {                                                                      \
@@ -379,4 +383,44 @@ int hyperion_msm_g1(const unsigned char *xs, const unsigned char *ys, const unsi
 int hyperion_msm_g2(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars, size_t n,
                     int c, int lo, int hi, u64 *out) {
     return fp2_msm(xs, ys, scalars, n, c, lo, hi, out);
+}
+
+/* --- the number-theoretic transform over Fr (runtimes/zk/fft.py's ntt) ------------------------------------
+ * values: n elements of 32 bytes, little-endian, normal form, transformed in place: the evaluations of the
+ * polynomial with these coefficients at omega^0 .. omega^(n-1), in natural order. n is a power of two.
+ */
+
+int hyperion_ntt(unsigned char *values, size_t n, const unsigned char *omega_bytes) {
+    if (n == 0 || (n & (n - 1))) return -1;
+    fr *a = malloc(n * sizeof(fr));
+    fr *twiddles = malloc((n / 2 ? n / 2 : 1) * sizeof(fr));
+    if (!a || !twiddles) { free(a); free(twiddles); return -2; }
+    for (size_t i = 0; i < n; i++) fr_load(&a[i], values + 32 * i);
+    fr w_m;
+    fr_load(&w_m, omega_bytes);
+    for (size_t m = n / 2; m >= 1; m /= 2) { /* decimation in frequency: natural in, bit-reversed out */
+        fr_one(&twiddles[0]);
+        for (size_t j = 1; j < m; j++) fr_mul(&twiddles[j], &twiddles[j - 1], &w_m);
+        for (size_t start = 0; start < n; start += 2 * m) {
+            for (size_t j = 0; j < m; j++) {
+                fr x = a[start + j], y = a[start + j + m], d;
+                fr_add(&a[start + j], &x, &y);
+                fr_sub(&d, &x, &y);
+                fr_mul(&a[start + j + m], &d, &twiddles[j]);
+            }
+        }
+        fr_sqr(&w_m, &w_m);
+    }
+    int bits = 0;
+    while (((size_t)1 << bits) < n) bits++;
+    for (size_t i = 0; i < n; i++) {
+        size_t r = 0;
+        for (int b = 0; b < bits; b++) r |= ((i >> b) & 1) << (bits - 1 - b);
+        u64 out[4];
+        fr_store(out, &a[r]);
+        memcpy(values + 32 * i, out, 32);
+    }
+    free(a);
+    free(twiddles);
+    return 0;
 }
