@@ -92,9 +92,18 @@ def _arithmetic(backend: str) -> Arithmetic:
     return Arithmetic.select("python" if backend == "python" else "auto")
 
 
-def job_decode(group: int, points: bytes, label: str, backend: str) -> tuple[list[Any], list[Any]]:
-    """A point section as affine coordinates (plain ints, None at infinity), each point checked."""
-    ar = _arithmetic(backend)
+def job_decode(group: int, points: bytes, label: str, backend: str) -> tuple[list[Any], list[Any]] | None:
+    """A point section as affine coordinates (plain ints, None at infinity), each point checked; with the native
+    kernel, None: the section is checked as it is and its MSM parts read it as it is (``job_msm_section``)."""
+    if backend == "native":
+        from runtimes.zk import native
+
+        if native.check_section(group, points, label=label):
+            return None
+    return _decode(group, points, label, _arithmetic(backend))
+
+
+def _decode(group: int, points: bytes, label: str, ar: Arithmetic) -> tuple[list[Any], list[Any]]:
     xs, ys = (decode_g1 if group == 1 else decode_g2)(points, ar, label=label)
     if ar.name == "python":
         return xs, ys
@@ -115,6 +124,20 @@ def job_msm(
         xs, ys = _numbers(xs, ar), _numbers(ys, ar)
     result = (msm_g1 if group == 1 else msm_g2)(xs, ys, scalars, ar, c, windows)
     return _plain(result)
+
+
+def job_msm_section(group: int, section: bytes, scalars: bytes, c: int, windows: tuple[int, int], label: str) -> Any:
+    """``job_msm`` on a checked .zkey section as it is, scalars as 32-byte little-endian numbers (native)."""
+    from runtimes.zk import native
+
+    result = native.msm_section(group, section, scalars, c, windows)
+    if result is not None:
+        return result
+    # The kernel could not be had in this worker (the plan's checks ran where it could): the MSM in Python.
+    ar = Arithmetic.select("auto")
+    xs, ys = _decode(group, section, label, ar)
+    numbers = [int.from_bytes(scalars[i : i + 32], "little") for i in range(0, len(scalars), 32)]
+    return job_msm(group, xs, ys, numbers, c, windows, ar.name)
 
 
 def job_h(coefs: bytes, witness: Sequence[int], n_vars: int, domain_size: int, backend: str = "python") -> list[int]:
@@ -176,6 +199,7 @@ JOBS: Mapping[str, Callable[..., Any]] = {
     "verify": job_verify,
     DECODE_JOB: job_decode,
     "msm": job_msm,
+    "msm_section": job_msm_section,
     H_JOB: job_h,
     FINISH_JOB: job_finish,
     "witness": job_witness,
@@ -210,7 +234,8 @@ class ProofPlan:
     r: int = field(default_factory=lambda: secrets.randbelow(R))
     s: int = field(default_factory=lambda: secrets.randbelow(R))
     _parts: dict[str, list[tuple[int, Jacobian]]] = field(default_factory=dict)
-    _points: dict[str, tuple[list[Any], list[Any]]] = field(default_factory=dict)  # decoded sections
+    # decoded sections, or (native) the checked section's bytes as they are
+    _points: dict[str, tuple[list[Any], list[Any]] | bytes] = field(default_factory=dict)
     _scalars: dict[str, list[int]] = field(default_factory=dict)  # known scalars of sections not yet decoded
     _waiting: set[str] = field(default_factory=set)
     _result: Any = None
@@ -251,12 +276,12 @@ class ProofPlan:
             if job.function == H_JOB:
                 self._scalars["H"] = result
             else:
-                self._points[name] = result
+                self._points[name] = job.args[1] if result is None else result
             if name not in self._points or name not in self._scalars:
                 return []
             group = 2 if name == "B2" else 1
-            xs, ys = self._points.pop(name)
-            more = self._msm_jobs(name, group, xs, ys, self._scalars.pop(name), total=self._total_cost())
+            more = self._msm_jobs(name, group, self._points.pop(name), self._scalars.pop(name),
+                                  total=self._total_cost())
             self._waiting |= {j.key for j in more}
             return sorted(more, key=queue_order)
         name, shift = job.part
@@ -314,9 +339,13 @@ class ProofPlan:
         return [(bounds[i], bounds[i + 1]) for i in range(parts)]
 
     def _msm_jobs(
-        self, name: str, group: int, xs: list[Any], ys: list[Any], scalars: Sequence[int], *, total: float
+        self, name: str, group: int, points: tuple[list[Any], list[Any]] | bytes, scalars: Sequence[int], *,
+        total: float
     ) -> list[Job]:
         n = len(scalars)
+        if isinstance(points, bytes):  # native: the section as it is, and the scalars packed once for all parts
+            packed = b"".join(int(v).to_bytes(32, "little") for v in scalars)
+            label = f"{self.zkey.label}: section ({name})"
         # Bits actually used: a circuit whose witness is mostly bits needs a few windows, not 255/c.
         bits = max((int(v).bit_length() for v in scalars), default=1) or 1
         c = choose_window(max(n, 1), bits)
@@ -327,6 +356,11 @@ class ProofPlan:
             if lo >= hi:
                 continue
             cost = self._cost(group, n) * (hi - lo) / max(count, 1)
+            if isinstance(points, bytes):
+                jobs.append(Job(f"{name}:{lo}", "msm_section", (group, points, packed, c, (lo, hi), label), cost,
+                                part=(name, c * lo)))
+                continue
+            xs, ys = points
             args = (group, xs, ys, list(scalars), c, (lo, hi), self._backend)
             jobs.append(Job(f"{name}:{lo}", "msm", args, cost, part=(name, c * lo)))
         return jobs

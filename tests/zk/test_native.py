@@ -14,9 +14,11 @@ from py_ecc.optimized_bn128.optimized_pairing import field_modulus
 
 from runtimes.zk import native, prove_files
 from runtimes.zk.curve import add, fq2_ops, fq_ops, shift_left, to_affine
+from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.fft import ntt
-from runtimes.zk.field import Arithmetic, R, backend_name, fr_root_of_unity
+from runtimes.zk.field import Arithmetic, Q, R, backend_name, fr_root_of_unity
 from runtimes.zk.msm import msm_g2, window_count
+from runtimes.zk.zkey import decode_g1, decode_g2
 from tests.zk.conftest import Circuit, snarkjs_verify
 from tests.zk.test_arithmetic import g1_points, g2_points, naive_g1, naive_g2, rng
 
@@ -130,3 +132,85 @@ def test_ntt_equals_the_python_transform(power: int) -> None:
     assert native.ntt(values, pow(omega, -1, R)) == ntt(values, pow(omega, -1, R))
     with pytest.raises(ValueError, match="not a power of two"):
         native.ntt(values * 3, omega)
+
+
+def zkey_section(points: list[Any]) -> bytes:
+    """Points as a .zkey section writes them: Montgomery form (x 2^256 mod q), little-endian, (0, 0) at infinity."""
+    def mont(v: int) -> bytes:
+        return (v * 2**256 % field_modulus).to_bytes(32, "little")
+
+    out = b""
+    for p in points:
+        if p is None:
+            out += bytes(64)  # a G1 point at infinity (the G2 sections here have none)
+        elif isinstance(p[0], int):
+            out += mont(p[0]) + mont(p[1])
+        else:
+            out += b"".join(mont(v) for v in (*p[0], *p[1]))
+    return out
+
+
+def packed(scalars: list[int]) -> bytes:
+    return b"".join(k.to_bytes(32, "little") for k in scalars)
+
+
+def test_section_checks_and_messages_match_the_python_decoder() -> None:
+    ar = Arithmetic.select("python")
+    g1 = g1_points(5)
+    good = zkey_section([*g1, None])
+    assert native.check_section(1, good, label="k") is True
+    decode_g1(good, ar, label="k")
+    off_curve = zkey_section([*g1[:2], (g1[2][0], (g1[2][1] + 1) % field_modulus)])
+    too_big = good[:64] + Q.to_bytes(32, "little") + good[96:]
+    for bad in (off_curve, too_big):
+        with pytest.raises(MalformedInput) as ours:
+            native.check_section(1, bad, label="k")
+        with pytest.raises(MalformedInput) as python:
+            decode_g1(bad, ar, label="k")
+        assert str(ours.value) == str(python.value)
+    g2 = g2_points(3)
+    assert native.check_section(2, zkey_section(g2), label="k") is True
+    twisted = zkey_section([g2[0], (g2[1][0], (g2[1][1][0], (g2[1][1][1] + 1) % field_modulus))])
+    with pytest.raises(MalformedInput) as ours:
+        native.check_section(2, twisted, label="k")
+    with pytest.raises(MalformedInput) as python:
+        decode_g2(twisted, ar, label="k")
+    assert str(ours.value) == str(python.value) == "k: point 1 is not on the BN254 G2 twist"
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_msm_of_a_section_as_it_is_equals_the_msm_of_its_points(group: int) -> None:
+    base: list[Any] = g1_points(10) if group == 1 else g2_points(6)
+    points = [*base, base[0], None] if group == 1 else [*base, base[0]]
+    scalars = [rng.randrange(R) for _ in points]
+    scalars[len(base)] = scalars[0]  # a doubling
+    section = zkey_section(points)
+    xs = [None if p is None else p[0] for p in points]
+    ys = [None if p is None else p[1] for p in points]
+    count = window_count(254, 7)
+    assert affine(group, native.msm_section(group, section, packed(scalars), 7, (2, count))) == affine(
+        group, native.msm(group, xs, ys, scalars, 7, (2, count)))
+
+
+def test_a_worker_without_the_kernel_computes_a_section_msm_in_python(tmp_path: Path) -> None:
+    points: list[Any] = g1_points(8)
+    scalars = [rng.randrange(R) for _ in points]
+    section, numbers = zkey_section(points), packed(scalars)
+    (tmp_path / "section").write_bytes(section)
+    (tmp_path / "scalars").write_bytes(numbers)
+    count = window_count(254, 5)
+    script = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from runtimes.zk import native\n"
+        "from runtimes.zk.prover import job_msm_section\n"
+        "d = Path(sys.argv[1])\n"
+        f"r = job_msm_section(1, (d / 'section').read_bytes(), (d / 'scalars').read_bytes(), 5, (0, {count}), 'k')\n"
+        "print(json.dumps({'loaded': native.load() is not None, 'result': [int(v) for v in r]}))\n"
+    )
+    env = {**os.environ, "CC": "false", "HYPERION_NATIVE_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["loaded"] is False
+    assert affine(1, tuple(report["result"])) == affine(1, native.msm_section(1, section, numbers, 5, (0, count)))

@@ -26,8 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from runtimes.zk.curve import G2_B
+from runtimes.zk.exceptions import MalformedInput
+from runtimes.zk.field import B1
+
 SOURCE = Path(__file__).with_name("msm.c")
-ABI = 2  # HYPERION_MSM_ABI in msm.c
+ABI = 3  # HYPERION_MSM_ABI in msm.c
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT_S = 120
 
@@ -114,6 +118,12 @@ def load() -> ctypes.CDLL | None:
         function.restype = ctypes.c_int
     library.hyperion_ntt.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
     library.hyperion_ntt.restype = ctypes.c_int
+    library.hyperion_msm_section.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                             ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
+    library.hyperion_msm_section.restype = ctypes.c_int
+    library.hyperion_check_section.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                               ctypes.POINTER(ctypes.c_int)]
+    library.hyperion_check_section.restype = ctypes.c_long
     _library = library
     return library
 
@@ -133,6 +143,47 @@ def ntt(values: Sequence[int], omega: int) -> list[int]:
         raise ValueError(f"transform size {len(values)} is not a power of two")
     raw = buffer.raw
     return [int.from_bytes(raw[i : i + 32], "little") for i in range(0, len(raw), 32)]
+
+
+def check_section(group: int, section: bytes, *, label: str) -> bool:
+    """``zkey.decode_g1`` / ``decode_g2``'s checks on a .zkey point section as it is (Montgomery form), with the
+    same ``MalformedInput``; False when the kernel cannot be had here (the caller decodes in Python)."""
+    library = load()
+    if library is None:
+        return False
+    size = 64 * group
+    b = (B1.to_bytes(32, "little") if group == 1
+         else b"".join(v.to_bytes(32, "little") for v in G2_B))
+    why = ctypes.c_int(0)
+    bad = library.hyperion_check_section(group, section, len(section) // size, b, ctypes.byref(why))
+    if bad >= 0:
+        curve = "BN254 G1" if group == 1 else "the BN254 G2 twist"
+        problem = "has a coordinate >= q" if why.value == 1 else f"is not on {curve}"
+        raise MalformedInput(f"{label}: point {bad} {problem}")
+    return True
+
+
+def msm_section(group: int, section: bytes, scalars: bytes, c: int, windows: tuple[int, int]) -> Any | None:
+    """The MSM of a checked .zkey point section (``check_section``) with scalars packed as 32-byte
+    little-endian numbers, as ``msm``'s Jacobian result; None when the kernel cannot be had here."""
+    library = load()
+    if library is None:
+        return None
+    n = len(scalars) // 32
+    if len(section) != 64 * group * n:
+        raise ValueError(f"{len(section)} bytes of points for {n} scalars")
+    out = (ctypes.c_uint64 * (12 * group))()
+    status = library.hyperion_msm_section(group, section, scalars, n, c, windows[0], windows[1], out)
+    if status != 0:
+        raise RuntimeError(f"the native MSM kernel failed ({status}: bad window or out of memory)")
+    return _jacobian(group, out)
+
+
+def _jacobian(group: int, out: Any) -> Any:
+    values = [_limbs_to_int(out, 4 * k) for k in range(3 * group)]
+    if group == 1:
+        return values[0], values[1], values[2]
+    return (values[0], values[1]), (values[2], values[3]), (values[4], values[5])
 
 
 def _limbs_to_int(words: Any, start: int) -> int:
@@ -160,10 +211,7 @@ def msm(group: int, xs: Sequence[Any], ys: Sequence[Any], scalars: Sequence[int]
     status = function(xb, yb, sb, len(keep), c, windows[0], windows[1], out)
     if status != 0:
         raise RuntimeError(f"the native MSM kernel failed ({status}: bad window or out of memory)")
-    values = [_limbs_to_int(out, 4 * k) for k in range(3 * group)]
-    if group == 1:
-        return values[0], values[1], values[2]
-    return (values[0], values[1]), (values[2], values[3]), (values[4], values[5])
+    return _jacobian(group, out)
 
 
 if __name__ == "__main__":  # scripts/setup.sh: build it now rather than in the first proof

@@ -26,7 +26,7 @@
 typedef uint64_t u64;
 typedef unsigned __int128 u128;
 
-#define HYPERION_MSM_ABI 2 /* 2: hyperion_ntt */
+#define HYPERION_MSM_ABI 3 /* 2: hyperion_ntt; 3: hyperion_msm_section, hyperion_check_section */
 
 int hyperion_msm_abi(void) { return HYPERION_MSM_ABI; }
 
@@ -116,6 +116,7 @@ typedef struct { u64 v[4]; } fr;
     }                                                                                                         \
                                                                                                               \
     static inline void F##_sqr(F *r, const F *a) { F##_mul(r, a, a); }                                        \
+    static inline int F##_eq(const F *a, const F *b) { return !memcmp(a->v, b->v, sizeof a->v); }            \
     static inline int F##_is_zero(const F *a) { return !(a->v[0] | a->v[1] | a->v[2] | a->v[3]); }            \
     static inline void F##_dbl(F *r, const F *a) { F##_add(r, a, a); }                                       \
     static inline void F##_zero(F *r) { memset(r->v, 0, sizeof r->v); }                                      \
@@ -312,8 +313,10 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
                                                                                                               \
     static void F##_jac_infinity(F##_jac *r) { F##_one(&r->x); F##_one(&r->y); F##_zero(&r->z); }           \
                                                                                                               \
-    static int F##_msm(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars,        \
-                       size_t n, int c, int lo, int hi, u64 *out) {                                           \
+    /* Point i's x at xs + i * stride, its y at ys + i * stride; montgomery: the bytes are already in       \
+     * Montgomery form (a .zkey section), where all-zero coordinates are the point at infinity. */            \
+    static int F##_msm(const unsigned char *xs, const unsigned char *ys, size_t stride, int montgomery,       \
+                       const unsigned char *scalars, size_t n, int c, int lo, int hi, u64 *out) {             \
         if (c < 1 || c > 16 || lo < 0 || hi < lo) return -1;                                                  \
         const int half = 1 << (c - 1), full = 1 << c, nw = hi - lo;                                          \
         F##_aff *points = malloc((n ? n : 1) * 2 * sizeof(F##_aff)); /* P_i, then -P_i */                   \
@@ -322,12 +325,18 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F##_jac *buckets = malloc((size_t)half * sizeof(F##_jac));                                            \
         if (!points || !digits || !buckets) { free(points); free(digits); free(buckets); return -2; }        \
         for (size_t i = 0; i < n; i++) {                                                                      \
-            F##_load(&points[2 * i].x, xs + i * LIMBS * 8);                                                  \
-            F##_load(&points[2 * i].y, ys + i * LIMBS * 8);                                                  \
+            if (montgomery) {                                                                                 \
+                memcpy(&points[2 * i].x, xs + i * stride, sizeof(F));                                         \
+                memcpy(&points[2 * i].y, ys + i * stride, sizeof(F));                                         \
+            } else {                                                                                          \
+                F##_load(&points[2 * i].x, xs + i * stride);                                                  \
+                F##_load(&points[2 * i].y, ys + i * stride);                                                  \
+            }                                                                                                 \
             points[2 * i + 1].x = points[2 * i].x;                                                            \
             F##_neg(&points[2 * i + 1].y, &points[2 * i].y);                                                 \
-            u64 s[4];                                                                                         \
-            memcpy(s, scalars + i * 32, sizeof s);                                                            \
+            u64 s[4] = {0, 0, 0, 0};                                                                          \
+            if (!(F##_is_zero(&points[2 * i].x) && F##_is_zero(&points[2 * i].y))) /* else: at infinity */  \
+                memcpy(s, scalars + i * 32, sizeof s);                                                        \
             int carry = 0;                                                                                    \
             for (int w = 0; w < hi; w++) { /* the signed digits of msm.py, recoded from window 0 */          \
                 int offset = w * c, limb = offset >> 6, shift = offset & 63;                                 \
@@ -377,12 +386,62 @@ CURVE(fp2, 8)
 
 int hyperion_msm_g1(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars, size_t n,
                     int c, int lo, int hi, u64 *out) {
-    return fp_msm(xs, ys, scalars, n, c, lo, hi, out);
+    return fp_msm(xs, ys, 32, 0, scalars, n, c, lo, hi, out);
 }
 
 int hyperion_msm_g2(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars, size_t n,
                     int c, int lo, int hi, u64 *out) {
-    return fp2_msm(xs, ys, scalars, n, c, lo, hi, out);
+    return fp2_msm(xs, ys, 64, 0, scalars, n, c, lo, hi, out);
+}
+
+/* The same on a .zkey point section as it is in the file: n points of (x, y) in Montgomery form, 64 bytes
+ * a G1 point and 128 a G2 point, (0, 0) at infinity; checked first with hyperion_check_section. */
+int hyperion_msm_section(int group, const unsigned char *section, const unsigned char *scalars, size_t n, int c,
+                         int lo, int hi, u64 *out) {
+    if (group == 1) return fp_msm(section, section + 32, 64, 1, scalars, n, c, lo, hi, out);
+    if (group == 2) return fp2_msm(section, section + 64, 128, 1, scalars, n, c, lo, hi, out);
+    return -1;
+}
+
+/* Checks a .zkey point section: every coordinate below q, every point other than (0, 0) on the curve
+ * y^2 = x^3 + b (G1: b = 3; G2: b = 3 / (9 + u), given in normal form as c0 then c1). Returns -1 when all
+ * points pass, else the index of the first that does not, with *why = 1 (a coordinate >= q) or 2 (not on
+ * the curve). */
+long hyperion_check_section(int group, const unsigned char *section, size_t n, const unsigned char *b, int *why) {
+    size_t coords = group == 1 ? 2 : 4, size = 32 * coords;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *point = section + i * size;
+        int zero = 1;
+        for (size_t k = 0; k < coords; k++) {
+            fp e;
+            memcpy(e.v, point + 32 * k, 32);
+            if (fp_geq_mod(&e)) { *why = 1; return (long)i; }
+            zero &= fp_is_zero(&e);
+        }
+        if (zero) continue;
+        if (group == 1) {
+            fp x, y, t, u, bm;
+            memcpy(x.v, point, 32);
+            memcpy(y.v, point + 32, 32);
+            fp_load(&bm, b);
+            fp_sqr(&t, &y);
+            fp_sqr(&u, &x);
+            fp_mul(&u, &u, &x);
+            fp_add(&u, &u, &bm);
+            if (!fp_eq(&t, &u)) { *why = 2; return (long)i; }
+        } else {
+            fp2 x, y, t, u, bm;
+            memcpy(&x, point, 64);
+            memcpy(&y, point + 64, 64);
+            fp2_load(&bm, b);
+            fp2_sqr(&t, &y);
+            fp2_sqr(&u, &x);
+            fp2_mul(&u, &u, &x);
+            fp2_add(&u, &u, &bm);
+            if (!(fp_eq(&t.c0, &u.c0) && fp_eq(&t.c1, &u.c1))) { *why = 2; return (long)i; }
+        }
+    }
+    return -1;
 }
 
 /* --- the number-theoretic transform over Fr (runtimes/zk/fft.py's ntt) ------------------------------------
