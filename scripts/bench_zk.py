@@ -238,7 +238,8 @@ def main() -> None:
     tau = ptau(max(powers))
     rows = [row for power in powers for row in bench(power, tau, args.rounds, args.workers)]
     command = " ".join(["python", "scripts/bench_zk.py", *map(shlex.quote, sys.argv[1:])])
-    print(f"\n# {command}  (medians of {args.rounds}; {default_workers()} cores; backends {Arithmetic.available()})")
+    backends = (*Arithmetic.available(), *(["native"] if native.available() else []))
+    print(f"\n# {command}  (medians of {args.rounds}; {default_workers()} cores; backends {backends})")
     print("# ratio: wall / CPU seconds against snarkjs in-process (CPU: node's threads, our pool's workers)")
     print(f"| {'figure':<64} | {'wall s':>8} | {'CPU s':>8} | {'ratio wall / CPU':>30} | {'target':>10} |")
     print(f"|{'-' * 66}|{'-' * 9}:|{'-' * 9}:|{'-' * 31}:|{'-' * 11}:|")
