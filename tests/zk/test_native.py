@@ -214,3 +214,12 @@ def test_a_worker_without_the_kernel_computes_a_section_msm_in_python(tmp_path: 
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["loaded"] is False
     assert affine(1, tuple(report["result"])) == affine(1, native.msm_section(1, section, numbers, 5, (0, count)))
+
+
+def test_setup_builds_the_kernel_into_an_empty_cache(tmp_path: Path) -> None:
+    # What scripts/setup.sh runs; a real build (~5 s at -O3).
+    env = {**os.environ, "HYPERION_NATIVE_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "runtimes.zk.native"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    assert done.stderr == ""
+    assert [p.suffix for p in tmp_path.glob("msm-*.so")] == [".so"]

@@ -213,10 +213,3 @@ def msm(group: int, xs: Sequence[Any], ys: Sequence[Any], scalars: Sequence[int]
         raise RuntimeError(f"the native MSM kernel failed ({status}: bad window or out of memory)")
     return _jacobian(group, out)
 
-
-if __name__ == "__main__":  # scripts/setup.sh: build it now rather than in the first proof
-    import sys
-
-    if load() is None:
-        print(f"[setup] ZK native MSM kernel not built ({unavailable_reason}); proofs use gmpy2 or Python ints",
-              file=sys.stderr)
