@@ -225,10 +225,22 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F##_sub(&r->y, &t, &c);                                                                               \
     }                                                                                                         \
                                                                                                               \
+    /* The shared end of madd and add: X3 = rr^2 - J - 2V, Y3 = rr (V - X3) - sj (sj = 2 S1 J). */            \
+    static inline void F##_jac_xy(F##_jac *r, const F *rr, const F *j, const F *v, const F *sj) {             \
+        F t;                                                                                                  \
+        F##_sqr(&t, rr);                                                                                      \
+        F##_sub(&t, &t, j);                                                                                   \
+        F##_sub(&t, &t, v);                                                                                   \
+        F##_sub(&r->x, &t, v);                                                                                \
+        F##_sub(&t, v, &r->x);                                                                                \
+        F##_mul(&t, rr, &t);                                                                                  \
+        F##_sub(&r->y, &t, sj);                                                                               \
+    }                                                                                                         \
+                                                                                                              \
     /* r += q (affine, not at infinity) */                                                                    \
     static void F##_jac_madd(F##_jac *r, const F##_aff *q) {                                                  \
         if (F##_is_zero(&r->z)) { r->x = q->x; r->y = q->y; F##_one(&r->z); return; }                        \
-        F z1z1, u2, s2, h, hh, i, j, rr, v, t;                                                                \
+        F z1z1, u2, s2, h, hh, i, j, rr, v;                                                                   \
         F##_sqr(&z1z1, &r->z);                                                                                \
         F##_mul(&u2, &q->x, &z1z1);                                                                           \
         F##_mul(&s2, &q->y, &r->z);                                                                           \
@@ -259,20 +271,14 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F y1j;                                                                                                \
         F##_mul(&y1j, &r->y, &j);                                                                             \
         F##_dbl(&y1j, &y1j);                                                                                  \
-        F##_sqr(&t, &rr);                                                                                     \
-        F##_sub(&t, &t, &j);                                                                                  \
-        F##_sub(&t, &t, &v);                                                                                  \
-        F##_sub(&r->x, &t, &v);                                                                               \
-        F##_sub(&t, &v, &r->x);                                                                               \
-        F##_mul(&t, &rr, &t);                                                                                 \
-        F##_sub(&r->y, &t, &y1j);                                                                             \
+        F##_jac_xy(r, &rr, &j, &v, &y1j);                                                                     \
     }                                                                                                         \
                                                                                                               \
     /* r += p (both Jacobian) */                                                                              \
     static void F##_jac_add(F##_jac *r, const F##_jac *p) {                                                   \
         if (F##_is_zero(&p->z)) return;                                                                       \
         if (F##_is_zero(&r->z)) { *r = *p; return; }                                                         \
-        F z1z1, z2z2, u1, u2, s1, s2, h, i, j, rr, v, t;                                                      \
+        F z1z1, z2z2, u1, u2, s1, s2, h, i, j, rr, v;                                                         \
         F##_sqr(&z1z1, &r->z);                                                                                \
         F##_sqr(&z2z2, &p->z);                                                                                \
         F##_mul(&u1, &r->x, &z2z2);                                                                           \
@@ -302,13 +308,7 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F s1j;                                                                                                \
         F##_mul(&s1j, &s1, &j);                                                                               \
         F##_dbl(&s1j, &s1j);                                                                                  \
-        F##_sqr(&t, &rr);                                                                                     \
-        F##_sub(&t, &t, &j);                                                                                  \
-        F##_sub(&t, &t, &v);                                                                                  \
-        F##_sub(&r->x, &t, &v);                                                                               \
-        F##_sub(&t, &v, &r->x);                                                                               \
-        F##_mul(&t, &rr, &t);                                                                                 \
-        F##_sub(&r->y, &t, &s1j);                                                                             \
+        F##_jac_xy(r, &rr, &j, &v, &s1j);                                                                     \
     }                                                                                                         \
                                                                                                               \
     static void F##_jac_infinity(F##_jac *r) { F##_one(&r->x); F##_one(&r->y); F##_zero(&r->z); }           \
