@@ -50,6 +50,8 @@ def local_checks(cfg: Config) -> list[dict[str, Any]]:
         profile.gpu_status if not profile.gpus else ", ".join(g.name for g in profile.gpus),
         "install the NVIDIA driver to serve GPU work; without it the node serves CPU work only",
     ))
+    if "zk-groth16" not in cfg.runtimes_disabled:
+        checks.append(_zk_kernel_check())
     if running_pid(dd) is None:
         for key, host, port in (("p2p.tcp_port", cfg.p2p.listen_host, cfg.p2p.tcp_port),
                                 ("api.port", cfg.api.host, cfg.api.port)):
@@ -63,6 +65,24 @@ def local_checks(cfg: Config) -> list[dict[str, Any]]:
         checks.append(_check(f"bootstrap reachable {addr.rsplit('/', 1)[-1][-8:]}", ok, detail,
                              f"check the address in p2p.bootstrap and that the peer runs: {addr}"))
     return checks
+
+
+def _zk_kernel_check() -> dict[str, Any]:
+    """The ZK runtime's native kernel: proofs are 2-4x slower without it, so say how to get it."""
+    from runtimes.zk import native
+
+    name = "ZK native kernel"
+    if not native.buildable():
+        why = native.unavailable_reason or "turned off by HYPERION_ZK_NATIVE=0, or no C compiler on PATH"
+        return _check(name, None, f"not available ({why}); proofs use gmpy2 or Python ints, 2-4x slower",
+                      "apt-get install build-essential (and unset HYPERION_ZK_NATIVE), then scripts/setup.sh")
+    path = native.built()
+    if path is None:
+        return _check(name, None, "not built yet: the first proof builds it (~5 s)",
+                      "scripts/setup.sh, or: python -m runtimes.zk.native")
+    ok = native.load() is not None
+    return _check(name, ok, str(path) if ok else native.unavailable_reason,
+                  f"rm {path} and run python -m runtimes.zk.native; proofs use gmpy2 or Python ints meanwhile")
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -18,7 +18,8 @@ from hyperion_node.identity import load_identity
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     monkeypatch.setenv("HOME", str(tmp_path))
-    for var in ("HYPERION_DATA_DIR", "HYPERION_CONFIG", "XDG_DATA_HOME"):
+    for var in ("HYPERION_DATA_DIR", "HYPERION_CONFIG", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HYPERION_NATIVE_CACHE",
+                "HYPERION_ZK_NATIVE"):
         monkeypatch.delenv(var, raising=False)
     return CliRunner()
 
@@ -148,6 +149,9 @@ def test_doctor_without_daemon_runs_local_checks_and_says_what_it_could_not_chec
     assert f"fix: chmod 600 {dd.token_path}" in result.output
     assert "ok    identity.key: mode 0600" in result.output
     assert "running node: not running" in result.output
+    # HOME is this test's: the native ZK kernel is not in its cache, so the doctor says how to build it.
+    assert "--    ZK native kernel: not built yet: the first proof builds it (~5 s)" in result.output
+    assert "fix: scripts/setup.sh, or: python -m runtimes.zk.native" in result.output
 
 
 def test_peers_rejects_an_unknown_sort(runner: CliRunner, tmp_path: Path) -> None:

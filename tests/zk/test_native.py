@@ -223,3 +223,16 @@ def test_setup_builds_the_kernel_into_an_empty_cache(tmp_path: Path) -> None:
                           text=True, timeout=300, check=True)
     assert done.stderr == ""
     assert [p.suffix for p in tmp_path.glob("msm-*.so")] == [".so"]
+
+
+def test_doctor_reports_the_built_kernel_and_a_missing_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyperion_node.cli.doctor import _zk_kernel_check
+
+    check = _zk_kernel_check()
+    assert check["ok"] is True
+    assert check["detail"] == str(native.built())
+    monkeypatch.setenv("HYPERION_ZK_NATIVE", "0")
+    check = _zk_kernel_check()
+    assert check["ok"] is None
+    assert "2-4x slower" in check["detail"]
+    assert "build-essential" in check["fix"]

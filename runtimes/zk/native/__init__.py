@@ -88,6 +88,13 @@ def buildable() -> bool:
     return compiler is not None
 
 
+def built() -> Path | None:
+    """The library built for this source and compiler, if it is in the cache (nothing is built or loaded)."""
+    compiler = _compiler()
+    target = _target(compiler) if compiler else None
+    return target if target is not None and target.exists() else None
+
+
 def load() -> ctypes.CDLL | None:
     """The kernel, built if needed; None (and ``unavailable_reason``) when it cannot be had here."""
     global _library, _tried, unavailable_reason
