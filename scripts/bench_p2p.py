@@ -33,7 +33,7 @@ import httpx
 import psutil
 
 from hyperion_node.p2p.network import LATENCY_WINDOW_S
-from hyperion_node.testing.process import NodeProcess, wait_until
+from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 
 MODEL = "inference/gemma-3-270m-q4_k_m"
 PROVIDERS = 3
@@ -111,9 +111,7 @@ def run_size(n: int, root: Path, lookups: int, env: dict[str, str]) -> dict[str,
             "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
         }
     finally:
-        for node in nodes:
-            if node.proc is not None and node.proc.poll() is None:
-                node.stop(timeout=20)
+        stop_all(nodes, timeout=20)
 
 
 def main() -> None:

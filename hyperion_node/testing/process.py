@@ -43,6 +43,22 @@ def wait_until(check: Callable[[], T], *, timeout: float, what: str, interval: f
     raise TimeoutError(f"{what}: not true after {timeout} s (last error: {last_error!r})")
 
 
+def stop_all(nodes: Sequence[NodeProcess], timeout: float = 10.0) -> None:
+    """Stop every node of ``nodes`` that was started and still runs (a test's or benchmark's clean-up)."""
+    for node in nodes:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop(timeout=timeout)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (for tests that check that workers were killed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def hyperion_executable() -> str:
     """The installed console script next to this interpreter (the one a user runs)."""
     beside = Path(sys.executable).with_name("hyperion-node")

@@ -23,7 +23,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, demo_process, wait_until
+from hyperion_node.testing.process import NodeProcess, demo_process, stop_all, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -61,9 +61,7 @@ class Network:
         return data
 
     def stop(self) -> None:
-        for node in (self.gateway, self.worker):
-            if node.proc is not None and node.proc.poll() is None:
-                node.stop()
+        stop_all([self.gateway, self.worker])
 
 
 @pytest.fixture(scope="module")

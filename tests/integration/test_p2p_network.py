@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from hyperion_node.testing.process import NodeProcess, wait_until
+from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -32,9 +32,7 @@ MODEL = ("inference", "gemma-3-270m-q4_k_m")
 def nodes() -> Iterator[list[NodeProcess]]:
     started: list[NodeProcess] = []
     yield started
-    for node in started:
-        if node.proc is not None and node.proc.poll() is None:
-            node.stop()
+    stop_all(started)
 
 
 def start(nodes: list[NodeProcess], path: Path, sets: list[str], bootstrap: list[str] = ()) -> NodeProcess:

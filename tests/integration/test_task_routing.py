@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, hyperion_executable, wait_until
+from hyperion_node.testing.process import NodeProcess, hyperion_executable, stop_all, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -113,9 +113,7 @@ class Network:
         return next((t for t in self.a.get("/api/tasks?limit=5") if t["state"] == "running"), None)
 
     def stop(self) -> None:
-        for node in (self.a, self.b, self.c):
-            if node.proc is not None and node.proc.poll() is None:
-                node.stop()
+        stop_all([self.a, self.b, self.c])
 
 
 @pytest.fixture(scope="module")

@@ -80,14 +80,6 @@ class Collector:
         self.partials.append(dict(partial.data))
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -22,7 +22,7 @@ import trio
 from typer.testing import CliRunner
 
 from hyperion_node.cli.app import app
-from hyperion_node.testing.process import NodeProcess, wait_until
+from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 from runtimes.render.png import pixels_sha256
 from tests.render.conftest import Collector, started, task
 
@@ -58,9 +58,7 @@ class Network:
                             headers={"Authorization": f"Bearer {self.a.token}"}, timeout=300)
 
     def stop(self) -> None:
-        for node in (self.a, self.b, self.c):
-            if node.proc is not None and node.proc.poll() is None:
-                node.stop()
+        stop_all([self.a, self.b, self.c])
 
 
 @pytest.fixture(scope="module")

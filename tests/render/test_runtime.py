@@ -11,12 +11,13 @@ import pytest
 import trio
 
 from hyperion_node.errors import ConfigError, RuntimeUnavailable, UserError
+from hyperion_node.testing.process import pid_alive
 from runtimes.interface import Runtime, RuntimeContext
 from runtimes.render import BlenderRuntime, pixels_sha256
 from runtimes.render.exceptions import BadRenderRequest, FrameRangeError, MalformedScene, RenderTimeout
 from runtimes.render.png import SIGNATURE
 from runtimes.render.runtime import PROBE_CACHE
-from tests.render.conftest import HW, Collector, alive, blender_processes_under, group_alive, started, task
+from tests.render.conftest import HW, Collector, blender_processes_under, group_alive, started, task
 
 
 async def test_renders_each_frame_as_a_partial_with_its_pixel_hash(scene: bytes, tmp_path: Path) -> None:
@@ -160,7 +161,7 @@ async def test_cancellation_kills_blender(scene: bytes, tmp_path: Path) -> None:
                 await first_frame.wait()
                 nursery.cancel_scope.cancel()
         [pid] = pids
-        assert not alive(pid)
+        assert not pid_alive(pid)
         assert not group_alive(pid)
         assert blender_processes_under(tmp_path) == []
         assert runtime.active_pids == set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 import trio
 
 from hyperion_node.errors import ConfigError
+from hyperion_node.testing.process import pid_alive
 from runtimes.interface import HardwareSummary, Partial, Runtime, RuntimeContext, Task
 from runtimes.zk import Groth16Runtime, check_final
 from runtimes.zk.exceptions import MalformedInput
@@ -30,14 +30,6 @@ async def started(tmp_path: Path, **settings: Any) -> AsyncIterator[Groth16Runti
         yield runtime
     finally:
         await runtime.aclose()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_benchmark_offer_and_estimate(chain: Circuit, tmp_path: Path) -> None:
@@ -109,7 +101,7 @@ async def test_cancellation_kills_the_workers_and_the_next_task_runs(chain: Circ
                 nursery.start_soon(runtime.run, task, emit)
                 await first_progress.wait()  # proving has started in the workers
                 nursery.cancel_scope.cancel()
-        assert not any(alive(pid) for pid in pids if pid is not None)
+        assert not any(pid_alive(pid) for pid in pids if pid is not None)
         final = await runtime.run(task, _discard)  # new workers start on demand
         assert final.work_units == 101.0
 
@@ -117,8 +109,8 @@ async def test_cancellation_kills_the_workers_and_the_next_task_runs(chain: Circ
 async def test_aclose_stops_idle_workers(tmp_path: Path) -> None:
     async with started(tmp_path, workers=2) as runtime:
         pids = [w.process.pid for w in runtime._pool._workers]
-        assert all(alive(pid) for pid in pids)
-    assert not any(alive(pid) for pid in pids)  # aclose waited for them: reaped, not zombies
+        assert all(pid_alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)  # aclose waited for them: reaped, not zombies
 
 
 def test_bad_settings_name_the_key(tmp_path: Path) -> None:
