@@ -91,7 +91,10 @@ def buildable() -> bool:
 def built() -> Path | None:
     """The library built for this source and compiler, if it is in the cache (nothing is built or loaded)."""
     compiler = _compiler()
-    target = _target(compiler) if compiler else None
+    try:
+        target = _target(compiler) if compiler else None
+    except RuntimeError:  # no home directory for the cache
+        return None
     return target if target is not None and target.exists() else None
 
 
@@ -108,14 +111,14 @@ def load() -> ctypes.CDLL | None:
     if compiler is None:
         unavailable_reason = "no C compiler (cc, gcc or clang) on PATH"
         return None
-    target = _target(compiler)
     try:
+        target = _target(compiler)  # Path.home() raises RuntimeError where no home directory can be found
         if not target.exists():
             _build(compiler, target)
         library = ctypes.CDLL(str(target))
         if library.hyperion_msm_abi() != ABI:
             raise OSError(f"{target} has ABI {library.hyperion_msm_abi()}, expected {ABI}")
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         unavailable_reason = f"the native MSM kernel could not be built or loaded: {exc}"
         return None
     for name in ("hyperion_msm_g1", "hyperion_msm_g2"):
