@@ -18,6 +18,11 @@ Each point section is decoded and curve-checked once, by a ``decode`` job, and i
 points as plain ints. When every part decoded its whole section itself (it needs all the points: the
 parts split windows, not points), a 2^14 proof in a pool of 2 decoded B2 3 times and each G1 section
 twice: 4.5 s of the 20.6 CPU s (gmpy2, load ~3), against 1.2 s once.
+
+With the native kernel (``runtimes.zk.native``, backend "native") the same plan runs other job bodies: the
+decode job only checks the section in C, and the MSM parts (``msm_section``) read the section's bytes as
+snarkjs wrote them, in Montgomery form, with the scalars packed once; the H job's NTTs run in C too. Where
+the kernel cannot be had in a worker, each job falls back to the Python code with the same result.
 """
 
 from __future__ import annotations
