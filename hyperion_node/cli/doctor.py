@@ -73,8 +73,8 @@ def _zk_kernel_check() -> dict[str, Any]:
 
     name = "ZK native kernel"
     if not native.buildable():
-        why = native.unavailable_reason or "turned off by HYPERION_ZK_NATIVE=0, or no C compiler on PATH"
-        return _check(name, None, f"not available ({why}); proofs use gmpy2 or Python ints, 2-4x slower",
+        detail = f"not available ({native.unavailable_reason}); proofs use gmpy2 or Python ints, 2-4x slower"
+        return _check(name, None, detail,
                       "apt-get install build-essential (and unset HYPERION_ZK_NATIVE), then scripts/setup.sh")
     path = native.built()
     if path is None:

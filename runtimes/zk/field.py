@@ -71,7 +71,7 @@ def backend_name(backend: Backend = "auto") -> str:
         if native.buildable():
             return "native"
         if backend == "native":
-            raise ImportError("the native backend was asked for but no C compiler (cc, gcc or clang) is on PATH")
+            raise ImportError(f"the native backend was asked for but cannot be had here: {native.unavailable_reason}")
     if backend != "python" and importlib.util.find_spec("gmpy2") is not None:
         return "gmpy2"
     if backend == "gmpy2":

@@ -79,13 +79,23 @@ def _build(compiler: str, target: Path) -> None:
                 os.unlink(temporary)
 
 
+def _ruled_out() -> str:
+    """Why the kernel cannot be had here before any build is tried ("" when nothing rules it out)."""
+    if os.environ.get("HYPERION_ZK_NATIVE", "1") == "0":
+        return "turned off by HYPERION_ZK_NATIVE=0"
+    if _compiler() is None:
+        return "no C compiler (cc, gcc or clang) on PATH"
+    return ""
+
+
 def buildable() -> bool:
     """Whether ``load`` can be expected to work here (not turned off, and a C compiler found),
-    without building or loading anything."""
-    if os.environ.get("HYPERION_ZK_NATIVE", "1") == "0":
-        return False
-    compiler = _compiler()
-    return compiler is not None
+    without building or loading anything; ``unavailable_reason`` says why not."""
+    global unavailable_reason
+    reason = _ruled_out()
+    if reason:
+        unavailable_reason = reason
+    return not reason
 
 
 def built() -> Path | None:
@@ -104,13 +114,10 @@ def load() -> ctypes.CDLL | None:
     if _tried:
         return _library
     _tried = True
-    if os.environ.get("HYPERION_ZK_NATIVE", "1") == "0":
-        unavailable_reason = "turned off by HYPERION_ZK_NATIVE=0"
+    if not buildable():
         return None
     compiler = _compiler()
-    if compiler is None:
-        unavailable_reason = "no C compiler (cc, gcc or clang) on PATH"
-        return None
+    assert compiler is not None  # buildable() found one
     try:
         target = _target(compiler)  # Path.home() raises RuntimeError where no home directory can be found
         if not target.exists():
