@@ -118,13 +118,7 @@ def _decode(group: int, points: bytes, label: str, ar: Arithmetic) -> tuple[list
 def job_msm(
     group: int, xs: list[Any], ys: list[Any], scalars: Sequence[int], c: int, windows: tuple[int, int], backend: str
 ) -> Any:
-    if backend == "native":
-        from runtimes.zk import native
-
-        result = native.msm(group, xs, ys, scalars, c, windows)
-        if result is not None:
-            return result  # else the kernel could not be built here: the same MSM in Python
-    ar = _arithmetic(backend)
+    ar = _arithmetic(backend)  # native plans come here only where the kernel could not be had: Python
     if ar.name != "python":
         xs, ys = _numbers(xs, ar), _numbers(ys, ar)
     result = (msm_g1 if group == 1 else msm_g2)(xs, ys, scalars, ar, c, windows)

@@ -1,4 +1,4 @@
-"""The native MSM kernel (runtimes/zk/native/msm.c) against py-ecc and the Python MSM, and the fallback without it."""
+"""The native kernel (runtimes/zk/native/msm.c) against py-ecc, the Python MSM and NTT, and its fallback."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from runtimes.zk.curve import add, fq2_ops, fq_ops, shift_left, to_affine
 from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.fft import ntt
 from runtimes.zk.field import Arithmetic, Q, R, backend_name, fr_root_of_unity
-from runtimes.zk.msm import msm_g2, window_count
+from runtimes.zk.msm import msm_g1, msm_g2, window_count
 from runtimes.zk.zkey import decode_g1, decode_g2
 from tests.zk.conftest import Circuit, snarkjs_verify
 from tests.zk.test_arithmetic import g1_points, g2_points, naive_g1, naive_g2, rng
@@ -38,6 +38,31 @@ def affine(group: int, jacobian: Any) -> Any:
                      jacobian)
 
 
+def zkey_section(points: list[Any]) -> bytes:
+    """Points as a .zkey section writes them: Montgomery form (x 2^256 mod q), little-endian, (0, 0) at infinity."""
+    def mont(v: int) -> bytes:
+        return (v * 2**256 % field_modulus).to_bytes(32, "little")
+
+    out = b""
+    for p in points:
+        if p is None:
+            out += bytes(64)  # a G1 point at infinity (the G2 sections here have none)
+        elif isinstance(p[0], int):
+            out += mont(p[0]) + mont(p[1])
+        else:
+            out += b"".join(mont(v) for v in (*p[0], *p[1]))
+    return out
+
+
+def packed(scalars: list[int]) -> bytes:
+    return b"".join(k.to_bytes(32, "little") for k in scalars)
+
+
+def msm(group: int, points: list[Any], scalars: list[int], c: int, windows: tuple[int, int]) -> Any:
+    """The kernel's MSM of these points, written as a .zkey section."""
+    return native.msm_section(group, zkey_section(points), packed(scalars), c, windows)
+
+
 @pytest.mark.parametrize("c", [2, 5, 8, 11])
 def test_g1_matches_naive_sum_including_edge_cases(c: int) -> None:
     base = g1_points(12)
@@ -51,11 +76,9 @@ def test_g1_matches_naive_sum_including_edge_cases(c: int) -> None:
     mid = count // 2
     top = (1 << (c - 1)) * ((1 << (c * mid)) - 1) // ((1 << c) - 1)  # the low windows' largest sum; +1 carries
     scalars[5], scalars[6] = top, (rng.randrange(R) >> (c * mid) << (c * mid)) + top + 1
-    xs = [None if p is None else p[0] for p in points]
-    ys = [None if p is None else p[1] for p in points]
-    whole = affine(1, native.msm(1, xs, ys, scalars, c, (0, count)))
+    whole = affine(1, msm(1, points, scalars, c, (0, count)))
     F = fq_ops(Arithmetic.select("python"))
-    low, high = native.msm(1, xs, ys, scalars, c, (0, mid)), native.msm(1, xs, ys, scalars, c, (mid, count))
+    low, high = msm(1, points, scalars, c, (0, mid)), msm(1, points, scalars, c, (mid, count))
     assert whole == naive_g1(points, scalars)
     assert affine(1, add(F, low, shift_left(F, high, c * mid))) == whole
 
@@ -65,17 +88,15 @@ def test_g1_with_most_points_in_one_bucket() -> None:
     points: list[tuple[int, int] | None] = [*base, *base, *((x, -y % field_modulus) for x, y in base[:4]), *base[:3]]
     scalars = [1] * len(points)
     scalars[5], scalars[6], scalars[20] = rng.randrange(R), 2, (1 << 253) + 1
-    xs = [None if p is None else p[0] for p in points]
-    ys = [None if p is None else p[1] for p in points]
-    assert affine(1, native.msm(1, xs, ys, scalars, 6, (0, window_count(254, 6)))) == naive_g1(points, scalars)
+    assert affine(1, msm(1, points, scalars, 6, (0, window_count(254, 6)))) == naive_g1(points, scalars)
 
 
 def test_a_sum_that_cancels_is_the_point_at_infinity() -> None:
     p = g1_points(1)[0]
     k = rng.randrange(1, R)
-    result = native.msm(1, [p[0], p[0]], [p[1], -p[1] % field_modulus], [k, k], 8, (0, window_count(254, 8)))
+    result = msm(1, [p, (p[0], -p[1] % field_modulus)], [k, k], 8, (0, window_count(254, 8)))
     assert result[2] == 0
-    assert native.msm(1, [p[0]], [p[1]], [0], 8, (0, window_count(254, 8)))[2] == 0
+    assert msm(1, [p], [0], 8, (0, window_count(254, 8)))[2] == 0
 
 
 @pytest.mark.parametrize("c", [4, 9])
@@ -87,14 +108,14 @@ def test_g2_matches_naive_sum_and_the_python_msm(c: int) -> None:
     scalars[7] = 1
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     count = window_count(254, c)
-    result = affine(2, native.msm(2, xs, ys, scalars, c, (0, count)))
+    result = affine(2, msm(2, points, scalars, c, (0, count)))
     assert result is not None
     assert (tuple(result[0]), tuple(result[1])) == naive_g2(points, scalars)
     ar = Arithmetic.select("python")
     mid = count // 2
-    assert native.msm(2, xs, ys, scalars, c, (mid, count)) is not None
+    assert msm(2, points, scalars, c, (mid, count)) is not None
     python_part = to_affine(fq2_ops(ar), msm_g2(xs, ys, scalars, ar, c, (mid, count)))
-    assert affine(2, native.msm(2, xs, ys, scalars, c, (mid, count))) == python_part
+    assert affine(2, msm(2, points, scalars, c, (mid, count))) == python_part
 
 
 def test_auto_picks_the_native_backend_when_a_compiler_is_here() -> None:
@@ -134,26 +155,6 @@ def test_ntt_equals_the_python_transform(power: int) -> None:
         native.ntt(values * 3, omega)
 
 
-def zkey_section(points: list[Any]) -> bytes:
-    """Points as a .zkey section writes them: Montgomery form (x 2^256 mod q), little-endian, (0, 0) at infinity."""
-    def mont(v: int) -> bytes:
-        return (v * 2**256 % field_modulus).to_bytes(32, "little")
-
-    out = b""
-    for p in points:
-        if p is None:
-            out += bytes(64)  # a G1 point at infinity (the G2 sections here have none)
-        elif isinstance(p[0], int):
-            out += mont(p[0]) + mont(p[1])
-        else:
-            out += b"".join(mont(v) for v in (*p[0], *p[1]))
-    return out
-
-
-def packed(scalars: list[int]) -> bytes:
-    return b"".join(k.to_bytes(32, "little") for k in scalars)
-
-
 def test_section_checks_and_messages_match_the_python_decoder() -> None:
     ar = Arithmetic.select("python")
     g1 = g1_points(5)
@@ -179,7 +180,7 @@ def test_section_checks_and_messages_match_the_python_decoder() -> None:
 
 
 @pytest.mark.parametrize("group", [1, 2])
-def test_msm_of_a_section_as_it_is_equals_the_msm_of_its_points(group: int) -> None:
+def test_msm_of_a_section_as_it_is_equals_the_python_msm_of_its_points(group: int) -> None:
     base: list[Any] = g1_points(10) if group == 1 else g2_points(6)
     points = [*base, base[0], None] if group == 1 else [*base, base[0]]
     scalars = [rng.randrange(R) for _ in points]
@@ -188,8 +189,9 @@ def test_msm_of_a_section_as_it_is_equals_the_msm_of_its_points(group: int) -> N
     xs = [None if p is None else p[0] for p in points]
     ys = [None if p is None else p[1] for p in points]
     count = window_count(254, 7)
-    assert affine(group, native.msm_section(group, section, packed(scalars), 7, (2, count))) == affine(
-        group, native.msm(group, xs, ys, scalars, 7, (2, count)))
+    ar = Arithmetic.select("python")
+    python = (msm_g1 if group == 1 else msm_g2)(xs, ys, scalars, ar, 7, (2, count))
+    assert affine(group, native.msm_section(group, section, packed(scalars), 7, (2, count))) == affine(group, python)
 
 
 def test_a_worker_without_the_kernel_computes_a_section_msm_in_python(tmp_path: Path) -> None:

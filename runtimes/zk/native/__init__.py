@@ -31,7 +31,7 @@ from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.field import B1
 
 SOURCE = Path(__file__).with_name("msm.c")
-ABI = 3  # HYPERION_MSM_ABI in msm.c
+ABI = 4  # HYPERION_MSM_ABI in msm.c
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT_S = 120
 
@@ -128,11 +128,6 @@ def load() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         unavailable_reason = f"the native MSM kernel could not be built or loaded: {exc}"
         return None
-    for name in ("hyperion_msm_g1", "hyperion_msm_g2"):
-        function = getattr(library, name)
-        function.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int,
-                             ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
-        function.restype = ctypes.c_int
     library.hyperion_ntt.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
     library.hyperion_ntt.restype = ctypes.c_int
     library.hyperion_msm_section.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
@@ -182,7 +177,8 @@ def check_section(group: int, section: bytes, *, label: str) -> bool:
 
 def msm_section(group: int, section: bytes, scalars: bytes, c: int, windows: tuple[int, int]) -> Any | None:
     """The MSM of a checked .zkey point section (``check_section``) with scalars packed as 32-byte
-    little-endian numbers, as ``msm``'s Jacobian result; None when the kernel cannot be had here."""
+    little-endian numbers: the Jacobian result of ``msm_g1`` / ``msm_g2`` (``runtimes.zk.msm``) for those
+    windows, as plain ints (Fq2 pairs for G2); None when the kernel cannot be had here."""
     library = load()
     if library is None:
         return None
@@ -205,28 +201,3 @@ def _jacobian(group: int, out: Any) -> Any:
 
 def _limbs_to_int(words: Any, start: int) -> int:
     return int.from_bytes(b"".join(int(words[start + i]).to_bytes(8, "little") for i in range(4)), "little")
-
-
-def msm(group: int, xs: Sequence[Any], ys: Sequence[Any], scalars: Sequence[int], c: int,
-        windows: tuple[int, int]) -> Any | None:
-    """``msm_g1`` / ``msm_g2`` of ``runtimes.zk.msm`` in C: the same arguments (plain ints, Fq2 pairs, None at
-    infinity), the same Jacobian result as plain ints; None when the kernel cannot be had here."""
-    library = load()
-    if library is None:
-        return None
-    keep = [i for i, s in enumerate(scalars) if s and xs[i] is not None]
-    if group == 1:
-        xb = b"".join(xs[i].to_bytes(32, "little") for i in keep)
-        yb = b"".join(ys[i].to_bytes(32, "little") for i in keep)
-    else:
-        xb = b"".join(xs[i][0].to_bytes(32, "little") + xs[i][1].to_bytes(32, "little") for i in keep)
-        yb = b"".join(ys[i][0].to_bytes(32, "little") + ys[i][1].to_bytes(32, "little") for i in keep)
-    sb = b"".join(int(scalars[i]).to_bytes(32, "little") for i in keep)
-    limbs = 4 * group
-    out = (ctypes.c_uint64 * (3 * limbs))()
-    function = library.hyperion_msm_g1 if group == 1 else library.hyperion_msm_g2
-    status = function(xb, yb, sb, len(keep), c, windows[0], windows[1], out)
-    if status != 0:
-        raise RuntimeError(f"the native MSM kernel failed ({status}: bad window or out of memory)")
-    return _jacobian(group, out)
-

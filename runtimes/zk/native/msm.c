@@ -5,18 +5,19 @@
  * c-bit digits in (-2^(c-1), 2^(c-1)], point i added (or subtracted) into bucket |d| of each window,
  * each window summed as sum(b * bucket_b) by two running sums, windows lo..hi-1 joined by c doublings
  * each. Only the arithmetic differs: field elements are four 64-bit limbs in Montgomery form with
- * R = 2^256 (ffjavascript's, so .zkey bytes would need no conversion), buckets are Jacobian and points
+ * R = 2^256 (ffjavascript's, so .zkey sections are read as they are), buckets are Jacobian and points
  * are added with mixed additions, since in C one modular multiplication costs ~20 ns and a batched
  * inversion would save less than it costs in bookkeeping.
  *
- * Built on first use by runtimes/zk/native.py with the system's C compiler (the one scripts/setup.sh
+ * Built on first use by runtimes/zk/native/__init__.py with the system's C compiler (the one scripts/setup.sh
  * makes sure of, for llama.cpp), loaded through ctypes: no Python headers are needed. Its results are
  * checked against the Python MSM in tests/zk/test_native.py.
  *
- * MSM interface: coordinates and scalars are little-endian 64-bit limbs in normal form (not Montgomery),
- * coordinates < q, scalars < 2^256. G1 points take 4 limbs a coordinate, G2 points 8 (c0 then c1, for
- * c0 + c1*u with u^2 = -1). No input point may be the point at infinity (the caller leaves those out).
- * The result is Jacobian (X, Y, Z) in normal form, 12 limbs (G1) or 24 (G2); Z = 0 at infinity.
+ * MSM interface: the points are a .zkey section as snarkjs writes it, coordinates as little-endian 64-bit
+ * limbs in Montgomery form, checked first (hyperion_check_section); G1 points take 4 limbs a coordinate, G2
+ * points 8 (c0 then c1, for c0 + c1*u with u^2 = -1), and (0, 0) is the point at infinity. Scalars are
+ * little-endian, < 2^256. The result is Jacobian (X, Y, Z) in normal form, 12 limbs (G1) or 24 (G2); Z = 0
+ * at infinity.
  */
 
 #include <stdint.h>
@@ -26,7 +27,7 @@
 typedef uint64_t u64;
 typedef unsigned __int128 u128;
 
-#define HYPERION_MSM_ABI 3 /* 2: hyperion_ntt; 3: hyperion_msm_section, hyperion_check_section */
+#define HYPERION_MSM_ABI 4 /* 4: the MSMs read .zkey sections only (hyperion_msm_section) */
 
 int hyperion_msm_abi(void) { return HYPERION_MSM_ABI; }
 
@@ -313,9 +314,9 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
                                                                                                               \
     static void F##_jac_infinity(F##_jac *r) { F##_one(&r->x); F##_one(&r->y); F##_zero(&r->z); }           \
                                                                                                               \
-    /* Point i's x at xs + i * stride, its y at ys + i * stride; montgomery: the bytes are already in       \
-     * Montgomery form (a .zkey section), where all-zero coordinates are the point at infinity. */            \
-    static int F##_msm(const unsigned char *xs, const unsigned char *ys, size_t stride, int montgomery,       \
+    /* Point i's x at xs + i * stride, its y at ys + i * stride, in Montgomery form (a .zkey section),      \
+     * where all-zero coordinates are the point at infinity. */                                               \
+    static int F##_msm(const unsigned char *xs, const unsigned char *ys, size_t stride,                      \
                        const unsigned char *scalars, size_t n, int c, int lo, int hi, u64 *out) {             \
         if (c < 1 || c > 16 || lo < 0 || hi < lo) return -1;                                                  \
         const int half = 1 << (c - 1), full = 1 << c, nw = hi - lo;                                          \
@@ -325,13 +326,8 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
         F##_jac *buckets = malloc((size_t)half * sizeof(F##_jac));                                            \
         if (!points || !digits || !buckets) { free(points); free(digits); free(buckets); return -2; }        \
         for (size_t i = 0; i < n; i++) {                                                                      \
-            if (montgomery) {                                                                                 \
-                memcpy(&points[2 * i].x, xs + i * stride, sizeof(F));                                         \
-                memcpy(&points[2 * i].y, ys + i * stride, sizeof(F));                                         \
-            } else {                                                                                          \
-                F##_load(&points[2 * i].x, xs + i * stride);                                                  \
-                F##_load(&points[2 * i].y, ys + i * stride);                                                  \
-            }                                                                                                 \
+            memcpy(&points[2 * i].x, xs + i * stride, sizeof(F));                                             \
+            memcpy(&points[2 * i].y, ys + i * stride, sizeof(F));                                             \
             points[2 * i + 1].x = points[2 * i].x;                                                            \
             F##_neg(&points[2 * i + 1].y, &points[2 * i].y);                                                 \
             u64 s[4] = {0, 0, 0, 0};                                                                          \
@@ -384,22 +380,12 @@ static void fp2_store(u64 *out, const fp2 *a) { fp_store(out, &a->c0); fp_store(
 CURVE(fp, 4)
 CURVE(fp2, 8)
 
-int hyperion_msm_g1(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars, size_t n,
-                    int c, int lo, int hi, u64 *out) {
-    return fp_msm(xs, ys, 32, 0, scalars, n, c, lo, hi, out);
-}
-
-int hyperion_msm_g2(const unsigned char *xs, const unsigned char *ys, const unsigned char *scalars, size_t n,
-                    int c, int lo, int hi, u64 *out) {
-    return fp2_msm(xs, ys, 64, 0, scalars, n, c, lo, hi, out);
-}
-
-/* The same on a .zkey point section as it is in the file: n points of (x, y) in Montgomery form, 64 bytes
- * a G1 point and 128 a G2 point, (0, 0) at infinity; checked first with hyperion_check_section. */
+/* The MSM of a .zkey point section as it is in the file: n points of (x, y) in Montgomery form, 64 bytes a G1
+ * point and 128 a G2 point, (0, 0) at infinity; checked first with hyperion_check_section. */
 int hyperion_msm_section(int group, const unsigned char *section, const unsigned char *scalars, size_t n, int c,
                          int lo, int hi, u64 *out) {
-    if (group == 1) return fp_msm(section, section + 32, 64, 1, scalars, n, c, lo, hi, out);
-    if (group == 2) return fp2_msm(section, section + 64, 128, 1, scalars, n, c, lo, hi, out);
+    if (group == 1) return fp_msm(section, section + 32, 64, scalars, n, c, lo, hi, out);
+    if (group == 2) return fp2_msm(section, section + 64, 128, scalars, n, c, lo, hi, out);
     return -1;
 }
 
