@@ -257,10 +257,10 @@ class ProofPlan:
         h_job = Job(H_JOB, H_JOB, (z.coefs, w, z.n_vars, z.domain_size, self._backend), cost=self._h_cost())
         # The H scalars come first: they unlock the H MSM, and take ~5% of the time. Decoding unlocks the rest.
         jobs = [h_job]
-        for name, group, points, kind in self._sections():
-            label = f"{z.label}: section {kind} ({name})"
+        for name, group, points, _ in self._sections():
             cost = DECODE_COST[group] * (len(points) // (G1_BYTES * group))
-            jobs.append(Job(f"{DECODE_JOB}:{name}", DECODE_JOB, (group, points, label, self._backend), cost))
+            args = (group, points, self._label(name), self._backend)
+            jobs.append(Job(f"{DECODE_JOB}:{name}", DECODE_JOB, args, cost))
         self._waiting = {job.key for job in jobs}
         return sorted(jobs, key=queue_order)
 
@@ -306,6 +306,11 @@ class ProofPlan:
         z = self.zkey
         return [("A", 1, z.a, 5), ("B1", 1, z.b1, 6), ("B2", 2, z.b2, 7), ("C", 1, z.c, 8), ("H", 1, z.h, 9)]
 
+    def _label(self, name: str) -> str:
+        """How errors name a point section: the key, the section number and the MSM (decoding, or its fallback)."""
+        kind = next(k for n, _, _, k in self._sections() if n == name)
+        return f"{self.zkey.label}: section {kind} ({name})"
+
     def _total_cost(self) -> float:
         z = self.zkey
         sizes = ((1, z.n_vars), (1, z.n_vars), (2, z.n_vars), (1, z.n_vars - z.n_public - 1), (1, z.domain_size))
@@ -344,7 +349,7 @@ class ProofPlan:
         n = len(scalars)
         if isinstance(points, bytes):  # native: the section as it is, and the scalars packed once for all parts
             packed = b"".join(int(v).to_bytes(32, "little") for v in scalars)
-            label = f"{self.zkey.label}: section ({name})"
+            label = self._label(name)
         # Bits actually used: a circuit whose witness is mostly bits needs a few windows, not 255/c.
         bits = max((int(v).bit_length() for v in scalars), default=1) or 1
         c = choose_window(max(n, 1), bits)
