@@ -154,6 +154,12 @@ def _prove(pool: ProcessPool | None, zkey: ZKey, witness: list[int], backend: Ba
     return run_inline(plan) if pool is None else pool.prove(plan)
 
 
+def available_backends() -> list[Backend]:
+    """The backends that can prove here: ints always, gmpy2 when installed, native where the kernel builds."""
+    names: list[Backend] = ["python", *(["gmpy2"] if "gmpy2" in Arithmetic.available() else [])]
+    return [*names, "native"] if native.available() else names
+
+
 def bench(power: int, tau: Path, rounds: int, workers: int) -> list[Row]:
     """Rows for one circuit. snarkjs in-process runs before and after ours; the baseline is the median of both
     (the machine's load drifts during a run: the two medians are printed so the drift shows)."""
@@ -170,10 +176,7 @@ def bench(power: int, tau: Path, rounds: int, workers: int) -> list[Row]:
     prove_cmd = (BIN / "snarkjs", "groth16", "prove", zkey_path, wtns_path, out / "p.json", out / "q.json")
     cli, cli_cpu = timed(lambda: sh(*prove_cmd), rounds, children_cpu)
     ours: list[tuple[str, float, float, str, str]] = []  # figure, wall, CPU, what it is compared with, target
-    backends: list[Backend] = ["python", *(["gmpy2"] if "gmpy2" in Arithmetic.available() else [])]
-    if native.available():
-        backends.append("native")
-    for backend in backends:
+    for backend in available_backends():
         target = {"python": "<= 5x", "gmpy2": "<= 2.5x"}.get(backend, "-")
         t1, c1 = timed(functools.partial(_prove, None, zkey, witness, backend, 1), rounds)
         ours.append((f"{label}: ours, {backend}, 1 process", t1, c1, "js", target))
@@ -238,7 +241,7 @@ def main() -> None:
     tau = ptau(max(powers))
     rows = [row for power in powers for row in bench(power, tau, args.rounds, args.workers)]
     command = " ".join(["python", "scripts/bench_zk.py", *map(shlex.quote, sys.argv[1:])])
-    backends = (*Arithmetic.available(), *(["native"] if native.available() else []))
+    backends = tuple(available_backends())
     print(f"\n# {command}  (medians of {args.rounds}; {default_workers()} cores; backends {backends})")
     print("# ratio: wall / CPU seconds against snarkjs in-process (CPU: node's threads, our pool's workers)")
     print(f"| {'figure':<64} | {'wall s':>8} | {'CPU s':>8} | {'ratio wall / CPU':>30} | {'target':>10} |")
