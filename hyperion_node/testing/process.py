@@ -50,10 +50,11 @@ def stop_all(nodes: Sequence[NodeProcess], timeout: float = 10.0) -> None:
             node.stop(timeout=timeout)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (for tests that check that workers were killed)."""
+def pid_alive(pid: int, *, group: bool = False) -> bool:
+    """Whether a process with this PID exists, or with ``group`` any process of the process group ``pid``
+    (for tests that check that workers, or a worker's whole group, were killed)."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     return True

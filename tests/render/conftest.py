@@ -6,7 +6,6 @@ that moves), so no .blend file is committed. Renders in these tests are tiny (48
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
@@ -78,14 +77,6 @@ class Collector:
 
     async def __call__(self, partial: Partial) -> None:
         self.partials.append(dict(partial.data))
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def blender_processes_under(path: Path) -> list[int]:

@@ -17,7 +17,7 @@ from runtimes.render import BlenderRuntime, pixels_sha256
 from runtimes.render.exceptions import BadRenderRequest, FrameRangeError, MalformedScene, RenderTimeout
 from runtimes.render.png import SIGNATURE
 from runtimes.render.runtime import PROBE_CACHE
-from tests.render.conftest import HW, Collector, blender_processes_under, group_alive, started, task
+from tests.render.conftest import HW, Collector, blender_processes_under, started, task
 
 
 async def test_renders_each_frame_as_a_partial_with_its_pixel_hash(scene: bytes, tmp_path: Path) -> None:
@@ -162,7 +162,7 @@ async def test_cancellation_kills_blender(scene: bytes, tmp_path: Path) -> None:
                 nursery.cancel_scope.cancel()
         [pid] = pids
         assert not pid_alive(pid)
-        assert not group_alive(pid)
+        assert not pid_alive(pid, group=True)
         assert blender_processes_under(tmp_path) == []
         assert runtime.active_pids == set()
         assert [p for p in (tmp_path / "cache").iterdir() if p.name != PROBE_CACHE] == []
