@@ -147,11 +147,14 @@ class FrameReader:
         return max(1, min(64 * 1024, self.max_bytes + 8 - len(self._buffer)))
 
 
-def _encode(msg_type: str, body: Mapping[str, Any]) -> bytes:
-    return encode_frame(bytes(cbor2.dumps({"v": PROTOCOL_VERSION, "t": msg_type, **body}, canonical=True)))
+def encode_map(msg_type: str, body: Mapping[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
+    """One frame of a CBOR-map protocol (this one, ``/hyperion/verify/1``): ``v`` and ``t``, then the body."""
+    return encode_frame(bytes(cbor2.dumps({"v": version, "t": msg_type, **body}, canonical=True)))
 
 
-def _decode(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
+def decode_map(data: bytes, max_bytes: int, version: int = PROTOCOL_VERSION) -> tuple[str, dict[str, Any]]:
+    """A frame's type and map, after the checks every CBOR-map protocol shares: size cap, CBOR with bounded
+    depth, a map, the protocol's version, a string type."""
     if len(data) > max_bytes:
         raise MalformedFrame("oversized", f"{len(data)} bytes > {max_bytes}")
     try:
@@ -160,7 +163,7 @@ def _decode(data: bytes, max_bytes: int) -> tuple[str, dict[str, Any]]:
         raise MalformedFrame("undecodable", type(exc).__name__) from exc
     if not isinstance(value, dict):
         raise MalformedFrame("bad_schema", "a frame is a map")
-    if value.get("v") != PROTOCOL_VERSION:
+    if value.get("v") != version:
         raise MalformedFrame("bad_version", repr(value.get("v"))[:32])
     msg_type = value.get("t")
     if not isinstance(msg_type, str):
@@ -199,15 +202,15 @@ def encode_request(req: TaskRequest) -> bytes:
     }
     if req.max_price_per_unit is not None:
         body["max_price"] = req.max_price_per_unit
-    return _encode(T_TASK, body)
+    return encode_map(T_TASK, body)
 
 
 def encode_countersign(msg: Countersign) -> bytes:
-    return _encode(T_COUNTERSIGN, {"sig": msg.countersignature})
+    return encode_map(T_COUNTERSIGN, {"sig": msg.countersignature})
 
 
 def decode_requester(data: bytes) -> RequesterMessage:
-    msg_type, body = _decode(data, MAX_REQUEST_BYTES)
+    msg_type, body = decode_map(data, MAX_REQUEST_BYTES)
     if msg_type == T_TASK:
         min_memory = body.get("min_memory", 0)
         if isinstance(min_memory, bool) or not isinstance(min_memory, int) or not 0 <= min_memory < 2**63:
@@ -234,22 +237,22 @@ def decode_requester(data: bytes) -> RequesterMessage:
 def encode_worker(msg: WorkerMessage) -> bytes:
     match msg:
         case Accepted(queue_position=position):
-            return _encode(T_ACCEPTED, {"queue": position})
+            return encode_map(T_ACCEPTED, {"queue": position})
         case Busy(reason=reason, retry_after_s=retry):
-            return _encode(T_BUSY, {"reason": reason[:MAX_TEXT], "retry_after_s": retry})
+            return encode_map(T_BUSY, {"reason": reason[:MAX_TEXT], "retry_after_s": retry})
         case Rejected(reason=reason):
-            return _encode(T_REJECTED, {"reason": reason[:MAX_TEXT] or "rejected"})
+            return encode_map(T_REJECTED, {"reason": reason[:MAX_TEXT] or "rejected"})
         case PartialResult(data=data):
-            return _encode(T_PARTIAL, {"data": dict(data)})
+            return encode_map(T_PARTIAL, {"data": dict(data)})
         case FinalResult(output=output, receipt=receipt):
-            return _encode(T_FINAL, {"output": dict(output), "receipt": receipt})
+            return encode_map(T_FINAL, {"output": dict(output), "receipt": receipt})
         case TaskError(code=code, message=message):
-            return _encode(T_ERROR, {"code": code, "message": message[:MAX_TEXT]})
+            return encode_map(T_ERROR, {"code": code, "message": message[:MAX_TEXT]})
     raise TypeError(f"not a worker message: {msg!r}")
 
 
 def decode_worker(data: bytes) -> WorkerMessage:
-    msg_type, body = _decode(data, MAX_RESPONSE_BYTES)
+    msg_type, body = decode_map(data, MAX_RESPONSE_BYTES)
     if msg_type == T_ACCEPTED:
         queue = body.get("queue", 0)
         if isinstance(queue, bool) or not isinstance(queue, int) or not 0 <= queue < 2**31:

@@ -19,10 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-
-from hyperion_node.p2p.messages import encode_frame
-from hyperion_node.tasks.messages import MAX_CBOR_DEPTH, MAX_REQUEST_BYTES, MAX_TEXT, MalformedFrame, text_keyed_map
+from hyperion_node.tasks.messages import (
+    MAX_REQUEST_BYTES,
+    MAX_TEXT,
+    MalformedFrame,
+    decode_map,
+    encode_map,
+    text_keyed_map,
+)
 
 PROTOCOL_VERSION = 1
 MAX_VERDICT_BYTES = 16 * 1024
@@ -44,30 +48,22 @@ class VerdictAnswer:
 
 
 def encode_check(msg: CheckRequest) -> bytes:
-    body = {"v": PROTOCOL_VERSION, "t": "check", "receipt": msg.receipt, "payload": dict(msg.payload),
-            "output": dict(msg.output)}
+    body = {"receipt": msg.receipt, "payload": dict(msg.payload), "output": dict(msg.output)}
     if msg.sample is not None:
         body["sample"] = dict(msg.sample)
-    return encode_frame(bytes(cbor2.dumps(body, canonical=True)))
+    return encode_map("check", body, PROTOCOL_VERSION)
 
 
 def encode_verdict(msg: VerdictAnswer) -> bytes:
-    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": "verdict", "ok": msg.ok, "reason": msg.reason[:MAX_TEXT]}
+    body: dict[str, Any] = {"ok": msg.ok, "reason": msg.reason[:MAX_TEXT]}
     if msg.dispute is not None:
         body["dispute"] = msg.dispute
-    return encode_frame(bytes(cbor2.dumps(body, canonical=True)))
+    return encode_map("verdict", body, PROTOCOL_VERSION)
 
 
 def _load(data: bytes, max_bytes: int, msg_type: str) -> dict[str, Any]:
-    if len(data) > max_bytes:
-        raise MalformedFrame("oversized", f"{len(data)} bytes > {max_bytes}")
-    try:
-        value = cbor2.loads(data, max_depth=MAX_CBOR_DEPTH)
-    except Exception as exc:  # cbor2 raises CBORDecodeError, and ValueError/TypeError/etc. on odd input
-        raise MalformedFrame("undecodable", type(exc).__name__) from exc
-    if not isinstance(value, dict) or value.get("v") != PROTOCOL_VERSION:
-        raise MalformedFrame("bad_version", "a frame is a map with v = 1")
-    if value.get("t") != msg_type:
+    found, value = decode_map(data, max_bytes, PROTOCOL_VERSION)
+    if found != msg_type:
         raise MalformedFrame("wrong_type", f"expected {msg_type}")
     return value
 
