@@ -40,13 +40,14 @@ drawn: with one chunk of ``n`` drawn, with probability (forged chunks) / n per c
 tell which chunk will be drawn, so forging a share ``f`` of the work costs it a dispute with probability
 about ``f`` each time it is checked; more chunks raise that at the price below.
 
-Cost (bench_verify, this 2-core CPU, 1 thread, 256 tokens): the prefill runs ~5 ms per token against
-~38 ms per decoded token, and the vocabulary projection (262,144 x 640, 168M of the model's ~270M
-weights), which every decode step pays, costs ~10 ms per row read. Checking every chunk cost about half a
-generation (0.45-0.62); one chunk costs ~0.05 of it when the first chunk is drawn and ~0.23 when the last
-is, ~0.13 expected. The floor is the prefill of the prefix (~1/7 of a decode step per token here, where
-Gemma's 640-wide layers fall back to q5_0 weights); ``n_ubatch`` 64-512 and flash attention on or off
-measured no different, and 2 threads on 2 shared cores only slower and erratic.
+Cost (bench_verify, this 2-core CPU, 1 thread, 256 tokens; 2026-12-03): the prefill runs ~2.2 ms per token
+against ~14 ms per decoded token (~5 against ~38 on slower days: the same ratio), and the vocabulary
+projection (262,144 x 640, 168M of the model's ~270M weights), which every decode step pays, costs ~2.5 ms
+per row read in a batch. Checking every chunk cost 0.39-0.62 of a generation; one chunk costs ~0.06 of it
+when the first chunk is drawn and 0.19-0.25 when the last is, 0.12-0.14 expected. The floor is the prefill
+of the prefix (~1/7 of a decode step per token here, where Gemma's 640-wide layers fall back to q5_0
+weights); ``n_ubatch`` 64-512 and flash attention on or off measured no different, and 2 threads on 2
+shared cores only slower and erratic.
 
 Where a one-chunk check's time goes (256-token claims, each chunk position, thread CPU; bench_verify
 --parts cost prints the check beside the whole-row reading): ``llama_decode``, one call of up to n_batch =
