@@ -148,7 +148,7 @@ class FrameReader:
 
 
 def encode_map(msg_type: str, body: Mapping[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
-    """One frame of a CBOR-map protocol (this one, ``/hyperion/verify/1``): ``v`` and ``t``, then the body."""
+    """One frame of a CBOR-map protocol (``/hyperion/task/1``, ``/hyperion/verify/1``): ``v``, ``t``, the body."""
     return encode_frame(bytes(cbor2.dumps({"v": version, "t": msg_type, **body}, canonical=True)))
 
 
