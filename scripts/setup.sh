@@ -41,10 +41,43 @@ system_packages() {
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 
+llama_cmake_args() {
+  # llama.cpp's CPU backend, for this CPU's instruction sets as /proc/cpuinfo lists them, never AMX. A native
+  # build (-march=native, llama-cpp-python's default) turns on AMX where the CPU lists it, and on a virtual
+  # machine whose hypervisor does not enable AMX state the first matrix product faults (seen: a segfault in
+  # ggml_backend_amx_mul_mat on a Sapphire Rapids guest, in every inference test).
+  if [ "$(uname -m)" != "x86_64" ]; then echo "-DGGML_NATIVE=ON"; return; fi
+  local flags args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  local pair
+  for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 avx512vbmi:AVX512_VBMI \
+              avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    case "$flags" in *" ${pair%%:*} "*) args="$args -DGGML_${pair##*:}=ON" ;; esac
+  done
+  echo "$args"
+}
+
+llama_wheel() {
+  # Built once per (version, build flags) into our own wheel cache, then installed before the project, so that
+  # pip never reuses a wheel of other flags from its cache (its cache key ignores CMAKE_ARGS).
+  local version args key dir
+  version="$(grep -i '^llama[-_]cpp[-_]python==' "$ROOT/constraints.txt" | cut -d= -f3)"
+  args="$(llama_cmake_args)"
+  key="$(printf '%s %s' "$version" "$args" | sha256sum | cut -c1-16)"
+  dir="${XDG_CACHE_HOME:-$HOME/.cache}/hyperion-node/wheels/llama-$key"
+  if ! ls "$dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    say "building llama-cpp-python $version for this CPU (about 8 minutes on 2 cores, once per machine)"
+    CMAKE_ARGS="$args" "$VENV/bin/python" -m pip wheel -q --no-cache-dir --no-deps -w "$dir.tmp" \
+      "llama-cpp-python==$version"
+    rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  fi
+  "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$dir"/llama_cpp_python-*.whl
+}
+
 python_packages() {
   local stamp="$VENV/.hyperion-install-stamp"
   local want
-  want="$(cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt" | sha256sum | cut -d' ' -f1)"
+  want="$( (cat "$ROOT/pyproject.toml" "$ROOT/constraints.txt"; llama_cmake_args) | sha256sum | cut -d' ' -f1)"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
@@ -52,8 +85,9 @@ python_packages() {
     say "creating $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  say "installing Python packages (llama-cpp-python compiles on first install: about 8 minutes on 2 cores)"
+  say "installing Python packages"
   "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
+  llama_wheel
   "$VENV/bin/python" -m pip install -q -c "$ROOT/constraints.txt" -e "$ROOT[test,bench]"
   echo "$want" > "$stamp"
 }
