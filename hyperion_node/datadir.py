@@ -4,7 +4,7 @@ Layout::
 
     <data dir>/            0700
       identity.key         0600  libp2p Ed25519 private key (protobuf, as libp2p serializes it)
-      api.token            0600  bearer token for the control API
+      api.token            0600  bearer token for the control API (both refused when others can read them)
       api.json             0600  where the running daemon's API listens (written when ready, removed at exit)
       daemon.lock                flock held by the running daemon; holds its PID
       node.db                    SQLite (WAL) state
@@ -17,13 +17,44 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hyperion_node.errors import AlreadyRunning, EnvironmentProblem, NodeNotRunning
+
+# What a token file may hold: RFC 6750's b64token (section 2.1), 16 to 512 characters; ours is 43
+# (secrets.token_urlsafe(32)). 16 keeps a hand-written token from being guessable; 512 is the API's cap on
+# a presented token (hyperion_node/api/guard.py MAX_TOKEN_BYTES).
+_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+TOKEN_LENGTHS = range(16, 513)
+
+
+@dataclass(frozen=True)
+class PrivateFileProblem:
+    """Why a secret file is not private to the user we run as, and the command that fixes it."""
+
+    detail: str
+    fix: str
+
+
+def private_file_problem(path: Path) -> PrivateFileProblem | None:
+    """None when only we can read and change ``path``: mode without group or other bits, and our user owns
+    it (an owner can read a 0600 file, and chmod it back). The node key and the API token are both checked
+    with this, by the daemon at start and by the CLI before it sends the token."""
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return PrivateFileProblem(f"is open to other users (mode {mode:04o})", f"chmod 600 {path}")
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        return PrivateFileProblem(f"belongs to another user (uid {st.st_uid}; this process runs as uid {uid})",
+                                  f"chown {uid} {path}")
+    return None
 
 
 @dataclass(frozen=True)
@@ -66,12 +97,23 @@ class DataDir:
             ) from exc
 
     def api_token(self, *, create: bool) -> str:
-        """The control API's bearer token; created (0600) on the daemon's first start."""
-        if not self.token_path.exists():
+        """The control API's bearer token; created (0600) on the daemon's first start. A token file that
+        others can read, or that holds no usable token, is refused, by the daemon and by the CLI alike."""
+        path = self.token_path
+        if not path.exists():
             if not create:
                 raise NodeNotRunning(f"no API token in {self.root}", hint="start the node with `hyperion-node start`")
-            write_private(self.token_path, secrets.token_urlsafe(32).encode())
-        return self.token_path.read_text(encoding="ascii").strip()
+            write_private(path, secrets.token_urlsafe(32).encode())
+        problem = private_file_problem(path)
+        if problem is not None:
+            raise EnvironmentProblem(f"API token {path} {problem.detail}", hint=f"run `{problem.fix}`")
+        token = path.read_bytes().strip()
+        if len(token) not in TOKEN_LENGTHS or not _TOKEN.fullmatch(token.decode("latin-1")):
+            raise EnvironmentProblem(
+                f"API token {path} does not hold a usable token (16 to 512 of A-Z a-z 0-9 - . _ ~ + /)",
+                hint="delete it and restart the node, which writes a new one",
+            )
+        return token.decode("ascii")
 
     def write_api_info(self, info: dict[str, Any]) -> None:
         write_private(self.api_file, json.dumps(info).encode())

@@ -1,13 +1,13 @@
 """The node's identity: an Ed25519 libp2p key pair kept in the data dir with mode 0600.
 
-Created on first start, reused afterwards. A key file that is corrupt, or that others can read, stops the
-node with a clear error and is never replaced: a node that quietly got a new identity would lose its
-reputation and orphan every receipt it signed.
+Created on first start, reused afterwards. A key file that is corrupt, that others can read or that another
+user owns stops the node with a clear error (the API token gets the same check, ``datadir.api_token``) and
+is never replaced: a node that quietly got a new identity would lose its reputation and orphan every
+receipt it signed.
 """
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -15,7 +15,7 @@ from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.serialization import deserialize_private_key
 from libp2p.peer.id import ID
 
-from hyperion_node.datadir import DataDir, write_private
+from hyperion_node.datadir import DataDir, private_file_problem, write_private
 from hyperion_node.errors import IdentityError
 
 
@@ -40,12 +40,9 @@ def load_identity(data_dir: DataDir, *, create: bool) -> Identity:
         write_private(path, key_pair.private_key.serialize())
         return Identity(key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key))
 
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise IdentityError(
-            f"identity key {path} is readable by other users (mode {mode:04o})",
-            hint=f"run `chmod 600 {path}`",
-        )
+    problem = private_file_problem(path)
+    if problem is not None:
+        raise IdentityError(f"identity key {path} {problem.detail}", hint=f"run `{problem.fix}`")
     try:
         private_key = deserialize_private_key(path.read_bytes())
     except Exception as exc:  # protobuf and nacl raise several unrelated types for bad bytes

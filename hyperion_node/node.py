@@ -373,6 +373,5 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
         node.dashboard = Dashboard(node, peer_id=str(identity.peer_id))
         await nursery.start(node.dashboard.run)
     if api_token is not None:
-        node.api = ApiServer(node, api_token, host=config.api.host, port=config.api.port,
-                             token_path=str(node.data_dir.token_path))
+        node.api = ApiServer(node, api_token, config.api, token_path=str(node.data_dir.token_path))
         await nursery.start(node.api.run)

@@ -1,22 +1,26 @@
 """The control API as an ASGI app: JSON for the CLI under /api, the schema at /openapi.json.
 
-Everything except ``/api/health`` needs ``Authorization: Bearer <token>`` with the token from
-``<data dir>/api.token`` (0600): the API listens on loopback, but other local users and any web page the
-operator opens can reach loopback too.
+Every route needs ``Authorization: Bearer <token>`` with the token from ``<data dir>/api.token`` (0600),
+except ``GET /api/health``, ``GET /`` (the dashboard's page, static HTML that carries no data: its script
+sends the token on its own requests) and, when ``api.metrics_public`` is set, ``GET /metrics``. The API
+listens on loopback, but other local users and any web page the operator opens can reach loopback too: so
+every request must also name this API in its Host header, and bodies are capped at ``api.max_body_bytes``.
+Those checks wrap the routes below as plain ASGI middleware (``guard.py``), so a route added here is
+closed unless ``guard.py`` opens it.
 """
 
 from __future__ import annotations
 
 import base64
-import secrets
 from typing import Any, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import dashboard, metrics, openai, streaming
+from hyperion_node.api import dashboard, guard, metrics, openai, streaming
 from hyperion_node.api import render as render_api
+from hyperion_node.config.loader import ApiSettings
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob
 from hyperion_node.tasks.render_request import RenderJobRequest
@@ -49,18 +53,16 @@ class NodeView(Protocol):
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
 
 
-class Unauthorized(Exception):
-    pass
+def build_app(node: NodeView, token: str, settings: ApiSettings, *, token_path: str, port: int) -> guard.ASGIApp:
+    """The routes behind the Host check, the token and the body cap; ``port`` is the one bound (a Host
+    header may carry it)."""
+    allowed = guard.AllowedHosts.for_api(settings.host, settings.allowed_hosts, port)
+    return guard.guard(routes(node), token=token, token_path=token_path, allowed=allowed,
+                       max_body_bytes=settings.max_body_bytes, metrics_public=settings.metrics_public)
 
 
-def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
-    async def require_token(request: Request) -> None:
-        # async: FastAPI runs a plain def dependency in a worker thread, a thread hop before every request
-        header = request.headers.get("authorization", "")
-        scheme, _, presented = header.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(presented.strip(), token):
-            raise Unauthorized
-
+def routes(node: NodeView) -> FastAPI:
+    """The routes alone, with no check of who asks: only ever served through :func:`build_app`."""
     app = FastAPI(
         title="Hyperion Node control API",
         version=__version__,
@@ -69,55 +71,44 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
         redoc_url=None,
     )
 
-    @app.exception_handler(Unauthorized)
-    async def _unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return JSONResponse(
-            {"error": f"missing or wrong bearer token; send 'Authorization: Bearer <token>' with the token "
-                      f"from {token_path}"},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-    authed = [Depends(require_token)]
-
-    @app.get("/metrics", summary="Prometheus text format; needs no token (read-only, no secrets)")
+    @app.get("/metrics", summary="Prometheus text format; needs the token unless api.metrics_public is set")
     async def prometheus() -> Response:
         return Response(metrics.render(await node.metrics()), media_type=metrics.CONTENT_TYPE)
 
-    @app.get("/api/health", summary="Liveness; one of the two endpoints that need no token, with /metrics")
+    @app.get("/api/health", summary="Liveness; needs no token (a supervisor asks it as it is)")
     async def health() -> dict[str, Any]:
         return node.health()
 
-    @app.get("/api/status", dependencies=authed, summary="Uptime, identity, addresses, hardware, runtimes")
+    @app.get("/api/status", summary="Uptime, identity, addresses, hardware, runtimes")
     async def status() -> dict[str, Any]:
         return node.status()
 
-    @app.get("/api/hardware", dependencies=authed, summary="Hardware profile and latest telemetry")
+    @app.get("/api/hardware", summary="Hardware profile and latest telemetry")
     async def hardware() -> dict[str, Any]:
         return node.hardware()
 
-    @app.get("/api/peers", dependencies=authed, summary="Peers this node knows")
+    @app.get("/api/peers", summary="Peers this node knows")
     async def peers() -> list[dict[str, Any]]:
         return node.peers()
 
-    @app.get("/api/p2p", dependencies=authed, summary="Addresses, DHT, gossip mesh and rejected-message counters")
+    @app.get("/api/p2p", summary="Addresses, DHT, gossip mesh and rejected-message counters")
     async def p2p() -> dict[str, Any]:
         return node.p2p_status()
 
-    @app.get("/api/providers/{runtime}/{item}", dependencies=authed,
+    @app.get("/api/providers/{runtime}/{item}",
              summary="Peers that offer runtime/item, found through DHT provider records")
     async def providers(runtime: str, item: str) -> list[dict[str, Any]]:
         return await node.providers(runtime, item)
 
-    @app.get("/api/doctor", dependencies=authed, summary="Checks that need the running node (reachability, skew)")
+    @app.get("/api/doctor", summary="Checks that need the running node (reachability, skew)")
     async def doctor() -> list[dict[str, Any]]:
         return await node.doctor()
 
-    @app.get("/api/rewards", dependencies=authed, summary="Earned, pending and disputed rewards")
+    @app.get("/api/rewards", summary="Earned, pending and disputed rewards")
     async def rewards() -> dict[str, Any]:
         return await node.rewards()
 
-    @app.get("/api/events", dependencies=authed, summary="Ordered node events after an id")
+    @app.get("/api/events", summary="Ordered node events after an id")
     async def events(
         since: int = Query(0, ge=0, description="return events with id greater than this"),
         limit: int = Query(200, ge=1, le=1000),
@@ -125,7 +116,7 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
     ) -> list[dict[str, Any]]:
         return await node.events(since, limit, since_time)
 
-    @app.get("/api/tasks", dependencies=authed, summary="Task history, newest first (requested and served)")
+    @app.get("/api/tasks", summary="Task history, newest first (requested and served)")
     async def tasks(
         limit: int = Query(50, ge=1, le=1000),
         role: str | None = Query(None, pattern="^(requester|worker)$"),
@@ -133,18 +124,18 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
     ) -> list[dict[str, Any]]:
         return await node.tasks(limit, role, state)
 
-    @app.get("/api/tasks/stats", dependencies=authed, summary="Queue, running tasks, outcomes, peer reputation")
+    @app.get("/api/tasks/stats", summary="Queue, running tasks, outcomes, peer reputation")
     async def tasks_stats() -> dict[str, Any]:
         return node.tasks_status()
 
-    @app.get("/api/tasks/{task_id}", dependencies=authed, summary="One task (both sides if this node ran it)")
+    @app.get("/api/tasks/{task_id}", summary="One task (both sides if this node ran it)")
     async def task(task_id: str) -> Response:
         found = await node.task(task_id)
         if not found:
             return JSONResponse({"error": f"no task {task_id!r} on this node"}, status_code=404)
         return JSONResponse(found)
 
-    @app.post("/api/tasks", dependencies=authed,
+    @app.post("/api/tasks",
               summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error. "
                       "Bytes in the payload travel base64-encoded under payload_b64 (field -> text).")
     async def submit(request: Request) -> Response:
@@ -169,7 +160,7 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
                                  headers={"x-hyperion-task-id": started.job.task_id,
                                           "x-hyperion-worker": started.worker})
 
-    @app.post("/api/render", dependencies=authed,
+    @app.post("/api/render",
               summary="Render a frame range split across workers. Body: scene_b64, frame_start, frame_end, resolution, "
                       "samples...; the answer is NDJSON events: plan, chunk, frame (png base64), progress, "
                       "reassigned, done|error (see hyperion_node/api/render.py)")
@@ -182,10 +173,10 @@ def build_app(node: NodeView, token: str, *, token_path: str) -> FastAPI:
             return parsed
         return await render_api.answer(node.render(parsed))
 
-    app.include_router(dashboard.build_router(node))  # / and /api/dashboard: no token (read-only, no secrets)
-    app.include_router(openai.build_router(node), dependencies=authed)
+    app.include_router(dashboard.build_router(node))  # / open (static, no data); /api/dashboard needs the token
+    app.include_router(openai.build_router(node))
 
-    @app.get("/openapi.json", dependencies=authed, include_in_schema=False)
+    @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:
         return app.openapi()
 

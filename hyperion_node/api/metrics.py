@@ -2,8 +2,9 @@
 
 The node gathers a list of :class:`Family` (``Node.metrics``); :func:`render` writes them. Names follow
 Prometheus's conventions: a ``hyperion_`` prefix, base units in the name (``_seconds``, ``_bytes``),
-``_total`` on counters. Read-only and without secrets, so, like ``/api/health``, it needs no token: a
-Prometheus server on the same machine scrapes it as it is.
+``_total`` on counters. It needs the API token like the rest of the API (peer counts, telemetry and credits
+are the operator's business), which Prometheus sends from its scrape config
+(``authorization: {credentials_file: ...}``); ``api.metrics_public = true`` serves it without one.
 """
 
 from __future__ import annotations

@@ -46,9 +46,16 @@ def error(status: int, message: str, kind: str, *, param: str | None = None, cod
 
 
 async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
-    body = await request.body()
+    """The body as a JSON object, or the 400 that says why not. Its size is capped before we see it
+    (``api.max_body_bytes``, guard.py); gathered in one buffer rather than Starlette's ``body()``, which holds
+    the chunks and their join at once: twice the body at the peak."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
     try:
-        data = json.loads(body)
+        text = body.decode("utf-8")  # RFC 8259 section 8.1: JSON between systems is UTF-8
+        del body
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         return error(400, f"the request body is not valid JSON: {exc}", "invalid_request_error")
     if not isinstance(data, dict):

@@ -1,8 +1,9 @@
 """Serves the control API with Hypercorn inside the daemon's own trio loop.
 
-We bind the listening socket ourselves, before Hypercorn sees it, for two reasons: a port in use becomes a
-one-line ``EnvironmentProblem`` naming the config key, and port 0 resolves to the real port before
-``started()``, so the address the daemon publishes is the one that answers.
+We bind the listening socket ourselves, before Hypercorn sees it, for three reasons: a port in use becomes a
+one-line ``EnvironmentProblem`` naming the config key; port 0 resolves to the real port before
+``started()``, so the address the daemon publishes is the one that answers; and the Host check
+(``guard.py``) knows that port.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import Any, cast
+from typing import cast
 
 import trio
 from hypercorn.config import Config as HypercornConfig
@@ -20,6 +21,8 @@ from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
 from hyperion_node.api.app import NodeView, build_app
+from hyperion_node.api.guard import WILDCARDS, dashboard_url
+from hyperion_node.config.loader import ApiSettings
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.trio_types import TaskStatus
 
@@ -44,21 +47,31 @@ def bind_tcp(host: str, port: int, *, key: str) -> socket.socket:
     return sock
 
 
+def published_url(host: str, port: int) -> str:
+    """The URL clients use: loopback for a wildcard bind, whose own address no Host check allows."""
+    if host in WILDCARDS:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class ApiServer:
-    def __init__(self, node: NodeView, token: str, *, host: str, port: int, token_path: str) -> None:
-        self._app = build_app(node, token, token_path=token_path)
-        self._host = host
-        self._port = port
+    def __init__(self, node: NodeView, token: str, settings: ApiSettings, *, token_path: str) -> None:
+        self._node = node
+        self._token = token
+        self._settings = settings
+        self._token_path = token_path
         self.url = ""
 
     @property
-    def app(self) -> Any:
-        return self._app
+    def dashboard_url(self) -> str:
+        """The web dashboard's link, token included (after the #): for whoever may read the token file."""
+        return dashboard_url(self.url, self._token)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = bind_tcp(self._host, self._port, key="api.port")
+        sock = bind_tcp(self._settings.host, self._settings.port, key="api.port")
         host, port = sock.getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        self.url = published_url(host, port)
+        app = build_app(self._node, self._token, self._settings, token_path=self._token_path, port=port)
         config = HypercornConfig()
         config.graceful_timeout = GRACEFUL_TIMEOUT_S
         config.accesslog = None
@@ -67,7 +80,7 @@ class ApiServer:
         sock.listen(config.backlog)
         await worker_serve(
             # Starlette's and Hypercorn's ASGI type aliases differ in spelling only.
-            wrap_app(cast(ASGIFramework, self._app), config.wsgi_max_body_size, "asgi"),
+            wrap_app(cast(ASGIFramework, app), config.wsgi_max_body_size, "asgi"),
             config,
             sockets=Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[]),
             task_status=_Started(task_status),

@@ -1,7 +1,8 @@
 """`hyperion-node`: the command line.
 
-``start`` runs the daemon. ``status``, ``peers`` and ``rewards`` ask the running daemon through its control
-API, found through the data dir alone. ``id``, ``hardware`` and ``config show`` work without a daemon.
+``start`` runs the daemon. ``status``, ``peers``, ``rewards`` and ``dashboard`` ask the running daemon
+through its control API, found through the data dir alone. ``id``, ``hardware`` and ``config show`` work
+without a daemon.
 
 Every command turns a ``HyperionError`` into one line on stderr and its exit code: a user never sees a
 traceback for a mistake or a missing daemon.
@@ -33,7 +34,7 @@ from hyperion_node.cli.tasks import tasks as tasks_command
 from hyperion_node.cli.top import top_command
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
-from hyperion_node.errors import NodeNotRunning, UserError
+from hyperion_node.errors import EnvironmentProblem, NodeNotRunning, UserError
 from hyperion_node.logs import configure_logging
 
 app = typer.Typer(
@@ -236,6 +237,9 @@ def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt
     except NodeNotRunning:
         checks.append({"name": "running node", "ok": None, "fix": "start it with `hyperion-node start`",
                        "detail": "not running: reachability, bootstrap membership and clock skew not checked"})
+    except EnvironmentProblem as exc:  # e.g. a token file others can read: the CLI does not send it
+        checks.append({"name": "running node", "ok": False, "fix": exc.hint or "",
+                       "detail": f"not asked: {exc.message}"})
     if json_:
         _print_json(checks)
     else:
@@ -271,6 +275,18 @@ def rewards(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOp
                       f"{r['pending']:.6f}", f"{r['disputed']:.6f}"] for name, r in data["runtimes"].items()])
     for warning in data["warnings"]:
         typer.echo(f"warning: {warning['message']}")
+
+
+@app.command("dashboard")
+@cli_errors
+def dashboard_link(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Print the link to the running node's web dashboard, to open in a browser on this machine.
+
+    The link carries the API token after the #: a browser never sends that part to a server, and the page
+    sends the token on its own requests."""
+    # Printed, not opened: a browser started with the link carries it on its command line, which every
+    # local user can read (ps), and the token is what keeps other local users out of the API.
+    typer.echo(_client(config, data_dir).dashboard_url)
 
 
 @app.command("id")

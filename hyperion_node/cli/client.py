@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from hyperion_node.api.guard import dashboard_url
 from hyperion_node.datadir import DataDir
 from hyperion_node.errors import EnvironmentProblem, HyperionError, NodeNotRunning, UserError
 
@@ -21,6 +22,10 @@ class ApiClient:
         self.pid: int = info.get("pid", -1)
         self._token = data_dir.api_token(create=False)
         self._data_dir = data_dir
+
+    @property
+    def dashboard_url(self) -> str:
+        return dashboard_url(self.base_url, self._token)
 
     def get(self, path: str, **params: Any) -> Any:
         try:

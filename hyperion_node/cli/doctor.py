@@ -16,7 +16,7 @@ import multiaddr
 import typer
 
 from hyperion_node.config import Config
-from hyperion_node.datadir import DataDir, running_pid
+from hyperion_node.datadir import DataDir, private_file_problem, running_pid
 
 BOOTSTRAP_PROBE_TIMEOUT_S = 3.0
 
@@ -42,8 +42,12 @@ def local_checks(cfg: Config) -> list[dict[str, Any]]:
         checks.append(_check("data dir", not mode & 0o077, f"{dd.root} mode {mode:04o}", f"chmod 700 {dd.root}"))
         for path in (dd.key_path, dd.token_path):
             if path.exists():
-                mode = _mode(path)
-                checks.append(_check(path.name, not mode & 0o077, f"mode {mode:04o}", f"chmod 600 {path}"))
+                # The same check the daemon and the CLI make before they use the file (datadir.py).
+                problem = private_file_problem(path)
+                detail = f"mode {_mode(path):04o}"
+                if problem is not None and not problem.fix.startswith("chmod"):
+                    detail += f", {problem.detail}"
+                checks.append(_check(path.name, problem is None, detail, problem.fix if problem else ""))
     profile = probe_hardware(dd.root if dd.root.exists() else Path.home())
     checks.append(_check(
         "GPU driver", bool(profile.gpus) or None,

@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from hyperion_node.api.guard import split_host
 from hyperion_node.errors import ConfigError, UserError
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.tasks.settings import TaskSettings
@@ -28,6 +29,8 @@ DEFAULTS_SOURCE = "defaults (configs/default.toml)"
 ENV_PREFIX = "HYPERION_"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "console", "json")
+# api.max_body_bytes below this would refuse the CLI's own requests (a task with a prompt, a small scene).
+MIN_BODY_BYTES = 64 * 1024
 # Tables whose sub-tables may be unknown to the defaults (plugins bring their own settings).
 _OPEN_TABLES = ("runtimes",)
 
@@ -72,6 +75,9 @@ class P2PSettings:
 class ApiSettings:
     host: str
     port: int
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = 96 * 1024 * 1024  # default.toml says why
+    metrics_public: bool = False
 
 
 @dataclass(frozen=True)
@@ -297,6 +303,12 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
     for key in ("ledger.epoch_minutes", "ledger.idle_warning_minutes", "ledger.unsettled_warning_minutes",
                 "pricing.auto_credits_per_hour"):
         _check(values[key] > 0, key, sources, values, "a number above 0")
+    for entry in values["api.allowed_hosts"]:
+        _check(split_host(entry) is not None, "api.allowed_hosts", sources, values,
+               "host names or addresses as a Host header carries them, each with an optional :port, "
+               "e.g. [\"node.lan\", \"node.lan:8443\", \"[fd00::7]\"]")
+    _check(values["api.max_body_bytes"] >= MIN_BODY_BYTES, "api.max_body_bytes", sources, values,
+           f"an integer of at least {MIN_BODY_BYTES} (64 KiB)")
     for key in ("p2p.bootstrap", "p2p.announce_addrs"):
         for addr in values[key]:
             _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
@@ -328,7 +340,9 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             peer_cache_size=values["p2p.peer_cache_size"],
             max_connections=values["p2p.max_connections"],
         ),
-        api=ApiSettings(host=values["api.host"], port=values["api.port"]),
+        api=ApiSettings(host=values["api.host"], port=values["api.port"],
+                        allowed_hosts=tuple(h.lower() for h in values["api.allowed_hosts"]),
+                        max_body_bytes=values["api.max_body_bytes"], metrics_public=values["api.metrics_public"]),
         logging=LoggingSettings(
             level=values["logging.level"], format=values["logging.format"],
             libp2p_level=values["logging.libp2p_level"],

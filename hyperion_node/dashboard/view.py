@@ -1,8 +1,8 @@
 """What the dashboards show, as pure code: the node and its peers, where tasks went, and the time series.
 
-This is the body of ``GET /api/dashboard``, which needs no token, so it is built from an allow-list of
-fields: nothing here lets a reader act on the node or learn a secret (no token, no data-dir path, no
-addresses, no payloads or outputs). Peers' fields come from their signed heartbeats and capability
+This is the body of ``GET /api/dashboard``, which a browser page shows (and a screen share with it), so it is
+built from an allow-list of fields: nothing here lets a reader act on the node or learn a secret (no token,
+no data-dir path, no addresses, no payloads or outputs). Peers' fields come from their signed heartbeats and capability
 records, which say what the peer chose to tell the whole network anyway.
 """
 

@@ -28,7 +28,7 @@ class LiveView:
         self._cursor = 0
         self._entered = False
         api = demo.nodes[0].node.api
-        self.web_url = f"{api.url}/" if api is not None else ""
+        self.web_url = api.dashboard_url if api is not None else ""  # the token rides after the #
 
     def counts(self) -> str:
         c = self.demo.tracker.counts()

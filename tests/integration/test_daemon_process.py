@@ -84,7 +84,9 @@ def test_api_needs_the_token_except_for_health(tmp_path: Path) -> None:
     node = NodeProcess(tmp_path / "n", sets=["hardware.benchmark_on_start=false"]).start()
     try:
         assert httpx.get(node.api_url + "/api/health").json()["status"] == "ok"
-        for path in ("/api/status", "/api/peers", "/api/rewards", "/api/hardware", "/api/events", "/openapi.json"):
+        assert httpx.get(node.api_url + "/").status_code == 200  # the dashboard's page: static, no data
+        for path in ("/api/status", "/api/peers", "/api/rewards", "/api/hardware", "/api/events", "/openapi.json",
+                     "/metrics", "/api/dashboard", "/v1/models", "/no/such/route"):
             assert httpx.get(node.api_url + path).status_code == 401, path
             wrong = httpx.get(node.api_url + path, headers={"Authorization": "Bearer wrong"})
             assert wrong.status_code == 401, path

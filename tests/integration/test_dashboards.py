@@ -1,9 +1,10 @@
 """The dashboards against real daemons: a worker serving the packaged Gemma and a gateway that routes to it.
 
 Completions go through the gateway's ``/v1/completions``; ``hyperion-node top`` (not a terminal under
-CliRunner: plain lines) and the web page at ``/`` in a real headless Chromium must show both nodes and
-task counts that grow as more completions arrive. The same page served by `start --demo --web` must show
-every virtual node alive and the first node's task count rising.
+CliRunner: plain lines) and the web page in a real headless Chromium, opened from the link that
+``hyperion-node dashboard`` prints (the token after the #), must show both nodes and task counts that grow
+as more completions arrive. The same page served by `start --demo --web`, opened from the link on the demo's
+status line, must show every virtual node alive and the first node's task count rising.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Network:
             assert answer.status_code == 200, answer.text
 
     def dashboard(self, node: NodeProcess) -> dict[str, Any]:
-        answer = httpx.get(node.api_url + "/api/dashboard", timeout=10)  # no token
+        answer = httpx.get(node.api_url + "/api/dashboard", timeout=10,
+                           headers={"Authorization": f"Bearer {node.token}"})
         answer.raise_for_status()
         data: dict[str, Any] = answer.json()
         return data
@@ -74,12 +76,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
         network.stop()
 
 
-def test_dashboard_data_needs_no_token_and_holds_no_secret(net: Network) -> None:
+def test_dashboard_data_needs_the_token_and_holds_no_secret(net: Network) -> None:
     gateway = net.gateway
-    assert httpx.get(gateway.api_url + "/api/status", timeout=10).status_code == 401  # the rest stays closed
+    assert httpx.get(gateway.api_url + "/api/dashboard", timeout=10).status_code == 401
     view = wait_until(lambda: (v := net.dashboard(gateway))["totals"]["routed_completed"] >= 2 and v,
                       timeout=30, what="the gateway's dashboard counts the routed completions")
-    text = httpx.get(gateway.api_url + "/api/dashboard", timeout=10).text
+    text = httpx.get(gateway.api_url + "/api/dashboard", timeout=10,
+                     headers={"Authorization": f"Bearer {gateway.token}"}).text
     assert gateway.token not in text
     assert str(gateway.data_dir) not in text
     assert "/ip4/" not in text  # no addresses either
@@ -95,9 +98,11 @@ def test_dashboard_data_needs_no_token_and_holds_no_secret(net: Network) -> None
                         and v["rewards"]["earned"] + v["rewards"]["pending"] > 0 and v,
                         timeout=30, what="the worker's dashboard counts the served tasks and their rewards")
     assert served["nodes"][0]["self"] is True
-    page = httpx.get(gateway.api_url + "/", timeout=10)
+    page = httpx.get(gateway.api_url + "/", timeout=10)  # no token: static, its data comes with one
     assert page.status_code == 200
     assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["referrer-policy"] == "no-referrer"
+    assert net.worker_id not in page.text
 
 
 def test_top_prints_plain_lines_when_not_a_terminal(net: Network) -> None:
@@ -163,10 +168,16 @@ def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> Non
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    link = CliRunner().invoke(app, ["dashboard", "--data-dir", str(net.gateway.data_dir)]).output.strip()
+    assert link.startswith(net.gateway.api_url + "/#token=")
     with _browser(tmp_path) as driver:
-        driver.get(net.gateway.api_url + "/")
         wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+        driver.get(net.gateway.api_url + "/")  # without the link's token the page shows no data, and says why
+        wait.until(lambda d: "hyperion-node dashboard" in d.find_element(By.ID, "live").text)
+        assert _routed_shown(driver) == -1
+        driver.get(link)
         wait.until(lambda d: _routed_shown(d) >= 2)
+        assert "token" not in driver.current_url  # taken off the address bar
         before = _routed_shown(driver)
         # Both live nodes are rows of the nodes table, the worker with the tasks routed to it.
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, f"#nodes tr[data-peer-id='{net.worker_id}']")))
@@ -180,6 +191,9 @@ def test_web_dashboard_in_headless_chromium(net: Network, tmp_path: Path) -> Non
             By.CSS_SELECTOR, f"#nodes tr[data-peer-id='{net.worker_id}'] td.routed").text) >= before + 3)
         assert driver.find_element(By.ID, "live").text == "live"
         assert net.gateway.token not in driver.page_source
+        driver.refresh()  # the tab keeps the token (sessionStorage): a reload still shows the data
+        wait.until(lambda d: _routed_shown(d) >= before + 3)
+        wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
         _screenshot(driver, tmp_path / "dashboard.png")
 
 
@@ -193,8 +207,8 @@ def test_web_dashboard_of_a_demo_in_headless_chromium(tmp_path: Path) -> None:
     log = tmp_path / "demo.out"
     args = ["--web", "--nodes", str(nodes), "--rate", "5", "--duration", "300", "--seed", "3"]
     with log.open("wb") as out, demo_process(tmp_path, args, stdout=out, stderr=subprocess.STDOUT) as proc:
-        url = wait_until(lambda: (m := re.search(r"web=(http://127\.0\.0\.1:\d+/)", log.read_text())) and m[1],
-                         timeout=90, what="the demo's status line names its web dashboard")
+        url = wait_until(lambda: (m := re.search(r"web=(http://127\.0\.0\.1:\d+/#token=[\w%.~-]+)", log.read_text()))
+                         and m[1], timeout=90, what="the demo's status line names its web dashboard's link")
         with _browser(tmp_path) as driver:
             driver.get(url)
             wait = WebDriverWait(driver, 60, poll_frequency=0.2)

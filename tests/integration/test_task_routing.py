@@ -197,7 +197,7 @@ def test_settled_receipts_and_epoch_roots_reach_every_reputation_view(net: Netwo
 
 
 def test_metrics_parse_as_prometheus_text_and_count_the_tasks(net: Network) -> None:
-    text = httpx.get(net.a.api_url + "/metrics", timeout=10).text  # no token: read-only, like a health check
+    text = httpx.get(net.a.api_url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {net.a.token}"}).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     done = [s for s in families["hyperion_tasks"].samples
             if s.labels == {"runtime": "inference", "side": "requester", "outcome": "completed"}]
@@ -210,7 +210,9 @@ def test_metrics_parse_as_prometheus_text_and_count_the_tasks(net: Network) -> N
     assert alive == [2]
     receipts = {(s.labels["status"], s.labels["role"]): s.value for s in families["hyperion_receipts"].samples}
     assert receipts[("settled", "requester")] >= 3
-    worker_text = httpx.get(next(iter(net.workers.values())).api_url + "/metrics", timeout=10).text
+    worker = next(iter(net.workers.values()))
+    worker_text = httpx.get(worker.api_url + "/metrics", timeout=10,
+                            headers={"Authorization": f"Bearer {worker.token}"}).text
     earned = {s.labels["kind"]: s.value for f in text_string_to_metric_families(worker_text)
               if f.name == "hyperion_rewards_credits" for s in f.samples}
     assert set(earned) == {"earned", "pending", "disputed"}

@@ -38,7 +38,7 @@ def test_version(runner: CliRunner) -> None:
     assert __version__ in result.output
 
 
-@pytest.mark.parametrize("command", ["status", "peers", "rewards"])
+@pytest.mark.parametrize("command", ["status", "peers", "rewards", "dashboard"])
 def test_daemon_commands_without_daemon_exit_1_with_one_line(runner: CliRunner, tmp_path: Path, command: str) -> None:
     result = runner.invoke(app, [command, "--data-dir", str(tmp_path / "nowhere")])
     assert result.exit_code == 1

@@ -10,6 +10,7 @@ import pytest
 from hyperion_node.config import load_config
 from hyperion_node.config.loader import DEFAULTS_SOURCE, default_toml_text
 from hyperion_node.errors import ConfigError, UserError
+from hyperion_node.tasks.messages import MAX_REQUEST_BYTES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +36,20 @@ def test_defaults_alone_give_a_complete_config(tmp_path: Path) -> None:
         len([v for v in t.values() if not isinstance(v, dict)]) + sum(len(s) for s in t.values() if isinstance(s, dict))
         for t in documented.values()
     )
+
+
+def test_api_defaults_close_everything_and_fit_the_largest_task(tmp_path: Path) -> None:
+    api = load_config(environ={"HOME": str(tmp_path)}).api
+    assert api.allowed_hosts == ()
+    assert api.metrics_public is False
+    # The largest body the API must take: a task request at the task protocol's cap, base64-encoded.
+    assert api.max_body_bytes >= MAX_REQUEST_BYTES * 4 // 3 + 64 * 1024
+    assert api.max_body_bytes <= 128 * 1024 * 1024  # and not far above it: the cap is what memory holds
+
+
+def test_api_allowed_hosts_are_taken_lower_cased(tmp_path: Path) -> None:
+    api = load_config(environ={"HOME": str(tmp_path)}, sets=['api.allowed_hosts=["Node.LAN", "[fd00::7]:8443"]']).api
+    assert api.allowed_hosts == ("node.lan", "[fd00::7]:8443")
 
 
 def test_xdg_data_home_is_honoured(tmp_path: Path) -> None:
@@ -93,7 +108,12 @@ def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "key", "expected"),
     [
-        ("[api]\nprt = 1\n", "api.prt", "one of: api.host, api.port"),
+        ("[api]\nprt = 1\n", "api.prt", "one of: api.allowed_hosts, api.host, api.max_body_bytes"),
+        ('[api]\nallowed_hosts = ["http://node.lan"]\n', "api.allowed_hosts", "host names or addresses"),
+        ('[api]\nallowed_hosts = ["*"]\n', "api.allowed_hosts", "host names or addresses"),
+        ('[api]\nallowed_hosts = ["node.lan:99999"]\n', "api.allowed_hosts", "optional :port"),
+        ("[api]\nmax_body_bytes = 1000\n", "api.max_body_bytes", "at least 65536"),
+        ('[api]\nmetrics_public = "yes"\n', "api.metrics_public", "true or false"),
         ('[api]\nport = "80"\n', "api.port", "an integer"),
         ("[api]\nport = 70000\n", "api.port", "a port from 0 to 65535"),
         ('[logging]\nlevel = "loud"\n', "logging.level", "one of debug, info, warning, error"),

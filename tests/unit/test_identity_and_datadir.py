@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hyperion_node.datadir import DataDir, daemon_lock, running_pid
-from hyperion_node.errors import AlreadyRunning, IdentityError, NodeNotRunning
+from hyperion_node.datadir import DataDir, daemon_lock, running_pid, write_private
+from hyperion_node.errors import AlreadyRunning, EnvironmentProblem, IdentityError, NodeNotRunning
 from hyperion_node.identity import load_identity
 
 
@@ -73,6 +73,37 @@ def test_api_token_is_private_and_stable(data_dir: DataDir) -> None:
     assert len(token) >= 32
     assert stat.S_IMODE(data_dir.token_path.stat().st_mode) == 0o600
     assert data_dir.api_token(create=False) == token
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_api_token_readable_by_others_is_refused_with_the_fix_as_the_key_is(data_dir: DataDir, mode: int) -> None:
+    data_dir.api_token(create=True)
+    os.chmod(data_dir.token_path, mode)
+    for create in (True, False):  # the daemon at start, the CLI before it sends the token
+        with pytest.raises(EnvironmentProblem, match=rf"mode {mode:04o}.*run `chmod 600 {data_dir.token_path}`"):
+            data_dir.api_token(create=create)
+    os.chmod(data_dir.token_path, 0o600)
+    assert data_dir.api_token(create=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("secret", ["key", "token"])
+def test_a_secret_another_user_owns_is_refused(data_dir: DataDir, secret: str) -> None:
+    load_identity(data_dir, create=True)
+    data_dir.api_token(create=True)
+    path = data_dir.key_path if secret == "key" else data_dir.token_path
+    os.chown(path, 65534, -1)  # nobody: it could read the secret, and chmod it back open
+    with pytest.raises(EnvironmentProblem, match=rf"another user \(uid 65534.*run `chown 0 {path}`"):
+        load_identity(data_dir, create=False) if secret == "key" else data_dir.api_token(create=False)
+
+
+@pytest.mark.parametrize("text", [b"", b"short", "t\u00f6ken-with-umlaut-and-more".encode(),
+                                  b"two words here, sixteen+", b"x" * 513])
+def test_a_token_file_without_a_usable_token_is_refused(data_dir: DataDir, text: bytes) -> None:
+    write_private(data_dir.token_path, text)
+    with pytest.raises(EnvironmentProblem, match=r"does not hold a usable token.*delete it and restart"):
+        data_dir.api_token(create=True)
+    assert data_dir.token_path.read_bytes() == text  # never replaced behind the operator's back
 
 
 def test_only_our_errors_in_a_group_are_unwrapped() -> None:
