@@ -1,8 +1,10 @@
 """The libp2p side of the P2P layer: the host, Kademlia DHT and gossipsub that ``P2PNetwork`` runs on when it
 is not on the demo's in-memory fabric (``memory.py``), and what we change in how py-libp2p runs them.
 
-* host: TCP (and QUIC when enabled), Noise, Yamux, the node's Ed25519 key, TCP addresses advertised first;
-* DHT in server mode, random walk unless ``p2p.dht_random_walk`` is off, our namespace's validator;
+* host: TCP (and QUIC when enabled), Noise only, Yamux, the node's Ed25519 key, TCP addresses advertised first;
+  every incoming stream and connection of a banned peer is refused before any protocol reads it;
+* DHT in server mode, random walk unless ``p2p.dht_random_walk`` is off, our namespace only (no ``pk`` or
+  ``ipns`` records: nothing of ours reads them, and each would be memory a stranger fills);
 * gossipsub with strict signing, its RPC writes counted (and the signed peer record left out), its stream
   handler guarded against undecodable RPCs;
 * mDNS, started in a worker thread;
@@ -22,6 +24,7 @@ import trio
 from google.protobuf.message import DecodeError
 from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.discovery.mdns.mdns import create_mdns_discovery
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
@@ -29,7 +32,9 @@ from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
-from libp2p.records.validator import Validator
+from libp2p.records.validator import NamespacedValidator, Validator
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from hyperion_node.config.loader import P2PSettings
@@ -68,10 +73,13 @@ STRICT_SIGNING = True
 
 
 class ConnectionEvents(INotifee):
-    """Tells ``on_change(peer, connected)`` of every connection the host opens and closes."""
+    """Tells ``on_change(peer, connected)`` of every connection the host opens and closes, and closes at once
+    a connection from a peer that ``banned(peer)`` says is banned (it may dial us again; each try costs it a
+    handshake and us nothing more)."""
 
-    def __init__(self, on_change: Callable[[ID, bool], None]) -> None:
+    def __init__(self, on_change: Callable[[ID, bool], None], banned: Callable[[str], bool]) -> None:
         self._on_change = on_change
+        self._banned = banned
 
     async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
         return None
@@ -80,7 +88,12 @@ class ConnectionEvents(INotifee):
         return None
 
     async def connected(self, network: INetwork, conn: INetConn) -> None:
-        self._on_change(conn.muxed_conn.peer_id, True)
+        peer_id = conn.muxed_conn.peer_id
+        if self._banned(str(peer_id)):
+            log.info("banned_peer_disconnected", peer=str(peer_id))
+            await conn.close()
+            return
+        self._on_change(peer_id, True)
 
     async def disconnected(self, network: INetwork, conn: INetConn) -> None:
         self._on_change(conn.muxed_conn.peer_id, False)
@@ -92,13 +105,51 @@ class ConnectionEvents(INotifee):
         return None
 
 
+def security_options(identity: Identity) -> dict[TProtocol, Any]:
+    """The security transports the host offers and accepts: Noise, and nothing else.
+
+    py-libp2p's ``new_host`` without ``sec_opt`` also offers and accepts ``/plaintext/2.0.0`` and secio. The
+    plaintext handshake takes the peer ID the remote claims without proof that it holds the key, so anyone
+    could be any peer (seen: an attacker claiming a worker's ID took the tasks meant for it, prompts
+    included). Noise XX proves the remote's Ed25519 identity key by a signature over its static key and, on
+    a dial, checks it against the peer ID dialled (``libp2p/security/noise/patterns.py``). TLS is left out
+    too: py-libp2p 0.8.1 authenticates its TLS clients through workarounds of Python's ``ssl`` module (a
+    server that accepts a missing client certificate, a patched OpenSSL verify callback), and go-, rust- and
+    js-libp2p all speak Noise, so it would add attack surface and no peer.
+    """
+    static_key = new_x25519_key_pair().private_key  # Noise's per-run static key, signed by the identity key
+    return {NOISE_PROTOCOL_ID: NoiseTransport(identity.key_pair, noise_privkey=static_key)}
+
+
+def refuse_banned_streams(host: Any, banned: Callable[[str], bool], on_refused: Callable[[str], None]) -> None:
+    """Reset every incoming stream of a banned peer before protocol negotiation, whatever its protocol
+    (ours, gossipsub, Kademlia, identify, ping): the host hands every new stream to the swarm's one
+    ``common_stream_handler``, which is wrapped here."""
+    network = host.get_network()
+    negotiate = network.common_stream_handler
+
+    async def gated(stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if banned(peer):
+            on_refused(peer)
+            with trio.move_on_after(1.0):
+                try:
+                    await stream.reset()
+                except Exception as exc:  # the stream may already be gone; nothing is left to refuse
+                    log.debug("banned_stream_reset_failed", peer=peer, error=type(exc).__name__)
+            return
+        await negotiate(stream)
+
+    network.set_stream_handler(gated)
+
+
 @asynccontextmanager
 async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Validator, stats: P2PStats,
                        table: PeerTable, on_connection: Callable[[ID, bool], None]
                        ) -> AsyncIterator[tuple[Any, KadDHT, Pubsub]]:
     """The running libp2p host, DHT (``validator`` checks our namespace) and pubsub, subscribed to nothing.
     ``stats`` and ``table`` count and score what the pubsub wrappers see; ``on_connection(peer, connected)``
-    hears of every connection opened and closed."""
+    hears of every connection opened and closed; the table's bans close connections and refuse streams."""
     proto = "ip6" if ":" in settings.listen_host else "ip4"
     listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
     if settings.quic:
@@ -114,11 +165,14 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     order = None if announce else tcp_first
     host = new_host(key_pair=identity.key_pair, listen_addrs=listen, muxer_preference="YAMUX",
                     announce_addrs=announce, addrs_factory=order, connection_config=connections,
-                    enable_quic=settings.quic)
-    dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk)
+                    enable_quic=settings.quic, sec_opt=security_options(identity))
+    refuse_banned_streams(host, table.banned, lambda peer: stats.reject("stream", "banned"))
+    namespaces = NamespacedValidator({"hyperion": validator}, strict_validation=True)
+    dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk, validator=namespaces,
+                 validator_changed=True, strict_validation=True)
     if libp2p_costs.installed():
         libp2p_costs.throttle_on_demand_refresh(dht)
-    dht.register_validator("hyperion", validator)
+    bound_value_store(dht)
     degree = settings.gossip_degree
     gossipsub = GossipSub(
         protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=degree, degree_low=max(2, degree - 2),
@@ -138,7 +192,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
                 if not any(transport in a for a in bound):
                     raise EnvironmentProblem(f"the P2P host could not listen on {wanted}",
                                              hint=f"is the port in use? set {key} (0 picks a free one)")
-            host.get_network().register_notifee(ConnectionEvents(on_connection))
+            host.get_network().register_notifee(ConnectionEvents(on_connection, table.banned))
             async with background_trio_service(pubsub), background_trio_service(gossipsub), \
                     background_trio_service(dht):
                 await pubsub.wait_until_ready()
@@ -208,6 +262,26 @@ async def run_mdns(host: Any) -> None:
         with trio.move_on_after(1.0) as scope:
             scope.shield = True
             await run_sync_abandoning(mdns.stop)
+
+
+# Records a node stores for the DHT at most: py-libp2p keeps 50,000 (``kad_dht.common.MAX_VALUE_STORE_SIZE``,
+# oldest dropped first), which at our 8 KiB record cap is 400 MiB that any stranger may fill. 4,096 records
+# are 32 MiB at worst, and each record lives on the 20 peers closest to its key, so a node stores its share
+# of a network far larger than that.
+MAX_DHT_VALUES = 4096
+
+
+def bound_value_store(dht: KadDHT) -> None:
+    """Cap this DHT's value store at ``MAX_DHT_VALUES``. py-libp2p calls ``_evict_if_full`` before each put and
+    reads its own cap from a module constant; this host's store gets its own, and drops the record stored
+    longest ago (dict order), in place of py-libp2p's scan that parses every record's time at each put."""
+    store = dht.value_store
+
+    def evict_if_full() -> None:
+        while len(store.store) >= MAX_DHT_VALUES:
+            del store.store[next(iter(store.store))]
+
+    store._evict_if_full = evict_if_full  # type: ignore[method-assign]
 
 
 def tcp_first(addrs: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:

@@ -30,8 +30,9 @@ from hyperion_node.identity import Identity
 
 ENVELOPE_VERSION = 1
 # Caps per message type, in bytes of the whole envelope. A capability record with a few dozen offers is
-# ~2 KiB; a heartbeat ~300 B. The caps leave room for growth and stay far below gossipsub's 1 MiB default.
-MAX_CAPABILITY_BYTES = 16 * 1024
+# ~2 KiB; a heartbeat ~300 B. The caps leave room for growth and stay far below gossipsub's 1 MiB default;
+# a node keeps up to p2p/peer_table.py's MAX_PEERS records, so the record's cap bounds that memory too.
+MAX_CAPABILITY_BYTES = 8 * 1024
 MAX_HEARTBEAT_BYTES = 4 * 1024
 MAX_DIALBACK_BYTES = 4 * 1024
 MAX_ADDRS = 16
@@ -50,6 +51,27 @@ class MalformedMessage(RemoteError):
     def __init__(self, reason: str, detail: str = "", *, peer_id: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason, peer_id=peer_id)
         self.reason = reason  # a short, stable label used as a metrics/counter key
+
+
+def all_finite(value: Any) -> bool:
+    """Whether a decoded CBOR value holds no NaN or infinite float anywhere (walked without recursion).
+
+    CBOR carries IEEE floats, so a peer can send ``inf`` where a number of bytes or a price belongs; one such
+    value in a capability record made every requester that read it fail (``int(inf)``). Refused at decode,
+    for every message, so that no reader has to remember.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+            stack.extend(k for k in item if not isinstance(k, str))
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return True
 
 
 def canonical(value: Any) -> bytes:
@@ -145,6 +167,8 @@ def _open_envelope(data: bytes, expected_type: str, signed_by: str | None) -> tu
         raise MalformedMessage("undecodable", "body", peer_id=str(peer_id)) from exc
     if not isinstance(body, dict):
         raise MalformedMessage("bad_schema", "body must be a map", peer_id=str(peer_id))
+    if not all_finite(body):
+        raise MalformedMessage("non_finite", "a number is NaN or infinite", peer_id=str(peer_id))
     return Envelope(expected_type, peer_id, outer["b"], outer["s"]), body
 
 
@@ -264,15 +288,35 @@ class CapabilityRecord:
         offers = body.get("offers")
         if not isinstance(offers, list) or len(offers) > MAX_OFFERS:
             raise MalformedMessage("bad_schema", f"offers must be a list of at most {MAX_OFFERS}")
-        hardware = body.get("hardware")
-        if not isinstance(hardware, dict):
-            raise MalformedMessage("bad_schema", "hardware must be a map")
+        hardware = _hardware(body.get("hardware"))
         return cls(
             peer_id=str(envelope.peer_id), seq=_integer(body, "seq"), expires_at=_number(body, "expires_at"),
             name=_text(body, "name", optional=True), addrs=_addrs(body), hardware=hardware,
             offers=tuple(OfferAd.from_body(o) for o in offers), load=_number(body, "load"),
             node_version=_text(body, "node_version", optional=True), raw=data,
         )
+
+
+def _hardware(value: Any) -> dict[str, Any]:
+    """A record's hardware summary: ``cpu`` text, ``cores`` and ``ram_bytes`` whole numbers, ``gpus`` a list of
+    at most 16 ``{"name", "vram_bytes"}``. Readers do arithmetic on these (the scheduler's memory filter), so
+    their types are checked here, once."""
+    if not isinstance(value, dict):
+        raise MalformedMessage("bad_schema", "hardware must be a map")
+    _text(value, "cpu", optional=True)
+    for key in ("cores", "ram_bytes"):
+        if key in value:
+            _integer(value, key)
+    gpus = value.get("gpus", [])
+    if not isinstance(gpus, list) or len(gpus) > 16:
+        raise MalformedMessage("bad_schema", "hardware.gpus must be a list of at most 16")
+    for gpu in gpus:
+        if not isinstance(gpu, dict):
+            raise MalformedMessage("bad_schema", "a GPU must be a map")
+        _text(gpu, "name", optional=True)
+        if "vram_bytes" in gpu:
+            _integer(gpu, "vram_bytes")
+    return value
 
 
 def record_key(peer_id: str) -> str:

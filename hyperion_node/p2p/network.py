@@ -18,6 +18,7 @@ Everything blocking on the network runs under a deadline (``dial_timeout_s``).
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -41,12 +42,14 @@ from hyperion_node import __version__
 from hyperion_node.config.loader import P2PSettings
 from hyperion_node.identity import Identity
 from hyperion_node.p2p.libp2p_stack import STRICT_SIGNING, libp2p_stack, run_mdns
-from hyperion_node.p2p.limits import RateLimiter
+from hyperion_node.p2p.limits import Freshness, HeartbeatGate, RateLimiter, SeenDigests
 from hyperion_node.p2p.memory import MemoryDHT, MemoryFabric, MemoryHost, MemoryPubsub
 from hyperion_node.p2p.messages import (
     HEALTH_LEAVING,
     HEALTH_OK,
     MAX_DIALBACK_BYTES,
+    TYPE_DIALBACK_REQUEST,
+    TYPE_DIALBACK_RESULT,
     CapabilityRecord,
     DialbackRequest,
     DialbackResult,
@@ -62,6 +65,8 @@ from hyperion_node.p2p.messages import (
     seal,
 )
 from hyperion_node.p2p.peer_table import PeerTable, PresenceEvent
+from hyperion_node.protocols import dialback as dialback_protocol
+from hyperion_node.protocols.machine import ProtocolViolation
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
 
@@ -69,8 +74,14 @@ log = structlog.get_logger(__name__)
 
 PRESENCE_TOPIC = "/hyperion/presence/1"
 RECEIPTS_TOPIC = "/hyperion/receipts/1"
-DIALBACK_PROTOCOL = TProtocol("/hyperion/dialback/1")
+DIALBACK_PROTOCOL = TProtocol(dialback_protocol.PROTOCOL_ID)
 MAX_RECEIPT_GOSSIP_BYTES = 64 * 1024
+# A gossip message dated further ahead of our clock than this is its signer's lie (or a clock to fix: `doctor`
+# reports skew). Honest clocks under NTP agree to well within a second.
+MAX_CLOCK_SKEW_S = 60.0
+# Receipts-topic messages carry their publication time (``at_ms``, added and removed by this layer); older
+# ones are dropped unread, and the seen-digest cache covers this age, so a replay is never counted twice.
+RECEIPT_GOSSIP_MAX_AGE_S = 600.0
 PING_TIMEOUT_S = 2.0
 LATENCY_WINDOW_S = 60.0
 VALIDATED_KEPT = 2048  # decoded messages waiting for their consumer; above it the oldest are decoded again
@@ -128,9 +139,12 @@ class CapabilityValidator(Validator):
     replay (or an equivocation, if its bytes differ) and is refused before it reaches the value store.
     """
 
-    def __init__(self, network: P2PNetwork) -> None:
+    def __init__(self, network: P2PNetwork, max_peers: int = 4096) -> None:
         self._network = network
-        self._highest: dict[str, tuple[int, bytes]] = {}
+        # The highest record per peer, least recently accepted first; bounded like the peer table. A record
+        # forgotten here is still no replay risk: the peer table keeps the highest seq it holds.
+        self._highest: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._max_peers = max_peers
 
     def _reject(self, reason: str, peer_id: str | None) -> None:
         self._network.stats.reject("dht", reason)
@@ -153,7 +167,10 @@ class CapabilityValidator(Validator):
         if seen is not None and (record.seq < seen[0] or (record.seq == seen[0] and value != seen[1])):
             self._reject("replayed", None)  # anyone can re-send an old signed record: the sender is unknown
             raise MalformedMessage("replayed", f"seq {record.seq} <= {seen[0]} for {record.peer_id}")
+        self._highest.pop(record.peer_id, None)
         self._highest[record.peer_id] = (record.seq, value)
+        if len(self._highest) > self._max_peers:
+            self._highest.popitem(last=False)
         self._network.learned_capability(record)
 
     def select(self, key: str, values: list[bytes]) -> int:
@@ -187,7 +204,13 @@ class P2PNetwork:
         self.host: Any = None  # libp2p IHost (or MemoryHost) while running
         self.dht: KadDHT | MemoryDHT | None = None
         self.pubsub: Pubsub | MemoryPubsub | None = None
-        self._limiter = RateLimiter(rate=settings.gossip_rate_per_peer, burst=2 * settings.gossip_rate_per_peer)
+        rate = settings.gossip_rate_per_peer
+        self._limiter = RateLimiter(rate=rate, burst=2 * rate)
+        # Heartbeats older than the dead timeout say nothing of a peer now (and must not revive a dead one).
+        self._presence_gate = HeartbeatGate(rate=rate, burst=2 * rate, max_age=max(settings.dead_after_s, 60.0),
+                                            max_skew=MAX_CLOCK_SKEW_S)
+        self._seen_receipts = SeenDigests(ttl=RECEIPT_GOSSIP_MAX_AGE_S + MAX_CLOCK_SKEW_S)
+        self._dialback_limiter = RateLimiter(rate=dialback_protocol.RATE_PER_S, burst=dialback_protocol.BURST)
         # Heartbeat and record sequence numbers start from the clock (ms), so they keep rising across restarts:
         # peers drop a heartbeat whose seq is not above the last one they saw (gossip may reorder).
         self._heartbeat_seq = time.time_ns() // 1_000_000
@@ -200,7 +223,8 @@ class P2PNetwork:
         self.on_heartbeat: Callable[[Heartbeat], None] | None = None
         self.on_rtt: Callable[[str, float], None] | None = None  # (peer ID, RTT in ms)
         self.on_receipt_gossip: Callable[[str, dict[str, Any]], None] | None = None
-        self._cached_addrs: dict[str, tuple[str, ...]] = {}  # what the peer cache holds, per peer, this run
+        # What the peer cache holds, per peer, this run (bounded: peers come and go for weeks).
+        self._cached_addrs: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._nursery: trio.Nursery | None = None  # the running component's, for writes a handler starts
         # Gossip our validators accepted, decoded, by its bytes, until the subscription hands it over: each
         # heartbeat and receipt was decoded twice before (~70 us a heartbeat), to validate and to consume.
@@ -263,10 +287,14 @@ class P2PNetwork:
             self.stats.reject("presence", "sender_mismatch")
             self.table.penalize(origin, "bad_signature")
             return False
-        if hb.peer_id != self.peer_id and not self._limiter.allow(f"presence/{hb.peer_id}", trio.current_time()):
-            self.stats.reject("presence", "rate_limited")
-            self.table.penalize(hb.peer_id, "rate_limited")
-            return False
+        if hb.peer_id != self.peer_id:
+            # Replays and backlogs are dropped before anything is counted against the origin (limits.py).
+            fresh = self._presence_gate.check(hb.peer_id, hb.seq, hb.time, time.time())
+            if fresh is not Freshness.NEW:
+                self.stats.reject("presence", fresh.value)
+                if fresh is not Freshness.STALE:
+                    self.table.penalize(hb.peer_id, fresh.value)
+                return False
         self._keep_validated(msg.data, hb)
         return True
 
@@ -276,23 +304,37 @@ class P2PNetwork:
             self._validated.popitem(last=False)
 
     def _validate_receipt_gossip(self, forwarder: ID, msg: Any) -> bool:
-        """Receipts are validated in full by the ledger; here only what protects the mesh: size, signature."""
+        """Receipts are validated in full by the ledger; here only what protects the mesh: size, signature,
+        freshness, and the sender's rate over what is new."""
         origin = _origin(msg)
         if origin and self.table.banned(origin):
             self.stats.reject("receipts", "banned")
             return False
         try:
             envelope, body = open_envelope(msg.data, expected_type="receipt", max_bytes=MAX_RECEIPT_GOSSIP_BYTES,
-                                        signed_by=_signed_origin(msg))
+                                           signed_by=_signed_origin(msg))
+            body = dict(body)  # decoded bodies may be shared between the demo's nodes (inprocess.py): copied
+            at_ms = body.pop("at_ms", None)
+            if isinstance(at_ms, bool) or not isinstance(at_ms, int):
+                raise MalformedMessage("bad_schema", "at_ms must be the publication time in unix milliseconds")
         except MalformedMessage as exc:
             self.stats.reject("receipts", exc.reason)
             self.table.penalize(origin or str(forwarder), exc.reason)
             return False
         sender = str(envelope.peer_id)
-        if sender != self.peer_id and not self._limiter.allow(f"receipts/{sender}", trio.current_time()):
-            self.stats.reject("receipts", "rate_limited")
-            self.table.penalize(sender, "rate_limited")
-            return False
+        if sender != self.peer_id:
+            now = time.time()
+            if at_ms > (now + MAX_CLOCK_SKEW_S) * 1000:
+                self.stats.reject("receipts", "future")
+                self.table.penalize(sender, "future")
+                return False
+            if at_ms < (now - RECEIPT_GOSSIP_MAX_AGE_S) * 1000 or not self._seen_receipts.first_time(msg.data, now):
+                self.stats.reject("receipts", "stale")  # a replay or a late copy: nobody is charged
+                return False
+            if not self._limiter.allow(f"receipts/{sender}", trio.current_time()):
+                self.stats.reject("receipts", "rate_limited")
+                self.table.penalize(sender, "rate_limited")
+                return False
         self._keep_validated(msg.data, (envelope, body))
         return True
 
@@ -370,7 +412,10 @@ class P2PNetwork:
         if hb.addrs and self._cached_addrs.get(hb.peer_id) != hb.addrs:
             # A peer first seen as a bare connection joined without addresses; its heartbeats bring
             # them. Cache them now, or a restarted node could not redial the peers that dialled it.
+            self._cached_addrs.pop(hb.peer_id, None)
             self._cached_addrs[hb.peer_id] = hb.addrs
+            if len(self._cached_addrs) > 4 * self.settings.peer_cache_size:
+                self._cached_addrs.popitem(last=False)
             entry = self.table.get(hb.peer_id)
             if entry is not None and self._nursery is not None:
                 self._nursery.start_soon(self._remember, entry)
@@ -390,6 +435,7 @@ class P2PNetwork:
                                                max_bytes=MAX_RECEIPT_GOSSIP_BYTES, signed_by=_signed_origin(msg))
             except MalformedMessage:
                 return  # counted by the validator; only our own messages skip it
+            body = {k: v for k, v in body.items() if k != "at_ms"}
         sender = str(envelope.peer_id)
         if sender == self.peer_id:
             return
@@ -401,7 +447,8 @@ class P2PNetwork:
         """Publish a settled receipt, an epoch root or a dispute (``hyperion_node.ledger.messages``)."""
         if self.pubsub is None:
             return
-        await self.pubsub.publish(RECEIPTS_TOPIC, seal(self.identity, "receipt", body))
+        stamped = {**body, "at_ms": int(time.time() * 1000)}  # freshness, checked and removed by receivers
+        await self.pubsub.publish(RECEIPTS_TOPIC, seal(self.identity, "receipt", stamped))
         self.stats.gossip_out[RECEIPTS_TOPIC] += 1
 
     def _heartbeat(self, health: str) -> Heartbeat:
@@ -586,51 +633,90 @@ class P2PNetwork:
     # -- dial-back ---------------------------------------------------------------------------------------------
 
     async def _handle_dialback(self, stream: INetStream) -> None:
+        """Dial a peer back, as ``protocols/dialback.py`` bounds it: only the peer's own observed IP, only
+        ports it announces, a few times an hour, and the answer is open or closed with no error text."""
         remote = str(stream.muxed_conn.peer_id)
+        conversation = dialback_protocol.dialler_side()
         try:
+            if not self._dialback_limiter.allow(remote, trio.current_time()):
+                raise MalformedMessage("rate_limited", "too many dial-backs asked")
             with trio.fail_after(self.settings.dial_timeout_s):
                 data = await _read_frame(stream, MAX_DIALBACK_BYTES)
             sender, request = DialbackRequest.decode(data)
             if sender != remote:
                 raise MalformedMessage("sender_mismatch", f"{sender} over a stream from {remote}")
-        except (MalformedMessage, trio.TooSlowError) as exc:
-            reason = exc.reason if isinstance(exc, MalformedMessage) else "timeout"
+            conversation.received(TYPE_DIALBACK_REQUEST, peer_id=remote)
+        except (MalformedMessage, ProtocolViolation, trio.TooSlowError) as exc:
+            reason = "timeout" if isinstance(exc, trio.TooSlowError) else exc.reason
             self.stats.reject("dialback", reason)
             self.table.penalize(remote, reason)
             log.info("stream_rejected", protocol=DIALBACK_PROTOCOL, peer=remote, reason=reason)
             await stream.reset()
             return
-        results = [await self._probe(remote, addr) for addr in request.addrs[:4]]
+        observed = getattr(stream, "get_remote_address", lambda: None)()  # the demo's streams have none
+        ports = self._announced_tcp_ports(remote)
+        results: list[tuple[str, bool, str]] = []
+        refused = 0
+        for addr in request.addrs[:dialback_protocol.MAX_PROBES]:
+            target = dialback_target(addr, observed[0] if observed else "", ports)
+            if target is None:
+                refused += 1
+                continue
+            results.append((addr, await self._probe(*target), ""))
+        if refused:
+            self.stats.reject("dialback", "not_yours")
+            self.table.penalize(remote, "dialback_refused")
+            log.info("dialback_refused", peer=remote, refused=refused, observed=observed[0] if observed else None)
+        conversation.sending(TYPE_DIALBACK_RESULT)
         await stream.write(encode_frame(DialbackResult(tuple(results)).seal(self.identity)))
         await stream.close()
 
-    async def _probe(self, peer_id: str, addr: str) -> tuple[str, bool, str]:
-        """Can a fresh TCP connection reach ``addr``? (A plain connect: the peer's host answers the socket.)"""
-        try:
-            maddr = multiaddr.Multiaddr(addr)
-            host = maddr.value_for_protocol("ip4")
-            port = int(maddr.value_for_protocol("tcp"))
-        except Exception as exc:
-            return addr, False, f"not an /ip4/.../tcp/... address ({type(exc).__name__})"
+    def _announced_tcp_ports(self, peer_id: str) -> set[int]:
+        """TCP ports a peer announces: in its signed heartbeats and capability record, and in what identify
+        told the peerstore over its own authenticated connection."""
+        addrs: list[str] = []
+        entry = self.table.get(peer_id)
+        if entry is not None:
+            addrs += entry.addrs
+            if entry.capability is not None:
+                addrs += entry.capability.addrs
+        if self.host is not None and not isinstance(self.host, MemoryHost):
+            try:
+                addrs += [str(a) for a in self.host.get_peerstore().addrs(ID.from_base58(peer_id))]
+            except Exception as exc:  # py-libp2p raises PeerStoreError for a peer it has no addresses of
+                log.debug("peerstore_addrs_missing", peer=peer_id, error=type(exc).__name__)
+        ports = set()
+        for addr in addrs:
+            _, _, rest = addr.partition("/tcp/")
+            port = rest.split("/", 1)[0]
+            if port.isdigit():
+                ports.add(int(port))
+        return ports
+
+    async def _probe(self, host: str, port: int) -> bool:
+        """Can a fresh TCP connection reach ``host:port``? (A plain connect: the peer's host answers the socket.)"""
         with trio.move_on_after(self.settings.dial_timeout_s):
             try:
                 stream = await trio.open_tcp_stream(host, port)
-            except OSError as exc:
-                return addr, False, exc.strerror or str(exc)
+            except OSError:
+                return False
             await stream.aclose()
-            return addr, True, ""
-        return addr, False, "timed out"
+            return True
+        return False
 
     async def request_dialback(self, peer_id: str) -> DialbackResult:
         """Ask a connected peer to dial our addresses (used by `doctor`)."""
+        conversation = dialback_protocol.asker_side()
         with trio.fail_after(self.settings.dial_timeout_s * 3):
             stream = await self.host.new_stream(ID.from_base58(peer_id), [DIALBACK_PROTOCOL])
             # TCP only: a probe can open a TCP connection and close it, but an unanswered QUIC (UDP) packet
             # proves nothing either way. `doctor` says QUIC is not checked.
             addrs = tuple(a.rsplit("/p2p/", 1)[0] for a in self.listen_addrs() if "/tcp/" in a)
+            conversation.sending(TYPE_DIALBACK_REQUEST)
             await stream.write(encode_frame(DialbackRequest(addrs).seal(self.identity)))
             data = await _read_frame(stream, MAX_DIALBACK_BYTES)
             await stream.close()
+        conversation.received(TYPE_DIALBACK_RESULT, peer_id=peer_id)
         sender, result = DialbackResult.decode(data)
         if sender != peer_id:
             raise MalformedMessage("sender_mismatch", f"answer signed by {sender}, asked {peer_id}")
@@ -657,6 +743,21 @@ class P2PNetwork:
             "stats": self.stats.to_json(),
             "advertised": [dataclasses.asdict(o) for o in self._advertised or ()],
         }
+
+
+def dialback_target(addr: str, observed_ip: str, ports: set[int]) -> tuple[str, int] | None:
+    """Where a dial-back of ``addr`` may go: ``(host, port)`` when it is ``/ip4|ip6/<observed IP>/tcp/<port>``
+    with a port the asker announces, else None (the dial-back was a port scan of someone else, or of us)."""
+    parts = addr.split("/")
+    if len(parts) != 5 or parts[0] or parts[1] not in ("ip4", "ip6") or parts[3] != "tcp" or not parts[4].isdigit():
+        return None
+    try:
+        if ipaddress.ip_address(parts[2]) != ipaddress.ip_address(observed_ip):
+            return None
+    except ValueError:
+        return None
+    port = int(parts[4])
+    return (parts[2], port) if port in ports else None
 
 
 def _signed_origin(msg: Any) -> str | None:

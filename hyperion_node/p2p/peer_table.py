@@ -7,12 +7,20 @@ presence events it caused; the service persists them. Liveness follows the heart
     any   --(heartbeat says draining)--> draining            any --(heartbeat says leaving)--> left
     suspect / dead / left --(heartbeat)--> alive (event "rejoined" after dead or left)
 
-A peer's score starts at 0 and goes down for every malformed or forged message it sends; the scheduler
-will read it, and gossip validation drops messages from peers below ``BAN_SCORE``.
+A peer's score starts at 0 and goes down for every malformed or forged message it sends; at ``BAN_SCORE`` or
+below it is banned: its connections are closed, its streams refused, its gossip dropped. A penalty fades
+with a half-life of ``PENALTY_HALF_LIFE_S``, so a ban lasts in proportion to the offences (one past the
+line: minutes) and a score that fell through no fault of the peer (an offence charged to it wrongly, a bug
+of an old version) comes back without anyone's help. Penalties are charged only to the peer that did the
+thing: the stream's authenticated remote, or the origin whose signature covers a message it made.
+
+The table is bounded (``max_peers``): past it, the entries that matter least go first (not connected, not
+alive, not banned, seen longest ago), so a stranger minting peer IDs fills it with nothing that lasts.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -23,15 +31,33 @@ from hyperion_node.p2p.messages import HEALTH_DRAINING, HEALTH_LEAVING, Capabili
 # Score lost per offence, by kind. A forged signature is deliberate; an oversized message may be a bug.
 PENALTIES = {
     "bad_signature": 20.0,
+    "bad_bill": 20.0,  # a bill above what was received or offered: deliberate
+    "false_dispute": 20.0,  # a signed dispute of work this node checked and found right
+    "bad_evidence": 10.0,  # asked a verifier to judge output that is not the receipt's
+    "bad_case": 10.0,
     "replayed": 10.0,
     "oversized": 5.0,
     "undecodable": 5.0,
     "bad_schema": 5.0,
+    "non_finite": 5.0,
+    "out_of_order": 5.0,
+    "not_requester": 5.0,
+    "future": 5.0,
     "rate_limited": 1.0,
+    "too_frequent": 1.0,
+    "too_many_streams": 1.0,
+    "dialback_refused": 2.0,
 }
 DEFAULT_PENALTY = 5.0
 BAN_SCORE = -100.0
 MAX_SCORE = 10.0
+# A penalty halves every ten minutes: a peer one forged signature past the ban line (-120) is back above it
+# after ~2.6 minutes, one that kept offending (-400) after 20; the same offences start it over.
+PENALTY_HALF_LIFE_S = 600.0
+# Peers remembered at most. Each entry holds at most a capability record (8 KiB, p2p/messages.py) and a
+# heartbeat (4 KiB): 4,096 entries are tens of MiB in the worst case, and far more peers than a node deals
+# with (it keeps p2p.max_connections connections and looks providers up in the DHT).
+MAX_PEERS = 4096
 
 
 class PeerState(StrEnum):
@@ -65,6 +91,7 @@ class PeerEntry:
     rtt_ms: float | None = None
     clock_skew_s: float | None = None  # their wall clock minus ours, from the last heartbeat
     score: float = 0.0
+    score_at: float = 0.0  # when ``score`` was last brought up to date (penalties fade from there)
     offences: dict[str, int] = field(default_factory=dict)
     connected: bool = False
 
@@ -101,10 +128,30 @@ class PeerTable:
     suspect_after: float
     dead_after: float
     peers: dict[str, PeerEntry] = field(default_factory=dict)
+    max_peers: int = MAX_PEERS
+    half_life_s: float = PENALTY_HALF_LIFE_S
+    evicted: int = 0  # entries forgotten to stay within max_peers
+    last_now: float = 0.0  # the latest time any method was given: penalties without one are dated by it
 
     def __post_init__(self) -> None:
         if not 0 < self.suspect_after < self.dead_after:
             raise ValueError("need 0 < suspect_after < dead_after")
+
+    def _added(self, entry: PeerEntry) -> None:
+        self.peers[entry.peer_id] = entry
+        if len(self.peers) > self.max_peers:
+            self._evict(entry.peer_id)
+
+    def _evict(self, keep: str) -> None:
+        """Forget the least useful tenth of the table at once (amortised: one sort per many additions)."""
+        def worth(e: PeerEntry) -> tuple[bool, bool, bool, float]:
+            live = e.state in (PeerState.ALIVE, PeerState.DRAINING) and e.last_heartbeat is not None
+            return e.connected, live, e.score <= BAN_SCORE, e.last_seen
+
+        victims = sorted((e for e in self.peers.values() if e.peer_id != keep), key=worth)
+        for entry in victims[: max(1, len(self.peers) - self.max_peers + self.max_peers // 10)]:
+            del self.peers[entry.peer_id]
+            self.evicted += 1
 
     def get(self, peer_id: str) -> PeerEntry | None:
         return self.peers.get(peer_id)
@@ -114,7 +161,7 @@ class PeerTable:
         if entry is None or not entry.sources:  # unknown, or known only from its offences so far
             if entry is None:
                 entry = PeerEntry(peer_id=peer_id, first_seen=now, last_seen=now)
-                self.peers[peer_id] = entry
+                self._added(entry)
             entry.first_seen = entry.last_seen = now
             entry.state = PeerState.ALIVE
             events.append(PresenceEvent(peer_id, "joined", now, {"via": source}))
@@ -188,25 +235,37 @@ class PeerTable:
         if entry is not None:
             entry.rtt_ms = rtt_ms
 
-    def penalize(self, peer_id: str, reason: str) -> float:
-        """Lower a peer's score for bad input; returns the new score."""
+    def penalize(self, peer_id: str, reason: str, now: float | None = None) -> float:
+        """Lower a peer's score for bad input it sent; returns the new score. ``now`` (the clock ``tick``
+        is given) dates the penalty, from which it fades; without it, the last tick's time is used."""
         entry = self.peers.get(peer_id)
         if entry is None:
             # An unknown sender is remembered, so repeated offences accumulate.
             entry = PeerEntry(peer_id=peer_id, first_seen=0.0, last_seen=0.0, state=PeerState.SUSPECT)
-            self.peers[peer_id] = entry
+            self._added(entry)
+        self.last_now = max(self.last_now, now if now is not None else self.last_now)
+        self._fade(entry, self.last_now)
         entry.score -= PENALTIES.get(reason, DEFAULT_PENALTY)
         entry.offences[reason] = entry.offences.get(reason, 0) + 1
         return entry.score
+
+    def _fade(self, entry: PeerEntry, now: float) -> None:
+        if entry.score < 0 and now > entry.score_at:
+            entry.score *= math.pow(0.5, (now - entry.score_at) / self.half_life_s)
+            if entry.score > -0.01:
+                entry.score = 0.0
+        entry.score_at = max(entry.score_at, now)
 
     def banned(self, peer_id: str) -> bool:
         entry = self.peers.get(peer_id)
         return entry is not None and entry.score <= BAN_SCORE
 
     def tick(self, now: float) -> list[PresenceEvent]:
-        """Advance liveness: heartbeats that stopped make a peer suspect, then dead."""
+        """Advance liveness (heartbeats that stopped make a peer suspect, then dead) and let penalties fade."""
         events: list[PresenceEvent] = []
+        self.last_now = max(self.last_now, now)
         for entry in self.peers.values():
+            self._fade(entry, now)
             if entry.state in (PeerState.DEAD, PeerState.LEFT) or entry.last_heartbeat is None:
                 continue
             silent = now - entry.last_heartbeat

@@ -150,7 +150,7 @@ def test_oversized_is_refused_before_decoding() -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("health", "sleepy"), ("seq", -1), ("seq", True), ("time", float("inf")), ("addrs", ["not-a-multiaddr"]),
+    [("health", "sleepy"), ("seq", -1), ("seq", True), ("addrs", ["not-a-multiaddr"]),
      ("gpus", [{"util": "hot"}]), ("queue", 1.5)],
 )
 def test_schema_violations_are_named(field: str, value: object) -> None:
@@ -159,6 +159,34 @@ def test_schema_violations_are_named(field: str, value: object) -> None:
     body[field] = value
     with pytest.raises(MalformedMessage) as info:
         Heartbeat.decode(seal(ME, "heartbeat", body))
+    assert info.value.reason == "bad_schema"
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused_anywhere(bad: float) -> None:
+    """A poisoned record (vram_bytes = +inf) once made every requester that read it answer 500."""
+    heartbeat = Heartbeat(peer_id=str(ME.peer_id), seq=1, time=1.0, name="", addrs=(), health="ok", queue_depth=0,
+                          active_tasks=0, ram_available_bytes=0).to_body()
+    for body in ({**heartbeat, "time": bad}, {**heartbeat, "gpus": [{"util": 1.0, "vram_free": bad}]}):
+        with pytest.raises(MalformedMessage) as info:
+            Heartbeat.decode(seal(ME, "heartbeat", body))
+        assert info.value.reason == "non_finite"
+    record = CapabilityRecord(peer_id=str(ME.peer_id), seq=1, expires_at=2e9, name="x", addrs=(),
+                              hardware={"cpu": "c", "cores": 2, "ram_bytes": 1, "gpus": [{"name": "g"}]},
+                              offers=()).to_body()
+    record["hardware"]["gpus"][0]["vram_bytes"] = bad
+    with pytest.raises(MalformedMessage) as info:
+        CapabilityRecord.decode(seal(ME, "capability", record))
+    assert info.value.reason == "non_finite"
+
+
+@pytest.mark.parametrize("hardware", [{"cores": "many"}, {"ram_bytes": 1.5}, {"gpus": [{"vram_bytes": "8G"}]},
+                                      {"gpus": "one"}, {"gpus": [1]}, {"cpu": 7}, {"ram_bytes": 2**70}])
+def test_a_records_hardware_summary_is_typed(hardware: dict[str, object]) -> None:
+    record = CapabilityRecord(peer_id=str(ME.peer_id), seq=1, expires_at=2e9, name="x", addrs=(),
+                              hardware=hardware, offers=()).to_body()
+    with pytest.raises(MalformedMessage) as info:
+        CapabilityRecord.decode(seal(ME, "capability", record))
     assert info.value.reason == "bad_schema"
 
 

@@ -103,3 +103,29 @@ def test_a_peer_first_known_for_an_offence_still_joins(table: PeerTable) -> None
     table.penalize("a", "oversized")
     assert kinds(table.heartbeat(hb("a", 1), 3.0, wall_now=0.0)) == ["joined"]
     assert table.get("a").score < 0  # type: ignore[union-attr]  # the offence is not forgotten
+
+
+def test_a_penalty_fades_so_a_ban_ends_without_anyones_help() -> None:
+    table = PeerTable("me", suspect_after=6.0, dead_after=15.0, half_life_s=600.0)
+    table.tick(0.0)
+    for _ in range(6):
+        table.penalize("w", "bad_signature", now=0.0)  # -120: banned
+    assert table.banned("w")
+    table.tick(60.0)
+    assert table.banned("w")  # a minute later, still
+    table.tick(0.5 * 3600)
+    assert not table.banned("w")
+    assert -20.0 < table.get("w").score < 0  # type: ignore[union-attr]  # and still remembered
+    table.penalize("w", "bad_signature")  # dated by the last tick, not by the start of time
+    table.tick(0.5 * 3600 + 1)
+    assert table.get("w").score < -20.0  # type: ignore[union-attr]
+
+
+def test_the_table_stays_bounded_and_keeps_what_matters() -> None:
+    table = PeerTable("me", suspect_after=6.0, dead_after=15.0, max_peers=100)
+    table.set_connected("friend", True, 0.0)
+    for i in range(1000):  # a stranger minting peer IDs, each sending one bad message
+        table.penalize(f"sybil{i}", "bad_schema", now=float(i))
+    assert len(table.peers) <= 100
+    assert table.get("friend") is not None
+    assert table.evicted >= 900
