@@ -27,7 +27,7 @@ from typing import Any
 import cbor2
 
 from hyperion_node.errors import RemoteError
-from hyperion_node.p2p.messages import decode_varint, encode_frame
+from hyperion_node.p2p.messages import all_finite, decode_varint, encode_frame
 
 PROTOCOL_VERSION = 1
 # A request carries its payload inline: a snarkjs .zkey of 2^16 constraints is ~20 MiB, a scene up to the
@@ -142,6 +142,14 @@ class FrameReader:
         del self._buffer[: used + length]
         return frame
 
+    def declared(self) -> int | None:
+        """The length the next frame's prefix announces, once the prefix is in (a broken one raises)."""
+        try:
+            header = decode_varint(self._buffer)
+        except RemoteError as exc:
+            raise MalformedFrame("bad_frame", str(exc)) from exc
+        return None if header is None else header[0]
+
     def wanted(self) -> int:
         """How many bytes to ask the transport for next (bounded so the buffer never outgrows the cap)."""
         return max(1, min(64 * 1024, self.max_bytes + 8 - len(self._buffer)))
@@ -168,6 +176,8 @@ def decode_map(data: bytes, max_bytes: int, version: int = PROTOCOL_VERSION) -> 
     msg_type = value.get("t")
     if not isinstance(msg_type, str):
         raise MalformedFrame("bad_schema", "t must be a string")
+    if not all_finite(value):
+        raise MalformedFrame("non_finite", "a number is NaN or infinite")
     return msg_type, value
 
 
@@ -249,6 +259,17 @@ def encode_worker(msg: WorkerMessage) -> bytes:
         case TaskError(code=code, message=message):
             return encode_map(T_ERROR, {"code": code, "message": message[:MAX_TEXT]})
     raise TypeError(f"not a worker message: {msg!r}")
+
+
+def wire_type(msg: WorkerMessage | RequesterMessage) -> str:
+    """The ``t`` a message travels under (what the protocol's transition table speaks of)."""
+    return _WIRE_TYPES[type(msg)]
+
+
+_WIRE_TYPES: dict[type, str] = {
+    TaskRequest: T_TASK, Accepted: T_ACCEPTED, Busy: T_BUSY, Rejected: T_REJECTED, PartialResult: T_PARTIAL,
+    FinalResult: T_FINAL, TaskError: T_ERROR, Countersign: T_COUNTERSIGN,
+}
 
 
 def decode_worker(data: bytes) -> WorkerMessage:

@@ -21,6 +21,10 @@ class TaskSettings:
     admission_timeout_s: float = 5.0
     lookup_timeout_s: float = 3.0
     history_limit: int = 10000
+    max_deadline_s: float = 600.0
+    max_streams_per_peer: int = 4
+    max_unpaid: int = 3
+    unpaid_window_s: float = 3600.0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> TaskSettings:

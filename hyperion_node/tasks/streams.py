@@ -23,17 +23,46 @@ STREAM_ERRORS: tuple[type[BaseException], ...] = (BaseLibp2pError, OSError, trio
 STREAM_ERRORS_OR_TIMEOUT: tuple[type[BaseException], ...] = (*STREAM_ERRORS, trio.TooSlowError)
 
 
-async def read_frame(stream: INetStream, reader: FrameReader) -> bytes:
+# A frame above this size is buffered only while holding one of a protocol's few big-frame places
+# (``BigFrames``): a task's zkey or scene is tens of MiB, and many streams each sending one slowly would
+# otherwise hold that much memory each before any check could refuse them.
+BIG_FRAME_BYTES = 1024 * 1024
+
+
+class Overloaded(Exception):
+    """Every big-frame place is taken: the stream is answered BUSY and closed, and nobody is at fault."""
+
+
+class BigFrames:
+    """At most ``places`` big frames (over ``BIG_FRAME_BYTES``) being read at once, for one protocol."""
+
+    def __init__(self, places: int) -> None:
+        self.limiter = trio.CapacityLimiter(places)
+
+
+async def read_frame(stream: INetStream, reader: FrameReader, big: BigFrames | None = None) -> bytes:
     """The next whole frame; ``MalformedFrame`` if the peer sends an oversized or broken one, a stream error
-    (see ``STREAM_ERRORS``) if it goes away first."""
-    while True:
-        frame = reader.next_frame()
-        if frame is not None:
-            return frame
-        chunk = await stream.read(reader.wanted())
-        if not chunk:
-            raise MalformedFrame("truncated", "stream closed inside a frame")
-        reader.feed(chunk)
+    (see ``STREAM_ERRORS``) if it goes away first, ``Overloaded`` when ``big`` is given, the frame is big and
+    all of its places are taken."""
+    holding = False
+    try:
+        while True:
+            frame = reader.next_frame()
+            if frame is not None:
+                return frame
+            if big is not None and not holding and (reader.declared() or 0) > BIG_FRAME_BYTES:
+                try:
+                    big.limiter.acquire_nowait()
+                except trio.WouldBlock:
+                    raise Overloaded from None
+                holding = True
+            chunk = await stream.read(reader.wanted())
+            if not chunk:
+                raise MalformedFrame("truncated", "stream closed inside a frame")
+            reader.feed(chunk)
+    finally:
+        if holding:
+            big.limiter.release()  # type: ignore[union-attr]
 
 
 async def reset_quietly(stream: INetStream) -> None:

@@ -29,6 +29,9 @@ from hyperion_node.ledger.exceptions import ReceiptRejected
 from hyperion_node.ledger.money import credits_to_atto
 from hyperion_node.ledger.receipt import SignedReceipt, receipt_from_final, sign_receipt, with_countersignature
 from hyperion_node.ledger.service import LedgerService
+from hyperion_node.p2p.limits import PeerSlots, Unpaid
+from hyperion_node.protocols import task as task_protocol
+from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import path_fields
 from hyperion_node.tasks.history import HistoryWriter, now_ms
@@ -47,11 +50,19 @@ from hyperion_node.tasks.messages import (
     WorkerMessage,
     decode_requester,
     encode_worker,
+    wire_type,
 )
 from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskRecord, TaskState
 from hyperion_node.tasks.settings import TaskSettings
-from hyperion_node.tasks.streams import STREAM_ERRORS, STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
+from hyperion_node.tasks.streams import (
+    STREAM_ERRORS,
+    STREAM_ERRORS_OR_TIMEOUT,
+    BigFrames,
+    Overloaded,
+    read_frame,
+    reset_quietly,
+)
 from runtimes.interface import Final, Offer, Partial, Task
 
 log = structlog.get_logger(__name__)
@@ -59,24 +70,40 @@ log = structlog.get_logger(__name__)
 
 @dataclass
 class Admission:
-    """Tasks admitted per offer (runtime, item): running ones up to the offer's capacity, then a bounded queue."""
+    """Tasks admitted per offer (runtime, item): running ones up to the offer's capacity, then a bounded queue,
+    and of those at most a share per peer (``share``), so that one peer cannot hold every slot and queue place
+    while others wait (seen: two streams with huge deadlines starved every honest client of a worker)."""
 
     queue_depth: int
     admitted: Counter[tuple[str, str]] = field(default_factory=Counter)
     capacity: dict[tuple[str, str], int] = field(default_factory=dict)
+    by_peer: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (runtime, item, peer) -> held
 
-    def try_admit(self, key: tuple[str, str], capacity: int) -> int | None:
-        """The task's queue position (0: it runs now), or None when slots and queue are full."""
+    def share(self, capacity: int) -> int:
+        """Places of one offer a single peer may hold: half of slots and queue together, at least one."""
+        return max(1, (capacity + self.queue_depth) // 2)
+
+    def try_admit(self, key: tuple[str, str], capacity: int, peer: str = "") -> int | None:
+        """The task's queue position (0: it runs now), or None when slots and queue are full, or the peer
+        holds its share of them already."""
         self.capacity[key] = capacity
         if self.admitted[key] >= capacity + self.queue_depth:
             return None
+        if peer and self.by_peer[(*key, peer)] >= self.share(capacity):
+            return None
         self.admitted[key] += 1
+        if peer:
+            self.by_peer[(*key, peer)] += 1
         return max(0, self.admitted[key] - capacity)
 
-    def release(self, key: tuple[str, str]) -> None:
+    def release(self, key: tuple[str, str], peer: str = "") -> None:
         self.admitted[key] -= 1
         if self.admitted[key] <= 0:
             del self.admitted[key]
+        if peer:
+            self.by_peer[(*key, peer)] -= 1
+            if self.by_peer[(*key, peer)] <= 0:
+                del self.by_peer[(*key, peer)]
 
     def load(self) -> tuple[int, int]:
         """(queued, running) over every offer, for heartbeats."""
@@ -127,6 +154,11 @@ class Worker:
         self._on_malformed = on_malformed
         self._on_settled = on_settled
         self.admission = Admission(settings.queue_depth)
+        self.unpaid = Unpaid(settings.max_unpaid, settings.unpaid_window_s)
+        # Checked when a stream opens, before a byte of it is read: per peer, and for everyone together.
+        # The total bounds the small frames being read at once (a big one needs a big-frame place as well).
+        self.streams = PeerSlots(settings.max_streams_per_peer, total=256)
+        self.big_frames = BigFrames(2)
         self.served: Counter[str] = Counter()  # outcome -> count, for /api/tasks/stats
         self.metrics = TaskMetrics()  # the orchestrator shares its own, for /metrics
 
@@ -140,22 +172,38 @@ class Worker:
         if req.max_price_per_unit is not None and offer.price_per_unit > req.max_price_per_unit:
             return Rejected(f"price {offer.price_per_unit} per {offer.unit} is above the {req.max_price_per_unit} "
                             "asked for")
+        peer = self._peer(req)
+        unpaid = self.unpaid.count(peer, trio.current_time()) if peer else 0
+        if unpaid >= self.settings.max_unpaid:
+            return Rejected(f"{unpaid} results this node sent you in the last {self.settings.unpaid_window_s:.0f} s "
+                            "were never countersigned; countersign results to get more work here")
         estimate = loaded.runtime.estimate(self._task(req))
         if not estimate.accepted:
             return Rejected(estimate.reason or "the runtime refused the task")
-        position = self.admission.try_admit((req.runtime, req.item), offer.capacity)
+        position = self.admission.try_admit((req.runtime, req.item), offer.capacity, peer)
         if position is None:
+            if peer and self.admission.by_peer[(req.runtime, req.item, peer)] >= self.admission.share(offer.capacity):
+                return Busy(f"you hold {self.admission.share(offer.capacity)} of this offer's places, your share",
+                            retry_after_s=self.settings.busy_retry_after_s)
             return Busy(f"all {offer.capacity} slot(s) and {self.settings.queue_depth} queue place(s) taken",
                         retry_after_s=self.settings.busy_retry_after_s)
         return Ticket(req, offer, loaded.runtime.version, position)
 
+    def _peer(self, req: TaskRequest) -> str:
+        """Whose share a task counts against: the requester, unless it is this node (the owner's own work)."""
+        return "" if req.requester == self.peer_id else req.requester
+
     def release(self, ticket: Ticket) -> None:
-        self.admission.release((ticket.request.runtime, ticket.request.item))
+        self.admission.release((ticket.request.runtime, ticket.request.item), self._peer(ticket.request))
+
+    def _deadline_s(self, req: TaskRequest) -> float:
+        """A peer's deadline is capped: its work stops at tasks.max_deadline_s whatever it asked for."""
+        return min(req.deadline_s, self.settings.max_deadline_s) if self._peer(req) else req.deadline_s
 
     def _task(self, req: TaskRequest) -> Task:
         return Task(task_id=req.task_id, runtime=req.runtime, payload=req.payload,
                     requirements={"item": req.item, "min_memory_bytes": req.min_memory_bytes},
-                    deadline=trio.current_time() + req.deadline_s)
+                    deadline=trio.current_time() + self._deadline_s(req))
 
     # -- running -----------------------------------------------------------------------------------------
 
@@ -180,16 +228,39 @@ class Worker:
 
     async def handle_stream(self, stream: INetStream) -> None:
         remote = str(stream.muxed_conn.peer_id)
+        if not self.streams.take(remote):
+            # Before a byte is read: a peer's share of open streams is bounded, and everyone's together.
+            self._on_malformed(remote, "too_many_streams")
+            log.info("task_stream_rejected", peer=remote, reason="too_many_streams")
+            await reset_quietly(stream)
+            return
+        try:
+            await self._handle(stream, remote)
+        finally:
+            self.streams.give(remote)
+
+    async def _handle(self, stream: INetStream, remote: str) -> None:
         reader = FrameReader(MAX_REQUEST_BYTES)
+        conversation = task_protocol.worker_side()
         try:
             with trio.fail_after(self.settings.request_timeout_s):
-                msg = decode_requester(await read_frame(stream, reader))
-            if not isinstance(msg, TaskRequest):
-                raise MalformedFrame("wrong_type", "a stream starts with a task")
+                msg = decode_requester(await read_frame(stream, reader, self.big_frames))
+            conversation.received(wire_type(msg), peer_id=remote)
+            assert isinstance(msg, TaskRequest)  # the only message the table allows first
             if msg.requester != remote:
                 raise MalformedFrame("sender_mismatch", f"task names requester {msg.requester}, stream is {remote}")
-        except (MalformedFrame, trio.TooSlowError) as exc:
-            reason = exc.reason if isinstance(exc, MalformedFrame) else "timeout"
+        except Overloaded:
+            self.served["busy"] += 1
+            with trio.move_on_after(1.0):
+                try:
+                    await self._send(stream, Busy("too many large tasks arriving at once",
+                                                  retry_after_s=self.settings.busy_retry_after_s))
+                    await stream.close()
+                except STREAM_ERRORS:
+                    return
+            return
+        except (MalformedFrame, ProtocolViolation, trio.TooSlowError) as exc:
+            reason = "timeout" if isinstance(exc, trio.TooSlowError) else exc.reason
             self._on_malformed(remote, reason)
             log.info("task_stream_rejected", peer=remote, reason=reason)
             await reset_quietly(stream)
@@ -197,12 +268,15 @@ class Worker:
         except STREAM_ERRORS:
             return  # the requester went away before it asked anything
         with structlog.contextvars.bound_contextvars(task_id=msg.task_id[:12], requester=remote[-8:]):
-            await self._serve(stream, reader, msg)
+            await self._serve(stream, reader, conversation, msg)
 
-    async def _send(self, stream: INetStream, msg: WorkerMessage) -> None:
+    async def _send(self, stream: INetStream, msg: WorkerMessage, conversation: Conversation | None = None) -> None:
+        if conversation is not None:
+            conversation.sending(wire_type(msg))
         await stream.write(encode_worker(msg))
 
-    async def _serve(self, stream: INetStream, reader: FrameReader, req: TaskRequest) -> None:
+    async def _serve(self, stream: INetStream, reader: FrameReader, conversation: Conversation,
+                     req: TaskRequest) -> None:
         paths = path_fields(req.payload)
         answer = (Rejected(f"payload fields {', '.join(paths)} name files; a peer must send the bytes")
                   if paths else self.admit(req))
@@ -212,7 +286,7 @@ class Worker:
             self.metrics.record(req.runtime, "worker", refused, None)
             log.info("task_refused", answer=type(answer).__name__.lower(), reason=answer.reason)
             try:
-                await self._send(stream, answer)
+                await self._send(stream, answer, conversation)
                 await stream.close()
             except STREAM_ERRORS:
                 pass  # the requester left; it asked and got no answer, nothing to undo
@@ -222,16 +296,16 @@ class Worker:
         record.move(TaskState.RUNNING, now_ms())
         started = trio.current_time()
         try:
-            await self._send(stream, Accepted(answer.queue_position))
+            await self._send(stream, Accepted(answer.queue_position), conversation)
             self.history.save_soon(record)  # not waited for: only final states are (tasks/history.py)
-            outcome = await self._run_watched(stream, answer)
+            outcome = await self._run_watched(stream, conversation, answer)
         except STREAM_ERRORS:
             outcome = TaskError("cancelled", "the requester closed the stream")
         finally:
             self.release(answer)
         if isinstance(outcome, Execution):
             self.metrics.record(req.runtime, "worker", "completed", trio.current_time() - started)
-            await self._finish(stream, reader, record, outcome)
+            await self._finish(stream, reader, conversation, record, outcome)
             return
         self.served[outcome.code] += 1
         self.metrics.record(req.runtime, "worker", outcome.code, trio.current_time() - started)
@@ -241,22 +315,26 @@ class Worker:
             await self.history.save(record)
         if outcome.code != "cancelled":
             try:
-                await self._send(stream, outcome)
+                await self._send(stream, outcome, conversation)
                 await stream.close()
             except STREAM_ERRORS:
                 pass  # nobody is left to tell
 
-    async def _run_watched(self, stream: INetStream, ticket: Ticket) -> Execution | TaskError:
-        """Run the task while watching the stream: the requester closing it cancels the work."""
+    async def _run_watched(self, stream: INetStream, conversation: Conversation,
+                           ticket: Ticket) -> Execution | TaskError:
+        """Run the task while watching the stream: the requester closing it cancels the work, and so does a
+        requester that sends anything before FINAL (the protocol allows it nothing then: counted against it)."""
         gone = False
 
         async def emit(partial: Partial) -> None:
-            await self._send(stream, PartialResult(partial.data))
+            await self._send(stream, PartialResult(partial.data), conversation)
 
         async def watch(scope: trio.CancelScope) -> None:
             nonlocal gone
             try:
-                await stream.read(1)  # a well-behaved requester sends nothing until FINAL
+                if await stream.read(1):
+                    self._on_malformed(ticket.request.requester, "out_of_order")
+                    log.info("task_stream_rejected", reason="out_of_order", detail="data before FINAL")
             except STREAM_ERRORS:
                 pass
             gone = True
@@ -268,7 +346,7 @@ class Worker:
             try:
                 result = await self.execute(ticket, emit)
             except trio.TooSlowError:
-                result = TaskError("deadline", f"the deadline of {ticket.request.deadline_s:.1f} s passed")
+                result = TaskError("deadline", f"the deadline of {self._deadline_s(ticket.request):.1f} s passed")
             except UserError as exc:
                 result = TaskError("bad_request", exc.one_line())
             except HyperionError as exc:
@@ -280,8 +358,10 @@ class Worker:
             return TaskError("cancelled", "the requester closed the stream")
         return result
 
-    async def _finish(self, stream: INetStream, reader: FrameReader, record: TaskRecord, done: Execution) -> None:
-        """Receipt on disk, then the final frame, then wait for the countersignature."""
+    async def _finish(self, stream: INetStream, reader: FrameReader, conversation: Conversation, record: TaskRecord,
+                      done: Execution) -> None:
+        """Receipt on disk, then the final frame, then wait for the countersignature; a result never
+        countersigned counts against its requester (``tasks.max_unpaid``)."""
         signed = done.signed
         with trio.CancelScope(shield=True):
             await self.ledger.append(signed)
@@ -291,16 +371,18 @@ class Worker:
         await self.history.save(record)
         self.served["completed"] += 1
         try:
-            await self._send(stream, FinalResult(dict(done.final.output), signed.encode()))
+            await self._send(stream, FinalResult(dict(done.final.output), signed.encode()), conversation)
             with trio.fail_after(self.settings.countersign_timeout_s):
                 msg = decode_requester(await read_frame(stream, reader))
-            if not isinstance(msg, Countersign):
-                raise MalformedFrame("wrong_type", "expected a countersignature")
+            conversation.received(wire_type(msg), peer_id=record.requester)
+            assert isinstance(msg, Countersign)  # the only message the table allows here
             settled = with_countersignature(signed, msg.countersignature)
         except STREAM_ERRORS_OR_TIMEOUT as exc:
-            log.info("receipt_pending", receipt=signed.id.hex()[:16], why=type(exc).__name__)
+            unpaid = self.unpaid.add(record.requester, trio.current_time())
+            log.info("receipt_pending", receipt=signed.id.hex()[:16], why=type(exc).__name__, unpaid=unpaid)
             return  # it stays pending; `rewards` shows it and warns when it stays so for long
-        except (MalformedFrame, ReceiptRejected) as exc:
+        except (MalformedFrame, ProtocolViolation, ReceiptRejected) as exc:
+            self.unpaid.add(record.requester, trio.current_time())
             self._on_malformed(record.requester, getattr(exc, "reason", "bad_countersignature"))
             log.info("countersignature_rejected", error=str(exc)[:200])
             return

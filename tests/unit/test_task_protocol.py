@@ -97,7 +97,9 @@ def test_garbage_is_a_malformed_frame_never_a_crash(data: bytes) -> None:
     ({"v": 1, "t": "task", "id": "x", "runtime": "r", "item": "i", "payload": [], "requester": "p",
       "deadline_s": 1}, "bad_schema"),
     ({"v": 1, "t": "task", "id": "x", "runtime": "r", "item": "i", "payload": {}, "requester": "p",
-      "deadline_s": float("nan")}, "bad_schema"),
+      "deadline_s": float("nan")}, "non_finite"),
+    ({"v": 1, "t": "task", "id": "x", "runtime": "r", "item": "i", "payload": {"t": [1.0, float("inf")]},
+      "requester": "p", "deadline_s": 1}, "non_finite"),  # anywhere in the frame, payloads included
     ({"v": 1, "t": "countersign", "sig": b"short"}, "bad_schema"),
 ])
 def test_each_schema_violation_is_named(body: dict[str, object], reason: str) -> None:
@@ -151,3 +153,15 @@ def test_admission_runs_capacity_then_queues_then_refuses() -> None:
     for _ in range(3):
         admission.release(key)
     assert admission.load() == (0, 0)
+
+
+def test_one_peer_holds_at_most_its_share_of_an_offers_places() -> None:
+    """Slots 1 and queue 1: a peer holds one place, so an honest requester always finds the other."""
+    admission = Admission(queue_depth=1)
+    key = ("inference", "m")
+    assert admission.try_admit(key, capacity=1, peer="attacker") == 0
+    assert admission.try_admit(key, capacity=1, peer="attacker") is None  # its share is taken
+    assert admission.try_admit(key, capacity=1, peer="honest") == 1  # queued behind it
+    admission.release(key, "attacker")
+    assert admission.try_admit(key, capacity=1, peer="attacker") == 1
+    assert admission.share(4) == 2  # with 4 slots and 1 queue place: two at once
