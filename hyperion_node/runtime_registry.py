@@ -24,7 +24,7 @@ import trio
 from hyperion_node.ledger.rewards import price_offers
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
-from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext
+from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext, Tally
 
 ENTRY_POINT_GROUP = "hyperion.runtimes"
 log = structlog.get_logger(__name__)
@@ -64,6 +64,7 @@ class RuntimeRegistry:
     auto_credits_per_hour: float = 1.0
     loaded: dict[str, LoadedRuntime] = field(default_factory=dict)
     failures: list[RuntimeFailure] = field(default_factory=list)
+    _factories: dict[str, Any] = field(default_factory=dict)  # entry point name -> what it names, once loaded
 
     def _entry_points(self) -> list[EntryPoint]:
         if self.entry_points is not None:
@@ -139,6 +140,24 @@ class RuntimeRegistry:
             await trio.sleep_forever()
         finally:
             await self.aclose()
+
+    def tally(self, runtime: str, payload: Mapping[str, Any]) -> Tally | None:
+        """The runtime's count of one result (``runtimes.interface.Tally``), for checking a peer's bill; None
+        when the runtime is not installed or its factory offers none. Works for runtimes that are disabled
+        or did not start here: a requester checks bills for work it does not serve itself."""
+        factory = self._factories.get(runtime)
+        if factory is None:
+            ep = next((e for e in self._entry_points() if e.name == runtime), None)
+            if ep is None:
+                return None
+            try:
+                factory = ep.load()
+            except Exception as exc:  # foreign code (module docstring): reported, never fatal
+                log.warning("runtime_not_loadable", runtime=runtime, error=f"{type(exc).__name__}: {exc}")
+                return None
+            self._factories[runtime] = factory
+        make = getattr(factory, "tally", None)
+        return None if make is None else make(payload)
 
     def offers(self) -> list[Offer]:
         """What this node offers, priced as advertised (auto prices filled in): the one source for adverts,

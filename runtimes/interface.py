@@ -17,6 +17,11 @@ Life of a runtime inside the daemon::
 
 Cancellation is trio's: when the caller's scope is cancelled, ``run`` must stop its work (a worker thread
 or process included) promptly and release what it holds.
+
+The requester's side needs no running runtime: before it countersigns a peer's bill it asks the runtime's
+*class* (what the entry point names) for ``tally(payload)``, a :class:`Tally` that counts the streamed
+result and says how many work units it may be billed. A runtime without ``tally`` has its bills checked for
+price and total only.
 """
 
 from __future__ import annotations
@@ -124,6 +129,21 @@ class BenchmarkResult:
 
 
 Emit = Callable[[Partial], Awaitable[None]]
+
+
+@runtime_checkable
+class Tally(Protocol):
+    """What a requester counts of one task's result as it arrives, to check the worker's bill (the units
+    its receipt claims) against what was received. Pure: no model, no I/O."""
+
+    def partial(self, data: Mapping[str, JSON]) -> None:
+        """One streamed partial result, in order."""
+        ...
+
+    def units(self, output: Mapping[str, JSON]) -> tuple[int, int] | str:
+        """The fewest and most work units this final output may be billed, or why the output contradicts
+        the request or what was streamed (then the result is refused)."""
+        ...
 
 
 @runtime_checkable

@@ -30,8 +30,10 @@ from libp2p.custom_types import TProtocol
 from hyperion_node.errors import HyperionError, RemoteError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.exceptions import ReceiptRejected
+from hyperion_node.ledger.money import credits_to_atto
 from hyperion_node.ledger.receipt import SignedReceipt, content_hash, countersign
 from hyperion_node.ledger.service import LedgerService
+from hyperion_node.protocols import task as task_protocol
 from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequirements
 from hyperion_node.scheduler.candidates import Candidate, CandidateSet
 from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
@@ -40,7 +42,8 @@ from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import HistoryWriter, now_ms
 from hyperion_node.tasks.messages import (
     MAX_RESPONSE_BYTES,
-    Accepted,
+    T_COUNTERSIGN,
+    T_TASK,
     Busy,
     Countersign,
     FinalResult,
@@ -50,19 +53,21 @@ from hyperion_node.tasks.messages import (
     Rejected,
     TaskError,
     TaskRequest,
+    WorkerMessage,
     decode_worker,
     encode_countersign,
     encode_request,
+    wire_type,
 )
 from hyperion_node.tasks.model import FINAL_STATES, Attempt, TaskRecord, TaskSpec, TaskState, new_task_id
 from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import STREAM_ERRORS, STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
 from hyperion_node.tasks.worker import Execution, Ticket, Worker
-from runtimes.interface import Partial
+from runtimes.interface import Partial, Tally
 
 log = structlog.get_logger(__name__)
 
-TASK_PROTOCOL = TProtocol("/hyperion/task/1")
+TASK_PROTOCOL = TProtocol(task_protocol.PROTOCOL_ID)
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,7 @@ class Requester:
         if choice.candidate.local:
             result = await self._run_here(request, record, send)
         else:
-            result = await self._run_remote(peer, request, record, send)
+            result = await self._run_remote(peer, request, record, send, choice.candidate.price_per_unit)
         attempt.outcome = "rejected" if result.rejected else result.kind.value
         attempt.detail, attempt.ended_ms = result.detail[:300], now_ms()
         if result.kind is OutcomeKind.SUCCESS:
@@ -239,8 +244,11 @@ class Requester:
 
     # -- a peer as the worker ------------------------------------------------------------------------------
 
-    async def _run_remote(self, peer: str, request: TaskRequest, record: TaskRecord, send: Send) -> _Try:
+    async def _run_remote(self, peer: str, request: TaskRequest, record: TaskRecord, send: Send,
+                          offered_price: float) -> _Try:
+        """``offered_price``: credits per unit in the worker's signed capability record, what its bill may ask."""
         clock = _Clock()
+        tally = self.worker.runtimes.tally(request.runtime, request.payload)
         try:
             with trio.fail_after(self.settings.admission_timeout_s):
                 stream = await self._open_stream(peer, encode_request(request))  # the task goes with the stream
@@ -249,44 +257,53 @@ class Requester:
         except Exception as exc:  # py-libp2p's dialler raises assorted types for an unreachable peer
             return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
         reader = FrameReader(MAX_RESPONSE_BYTES)
+        conversation = task_protocol.requester_side()
+        conversation.sending(T_TASK)
         done = False
+
+        async def receive() -> WorkerMessage:
+            msg = decode_worker(await read_frame(stream, reader))
+            conversation.received(wire_type(msg), peer_id=peer)  # out of order: ProtocolViolation
+            return msg
+
         try:
             with trio.fail_after(self.settings.admission_timeout_s):
-                first = decode_worker(await read_frame(stream, reader))
+                first = await receive()
             if isinstance(first, Busy):
                 return _Try(OutcomeKind.BUSY, first.reason)
             if isinstance(first, Rejected):
                 return _Try(OutcomeKind.FAILED, first.reason, rejected=first.reason)
-            if not isinstance(first, Accepted):
-                raise MalformedFrame("wrong_type", f"expected an admission answer, got {type(first).__name__}")
             record.move(TaskState.RUNNING, now_ms())
             self.history.save_soon(record)
             sample: dict[str, Any] | None = None  # one partial, uniformly chosen, for a spot check
             partials = 0
             while True:
-                msg = decode_worker(await read_frame(stream, reader))
+                msg = await receive()
                 if isinstance(msg, PartialResult):
                     clock.partial()
                     partials += 1
+                    if tally is not None:
+                        tally.partial(msg.data)
                     if secrets.randbelow(partials) == 0:  # a reservoir of one: the worker cannot tell which
                         sample = dict(msg.data)
                     await send(TaskEvent("partial", record.task_id, peer, dict(msg.data)))
                 elif isinstance(msg, FinalResult):
                     signed = self._check_final(peer, request, msg)
+                    self._check_bill(signed, msg, tally, offered_price, request.max_price_per_unit)
                     await check_result(request.runtime, request.payload, msg.output, signed.receipt.evidence)
                     settled = countersign(signed, self.identity)
+                    conversation.sending(T_COUNTERSIGN)
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
                     done = True
                     final = await self._settle(settled, record, dict(msg.output), clock)
                     if self._on_completed is not None:
                         self._on_completed(request, dict(msg.output), settled, sample)
                     return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
-                elif isinstance(msg, TaskError):
+                else:  # the table allows nothing else here: an ERROR
+                    assert isinstance(msg, TaskError)
                     kind = OutcomeKind.TIMEOUT if msg.code == "deadline" else OutcomeKind.FAILED
                     rejected = msg.message if msg.code == "bad_request" and not clock.started else ""
                     return _Try(kind, f"{msg.code}: {msg.message}", output_started=clock.started, rejected=rejected)
-                else:
-                    raise MalformedFrame("wrong_type", f"{type(msg).__name__} after ACCEPTED")
         except (MalformedFrame, ReceiptRejected, RemoteError) as exc:
             reason = getattr(exc, "reason", "bad_result")
             self._on_malformed(peer, reason if isinstance(reason, str) else "bad_result")
@@ -317,6 +334,30 @@ class Requester:
         if problems:
             raise MalformedFrame("bad_receipt", "the receipt " + ", ".join(problems))
         return signed  # countersign() checks the worker's signature
+
+    def _check_bill(self, signed: SignedReceipt, msg: FinalResult, tally: Tally | None, offered_price: float,
+                    max_price: float | None) -> None:
+        """The bill before the countersignature: units against what this node received (``Tally``), the price
+        per unit against the worker's signed offer and this task's limit; the total is units x price by the
+        receipt's own construction. A wrong bill is refused (``bad_bill``): the worker is scored down and paid
+        nothing. (Seen before this check: a bill of 1,000x the units at 1 credit per token, countersigned.)"""
+        receipt = signed.receipt
+        problems = []
+        ceiling = credits_to_atto(offered_price)
+        if max_price is not None:
+            ceiling = min(ceiling, credits_to_atto(max_price))
+        if receipt.price_per_unit > ceiling:
+            problems.append(f"{receipt.price_per_unit} atto-credits per {receipt.unit} is above the {ceiling} offered")
+        if tally is not None:
+            expected = tally.units(msg.output)
+            if isinstance(expected, str):
+                problems.append(expected)
+            elif not expected[0] <= receipt.units <= expected[1]:
+                low, high = expected
+                problems.append(f"{receipt.units} units billed for a result of {low}"
+                                + (f" to {high}" if high != low else "") + " units")
+        if problems:
+            raise MalformedFrame("bad_bill", "the bill: " + "; ".join(problems))
 
     async def _settle(self, settled: SignedReceipt, record: TaskRecord, output: dict[str, Any],
                       clock: _Clock) -> TaskEvent:

@@ -68,6 +68,7 @@ from runtimes.interface import (
     Offer,
     Partial,
     RuntimeContext,
+    Tally,
     Task,
 )
 
@@ -112,6 +113,13 @@ class LlamaCppRuntime:
     """The ``inference`` runtime; see the module docstring and ``runtimes.interface.Runtime``."""
 
     name = RUNTIME_NAME
+
+    @staticmethod
+    def tally(payload: Mapping[str, Any]) -> Tally:
+        """The requester's count of a result, to check a worker's bill (``runtimes.interface.Tally``)."""
+        from runtimes.inference.billing import InferenceTally
+
+        return InferenceTally(payload)
 
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context

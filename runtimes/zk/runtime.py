@@ -29,7 +29,7 @@ import structlog
 import trio
 
 from hyperion_node.errors import ConfigError, InternalError
-from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task
+from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Tally, Task
 from runtimes.settings import reject_unknown_keys
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
@@ -187,6 +187,13 @@ class Groth16Runtime:
     """The ``zk-groth16`` runtime; see the module docstring and ``runtimes.interface.Runtime``."""
 
     name = RUNTIME_NAME
+
+    @staticmethod
+    def tally(payload: Mapping[str, Any]) -> Tally:
+        """The requester's count of a result, to check a worker's bill (``runtimes.interface.Tally``)."""
+        from runtimes.zk.billing import ZkTally
+
+        return ZkTally(payload)
 
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
