@@ -15,6 +15,12 @@ class MalformedScene(BadRenderRequest):
     over the size limit, or do not match the SHA-256 the payload gives for them."""
 
 
+class UnsafeScene(BadRenderRequest):
+    """A scene the render sandbox refuses (``runtimes/render/driver.py``): it reads a file outside the .blend
+    (an unpacked image, font, sound or volume, a movie clip, a linked library, a cache on disk) or runs code
+    (OSL, Freestyle modules). The message names each datablock and its path; Blender rendered nothing."""
+
+
 class FrameRangeError(BadRenderRequest):
     """The frame range is empty (end before start) or outside the scene's own frame range."""
 
@@ -42,4 +48,5 @@ __all__ = [
     "MalformedScene",
     "RenderTimeout",
     "RuntimeUnavailable",
+    "UnsafeScene",
 ]

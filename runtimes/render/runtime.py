@@ -40,7 +40,18 @@ import structlog
 import trio
 
 from hyperion_node.errors import InternalError, UserError
-from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task, Verdict
+from runtimes.interface import (
+    BenchmarkResult,
+    Emit,
+    Estimate,
+    Final,
+    Offer,
+    Partial,
+    RuntimeContext,
+    Tally,
+    Task,
+    Verdict,
+)
 from runtimes.render.blender import BlenderBuild, probe
 from runtimes.render.check import SampleRejected, claimed_sample, compare
 from runtimes.render.exceptions import (
@@ -50,13 +61,15 @@ from runtimes.render.exceptions import (
     HyperionError,
     MalformedScene,
     RenderTimeout,
+    UnsafeScene,
 )
 from runtimes.render.png import HASH_DOMAIN, DecodedImage, decode_png
 from runtimes.render.process import DriverExit, run_driver
 from runtimes.render.request import RUNTIME_NAME, RenderRequest, RenderSettings
 
 # Bumped when a change here alters throughput or output, so cached benchmarks are redone.
-RUNTIME_REVISION = "1"
+# 2: the sandbox (driver.py) turns compositing and the sequencer off, which changes frames that used them.
+RUNTIME_REVISION = "2"
 DRIVER = Path(__file__).with_name("driver.py")
 TEST_SCENE_SCRIPT = Path(__file__).parent / "scenes" / "make_test_scene.py"
 # The cached Blender probe (see blender.probe), kept beside the per-task work directories in the cache dir.
@@ -65,8 +78,13 @@ PROBE_CACHE = "blender-build.json"
 # after ~2 s to build the scene.
 # The first frame pays Cycles' kernel and scene set-up, so throughput is taken from the others.
 BENCH_RESOLUTION, BENCH_SAMPLES, BENCH_FRAMES = (128, 96), 16, (1, 3)
+# What a requester can do about a refused scene (Blender 3.4's menu names).
+UNSAFE_SCENE_HINT = ("pack external files into the .blend (File > External Data > Pack Resources) and make "
+                     "linked data local; disk caches, fluid domains and OSL or Freestyle scripts are not rendered "
+                     "here")
 # Blender's messages when it cannot read a .blend, as Blender 3.4 prints them: "File format is not supported
-# in file ..." (garbage), "Failed to read blend file ...: Missing DNA block" (truncated).
+# in file ..." (garbage), "Failed to read blend file ...: Missing DNA block" (truncated). The driver reports
+# them itself; this finds them in Blender's last output when it died while reading (a crash in the reader).
 _SCENE_READ_ERROR = re.compile(r"^Error: .*(blend file|File format|Unable to open|Cannot read)", re.IGNORECASE)
 
 
@@ -75,10 +93,12 @@ def blender_command(blender: str, scene: str, job: dict[str, Any]) -> list[str]:
 
     --factory-startup: no user preferences or add-ons, so two nodes' Blenders behave alike.
     --disable-autoexec: a scene from a peer may carry Python (drivers, registered scripts); never run it.
+    The scene is not on the command line: Blender would evaluate it, opening the files it names, before
+    the driver could run. The driver opens it with its sandbox in place (see driver.py's docstring).
     """
     return [
         blender, "--background", "--factory-startup", "--disable-autoexec", "--python-exit-code", "2",
-        scene, "--python", str(DRIVER), "--", json.dumps(job),
+        "--python", str(DRIVER), "--", json.dumps({**job, "scene": scene}),
     ]  # fmt: skip
 
 
@@ -98,6 +118,13 @@ class BlenderRuntime:
     """The ``render-blender`` runtime; see the module docstring and ``runtimes.interface.Runtime``."""
 
     name = RUNTIME_NAME
+
+    @staticmethod
+    def tally(payload: Mapping[str, Any]) -> Tally:
+        """The requester's count of a result, to check a worker's bill (``runtimes.interface.Tally``)."""
+        from runtimes.render.billing import RenderTally
+
+        return RenderTally(payload)
 
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
@@ -235,6 +262,9 @@ class BlenderRuntime:
             kind = event.get("event")
             if kind == "scene":
                 scene_info.update(event)
+                if event.get("sandbox"):
+                    self._log.info("render sandbox cleared", scene_sha256=request.scene_sha256[:16],
+                                   cleared=event["sandbox"])
             elif kind == "frame":
                 png, image = await trio.to_thread.run_sync(_load_frame, Path(event["path"]))
                 if (image.width, image.height) != (request.width, request.height):
@@ -313,11 +343,14 @@ def _load_frame(path: Path) -> tuple[bytes, DecodedImage]:
 
 
 def _driver_error(kind: str, message: str) -> BadRenderRequest:
-    """The driver's refusals are all about the request: its range, engine, or a scene that will not render."""
+    """The driver's refusals are all about the request: its range, engine, or a scene that will not render
+    or that the sandbox refuses."""
     if kind == "frame_range":
         return FrameRangeError(message)
     if kind == "scene":
         return MalformedScene(message)
+    if kind == "unsafe":
+        return UnsafeScene(message, hint=UNSAFE_SCENE_HINT)
     return BadRenderRequest(message)
 
 

@@ -42,8 +42,8 @@ async def test_renders_each_frame_as_a_partial_with_its_pixel_hash(scene: bytes,
     assert (evidence["frame_start"], evidence["frame_end"], evidence["scene_frame_range"]) == (1, 3, [1, 24])
     assert evidence["settings"] == {
         "engine": "CYCLES", "resolution": [48, 36], "threads": 2, "dither": 0.0, "color": "RGBA8",
-        "view_transform": "Filmic", "device": "CPU", "samples": 4, "seed": 0, "animated_seed": False,
-        "adaptive_sampling": False, "denoising": False, "auto_tile": False,
+        "view_transform": "Filmic", "compositing": False, "sequencer": False, "device": "CPU", "samples": 4,
+        "seed": 0, "animated_seed": False, "adaptive_sampling": False, "denoising": False, "auto_tile": False,
     }  # fmt: skip
     assert evidence["blender"]["version"] == evidence["blender"]["reported_version"]
     assert len(evidence["blender"]["binary_sha256"]) == 64
@@ -196,7 +196,7 @@ async def test_benchmark_offer_and_estimate(scene: bytes, tmp_path: Path) -> Non
         assert (offer.item, offer.unit, offer.capacity) == ("blender-cycles", "pixel-sample", 1)
         assert (offer.throughput, offer.price_per_unit) == (result.throughput, 1e-9)
         assert offer.details["blender"]["version"] == runtime.build.version
-        assert runtime.version.startswith(f"1+blender.{runtime.build.version}.")
+        assert runtime.version.startswith(f"2+blender.{runtime.build.version}.")
         estimate = runtime.estimate(task(scene, 1, 10))
         assert estimate.accepted
         assert estimate.seconds is not None
