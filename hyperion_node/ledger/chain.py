@@ -189,10 +189,29 @@ class Ledger:
             entry = self._write(conn, head, "dispute", rid, dispute.encode())
             conn.execute("UPDATE ledger_receipts SET status = 'disputed', status_position = ? WHERE receipt_id = ?",
                          (entry.position, rid))
+            conn.execute("DELETE FROM ledger_contests WHERE receipt_id = ?", (rid,))
             return entry, (entry.position, *open_epoch)
 
         entry, self._open_state = self.store.transaction(work)
         return entry
+
+    def contest(self, receipt_id: bytes, case: bytes, verifiers: Sequence[str], at_ms: int) -> bool:
+        """Record an unconfirmed dispute of one of this node's receipts: shown as contested, still counted as
+        earned. False when the receipt is not here or already disputed (nothing to contest)."""
+
+        def work(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT status FROM ledger_receipts WHERE receipt_id = ?", (receipt_id,)).fetchone()
+            if row is None or row[0] == "disputed":
+                return False
+            conn.execute("INSERT OR REPLACE INTO ledger_contests (receipt_id, case_data, verifiers, at_ms)"
+                         " VALUES (?, ?, ?, ?)", (receipt_id, case, ",".join(verifiers), at_ms))
+            return True
+
+        return bool(self.store.transaction(work))
+
+    def contests(self) -> list[bytes]:
+        """The dispute cases of this node's receipts that are still contested (oldest first)."""
+        return [bytes(r[0]) for r in self.store.execute("SELECT case_data FROM ledger_contests ORDER BY at_ms")]
 
     def close_epoch(self, *, only_if_due: bool = False) -> SignedEpoch | None:
         """Sign the Merkle root of every receipt since the last epoch. None when there is none (or, with
@@ -327,10 +346,11 @@ class Ledger:
 
     def summaries(self) -> list[ReceiptSummary]:
         rows = self.store.execute(
-            "SELECT receipt_id, role, status, runtime, unit, units, total, worker, requester, finished_at_ms,"
-            " recorded_at_ms, epoch FROM ledger_receipts ORDER BY position")
-        return [ReceiptSummary(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], r[9], r[10], r[11])
-                for r in rows]
+            "SELECT r.receipt_id, r.role, r.status, r.runtime, r.unit, r.units, r.total, r.worker, r.requester,"
+            " r.finished_at_ms, r.recorded_at_ms, r.epoch, c.receipt_id IS NOT NULL FROM ledger_receipts r"
+            " LEFT JOIN ledger_contests c ON c.receipt_id = r.receipt_id ORDER BY r.position")
+        return [ReceiptSummary(bytes(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), r[7], r[8], r[9], r[10], r[11],
+                               contested=bool(r[12])) for r in rows]
 
     def open_epoch(self) -> tuple[int, int | None]:
         """Receipts not yet in a closed epoch, and when the oldest of them was appended (Unix ms)."""

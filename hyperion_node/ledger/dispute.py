@@ -70,3 +70,131 @@ def verify_dispute(dispute: Dispute, keys: PeerKeys | None = None) -> None:
     if not keys.verify(dispute.verifier, DOMAIN_DISPUTE, dispute.body, dispute.signature):
         raise BadSignature(f"dispute of receipt {dispute.receipt_id.hex()}: the signature is not verifier "
                            f"{dispute.verifier}'s", peer_id=dispute.verifier)
+
+
+# -- a dispute with its proof ----------------------------------------------------------------------------------
+
+CASE_VERSION = 1
+# A case travels on the receipts topic (64 KiB envelopes): an inference result's prompt and tokens fit; a ZK
+# key or a scene does not, and such a case travels without its evidence (``evidence`` None), so that only its
+# verifiers' standing can confirm it.
+MAX_CASE_BYTES = 60 * 1024
+MAX_CASE_DISPUTES = 8
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the verifiers re-ran: the task's payload and the worker's output (bound to the receipt by its
+    input and output hashes), and the one partial result a render check re-renders."""
+
+    payload: Any
+    output: Any
+    sample: Any = None
+
+    def to_map(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"payload": self.payload, "output": self.output}
+        if self.sample is not None:
+            body["sample"] = self.sample
+        return body
+
+
+@dataclass(frozen=True)
+class DisputeCase:
+    """A dispute that carries its proof: the settled receipt (both signatures), the verifiers' signed disputes
+    of it, and, where it fits, the evidence they re-ran. ``hyperion_node.verify.judge`` decides whether a node
+    believes it; this class only checks that it is what it says (``check_case``)."""
+
+    receipt: bytes  # SignedReceipt.encode() of the settled receipt
+    disputes: tuple[bytes, ...]  # Dispute.encode() of each verifier's
+    evidence: Evidence | None
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"v": CASE_VERSION, "receipt": self.receipt, "disputes": list(self.disputes)}
+        if self.evidence is not None:
+            body["evidence"] = self.evidence.to_map()
+        return codec.encode(body)
+
+    @classmethod
+    def decode(cls, data: bytes) -> DisputeCase:
+        value = codec.decode(data, what="dispute case", max_bytes=MAX_CASE_BYTES)
+        if not isinstance(value, dict) or not codec.is_version(value.get("v"), CASE_VERSION):
+            raise Malformed("dispute case: expected a map of version 1")
+        if not set(value) <= {"v", "receipt", "disputes", "evidence"}:
+            raise Malformed("dispute case: unknown fields")
+        receipt, disputes = value.get("receipt"), value.get("disputes")
+        if not isinstance(receipt, bytes) or not isinstance(disputes, list) or not 1 <= len(disputes) <= \
+                MAX_CASE_DISPUTES or not all(isinstance(d, bytes) for d in disputes):
+            raise Malformed(f"dispute case: a receipt and 1 to {MAX_CASE_DISPUTES} disputes")
+        evidence = value.get("evidence")
+        parsed: Evidence | None = None
+        if evidence is not None:
+            if not isinstance(evidence, dict) or not {"payload", "output"} <= set(evidence) <= \
+                    {"payload", "output", "sample"}:
+                raise Malformed("dispute case: evidence is {payload, output, sample?}")
+            if not all(isinstance(evidence[k], dict) for k in evidence):
+                raise Malformed("dispute case: evidence parts are maps")
+            parsed = Evidence(evidence["payload"], evidence["output"], evidence.get("sample"))
+        return cls(receipt, tuple(disputes), parsed)
+
+
+@dataclass(frozen=True)
+class CheckedCase:
+    """A case whose form, signatures and bindings hold: what it proves, before anyone's judgement."""
+
+    case: DisputeCase
+    receipt: Any  # the SignedReceipt (typed loosely: receipt.py imports this module's neighbours)
+    disputes: tuple[Dispute, ...]
+    bound: bool  # the evidence is there and its hashes are the receipt's: anyone serving the item can re-run it
+
+    @property
+    def worker(self) -> str:
+        return str(self.receipt.receipt.worker)
+
+    @property
+    def requester(self) -> str:
+        return str(self.receipt.receipt.requester)
+
+    @property
+    def verifiers(self) -> tuple[str, ...]:
+        return tuple(d.verifier for d in self.disputes)
+
+    @property
+    def independent(self) -> tuple[str, ...]:
+        """The verifiers that are not the accusing requester: only they can confirm the case."""
+        return tuple(v for v in self.verifiers if v != self.requester)
+
+
+def check_case(case: DisputeCase, keys: PeerKeys | None = None) -> CheckedCase:
+    """Check everything a case claims that needs no judgement; ``Malformed`` / ``BadSignature`` otherwise.
+
+    * the receipt is settled and both its signatures verify;
+    * each dispute verifies, names this receipt and its worker, and is signed by a distinct verifier that is
+      not the worker (the requester's own dispute may be among them: it is the accusation, and never counts
+      as a confirmation of itself, ``verify.cases``);
+    * the evidence, when present, hashes to the receipt's input and output hashes (else it is not the work
+      the worker signed, and the case is refused: a wrong output proves nothing against the worker).
+    """
+    from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_receipt
+
+    keys = keys or PeerKeys(capacity=MAX_CASE_DISPUTES + 2)
+    signed = SignedReceipt.decode(case.receipt)
+    verify_receipt(signed, keys, require_countersignature=True)
+    receipt = signed.receipt
+    disputes: list[Dispute] = []
+    for raw in case.disputes:
+        dispute = Dispute.decode(raw)
+        verify_dispute(dispute, keys)
+        if dispute.receipt_id != signed.id or dispute.worker != receipt.worker:
+            raise Malformed("dispute case: a dispute of another receipt or worker", peer_id=dispute.verifier)
+        if dispute.verifier == receipt.worker:
+            raise Malformed("dispute case: a worker does not dispute its own receipt", peer_id=dispute.verifier)
+        if dispute.verifier in {d.verifier for d in disputes}:
+            raise Malformed("dispute case: one verifier twice", peer_id=dispute.verifier)
+        disputes.append(dispute)
+    bound = False
+    if case.evidence is not None:
+        if (content_hash(case.evidence.payload) != receipt.input_hash
+                or content_hash(case.evidence.output) != receipt.output_hash):
+            raise Malformed("dispute case: the evidence is not the work the receipt commits to")
+        bound = True
+    return CheckedCase(case, signed, tuple(disputes), bound)

@@ -4,7 +4,7 @@ layer publishes and receives them, :class:`~hyperion_node.ledger.reputation.Repu
 The P2P layer carries every gossip message in its signed envelope (``hyperion_node.p2p.messages.seal``),
 whose body is a map; ours is::
 
-    {"v": 1, "kind": "settled" | "epoch" | "dispute", "record": <the record's own signed encoding>}
+    {"v": 1, "kind": "settled" | "epoch" | "case", "record": <the record's own signed encoding>}
     {"v": 1, "kind": "settled-batch", "records": [<a settled receipt's signed encoding>, ...]}  # 2 to 64
 
 published with ``seal(identity, GOSSIP_TYPE, to_gossip_body(record))`` (``pack_settled(receipts)`` for the
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hyperion_node.ledger import codec
-from hyperion_node.ledger.dispute import Dispute
+from hyperion_node.ledger.dispute import MAX_CASE_BYTES, Dispute, DisputeCase
 from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.exceptions import Malformed
 from hyperion_node.ledger.receipt import MAX_RECEIPT_BYTES, SignedReceipt
@@ -35,7 +35,7 @@ GOSSIP_TYPE = "receipt"  # the envelope type the P2P layer's receipts-topic vali
 MESSAGE_VERSION = 1
 # A receipt at its own cap plus this map; the P2P envelope around it must stay under the receipts topic's
 # 64 KiB cap (hyperion_node/p2p/network.py MAX_RECEIPT_GOSSIP_BYTES), far below gossipsub's 1 MiB default.
-MAX_MESSAGE_BYTES = MAX_RECEIPT_BYTES + 1024
+MAX_MESSAGE_BYTES = max(MAX_RECEIPT_BYTES, MAX_CASE_BYTES) + 1024
 
 # A batch of settled receipts: at most this many, of at most this many record bytes together, which leaves
 # room under the receipts topic's 64 KiB envelope cap for the envelope and the batch's own encoding. A
@@ -44,7 +44,7 @@ MAX_BATCH_RECEIPTS = 64
 MAX_BATCH_RECORD_BYTES = 56 * 1024
 BATCH_KIND = "settled-batch"
 
-GossipRecord = SignedReceipt | SignedEpoch | Dispute
+GossipRecord = SignedReceipt | SignedEpoch | DisputeCase | Dispute
 
 
 def to_gossip_body(record: GossipRecord) -> dict[str, Any]:
@@ -54,6 +54,8 @@ def to_gossip_body(record: GossipRecord) -> dict[str, Any]:
         kind = "settled"
     elif isinstance(record, SignedEpoch):
         kind = "epoch"
+    elif isinstance(record, DisputeCase):
+        kind = "case"
     else:
         kind = "dispute"
     return {"v": MESSAGE_VERSION, "kind": kind, "record": record.encode()}
@@ -112,7 +114,9 @@ def from_gossip_body(body: Mapping[str, Any]) -> GossipRecord:
         return _settled_receipt(record)
     if kind == "epoch":
         return SignedEpoch.decode(record)
-    if kind == "dispute":
+    if kind == "case":  # the form only: whether anyone believes it is verify/cases.py's to say
+        return DisputeCase.decode(record)
+    if kind == "dispute":  # a bare dispute, as nodes before dispute cases sent them: read, never believed
         return Dispute.decode(record)
     raise Malformed(f"gossip message: unknown kind {kind!r}")
 

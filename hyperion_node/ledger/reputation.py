@@ -1,12 +1,15 @@
-"""A per-peer reputation view built from what the network gossips: settled receipts, disputes, epoch roots,
-plus the failures this node saw itself. Pure: no I/O, time passed in. The scheduler reads
-:meth:`ReputationView.reliability` as its reliability criterion.
+"""A per-peer reputation view built from what this node can check: settled receipts (each credited to its
+worker in proportion to the standing of the requester that signed it), confirmed disputes, epoch roots, and the
+failures this node saw itself. Pure: no I/O, time passed in. The scheduler reads :meth:`ReputationView.reliability`
+as its reliability criterion.
 
 Reliability is the expected value of a Beta reputation (Jøsang & Ismail, "The Beta Reputation System",
 2002): with ``r`` good outcomes and ``s`` bad ones, ``(r + 1) / (r + s + 2)``. A peer never seen scores 0.5,
 one good task moves it only a little, and the score needs many outcomes to approach 0 or 1. Good outcomes
-are settled receipts; bad ones are failures (weight 1) and disputes (weight ``DISPUTE_WEIGHT``: a dispute is
-evidence of a wrong result, not of bad luck).
+are settled receipts weighted by their requester's standing (``ledger/trust.py``: EigenTrust rooted in this
+node's own dealings), so that keys trading receipts among themselves earn nothing; bad ones are failures
+(weight 1), confirmed disputes (weight ``DISPUTE_WEIGHT``: evidence of a wrong result, not of bad luck) and
+disputes a peer signed that this node's own check showed wrong (the same weight, against the signer).
 
 Replays: a receipt id is accepted once. Ids are remembered for ``window_ms`` after the work finished; a
 receipt older than that is refused as stale rather than risk taking a replay, so memory is bounded by the
@@ -17,14 +20,16 @@ evicted id still cannot come back).
 from __future__ import annotations
 
 import heapq
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from hyperion_node.ledger.dispute import Dispute, verify_dispute
 from hyperion_node.ledger.epochs import SignedEpoch, verify_epoch
 from hyperion_node.ledger.exceptions import Malformed, Replayed, Stale
 from hyperion_node.ledger.receipt import SignedReceipt, verify_receipt
 from hyperion_node.ledger.signing import PeerKeys
+from hyperion_node.ledger.trust import TrustGraph
 
 DISPUTE_WEIGHT = 5.0
 DAY_MS = 86_400_000
@@ -35,16 +40,18 @@ MAX_CLOCK_SKEW_MS = 5 * 60_000
 
 @dataclass(frozen=True)
 class PeerReputation:
-    completed: int = 0
+    completed: int = 0  # settled receipts seen for its work, whoever signed them
     failed: int = 0
-    disputed: int = 0
+    disputed: int = 0  # confirmed disputes of its work
     volume: int = 0  # atto-credits of settled work done
     last_seen_ms: int = 0
+    false_disputes: int = 0  # disputes it signed that this node's own check showed wrong
+    credited: float = 0.0  # completed, each weighted by its requester's standing here (set by the view)
 
     @property
     def reliability(self) -> float:
-        good = self.completed
-        bad = self.failed + DISPUTE_WEIGHT * self.disputed
+        good = self.credited
+        bad = self.failed + DISPUTE_WEIGHT * (self.disputed + self.false_disputes)
         return (good + 1.0) / (good + bad + 2.0)
 
 
@@ -84,40 +91,81 @@ class ReplayGuard:
 
 class ReputationView:
     """Reputation per peer ID, from verified gossip and local observations. Bounded to ``max_peers``,
-    the least recently seen forgotten first."""
+    the least recently seen forgotten first. ``me`` is this node: its own receipts root the trust graph."""
 
-    def __init__(self, *, keys: PeerKeys | None = None, window_ms: int = DAY_MS, capacity: int = 200_000,
-                 max_peers: int = 10_000) -> None:
+    def __init__(self, me: str = "", *, keys: PeerKeys | None = None, window_ms: int = DAY_MS,
+                 capacity: int = 200_000, max_peers: int = 10_000, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
         self._keys = keys or PeerKeys()
         self._receipts = ReplayGuard(window_ms=window_ms, capacity=capacity)
         self._disputes = ReplayGuard(window_ms=window_ms, capacity=capacity)
         self._epochs: OrderedDict[tuple[str, int], bytes] = OrderedDict()  # (signer, number) -> root
         self._max_peers = max_peers
         self._peers: OrderedDict[str, PeerReputation] = OrderedDict()
+        self._clock = clock
+        self.trust = TrustGraph(me or "-", max_peers=max_peers)
+        # worker -> {requester: settled receipts}, what ``credited`` weighs by each requester's standing
+        self._by_requester: OrderedDict[str, OrderedDict[str, int]] = OrderedDict()
 
     def _update(self, peer_id: str, now_ms: int, *, completed: int = 0, failed: int = 0, disputed: int = 0,
-                volume: int = 0) -> None:
+                volume: int = 0, false_disputes: int = 0) -> None:
         old = self._peers.pop(peer_id, PeerReputation())
         self._peers[peer_id] = PeerReputation(old.completed + completed, old.failed + failed,
-                                              old.disputed + disputed, old.volume + volume, now_ms)
+                                              old.disputed + disputed, old.volume + volume, now_ms,
+                                              old.false_disputes + false_disputes)
         while len(self._peers) > self._max_peers:
-            self._peers.popitem(last=False)
+            gone, _ = self._peers.popitem(last=False)
+            self._by_requester.pop(gone, None)
+
+    def _credit(self, worker: str, requester: str) -> None:
+        counts = self._by_requester.pop(worker, None) or OrderedDict()
+        counts[requester] = counts.pop(requester, 0) + 1
+        if len(counts) > self.trust.max_edges:
+            counts.popitem(last=False)
+        self._by_requester[worker] = counts
+        while len(self._by_requester) > self._max_peers:
+            self._by_requester.popitem(last=False)
 
     def observe_settled(self, signed: SignedReceipt, now_ms: int) -> None:
-        """A settled receipt from gossip: verify both signatures, refuse replays, credit the worker."""
+        """A settled receipt from gossip: verify both signatures, refuse replays, credit the worker (by the
+        requester's standing, when read) and add the dealing to the trust graph."""
         verify_receipt(signed, self._keys, require_countersignature=True)
         receipt = signed.receipt
         if receipt.worker == receipt.requester:
             raise Malformed("a receipt for work a peer did for itself earns no reputation", peer_id=receipt.worker)
         self._receipts.check(signed.id, receipt.finished_at_ms, now_ms)
+        self.trust.dealt(receipt.requester, receipt.worker)
+        self._credit(receipt.worker, receipt.requester)
         self._update(receipt.worker, now_ms, completed=1, volume=receipt.total)
 
-    def observe_dispute(self, dispute: Dispute, now_ms: int) -> None:
-        """A verifier's signed dispute: counted once per (receipt, verifier) against the worker."""
-        verify_dispute(dispute, self._keys)
-        key = dispute.receipt_id + dispute.verifier.encode()
-        self._disputes.check(key, dispute.at_ms, now_ms)
-        self._update(dispute.worker, now_ms, disputed=1)
+    def observe_own(self, signed: SignedReceipt, now_ms: int) -> None:
+        """A receipt this node settled itself, as requester or worker: real dealings, the roots of trust.
+        The same receipt arriving later by gossip is then a replay (refused, not counted twice)."""
+        receipt = signed.receipt
+        try:
+            self._receipts.check(signed.id, receipt.finished_at_ms, now_ms)
+        except (Replayed, Stale):
+            return
+        self.trust.dealt(receipt.requester, receipt.worker)
+        if receipt.worker != self.trust.me:
+            self._credit(receipt.worker, receipt.requester)
+            self._update(receipt.worker, now_ms, completed=1, volume=receipt.total)
+
+    def observe_confirmed_dispute(self, worker: str, receipt_id: bytes, now_ms: int, at_ms: int) -> bool:
+        """A dispute of ``receipt_id`` this node confirmed (its own check, or two verifiers with standing):
+        counted once per receipt against the worker. False if it was already counted."""
+        try:
+            self._disputes.check(receipt_id, at_ms, now_ms)
+        except (Replayed, Stale):
+            return False
+        self._update(worker, now_ms, disputed=1)
+        return True
+
+    def observe_false_dispute(self, signer: str, now_ms: int) -> None:
+        """``signer`` signed a dispute this node's own check showed wrong: it loses standing here, and what it
+        said of others stops counting in the trust graph."""
+        self._update(signer, now_ms, false_disputes=1)
+        self.trust.forget(signer)
 
     def observe_failure(self, peer_id: str, now_ms: int) -> None:
         """A task this node dispatched to ``peer_id`` failed or timed out (the orchestrator reports it)."""
@@ -140,11 +188,21 @@ class ReputationView:
             self._epochs.popitem(last=False)
         self._update(epoch.header.signer, now_ms)
 
+    def standing(self, peer_id: str) -> float:
+        """0..1: how far this node's own dealings vouch for ``peer_id`` (``TrustGraph.standing``)."""
+        return self.trust.standing(peer_id, self._clock())
+
     def get(self, peer_id: str) -> PeerReputation:
-        return self._peers.get(peer_id, PeerReputation())
+        found = self._peers.get(peer_id)
+        if found is None:
+            return PeerReputation()
+        counts: dict[str, int] = self._by_requester.get(peer_id) or {}
+        credited = sum(n * self.standing(requester) for requester, n in counts.items())
+        return PeerReputation(found.completed, found.failed, found.disputed, found.volume, found.last_seen_ms,
+                              found.false_disputes, round(credited, 3))
 
     def reliability(self, peer_id: str) -> float:
         return self.get(peer_id).reliability
 
     def snapshot(self) -> dict[str, PeerReputation]:
-        return dict(self._peers)
+        return {peer: self.get(peer) for peer in self._peers}

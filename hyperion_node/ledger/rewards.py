@@ -52,6 +52,7 @@ class ReceiptSummary:
     finished_at_ms: int
     recorded_at_ms: int
     epoch: int | None
+    contested: bool = False  # disputed by someone, not confirmed: still earned, shown apart
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,13 @@ class _Sums:
     earned: int = 0
     pending: int = 0
     disputed: int = 0
+    contested: int = 0  # part of earned (or pending): disputed by someone, not confirmed
     tasks: int = 0
     units: int = 0
 
     def add(self, summary: ReceiptSummary) -> None:
+        if summary.contested and summary.status != "disputed":
+            self.contested += summary.total
         if summary.status == "settled":
             self.earned += summary.total
         elif summary.status == "pending":
@@ -80,7 +84,8 @@ class _Sums:
 
     def to_json(self) -> dict[str, Any]:
         return {"earned": atto_to_credits(self.earned), "pending": atto_to_credits(self.pending),
-                "disputed": atto_to_credits(self.disputed), "tasks": self.tasks, "units": self.units}
+                "disputed": atto_to_credits(self.disputed), "contested": atto_to_credits(self.contested),
+                "tasks": self.tasks, "units": self.units}
 
 
 def format_duration(ms: int) -> str:
@@ -149,14 +154,17 @@ def compute_rewards(
         units[s.runtime] = s.unit
     spent = sum(s.total for s in all_receipts if s.role == "requester" and s.status == "settled")
     counts = {status: sum(1 for s in work if s.status == status) for status in ("settled", "pending", "disputed")}
+    counts["contested"] = sum(1 for s in work if s.contested and s.status != "disputed")
     return {
         "currency": CURRENCY,
         "earned": atto_to_credits(total.earned),
         "pending": atto_to_credits(total.pending),
         "disputed": atto_to_credits(total.disputed),
+        "contested": atto_to_credits(total.contested),
         "spent": atto_to_credits(spent),
         "exact": {"earned": format_credits(total.earned), "pending": format_credits(total.pending),
-                  "disputed": format_credits(total.disputed), "spent": format_credits(spent)},
+                  "disputed": format_credits(total.disputed), "contested": format_credits(total.contested),
+                  "spent": format_credits(spent)},
         "periods": {"last_hour": hour.to_json(), "last_day": day.to_json(), "total": total.to_json()},
         "runtimes": {name: {**sums.to_json(), "unit": units[name]} for name, sums in sorted(per_runtime.items())},
         "tasks": {"completed": len(work), "failed": failed_tasks, **counts},

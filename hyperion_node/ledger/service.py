@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -95,6 +95,13 @@ class LedgerService:
 
     async def dispute(self, dispute: Dispute) -> Entry:
         return await self._store.run(self.ledger.dispute, dispute)
+
+    async def contests(self) -> list[bytes]:
+        return list(await self._store.run(self.ledger.contests))
+
+    async def contest(self, receipt_id: bytes, case: bytes, verifiers: Sequence[str]) -> bool:
+        return bool(await self._store.run(self.ledger.contest, receipt_id, case, list(verifiers),
+                                          int(time.time() * 1000)))
 
     async def _write(self) -> None:
         try:

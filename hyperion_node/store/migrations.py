@@ -98,4 +98,15 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX tasks_by_time ON tasks (created_ms)",
     ],
+    # 4: disputes of this node's own receipts that are not confirmed (hyperion_node/verify/cases.py): a claim
+    # others made, kept beside the hash chain rather than in it, since the chain records only what this node
+    # holds true. A confirmed dispute is a chain entry as before, and removes its row here.
+    [
+        """CREATE TABLE ledger_contests (
+            receipt_id BLOB PRIMARY KEY,
+            case_data BLOB NOT NULL,
+            verifiers TEXT NOT NULL,
+            at_ms INTEGER NOT NULL
+        )""",
+    ],
 ]

@@ -24,10 +24,11 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from hyperion_node.errors import HyperionError, InternalError, UserError
+from hyperion_node.errors import HyperionError, InternalError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger import messages as receipt_gossip
-from hyperion_node.ledger.dispute import Dispute
+from hyperion_node.ledger.chain import Ledger
+from hyperion_node.ledger.dispute import DisputeCase
 from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.exceptions import ReceiptRejected
 from hyperion_node.ledger.receipt import SignedReceipt
@@ -35,6 +36,7 @@ from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.messages import Heartbeat, OfferAd
 from hyperion_node.p2p.network import P2PNetwork
+from hyperion_node.protocols import verify as verify_protocol
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.scheduler import Scheduler, TaskRequirements
 from hyperion_node.scheduler.candidates import (
@@ -58,12 +60,13 @@ from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import open_with_first_frame, reset_quietly
 from hyperion_node.tasks.worker import Worker
 from hyperion_node.trio_types import TaskStatus
+from hyperion_node.verify.cases import rendezvous
 from hyperion_node.verify.service import SpotChecker
 from hyperion_node.verify.settings import VerifySettings
 
 log = structlog.get_logger(__name__)
 
-VERIFY_PROTOCOL = TProtocol("/hyperion/verify/1")
+VERIFY_PROTOCOL = TProtocol(verify_protocol.PROTOCOL_ID)
 
 EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
 # How stale this node's view of who serves an item may get before it asks the DHT again. Peers learn each
@@ -128,7 +131,7 @@ class Orchestrator:
         self.history = TaskHistory(store)
         self.history_writer = HistoryWriter(self.history, store.run)
         self.ledger = ledger
-        self.reputation = ReputationView()
+        self.reputation = ReputationView(self.peer_id, clock=trio.current_time)
         self.scheduler = Scheduler(scheduler, on_event=self._scheduler_event)
         self._free_memory = free_memory
         self.stats: Counter[str] = Counter()
@@ -143,8 +146,8 @@ class Orchestrator:
         self.verify = verify or VerifySettings()
         self.spot_checker = SpotChecker(identity=identity, runtimes=runtimes, settings=self.verify,
                                         verifiers=self._verifiers, open_stream=self._open_verify_stream,
-                                        dispute=self._confirmed_dispute, penalize=self._malformed_and_failed,
-                                        event=self._event)
+                                        reputation=self.reputation, ledger=ledger, publish=self._publish,
+                                        penalize=self._malformed, event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
         self.outbox = SettledOutbox(self.p2p.publish_receipt_gossip, gossip_interval_s)
@@ -160,6 +163,10 @@ class Orchestrator:
             log.info("tasks_marked_failed", count=stale, why="left unfinished by the previous run")
         if self.p2p.host is None:
             raise InternalError("the orchestrator starts after the P2P layer")
+        # The roots of this node's trust are its own dealings: every receipt in its ledger.
+        for summary in await self.store.run(Ledger(self.store, self.peer_id).summaries):
+            if summary.status == "settled" and summary.worker != summary.requester:
+                self.reputation.trust.dealt(summary.requester, summary.worker)
         self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
         self.p2p.host.set_stream_handler(VERIFY_PROTOCOL, self.spot_checker.handle_stream)
         self.p2p.on_heartbeat = self._heartbeat
@@ -268,13 +275,14 @@ class Orchestrator:
         queued, running = self.worker.admission.load()
         ad = OfferAd(runtime=offer.runtime, item=offer.item, unit=offer.unit, price_per_unit=offer.price_per_unit,
                      capacity=offer.capacity, throughput=offer.throughput)
-        candidate = local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(), active_tasks=running,
-                                    queue_depth=queued)
-        return dataclasses.replace(candidate, banned=True) if self._distrusted(self.peer_id) else candidate
+        # Never distrusted: what others say of this node's work is theirs to act on, and its owner's own
+        # requests must not be refused because a stranger accused it (seen: two forged disputes did that).
+        return local_candidate(self.peer_id, ad, free_memory_bytes=self._free_memory(), active_tasks=running,
+                               queue_depth=queued)
 
     def _distrusted(self, peer_id: str) -> bool:
         """A worker with confirmed disputes gets no more work from this node (the scheduler skips banned peers)."""
-        return self.reputation.get(peer_id).disputed >= self.verify.distrust_after_disputes
+        return peer_id != self.peer_id and self.reputation.get(peer_id).disputed >= self.verify.distrust_after_disputes
 
     async def live_providers(self, runtime: str, item: str) -> list[Candidate]:
         """The live peers (this node included) that offer runtime/item, for a job that splits its work
@@ -302,41 +310,28 @@ class Orchestrator:
 
     def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
                    sample: dict[str, Any] | None) -> None:
+        self.reputation.observe_own(settled, int(time.time() * 1000))
         self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled, sample)
 
-    async def _verifiers(self, runtime: str, item: str, exclude: frozenset[str]) -> list[str]:
-        """Who may check work on runtime/item, best first: this node when it serves it, then the scheduler's
-        ranking of the others; never a peer in ``exclude`` (the worker, verifiers already asked)."""
+    async def _verifiers(self, runtime: str, item: str, receipt_id: bytes, exclude: frozenset[str]) -> list[str]:
+        """Who may check a receipt's work on runtime/item, in the protocol's order: this node first when it
+        serves the item (it trusts itself), then the live providers in rendezvous order of the receipt's ID
+        (``verify.cases.rendezvous``: the requester does not pick), those with standing here before strangers
+        so that a dispute is confirmed by peers this node's own dealings vouch for; never a peer in
+        ``exclude`` (the worker, verifiers already asked)."""
         spec = TaskSpec(runtime=runtime, item=item, payload={}, timeout_s=self.verify.timeout_s)
         req = TaskRequirements(runtime=runtime, item=item, exclude=exclude)
         candidates = [c for c in await self._candidates(spec, req) if c.peer_id not in exclude]
         local = [c.peer_id for c in candidates if c.local]
-        return local + [c.peer_id for c in self.scheduler.choose(req, candidates).ranked if not c.candidate.local]
+        peers = [c.peer_id for c in candidates if not c.local and not c.banned and c.state.value == "alive"]
+        ordered = rendezvous(receipt_id, peers)
+        floor = self.verify.standing_floor
+        return local + sorted(ordered, key=lambda p: self.reputation.standing(p) < floor)
 
     async def _open_verify_stream(self, peer_id: str) -> INetStream:
         assert self.p2p.host is not None
         stream: INetStream = await self.p2p.host.new_stream(ID.from_base58(peer_id), [VERIFY_PROTOCOL])
         return stream
-
-    async def _confirmed_dispute(self, dispute: Dispute) -> None:
-        """A dispute this node confirmed: its ledger, its reputation view, then the network."""
-        await self._record_dispute(dispute)
-        try:
-            self.reputation.observe_dispute(dispute, int(time.time() * 1000))
-        except ReceiptRejected as exc:
-            log.info("dispute_not_counted", why=str(exc)[:200])
-        await self._publish(dispute)
-
-    async def _record_dispute(self, dispute: Dispute) -> None:
-        """Mark the receipt disputed in our ledger, if we hold it and it is not already."""
-        try:
-            await self.ledger.dispute(dispute)
-        except (ReceiptRejected, UserError) as exc:  # not ours, or already disputed by another verifier
-            log.debug("dispute_not_recorded", why=str(exc)[:200])
-
-    def _malformed_and_failed(self, peer_id: str, reason: str) -> None:
-        self._malformed(peer_id, reason)
-        self._failure(peer_id)
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
         await self.store.run(self.store.append_event, kind, data)
@@ -371,10 +366,11 @@ class Orchestrator:
 
     # -- the receipts topic ------------------------------------------------------------------------------------
 
-    async def _publish(self, record: SignedEpoch | Dispute) -> None:
+    async def _publish(self, record: SignedEpoch | DisputeCase) -> None:
         await self.p2p.publish_receipt_gossip(receipt_gossip.to_gossip_body(record))
 
     async def _settled(self, settled: SignedReceipt) -> None:
+        self.reputation.observe_own(settled, int(time.time() * 1000))
         self.outbox.add(settled)  # gossiped with the others that settle meanwhile (gossip_outbox.py)
 
     async def publish_epoch(self, epoch: SignedEpoch) -> None:
@@ -393,10 +389,12 @@ class Orchestrator:
                     self.reputation.observe_settled(record, now)
                 elif isinstance(record, SignedEpoch):
                     self.reputation.observe_epoch(record, now)
-                else:
-                    self.reputation.observe_dispute(record, now)
-                    if record.worker == self.peer_id and self._nursery is not None:
-                        self._nursery.start_soon(self._record_dispute, record)  # our own receipt, disputed
+                elif isinstance(record, DisputeCase):
+                    if self._nursery is not None:  # judged, maybe re-checked: verify/service.py
+                        self._nursery.start_soon(self.spot_checker.on_case, sender, record.encode())
+                else:  # a dispute without its proof changes nothing (verify/cases.py)
+                    self.stats["gossip:dispute_without_proof"] += 1
+                    continue
             except ReceiptRejected as exc:
                 self._gossip_rejected(sender, exc)
                 continue

@@ -1,16 +1,23 @@
-"""Frames of ``/hyperion/verify/1``, as pure code: a requester asks a peer to check a settled receipt's work.
+"""Frames of ``/hyperion/verify/2``, as pure code: a requester asks a peer to check a settled receipt's work.
 
 ::
 
-    requester                                  verifier
-    CHECK {receipt, payload, output, sample?} ─▶  receipt signatures and hashes, then the runtime's own check
+    requester (opener)                          verifier (answerer)
+    CHECK {receipt, payload, output, sample?} ─▶  asker is the receipt's requester? its payload and output
+                                                  are the ones the receipt commits to? then the runtime's check
                                    ◀───────── VERDICT {ok, reason, dispute?}
+                                            | BUSY {reason, retry_after_s}   (before reading: no place free)
+                                            | REFUSED {reason}               (the asker's fault: not the
+                                                                              requester, or evidence that is
+                                                                              not the receipt's)
 
-A failed verdict carries a :class:`~hyperion_node.ledger.dispute.Dispute` signed by the verifier (the
-verdict itself, in the form every peer can check); a passing one travels on the Noise-authenticated stream
-and is recorded as an event. Framing and caps as on ``/hyperion/task/1``: the check carries the task's
-payload and output again. ``sample`` is one partial result the requester kept, for runtimes whose final
-output holds only hashes of what was streamed (render: one frame's PNG, which the verifier renders again).
+A failed verdict carries a :class:`~hyperion_node.ledger.dispute.Dispute` signed by the verifier; a passing one
+travels on the Noise-authenticated stream. Version 2 (from 1): only the receipt's requester may ask (the stream's
+authenticated remote is the signed ask), a mismatch between the asker's evidence and the receipt blames the
+asker (REFUSED) instead of the worker, and a verifier with no place free says BUSY before it reads anything.
+Framing and caps as on ``/hyperion/task/1``: the check carries the task's payload and output again.
+``sample`` is one partial result the requester kept, for runtimes whose final output holds only hashes of what
+was streamed (render: one frame's PNG, which the verifier renders again).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from hyperion_node.tasks.messages import (
     text_keyed_map,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_VERDICT_BYTES = 16 * 1024
+T_CHECK, T_VERDICT, T_BUSY, T_REFUSED = "check", "verdict", "busy", "refused"
 
 
 @dataclass(frozen=True)
@@ -47,29 +55,51 @@ class VerdictAnswer:
     dispute: bytes | None = None  # Dispute.encode() when not ok
 
 
+@dataclass(frozen=True)
+class VerifyBusy:
+    reason: str
+    retry_after_s: float
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The verifier will not judge this ask, and says whose fault that is: the asker's."""
+
+    reason: str
+
+
+VerifierMessage = VerdictAnswer | VerifyBusy | Refused
+
+
 def encode_check(msg: CheckRequest) -> bytes:
     body = {"receipt": msg.receipt, "payload": dict(msg.payload), "output": dict(msg.output)}
     if msg.sample is not None:
         body["sample"] = dict(msg.sample)
-    return encode_map("check", body, PROTOCOL_VERSION)
+    return encode_map(T_CHECK, body, PROTOCOL_VERSION)
 
 
-def encode_verdict(msg: VerdictAnswer) -> bytes:
-    body: dict[str, Any] = {"ok": msg.ok, "reason": msg.reason[:MAX_TEXT]}
-    if msg.dispute is not None:
-        body["dispute"] = msg.dispute
-    return encode_map("verdict", body, PROTOCOL_VERSION)
+def encode_answer(msg: VerifierMessage) -> bytes:
+    match msg:
+        case VerdictAnswer(ok=ok, reason=reason, dispute=dispute):
+            body: dict[str, Any] = {"ok": ok, "reason": reason[:MAX_TEXT]}
+            if dispute is not None:
+                body["dispute"] = dispute
+            return encode_map(T_VERDICT, body, PROTOCOL_VERSION)
+        case VerifyBusy(reason=reason, retry_after_s=retry):
+            return encode_map(T_BUSY, {"reason": reason[:MAX_TEXT], "retry_after_s": retry}, PROTOCOL_VERSION)
+        case Refused(reason=reason):
+            return encode_map(T_REFUSED, {"reason": reason[:MAX_TEXT] or "refused"}, PROTOCOL_VERSION)
+    raise TypeError(f"not a verifier message: {msg!r}")
 
 
-def _load(data: bytes, max_bytes: int, msg_type: str) -> dict[str, Any]:
-    found, value = decode_map(data, max_bytes, PROTOCOL_VERSION)
-    if found != msg_type:
-        raise MalformedFrame("wrong_type", f"expected {msg_type}")
-    return value
+def answer_type(msg: VerifierMessage) -> str:
+    return {VerdictAnswer: T_VERDICT, VerifyBusy: T_BUSY, Refused: T_REFUSED}[type(msg)]
 
 
 def decode_check(data: bytes) -> CheckRequest:
-    body = _load(data, MAX_REQUEST_BYTES, "check")
+    msg_type, body = decode_map(data, MAX_REQUEST_BYTES, PROTOCOL_VERSION)
+    if msg_type != T_CHECK:
+        raise MalformedFrame("wrong_type", f"{msg_type[:32]!r} is not an asker's message")
     receipt = body.get("receipt")
     if not isinstance(receipt, bytes):
         raise MalformedFrame("bad_schema", "receipt must be bytes")
@@ -77,13 +107,25 @@ def decode_check(data: bytes) -> CheckRequest:
     return CheckRequest(receipt, text_keyed_map(body, "payload"), text_keyed_map(body, "output"), sample)
 
 
-def decode_verdict(data: bytes) -> VerdictAnswer:
-    body = _load(data, MAX_VERDICT_BYTES, "verdict")
-    ok, reason, dispute = body.get("ok"), body.get("reason"), body.get("dispute")
-    if not isinstance(ok, bool) or not isinstance(reason, str) or len(reason) > MAX_TEXT:
-        raise MalformedFrame("bad_schema", "a verdict has a boolean ok and a reason")
-    if dispute is not None and not isinstance(dispute, bytes):
-        raise MalformedFrame("bad_schema", "dispute must be bytes")
-    if not ok and dispute is None:
-        raise MalformedFrame("bad_schema", "a failed verdict carries the verifier's signed dispute")
-    return VerdictAnswer(ok, reason, dispute)
+def decode_answer(data: bytes) -> VerifierMessage:
+    msg_type, body = decode_map(data, MAX_VERDICT_BYTES, PROTOCOL_VERSION)
+    reason = body.get("reason")
+    if not isinstance(reason, str) or len(reason) > MAX_TEXT:
+        raise MalformedFrame("bad_schema", "a reason is text")
+    if msg_type == T_VERDICT:
+        ok, dispute = body.get("ok"), body.get("dispute")
+        if not isinstance(ok, bool):
+            raise MalformedFrame("bad_schema", "a verdict has a boolean ok")
+        if dispute is not None and not isinstance(dispute, bytes):
+            raise MalformedFrame("bad_schema", "dispute must be bytes")
+        if not ok and dispute is None:
+            raise MalformedFrame("bad_schema", "a failed verdict carries the verifier's signed dispute")
+        return VerdictAnswer(ok, reason, dispute)
+    if msg_type == T_BUSY:
+        retry = body.get("retry_after_s")
+        if isinstance(retry, bool) or not isinstance(retry, int | float) or not 0 <= retry <= 3600:
+            raise MalformedFrame("bad_schema", "retry_after_s is 0 to 3600 seconds")
+        return VerifyBusy(reason, float(retry))
+    if msg_type == T_REFUSED:
+        return Refused(reason)
+    raise MalformedFrame("wrong_type", f"{msg_type[:32]!r} is not a verifier's message")

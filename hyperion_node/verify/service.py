@@ -1,21 +1,28 @@
-"""Spot checks: a share of settled receipts is re-checked by another peer that serves the same item.
+"""Spot checks of other peers' work: ``/hyperion/verify/2``, verdicts, and disputes that carry their proof.
 
 Requester side (``after_task``): with probability ``verify.fraction`` a settled receipt of work a peer did
 for us is checked. The check is decided after the worker has answered, from a random draw, so the worker
-cannot tell checked work from ordinary work while doing it. The verifier is this node when it serves the
-item (it trusts itself), else a peer the scheduler picks among those that serve it -- never the worker.
+cannot tell checked work from ordinary work while doing it. The first verifier is this node when it serves
+the item (it trusts itself), else the first peer in the protocol's order for this receipt
+(``cases.rendezvous``) among those that serve it -- never the worker.
 
-A peer verifier could lie too. So a failed verdict from a peer is confirmed by a second verifier before
-anything happens: confirmed, the receipt is disputed (in our ledger, and both verifiers' signed disputes go
-out on the receipts topic, where every node counts them against the worker and the worker's own ledger marks
-its receipt disputed); contradicted, the first verifier is the one that failed, and no dispute is made;
-with no second verifier to ask, the verdict stays an unconfirmed event. A worker with
-``verify.distrust_after_disputes`` disputes is given no more work by this node's scheduler.
+A failed verdict becomes a :class:`~hyperion_node.ledger.dispute.DisputeCase`: the settled receipt, the
+signed disputes (the requester's own, when it checked the work itself, as the accusation; those of
+independent verifiers, which alone can confirm it elsewhere), and the evidence they re-ran when it fits in a
+gossip message. The requester asks verifiers in the protocol's order until two independent ones agree
+(confirmed), one contradicts the accusation (the accuser loses standing here), or none is left (unconfirmed:
+no effect, an event). Its own failed check confirms it for this node.
 
-Verifier side (``handle_stream``): the receipt's signatures and hashes first, then the runtime's own check
-(inference: one batched prefill against the worker's logit commitments; ZK: the proof; render: one frame,
-picked by the requester while the frames arrived, rendered again and compared pixel by pixel). A failed
-verdict is answered with a dispute signed by this node.
+Every node that receives a case judges it by ``cases.judge``: its own re-check where it can make one, else
+two verifiers with standing here, else nothing happens. The accused worker's own ledger shows a case it
+cannot dismiss as *contested* (still earned) until it is confirmed there; a node never distrusts itself.
+
+Verifier side (``handle_stream``): a place for the check first (one per peer, ``verify.concurrent`` running
+and as many waiting in all), else BUSY before reading; then the asker must be the receipt's requester (the
+Noise-authenticated stream is its signed ask) and its payload and output the ones the receipt commits to,
+else REFUSED and the *asker* is scored down; then the runtime's own check (``Runtime.verify``: inference: one
+batched prefill against the worker's logit commitments; ZK: the proof; render: one frame rendered again). A
+failed verdict is answered with a dispute signed by this node.
 """
 
 from __future__ import annotations
@@ -32,52 +39,95 @@ from libp2p.abc import INetStream
 
 from hyperion_node.errors import HyperionError, UserError
 from hyperion_node.identity import Identity
-from hyperion_node.ledger.dispute import Dispute, sign_dispute
+from hyperion_node.ledger.dispute import (
+    MAX_CASE_BYTES,
+    CheckedCase,
+    Dispute,
+    DisputeCase,
+    Evidence,
+    check_case,
+    sign_dispute,
+)
 from hyperion_node.ledger.exceptions import ReceiptRejected
 from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_receipt
+from hyperion_node.ledger.reputation import ReputationView
+from hyperion_node.ledger.service import LedgerService
+from hyperion_node.p2p.limits import PeerSlots
+from hyperion_node.protocols import verify as verify_protocol
+from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import ResultRejected, check_result
-from hyperion_node.tasks.messages import FrameReader, MalformedFrame
-from hyperion_node.tasks.streams import STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
+from hyperion_node.tasks.messages import MAX_REQUEST_BYTES, FrameReader, MalformedFrame
+from hyperion_node.tasks.streams import (
+    STREAM_ERRORS,
+    STREAM_ERRORS_OR_TIMEOUT,
+    BigFrames,
+    Overloaded,
+    read_frame,
+    reset_quietly,
+)
 from hyperion_node.trio_types import TaskStatus
+from hyperion_node.verify.cases import Judgement, after_recheck, judge
 from hyperion_node.verify.messages import (
     MAX_VERDICT_BYTES,
+    T_CHECK,
     CheckRequest,
+    Refused,
     VerdictAnswer,
+    VerifierMessage,
+    VerifyBusy,
+    answer_type,
+    decode_answer,
     decode_check,
-    decode_verdict,
+    encode_answer,
     encode_check,
-    encode_verdict,
 )
 from hyperion_node.verify.settings import VerifySettings
 
 log = structlog.get_logger(__name__)
 
-# A verifier that cannot give an answer (gone, slow, broken frames, cannot judge): ask the next one.
-_UNANSWERED: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, UserError, ReceiptRejected)
-_REFUSED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
+class NotAnswered(Exception):
+    """A verifier said BUSY or REFUSED: ask the next one."""
+
+
+# A verifier that cannot give an answer (gone, slow, busy, broken frames, cannot judge): ask the next one.
+_UNANSWERED: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, ProtocolViolation,
+                                                UserError, ReceiptRejected, NotAnswered)
+_NOT_JUDGED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
 CHECKABLE = ("inference", "zk-groth16", "render-blender")  # runtimes with a check cheaper than the work
+BUSY_RETRY_S = 5.0
+# A contested case of this node's own work is judged again this often: the standing of its verifiers grows as
+# this node learns of their dealings (a case often arrives before the receipts that vouch for its signers).
+REJUDGE_S = 15.0
 
 
-Verifiers = Callable[[str, str, frozenset[str]], Awaitable[list[str]]]  # runtime, item, exclude -> best first
+# runtime, item, receipt id, exclude -> who may check it, in the protocol's order
+Verifiers = Callable[[str, str, bytes, frozenset[str]], Awaitable[list[str]]]
 
 
 class SpotChecker:
     def __init__(self, *, identity: Identity, runtimes: RuntimeRegistry, settings: VerifySettings,
                  verifiers: Verifiers, open_stream: Callable[[str], Awaitable[INetStream]],
-                 dispute: Callable[[Dispute], Awaitable[None]], penalize: Callable[[str, str], None],
+                 reputation: ReputationView, ledger: LedgerService,
+                 publish: Callable[[DisputeCase], Awaitable[None]], penalize: Callable[[str, str], None],
                  event: Callable[[str, dict[str, Any]], Awaitable[None]], rng: random.Random | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.runtimes = runtimes
         self.settings = settings
+        self.reputation = reputation
+        self.ledger = ledger
         self._verifiers = verifiers
         self._open_stream = open_stream
-        self._dispute = dispute
+        self._publish = publish
         self._penalize = penalize
         self._event = event
         self._rng = rng or random.Random()
+        # Checks run at once on this node (its own, a peer's ask, a case's re-check): each costs a prefill.
         self._limiter = trio.CapacityLimiter(settings.concurrent)
+        # Places for peers' checks, taken when a stream opens: one per peer, running and waiting together.
+        self.asks = PeerSlots(per_peer=1, total=2 * settings.concurrent)
+        self._big_frames = BigFrames(2)
         self._nursery: trio.Nursery | None = None
         self.stats: Counter[str] = Counter()
 
@@ -85,10 +135,24 @@ class SpotChecker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._rejudge_contests)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+
+    async def _rejudge_contests(self) -> None:
+        """Judge this node's contested cases again until each is confirmed (then a dispute in the ledger,
+        which ends the contest) or stays contested for as long as the ledger keeps it."""
+        while True:
+            await trio.sleep(REJUDGE_S)
+            for data in await self.ledger.contests():
+                checked = check_case(DisputeCase.decode(data))  # it passed these checks when it came in
+                verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
+                                floor=self.settings.standing_floor, can_recheck=False)
+                if verdict is Judgement.CONFIRMED:
+                    self.stats["case_confirmed_later"] += 1
+                    await self._confirmed(checked.receipt, checked.disputes[0])
 
     # -- requester side ------------------------------------------------------------------------------------
 
@@ -98,52 +162,63 @@ class SpotChecker:
                 or self._rng.random() >= self.settings.fraction):
             return
         self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output, sample),
-                                 settled.receipt.worker, settled.id.hex())
+                                 settled)
 
-    async def _check(self, runtime: str, item: str, request: CheckRequest, worker: str, receipt_id: str) -> None:
-        async with self._limiter:
-            tried: set[str] = {worker}
-            first = await self._next_verdict(runtime, item, request, tried)
-            if first is None:
-                self.stats["no_verifier"] += 1
+    async def _check(self, runtime: str, item: str, request: CheckRequest, settled: SignedReceipt) -> None:
+        worker, receipt_id = settled.receipt.worker, settled.id.hex()
+        facts = {"receipt_id": receipt_id, "worker": worker}
+        tried: set[str] = {worker}
+        first = await self._next_verdict(runtime, item, request, tried)
+        if first is None:
+            self.stats["no_verifier"] += 1
+            return
+        verifier, verdict = first
+        await self._event("verify.passed" if verdict.ok else "verify.failed",
+                          {**facts, "verifier": verifier, "reason": verdict.reason})
+        if verdict.ok:
+            self.stats["passed"] += 1
+            return
+        own = verifier == self.peer_id
+        independent = [] if own else [verdict]
+        tried.add(self.peer_id)  # the requester's own check never confirms its own accusation for others
+        while len(independent) < 2:
+            found = await self._next_verdict(runtime, item, request, tried)
+            if found is None:
+                break
+            if found[1].ok:
+                if own:  # a peer vouches for work this node found wrong: its word counts for less here
+                    self.stats["vouched_for_bad_work"] += 1
+                    await self._event("verify.contradicted", {**facts, "verifier": self.peer_id, "by": found[0]})
+                    continue
+                self.stats["contradicted"] += 1
+                self._penalize(verifier, "false_dispute")
+                self.reputation.observe_false_dispute(verifier, _now_ms())
+                await self._event("verify.contradicted", {**facts, "verifier": verifier, "by": found[0]})
                 return
-            verifier, verdict = first
-            await self._event("verify.passed" if verdict.ok else "verify.failed",
-                              {"receipt_id": receipt_id, "worker": worker, "verifier": verifier,
-                               "reason": verdict.reason})
-            if verdict.ok:
-                self.stats["passed"] += 1
-                return
-            disputes = [verdict]
-            if verifier != self.peer_id:  # a peer's accusation needs a second opinion
-                second = await self._next_verdict(runtime, item, request, tried)
-                if second is None:
-                    self.stats["unconfirmed"] += 1
-                    await self._event("verify.unconfirmed", {"receipt_id": receipt_id, "worker": worker,
-                                                             "verifier": verifier})
-                    return
-                if second[1].ok:
-                    self.stats["contradicted"] += 1
-                    self._penalize(verifier, "false_dispute")
-                    await self._event("verify.contradicted", {"receipt_id": receipt_id, "worker": worker,
-                                                              "verifier": verifier, "by": second[0]})
-                    return
-                disputes.append(second[1])
-            self.stats["disputed"] += 1
-            for answer in disputes:
-                assert answer.dispute is not None
-                await self._dispute(Dispute.decode(answer.dispute))
-            log.info("receipt_disputed", receipt=receipt_id[:16], worker=worker[-8:], reason=verdict.reason)
+            independent.append(found[1])
+        if not own and len(independent) < 2:
+            self.stats["unconfirmed"] += 1
+            await self._event("verify.unconfirmed", {**facts, "verifier": verifier})
+            return
+        self.stats["disputed"] += 1
+        disputes = [Dispute.decode(a.dispute or b"") for a in ([verdict] if own else []) + independent]
+        await self._confirmed(settled, disputes[0])
+        log.info("receipt_disputed", receipt=receipt_id[:16], worker=worker[-8:], reason=verdict.reason)
+        # Published with this node's own dispute as the accusation (it confirms nothing elsewhere, but tells the
+        # worker, and lets nodes that serve the item check the work themselves) and the independent ones.
+        signed = tuple(d.encode() for d in disputes)
+        await self._publish(_case(settled, signed, request, with_evidence=self.settings.case_evidence))
 
     async def _next_verdict(self, runtime: str, item: str, request: CheckRequest,
                             tried: set[str]) -> tuple[str, VerdictAnswer] | None:
-        """Ask the best verifier not yet tried; one that cannot answer is skipped for the next."""
-        for verifier in await self._verifiers(runtime, item, frozenset(tried)):
+        """Ask the next verifier in the protocol's order; one that cannot answer is skipped for the next."""
+        receipt_id = SignedReceipt.decode(request.receipt).id
+        for verifier in await self._verifiers(runtime, item, receipt_id, frozenset(tried)):
             tried.add(verifier)
             try:
                 with trio.fail_after(self.settings.timeout_s):
                     if verifier == self.peer_id:
-                        return verifier, await self.check_here(request)
+                        return verifier, await self.check_here(request, asker=self.peer_id)
                     return verifier, await self._ask(verifier, request)
             except _UNANSWERED as exc:
                 log.info("verifier_unavailable", verifier=verifier[-8:], error=str(exc)[:200] or type(exc).__name__)
@@ -151,41 +226,109 @@ class SpotChecker:
         return None
 
     async def _ask(self, verifier: str, request: CheckRequest) -> VerdictAnswer:
+        conversation = verify_protocol.asker_side()
         stream = await self._open_stream(verifier)
         try:
+            conversation.sending(T_CHECK)
             await stream.write(encode_check(request))
-            answer = decode_verdict(await read_frame(stream, FrameReader(MAX_VERDICT_BYTES)))
+            answer = decode_answer(await read_frame(stream, FrameReader(MAX_VERDICT_BYTES)))
+            conversation.received(answer_type(answer), peer_id=verifier)
         finally:
             with trio.CancelScope(shield=True):
                 await reset_quietly(stream)
+        if isinstance(answer, VerifyBusy | Refused):
+            raise NotAnswered(f"{type(answer).__name__}: {answer.reason}")
         if not answer.ok:
             dispute = Dispute.decode(answer.dispute or b"")
             signed = SignedReceipt.decode(request.receipt)
             named = (dispute.verifier, dispute.receipt_id, dispute.worker)
-            mine = named == (verifier, signed.id, signed.receipt.worker)
-            if not mine:
+            if named != (verifier, signed.id, signed.receipt.worker):
                 raise MalformedFrame("bad_dispute", "the dispute is not the verifier's, or not of this receipt")
         return answer
 
+    async def _confirmed(self, settled: SignedReceipt, dispute: Dispute) -> None:
+        """A dispute this node believes: its ledger (where it holds the receipt), its reputation view."""
+        if self.reputation.observe_confirmed_dispute(settled.receipt.worker, settled.id, _now_ms(), dispute.at_ms):
+            await self._event("dispute.confirmed", {"receipt_id": settled.id.hex(), "worker": settled.receipt.worker,
+                                                    "verifier": dispute.verifier})
+        try:
+            await self.ledger.dispute(dispute)
+        except (ReceiptRejected, UserError) as exc:  # not ours, or already disputed
+            log.debug("dispute_not_recorded", why=str(exc)[:200])
+
+    # -- cases from the network ----------------------------------------------------------------------------
+
+    async def on_case(self, sender: str, data: bytes) -> None:
+        """A dispute case from gossip: believed only as ``cases.judge`` says (module docstring)."""
+        try:
+            checked = check_case(DisputeCase.decode(data))
+        except ReceiptRejected as exc:
+            self.stats["case_malformed"] += 1
+            self._penalize(sender, "bad_case")
+            log.info("case_rejected", sender=sender[-8:], why=str(exc)[:200])
+            return
+        receipt = checked.receipt.receipt
+        mine = checked.worker == self.peer_id
+        can_recheck = (not mine and receipt.runtime in CHECKABLE and receipt.runtime in self.runtimes.loaded
+                       and self._serves(receipt.runtime, receipt.item))
+        verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
+                        floor=self.settings.standing_floor, can_recheck=can_recheck)
+        if verdict is Judgement.RECHECK:
+            verdict = await self._recheck(checked)
+        facts = {"receipt_id": checked.receipt.id.hex(), "worker": checked.worker, "verifiers": list(checked.verifiers),
+                 "judgement": verdict.value}
+        self.stats[f"case_{verdict.value}"] += 1
+        if verdict is Judgement.CONFIRMED:
+            await self._confirmed(checked.receipt, checked.disputes[0])
+            return
+        await self._event("dispute.unconfirmed", facts)
+        if mine:  # an accusation of our own work that we cannot dismiss: shown, not counted as lost
+            await self.ledger.contest(checked.receipt.id, data, checked.verifiers)
+
+    async def _recheck(self, checked: CheckedCase) -> Judgement:
+        """This node checks the case's work itself (within the verify budget); a pass shows its signers wrong."""
+        evidence = checked.case.evidence
+        assert evidence is not None  # judge() asks for a re-check only of a case with its evidence
+        request = CheckRequest(checked.case.receipt, evidence.payload, evidence.output, evidence.sample)
+        try:
+            with trio.fail_after(self.settings.timeout_s):
+                answer = await self.check_here(request, asker=checked.requester)
+        except (UserError, ReceiptRejected, trio.TooSlowError) as exc:
+            log.info("case_recheck_failed", why=str(exc)[:200] or type(exc).__name__)
+            return Judgement.UNCONFIRMED
+        if answer.ok:
+            for signer in checked.verifiers:
+                self._penalize(signer, "false_dispute")
+                self.reputation.observe_false_dispute(signer, _now_ms())
+            await self._event("dispute.shown_wrong", {"receipt_id": checked.receipt.id.hex(),
+                                                      "verifiers": list(checked.verifiers)})
+        return after_recheck(failed=not answer.ok)
+
+    def _serves(self, runtime: str, item: str) -> bool:
+        return any(o.runtime == runtime and o.item == item for o in self.runtimes.offers())
+
     # -- verifier side -------------------------------------------------------------------------------------
 
-    async def check_here(self, request: CheckRequest) -> VerdictAnswer:
-        """Judge another worker's result. ``UserError`` when this node cannot judge it."""
+    async def check_here(self, request: CheckRequest, *, asker: str) -> VerdictAnswer:
+        """Judge another worker's result for ``asker``. ``UserError`` when this node cannot judge it,
+        ``Refusal`` when the asker may not ask it (not the requester) or sent evidence that is not the
+        receipt's: that is the asker's fault, never the worker's."""
         signed = SignedReceipt.decode(request.receipt)
         verify_receipt(signed, require_countersignature=True)
         receipt = signed.receipt
         if receipt.worker == self.peer_id:
             raise UserError("a worker does not judge its own receipt")
-        reason = ""
+        if asker != receipt.requester:
+            raise Refusal("not_requester", "only the receipt's requester may ask for its check")
         if receipt.output_hash != content_hash(request.output):
-            reason = "the output is not the one the receipt commits to"
-        elif receipt.input_hash != content_hash(request.payload):
-            reason = "the payload is not the one the receipt commits to"
-        else:
+            raise Refusal("bad_evidence", "your output is not the one the receipt commits to")
+        if receipt.input_hash != content_hash(request.payload):
+            raise Refusal("bad_evidence", "your payload is not the one the receipt commits to")
+        async with self._limiter:
             reason = await self._runtime_check(receipt.runtime, request, receipt.evidence)
         if not reason:
             return VerdictAnswer(True, "checked")
-        dispute = sign_dispute(signed.id, receipt.worker, reason[:1000], int(time.time() * 1000), self.identity)
+        dispute = sign_dispute(signed.id, receipt.worker, reason[:1000], _now_ms(), self.identity)
         return VerdictAnswer(False, reason, dispute.encode())
 
     async def _runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any]) -> str:
@@ -209,16 +352,71 @@ class SpotChecker:
 
     async def handle_stream(self, stream: INetStream) -> None:
         remote = str(stream.muxed_conn.peer_id)
+        conversation = verify_protocol.verifier_side()
+        if not self.asks.take(remote):
+            self.stats["busy"] += 1
+            await self._answer_and_close(stream, conversation, VerifyBusy("no place for another check now",
+                                                                          BUSY_RETRY_S))
+            return
+        try:
+            await self._judge_stream(stream, remote, conversation)
+        finally:
+            self.asks.give(remote)
+
+    async def _judge_stream(self, stream: INetStream, remote: str, conversation: Conversation) -> None:
         try:
             with trio.fail_after(self.settings.timeout_s):
-                request = decode_check(await read_frame(stream, FrameReader(64 * 1024 * 1024)))
-                answer = await self.check_here(request)
-                await stream.write(encode_verdict(answer))
-            self.stats["judged_ok" if answer.ok else "judged_failed"] += 1
-            await stream.close()
-        except (MalformedFrame, ReceiptRejected) as exc:
+                request = decode_check(await read_frame(stream, FrameReader(MAX_REQUEST_BYTES), self._big_frames))
+                conversation.received(T_CHECK, peer_id=remote)
+                try:
+                    answer: VerifierMessage = await self.check_here(request, asker=remote)
+                except Refusal as exc:
+                    self._penalize(remote, exc.reason)
+                    self.stats[f"refused_{exc.reason}"] += 1
+                    answer = Refused(exc.one_line())
+            if isinstance(answer, VerdictAnswer):
+                self.stats["judged_ok" if answer.ok else "judged_failed"] += 1
+            await self._answer_and_close(stream, conversation, answer)
+        except Overloaded:
+            await self._answer_and_close(stream, conversation, VerifyBusy("too many large checks at once",
+                                                                          BUSY_RETRY_S))
+        except (MalformedFrame, ProtocolViolation, ReceiptRejected) as exc:
             self._penalize(remote, getattr(exc, "reason", "bad_check"))
             await reset_quietly(stream)
-        except _REFUSED as exc:
+        except _NOT_JUDGED as exc:
             log.info("check_refused", peer=remote[-8:], error=str(exc)[:200] or type(exc).__name__)
             await reset_quietly(stream)
+
+    async def _answer_and_close(self, stream: INetStream, conversation: Conversation,
+                                answer: VerifierMessage) -> None:
+        conversation.sending(answer_type(answer))
+        with trio.move_on_after(5.0):
+            try:
+                await stream.write(encode_answer(answer))
+                await stream.close()
+            except STREAM_ERRORS:
+                return
+
+
+class Refusal(HyperionError):
+    """The asker's ask is refused, by its fault (``reason`` is the counter's label)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _case(settled: SignedReceipt, disputes: tuple[bytes, ...], request: CheckRequest, *,
+          with_evidence: bool) -> DisputeCase:
+    """The case of a confirmed dispute, with its evidence when the whole case fits in a gossip message (and
+    ``verify.case_evidence`` allows: the evidence is the task's payload, a prompt included)."""
+    evidence = Evidence(dict(request.payload), dict(request.output),
+                        dict(request.sample) if request.sample is not None else None)
+    case = DisputeCase(settled.encode(), disputes, evidence)
+    if with_evidence and len(case.encode()) <= MAX_CASE_BYTES:
+        return case
+    return DisputeCase(settled.encode(), disputes, None)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

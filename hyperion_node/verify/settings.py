@@ -20,6 +20,8 @@ class VerifySettings:
     # Chunks of an inference result's logit commitment the forward pass checks, drawn at random (0: every
     # chunk); runtimes/inference/verifier.py explains the trade-off.
     inference_chunks: int = 1
+    standing_floor: float = 0.1
+    case_evidence: bool = True
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> VerifySettings:
@@ -29,5 +31,6 @@ class VerifySettings:
             "distrust_after_disputes": (lambda v: v >= 1, "an integer of at least 1"),
             "concurrent": (lambda v: v >= 1, "an integer of at least 1"),
             "inference_chunks": (lambda v: v >= 0, "an integer of at least 0 (0: every chunk)"),
+            "standing_floor": (lambda v: 0 <= v <= 1, "a share from 0 to 1"),
         }
         return cls(**section_kwargs(cls, SECTION, values, sources, checks))

@@ -4,8 +4,10 @@ A's price.
 
 A's scheduler weighs only price and reliability here (a user's weights), so C gets A's work until it is
 caught. A checks every settled receipt (verify.fraction = 1): it keeps one of the frames as they arrive,
-renders it again itself and compares pixels. C's frames differ, so its receipts are disputed, in A's ledger
-and in C's own; after verify.distrust_after_disputes of them A gives C no more work.
+renders it again itself and compares pixels. C's frames differ, so its receipts are disputed in A's ledger;
+after verify.distrust_after_disputes of them A gives C no more work. A publishes each dispute with its
+evidence; C's own ledger shows them as contested (A is the accuser, and no independent verifier confirmed
+it: there is none in a network of two), not as income lost.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def test_a_worker_rendering_fewer_samples_is_disputed_and_then_avoided(
     failed = [e for e in a.get("/api/events?limit=1000") if e["kind"] == "verify.failed"]
     assert failed
     assert all("pixels differ" in e["data"]["reason"] for e in failed), failed
-    wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=30,
-               what="C's own ledger marks its receipts disputed")
+    wait_until(lambda: c.get("/api/rewards")["tasks"]["contested"] >= 1, timeout=30,
+               what="C's own ledger marks its receipts contested")
+    assert c.get("/api/rewards")["tasks"]["disputed"] == 0
     # From now on A gives C nothing: the work it pays for is rendered by A itself.
     assert render(a, scene, 7) == a.peer_id

@@ -1,7 +1,8 @@
 """Spot checks end to end on loopback: A asks, B and D serve the packaged model honestly, C cheats.
 
 C serves another model under the packaged model's id (the packaged GGUF requantized to Q2_K, a cheaper model
-a dishonest operator could pass off) and undercuts the others' price so that A's scheduler sends it work.
+a dishonest operator could pass off) and undercuts the others' price so that A's scheduler, which weighs price
+most, sends it work.
 A checks every settled receipt (verify.fraction = 1). C's work fails the check, a second verifier confirms
 it, the receipts are disputed on A and in C's own ledger, C's reputation falls and A stops choosing it. C's
 own verdicts on honest work are contradicted by the second verifier, so B and D get no dispute at all.
@@ -41,8 +42,10 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node
         boot = f'p2p.bootstrap=["{nodes["b"].p2p_addr()}"]'
         nodes["c"] = NodeProcess(root / "c", sets=[*cheater, boot]).start()
         nodes["d"] = NodeProcess(root / "d", sets=[*HONEST, boot]).start()
+        # A weighs price above the rest: C's low price wins it work even once A's own receipts with B and D
+        # make them more reliable in A's eyes than C, which A has not tried yet.
         nodes["a"] = NodeProcess(root / "a", sets=[*FAST, f'runtimes.disabled=["inference", {OFF}]', boot,
-                                                   "verify.fraction=1.0"]).start()
+                                                   "verify.fraction=1.0", "scheduler.weights.price=0.6"]).start()
         wait_until(lambda: next((m["providers"] for m in nodes["a"].get("/v1/models")["data"] if m["id"] == MODEL),
                                 0) >= 3, timeout=60, what="A knows the three providers")
         yield nodes
@@ -70,7 +73,8 @@ def test_a_cheating_worker_is_disputed_and_then_avoided(network: dict[str, NodeP
     assert cheater in workers, "C's low price won it work before anyone knew better"
     wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=120,
                what="A's spot checks of C's work are confirmed as disputes")
-    # C's receipts are disputed in A's ledger and, through gossip, in C's own: its rewards say so.
+    # C's receipts are disputed in A's ledger and, through the dispute cases A published, in C's own: B and D
+    # signed them, and C's own dealings (it served A, which paid B and D) give them standing there.
     wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=30,
                what="C's own ledger marks its receipt disputed")
     events = [e["kind"] for e in a.get("/api/events?limit=1000") if e["kind"].startswith("verify.")]

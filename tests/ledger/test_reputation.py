@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 
-from hyperion_node.ledger.dispute import sign_dispute
 from hyperion_node.ledger.epochs import EpochHeader, sign_epoch
 from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature, Malformed, Replayed, Stale
 from hyperion_node.ledger.receipt import countersign
@@ -75,23 +74,30 @@ def test_the_replay_guard_stays_bounded_and_never_forgets_into_a_replay() -> Non
 
 
 def test_disputes_and_failures_lower_reliability_disputes_most(factory: ReceiptFactory) -> None:
-    view = ReputationView()
+    view = ReputationView(str(factory.requester.peer_id))  # this node is the requester: its receipts count
     honest, flaky, cheat = (str(new_identity().peer_id) for _ in range(3))
     assert view.reliability(honest) == 0.5  # never seen: no evidence either way
     for _ in range(5):  # five failures weigh less than two disputes (weight 5 each)
         view.observe_failure(flaky, NOW)
-    view.observe_dispute(sign_dispute(b"\x01" * 32, cheat, "proof does not verify", NOW, factory.requester), NOW)
-    view.observe_dispute(sign_dispute(b"\x02" * 32, cheat, "proof does not verify", NOW, factory.requester), NOW)
+    assert view.observe_confirmed_dispute(cheat, b"\x01" * 32, NOW, NOW)
+    assert view.observe_confirmed_dispute(cheat, b"\x02" * 32, NOW, NOW)
     signed = countersign(factory.signed(), factory.requester)
     view.observe_settled(signed, NOW)
     good = view.reliability(signed.receipt.worker)
     assert 0.5 < good < 1.0
     assert view.reliability(cheat) < view.reliability(flaky) < 0.5 < good
     assert all(0.0 <= view.reliability(p) <= 1.0 for p in (honest, flaky, cheat))
-    # The same verifier's dispute of the same receipt counts once.
-    with pytest.raises(Replayed):
-        view.observe_dispute(sign_dispute(b"\x01" * 32, cheat, "again", NOW, factory.requester), NOW)
+    # A confirmed dispute of the same receipt counts once, whoever confirmed it.
+    assert not view.observe_confirmed_dispute(cheat, b"\x01" * 32, NOW, NOW)
     assert view.get(cheat).disputed == 2
+
+
+def test_a_false_dispute_costs_its_signer(factory: ReceiptFactory) -> None:
+    view = ReputationView(str(factory.requester.peer_id))
+    liar = str(new_identity().peer_id)
+    view.observe_false_dispute(liar, NOW)
+    assert view.get(liar).false_disputes == 1
+    assert view.reliability(liar) < 0.5
 
 
 def test_epoch_roots_replayed_or_equivocating(factory: ReceiptFactory) -> None:

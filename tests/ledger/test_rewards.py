@@ -27,11 +27,11 @@ QUIET = StallThresholds(idle_minutes=10_000, unsettled_minutes=10_000)
 
 
 def summary(status: str, total: int, *, ago_ms: int = 0, role: str = "worker", runtime: str = "inference",
-            units: int = 10) -> ReceiptSummary:
+            units: int = 10, contested: bool = False) -> ReceiptSummary:
     return ReceiptSummary(receipt_id=bytes(32), role=role, status=status, runtime=runtime,
                           unit="token" if runtime == "inference" else "constraint", units=units, total=total,
                           worker="w", requester="r-" + status, finished_at_ms=NOW - ago_ms,
-                          recorded_at_ms=NOW - ago_ms, epoch=None)
+                          recorded_at_ms=NOW - ago_ms, epoch=None, contested=contested)
 
 
 def report(summaries: list[ReceiptSummary], thresholds: StallThresholds = QUIET,
@@ -43,7 +43,8 @@ def report(summaries: list[ReceiptSummary], thresholds: StallThresholds = QUIET,
 def test_a_fresh_node_has_earned_nothing_and_is_not_warned() -> None:
     data = report([])
     assert (data["earned"], data["pending"], data["disputed"], data["receipts"]) == (0, 0, 0, 0)
-    assert data["tasks"] == {"completed": 0, "failed": 0, "settled": 0, "pending": 0, "disputed": 0}
+    assert data["tasks"] == {"completed": 0, "failed": 0, "settled": 0, "pending": 0, "disputed": 0,
+                             "contested": 0}
     assert data["warnings"] == []
 
 
@@ -51,26 +52,27 @@ def test_sums_by_status_period_and_runtime_are_exact() -> None:
     tenth = credits_to_atto("0.1")
     data = report([
         summary("settled", tenth, ago_ms=10),
-        summary("settled", 2 * tenth, ago_ms=2 * HOUR_MS),  # yesterday's share of the last day
+        summary("settled", tenth, ago_ms=2 * HOUR_MS),  # yesterday's share of the last day
+        summary("settled", tenth, ago_ms=2 * HOUR_MS, contested=True),  # accused, not confirmed: still earned
         summary("pending", 3, ago_ms=30 * HOUR_MS),
         summary("disputed", 5, runtime="zk", units=7),
         summary("settled", 10**30, role="requester"),  # bought, not earned
         summary("settled", 10**30, role="self"),  # a node serving itself earns nothing
     ], failed=2)
     assert data["exact"] == {"earned": "0.3", "pending": "0.000000000000000003",
-                             "disputed": "0.000000000000000005", "spent": "1000000000000"}
+                             "disputed": "0.000000000000000005", "contested": "0.1", "spent": "1000000000000"}
     periods = data["periods"]
     assert isinstance(periods, dict)
     assert (periods["last_hour"]["earned"], periods["last_hour"]["tasks"]) == (0.1, 2)
     assert periods["last_day"]["earned"] == pytest.approx(0.3)
-    assert periods["total"]["tasks"] == 4
+    assert periods["total"]["tasks"] == 5
     runtimes = data["runtimes"]
     assert isinstance(runtimes, dict)
-    assert runtimes["zk"] == {"earned": 0.0, "pending": 0.0, "disputed": 5e-18, "tasks": 1, "units": 7,
-                              "unit": "constraint"}
-    assert runtimes["inference"]["tasks"] == 3
-    assert data["tasks"] == {"completed": 4, "failed": 2, "settled": 2, "pending": 1, "disputed": 1}
-    assert data["receipts"] == 6
+    assert runtimes["zk"] == {"earned": 0.0, "pending": 0.0, "disputed": 5e-18, "contested": 0.0, "tasks": 1,
+                              "units": 7, "unit": "constraint"}
+    assert runtimes["inference"]["tasks"] == 4
+    assert data["tasks"] == {"completed": 5, "failed": 2, "settled": 3, "pending": 1, "disputed": 1, "contested": 1}
+    assert data["receipts"] == 7
 
 
 def test_idle_while_available_is_warned() -> None:

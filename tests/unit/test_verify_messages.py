@@ -1,4 +1,4 @@
-"""/hyperion/verify/1 codec: round trips and garbage, as for every codec of ours."""
+"""/hyperion/verify/2 codec: round trips and garbage, as for every codec of ours."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 from hyperion_node.tasks.messages import FrameReader, MalformedFrame
 from hyperion_node.verify.messages import (
     CheckRequest,
+    Refused,
     VerdictAnswer,
+    VerifyBusy,
+    decode_answer,
     decode_check,
-    decode_verdict,
+    encode_answer,
     encode_check,
-    encode_verdict,
 )
 
 maps = st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.binary(max_size=8), max_size=4)
@@ -45,12 +47,18 @@ def test_a_sample_must_be_a_map_with_text_keys() -> None:
 @given(st.booleans(), st.text(max_size=100), st.binary(min_size=1, max_size=64))
 def test_verdicts_round_trip(ok: bool, reason: str, dispute: bytes) -> None:
     answer = VerdictAnswer(ok, reason, None if ok else dispute)
-    assert decode_verdict(unframe(encode_verdict(answer))) == answer
+    assert decode_answer(unframe(encode_answer(answer))) == answer
+
+
+@given(st.text(max_size=100), st.floats(0, 3600))
+def test_busy_and_refused_round_trip(reason: str, retry: float) -> None:
+    for answer in (VerifyBusy(reason, retry), Refused(reason or "refused")):
+        assert decode_answer(unframe(encode_answer(answer))) == answer
 
 
 @given(st.binary(max_size=200))
 def test_garbage_is_a_malformed_frame(data: bytes) -> None:
-    for decode in (decode_check, decode_verdict):
+    for decode in (decode_check, decode_answer):
         try:
             decode(data)
         except MalformedFrame:
@@ -58,8 +66,16 @@ def test_garbage_is_a_malformed_frame(data: bytes) -> None:
 
 
 def test_a_failed_verdict_must_carry_its_signed_dispute() -> None:
-    forged = encode_verdict(VerdictAnswer(True, "x"))
+    forged = encode_answer(VerdictAnswer(True, "x"))
     body = cbor2.loads(unframe(forged))
     body["ok"] = False
     with pytest.raises(MalformedFrame, match="dispute"):
-        decode_verdict(cbor2.dumps(body))
+        decode_answer(cbor2.dumps(body))
+
+
+def test_a_version_1_check_is_refused_by_name() -> None:
+    body = cbor2.loads(unframe(encode_check(CheckRequest(b"r", {}, {}))))
+    body["v"] = 1
+    with pytest.raises(MalformedFrame) as caught:
+        decode_check(cbor2.dumps(body))
+    assert caught.value.reason == "bad_version"
