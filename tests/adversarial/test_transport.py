@@ -1,0 +1,80 @@
+"""Anyone can be any peer -- no more: only Noise is offered and accepted, and a banned peer gets no stream.
+
+Before: py-libp2p's ``new_host`` offered plaintext and secio beside Noise, and a plaintext peer's ID is whatever
+it claims (the handshake sends a public key and never proves the private one). An attacker claiming W's ID
+took R's tasks for W, prompts included.
+"""
+
+from __future__ import annotations
+
+import pytest
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.keys import KeyPair
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.peer.id import ID
+
+from hyperion_node.testing.hostile import DIALBACK, TASK, VERIFY, hostile_host, raw_frame
+from tests.adversarial.conftest import Net, ask, call, peer, polled, rejected, until
+
+pytestmark = pytest.mark.process
+
+
+def claiming(peer_id: str) -> KeyPair:
+    """A key pair that claims ``peer_id``: its public key, and a private key of our own (plaintext never asks)."""
+    return KeyPair(create_new_key_pair().private_key, ID.from_base58(peer_id).extract_public_key())
+
+
+@pytest.mark.parametrize("kind", ["plaintext", "secio"])
+async def test_a_peer_that_cannot_prove_its_key_cannot_connect(net: Net, kind: str) -> None:
+    w_id = await call(lambda: net.w.peer_id)
+    claim = claiming(w_id) if kind == "plaintext" else None
+    r_addr = await call(net.r.p2p_addr)
+    async with hostile_host(kind=kind, claim=claim) as attacker:
+        with pytest.raises(BaseLibp2pError):  # the security upgrade finds nothing in common
+            await attacker.connect(r_addr)
+        assert not attacker.host.get_connected_peers()
+    # R still reaches the real W (or X), and answers its client.
+    status, worker = await call(ask, net.r)
+    assert status == 200
+    assert worker in (w_id, await call(lambda: net.x.peer_id))
+
+
+async def test_a_banned_peer_gets_no_stream_on_any_protocol(net: Net) -> None:
+    w_id = await call(lambda: net.w.peer_id)
+    w_addr = await call(net.w.p2p_addr)
+    async with hostile_host(kind="noise") as attacker:
+        await attacker.connect(w_addr)
+        for _ in range(25):  # malformed tasks, 5 points each: banned at -100
+            try:
+                stream = await attacker.stream(w_id, TASK)
+                await stream.write(raw_frame({"v": 1, "t": "task", "id": 7}))
+                await attacker.answer(stream)
+            except Exception:  # once banned, opening a stream fails: the point of the test
+                break
+        view = await call(peer, net.w, attacker.peer_id)
+        assert view["score"] <= -100, view
+        refused_before = (await call(rejected, net.w)).get("stream:banned", 0)
+        protocols = [TASK, VERIFY, DIALBACK, TProtocol("/ipfs/kad/1.0.0"), TProtocol("/meshsub/1.1.0"),
+                     TProtocol("/ipfs/ping/1.0.0"), TProtocol("/ipfs/id/1.0.0")]
+        for protocol in protocols:
+            try:
+                stream = await attacker.stream(w_id, protocol)
+                await stream.write(b"\x00")
+                got = await stream.read(1)
+            except Exception:  # refused: the stream is reset or never opens
+                continue
+            assert not got, f"a banned peer was answered on {protocol}"
+        refused = (await call(rejected, net.w)).get("stream:banned", 0)
+        assert refused >= refused_before + 1
+    # A new connection from the banned peer's key is closed at once.
+    async with hostile_host(kind="noise", identity=attacker.identity) as again:
+        try:
+            await again.connect(w_addr)
+        except Exception:  # refusing the connection outright is as good
+            pass
+        await polled(lambda: ID.from_base58(w_id) not in again.host.get_connected_peers(),
+                     "W closes a banned peer's connection as soon as it is up")
+    status, _ = await call(ask, net.r)
+    assert status == 200
+    await until(lambda: w_id in net.r.live_peers(), "W still alive at R")
