@@ -41,6 +41,7 @@ from hyperion_node.config.loader import P2PSettings
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
 from hyperion_node.p2p import libp2p_costs
+from hyperion_node.p2p.limits import RateLimiter
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.trio_types import run_sync_abandoning
 
@@ -184,6 +185,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     pubsub = Pubsub(host, gossipsub, strict_signing=STRICT_SIGNING)
     count_sends(pubsub, stats)
     guard_pubsub_streams(host, pubsub, gossipsub.get_protocols(), stats, table)
+    limit_forwarders(pubsub, stats, table)
     try:
         async with host.run(listen_addrs=listen):
             bound = [str(a) for a in host.get_transport_addrs()]
@@ -223,6 +225,36 @@ def guard_pubsub_streams(host: Any, pubsub: Pubsub, protocols: Sequence[TProtoco
 
     for protocol in protocols:
         host.set_stream_handler(protocol, guarded)
+
+# Messages one connected peer may hand us per second (and in a burst), whatever their origins. An honest relay
+# forwards what its mesh carries: heartbeats of the peers it hears (one per p2p.heartbeat_interval_s each) and
+# settled receipts in batches, tens a second in the largest networks we run, and a joining node's backlog
+# (gossipsub's three-heartbeat history: 72 messages from a 12-node test network at 0.5 s heartbeats). A peer
+# relaying messages signed by ten thousand keys it minted is the flood this bounds: past it, py-libp2p's
+# signature check and our decoding never run. Measured (scripts/bench_adversarial.py): such a flood took an
+# honest task's p95 from 0.5 s to over 4 s before; the burst's messages, fully checked before the budget
+# runs out, are what a flood still costs (a burst of 400: +0.4 s to the one task under way then).
+FORWARDER_RATE = 100.0
+FORWARDER_BURST = 100.0
+
+
+def limit_forwarders(pubsub: Pubsub, stats: P2PStats, table: PeerTable) -> None:
+    """A token bucket per forwarding peer in front of py-libp2p's ``push_msg`` (which every received message
+    goes through, in a task of its own, before its signature is checked). Over budget, a message is dropped,
+    counted, and costs the forwarder a little (400 dropped messages ban it)."""
+    push = pubsub.push_msg
+    own = pubsub.my_id
+    buckets = RateLimiter(rate=FORWARDER_RATE, burst=FORWARDER_BURST, max_keys=4096)
+
+    async def limited(forwarder: ID, msg: Any) -> None:
+        if forwarder != own and not buckets.allow(str(forwarder), trio.current_time()):
+            stats.reject("gossip", "forwarder_rate")
+            table.penalize(str(forwarder), "forwarder_rate")
+            return
+        await push(forwarder, msg)
+
+    pubsub.push_msg = limited  # type: ignore[method-assign,assignment]
+
 
 def count_sends(pubsub: Pubsub, stats: P2PStats) -> None:
     """py-libp2p keeps no send counters; every gossipsub send goes through ``Pubsub.write_msg``, so wrap

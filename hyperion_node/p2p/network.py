@@ -199,7 +199,7 @@ class P2PNetwork:
         self.local = local
         self.name = name
         self.peer_id = str(identity.peer_id)
-        self.table = PeerTable(self.peer_id, settings.suspect_after_s, settings.dead_after_s)
+        self.table = PeerTable(self.peer_id, settings.suspect_after_s, settings.dead_after_s, on_ban=self._banned)
         self.stats = P2PStats()
         self.host: Any = None  # libp2p IHost (or MemoryHost) while running
         self.dht: KadDHT | MemoryDHT | None = None
@@ -265,6 +265,19 @@ class P2PNetwork:
 
     def connection_changed(self, peer_id: ID, connected: bool) -> None:
         self._emit(self.table.set_connected(str(peer_id), connected, trio.current_time()))
+
+    def _banned(self, peer_id: str) -> None:
+        """A peer just crossed the ban line: close its connections now (new ones are refused as they open)."""
+        log.info("peer_banned", peer=peer_id, offences=dict(self.table.peers[peer_id].offences))
+        if self._nursery is not None and self.host is not None and not isinstance(self.host, MemoryHost):
+            self._nursery.start_soon(self._disconnect, peer_id)
+
+    async def _disconnect(self, peer_id: str) -> None:
+        with trio.move_on_after(self.settings.dial_timeout_s):
+            try:
+                await self.host.get_network().close_peer(ID.from_base58(peer_id))
+            except Exception as exc:  # already gone, or a connection py-libp2p is tearing down itself
+                log.debug("banned_peer_close_failed", peer=peer_id, error=type(exc).__name__)
 
     def learned_capability(self, record: CapabilityRecord) -> None:
         self._emit(self.table.capability(record, trio.current_time()))

@@ -21,7 +21,7 @@ alive, not banned, seen longest ago), so a stranger minting peer IDs fills it wi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -47,6 +47,7 @@ PENALTIES = {
     "too_frequent": 1.0,
     "too_many_streams": 1.0,
     "dialback_refused": 2.0,
+    "forwarder_rate": 0.25,  # per message over a relay's budget (libp2p_stack.py): 400 of them ban it
 }
 DEFAULT_PENALTY = 5.0
 BAN_SCORE = -100.0
@@ -132,6 +133,9 @@ class PeerTable:
     half_life_s: float = PENALTY_HALF_LIFE_S
     evicted: int = 0  # entries forgotten to stay within max_peers
     last_now: float = 0.0  # the latest time any method was given: penalties without one are dated by it
+    # Told of a peer whose score has just crossed the ban line (the P2P layer closes its connections: a ban
+    # refuses new streams and connections, and a peer already connected must not keep flooding the old ones).
+    on_ban: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.suspect_after < self.dead_after:
@@ -245,8 +249,11 @@ class PeerTable:
             self._added(entry)
         self.last_now = max(self.last_now, now if now is not None else self.last_now)
         self._fade(entry, self.last_now)
+        was_banned = entry.score <= BAN_SCORE
         entry.score -= PENALTIES.get(reason, DEFAULT_PENALTY)
         entry.offences[reason] = entry.offences.get(reason, 0) + 1
+        if entry.score <= BAN_SCORE and not was_banned and self.on_ban is not None:
+            self.on_ban(peer_id)
         return entry.score
 
     def _fade(self, entry: PeerEntry, now: float) -> None:
