@@ -1,14 +1,15 @@
 """What many nodes in one process would each redo on the same bytes, done once for all of them.
 
-On the demo's memory fabric (``p2p/memory.py``) N virtual nodes share a process, and every gossip message
-reaches each of them: N decodes of the same envelope, heartbeat and receipt and 2N Ed25519 checks
-of its signatures (at 50 nodes and 100 tasks/s, ~10,000 checks a second, more than the process's one
-core). Inside ``shared_checks()`` those results are kept by their exact inputs, so each is computed once
+On the demo's memory fabric (``hyperion_demo/fabric.py``) N virtual nodes share a process, and a provider's heartbeat
+reaches each of its subscribers, a settled receipt both its parties: the same envelope, heartbeat and
+receipt decoded and their Ed25519 signatures checked once per node that receives them (when every message
+was gossiped to every node, at 50 nodes and 100 tasks/s, ~10,000 checks a second, more than the process's
+one core). Inside ``shared_checks()`` those results are kept by their exact inputs, so each is computed once
 per process: a signature that verified, an envelope, heartbeat or signed receipt that decoded. Each node still runs
 every check of its code path; the answer to a repeated one is the first one's. A failure is never kept:
 bad input is checked, and refused, every time.
 
-A daemon hears each receipt once and never turns this on.
+A daemon is one node and never turns this on.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from hyperion_demo.runner import DemoOptions
 from hyperion_node.cli.app import app
-from hyperion_node.demo.runner import DemoOptions
 from hyperion_node.testing.process import demo_process, wait_until
 
 

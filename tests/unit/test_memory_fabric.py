@@ -1,6 +1,6 @@
 """The in-memory fabric under ``P2PNetwork`` (the demo's ``--network memory``): its streams behave as libp2p's
 do for our protocols (bytes in order, half-close, reset, errors from ``STREAM_ERRORS``), and whole P2P layers
-on it see each other through signed heartbeats, find providers through the DHT and refuse bad gossip."""
+on it find providers through the DHT, subscribe to their presence and refuse a bad heartbeat."""
 
 from __future__ import annotations
 
@@ -14,18 +14,16 @@ import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
+from hyperion_demo.fabric import MemoryFabric, MemoryStream, ProtocolNotSupported
 from hyperion_node.config import load_config
 from hyperion_node.datadir import DataDir
 from hyperion_node.identity import load_identity
-from hyperion_node.ledger.messages import records_from_gossip_body, to_gossip_body
-from hyperion_node.p2p.memory import MemoryFabric, MemoryStream, ProtocolNotSupported
-from hyperion_node.p2p.messages import Heartbeat, OfferAd
-from hyperion_node.p2p.network import PRESENCE_TOPIC, LocalState, P2PNetwork
+from hyperion_node.p2p.messages import Heartbeat, OfferAd, encode_frame
+from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.p2p.peer_table import PeerState
+from hyperion_node.p2p.presence import PRESENCE_PROTOCOL
 from hyperion_node.store import Store
-from hyperion_node.tasks.gossip_outbox import SettledOutbox
 from hyperion_node.tasks.streams import STREAM_ERRORS, open_with_first_frame
-from hyperion_node.testing.receipts import ReceiptFactory
 
 PROTOCOL = "/hyperion/test/1"
 
@@ -37,8 +35,8 @@ def _peer() -> ID:
 @asynccontextmanager
 async def _two_hosts(fabric: MemoryFabric) -> AsyncIterator[tuple[object, object, list[tuple[ID, bool]]]]:
     events: list[tuple[ID, bool]] = []
-    async with fabric.attach(_peer(), lambda p, c: events.append((p, c)), None) as (a, _, _), \
-            fabric.attach(_peer(), lambda p, c: None, None) as (b, _, _):
+    async with fabric.attach(_peer(), lambda p, c: events.append((p, c)), None) as (a, _), \
+            fabric.attach(_peer(), lambda p, c: None, None) as (b, _):
         yield a, b, events
 
 
@@ -109,14 +107,14 @@ async def test_a_host_that_leaves_resets_its_streams_and_its_peers_hear_of_it() 
         started.set()
         await trio.sleep_forever()
 
-    async with fabric.attach(_peer(), lambda p, c: events.append((p, c)), None) as (a, _, _):
+    async with fabric.attach(_peer(), lambda p, c: events.append((p, c)), None) as (a, _):
         with trio.fail_after(5):
             async with trio.open_nursery() as nursery:
                 left = trio.Event()
                 b_id = _peer()
 
                 async def b_host(task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
-                    async with fabric.attach(b_id, lambda p, c: None, None) as (b, _, _):
+                    async with fabric.attach(b_id, lambda p, c: None, None) as (b, _):
                         b.set_stream_handler(PROTOCOL, hold)
                         task_status.started(b)
                         await left.wait()
@@ -138,10 +136,11 @@ def _network(tmp_path: Path, name: str, fabric: MemoryFabric, offers: tuple[Offe
     store = Store.open(data_dir.db_path)
     local = LocalState(offers=lambda: offers, hardware=lambda: {"cpu": "test", "cores": 2, "gpus": []},
                        telemetry=lambda: {"ram_available_bytes": 1 << 30, "gpus": []}, load=lambda: (0, 0))
-    return P2PNetwork(load_identity(data_dir, create=True), config.p2p, store, local, name=name, fabric=fabric)
+    return P2PNetwork(load_identity(data_dir, create=True), config.p2p, store, local, name=name,
+                      stack=fabric.stack)
 
 
-async def test_p2p_layers_on_a_fabric_meet_find_providers_and_refuse_bad_gossip(tmp_path: Path) -> None:
+async def test_p2p_layers_on_a_fabric_find_providers_subscribe_and_refuse_a_bad_heartbeat(tmp_path: Path) -> None:
     fabric = MemoryFabric()
     offer = OfferAd(runtime="inference", item="tiny-model", unit="token", price_per_unit=1e-6, capacity=1,
                     throughput=50.0)
@@ -160,81 +159,42 @@ async def test_p2p_layers_on_a_fabric_meet_find_providers_and_refuse_bad_gossip(
                 await trio.sleep(0.05)
             assert [r.peer_id for r in found] == [b.peer_id]
             assert found[0].offers == (offer,)
-            # b sends garbage, then a heartbeat sealed by another key, on the presence topic: a counts both,
-            # scores b down, and still hears b's own heartbeats after them.
-            assert b.pubsub is not None
-            before = a.table.get(b.peer_id).score
-            await b.pubsub.publish(PRESENCE_TOPIC, b"\xff not an envelope")
-            stranger_dir = DataDir(tmp_path / "stranger")
-            stranger_dir.ensure()
-            stranger = load_identity(stranger_dir, create=True)
-            forged = Heartbeat(peer_id=str(stranger.peer_id), seq=1, time=time.time(), name="x", addrs=(),
-                               health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
-            await b.pubsub.publish(PRESENCE_TOPIC, forged.seal(stranger))
-            rejected = a.stats.to_json()["rejected"]
-            assert rejected.get("presence:undecodable", 0) >= 1, rejected
-            assert rejected.get("presence:sender_mismatch", 0) >= 1, rejected
-            assert a.table.get(b.peer_id).score < before
-            seen = a.stats.gossip_in[PRESENCE_TOPIC]
-            while a.stats.gossip_in[PRESENCE_TOPIC] <= seen:  # noqa: ASYNC110
+            # a routes to b: it subscribes, and b's heartbeats arrive, and nobody else's.
+            assert a.presence.received == 0
+            a.presence.want([b.peer_id], trio.current_time())
+            while a.presence.received < 2:  # noqa: ASYNC110
                 await trio.sleep(0.05)
+            assert b.presence.subscribers() == [a.peer_id]
+            assert a.table.get(b.peer_id).heartbeat is not None
+            assert b.presence.received == 0  # b routes nowhere: it hears no heartbeat at all
         nursery.cancel_scope.cancel()
     a.store.close()
     b.store.close()
 
 
-async def test_a_subscriber_whose_handler_fails_does_not_stop_the_publisher_or_the_others() -> None:
+async def test_a_provider_that_sends_someone_elses_heartbeat_is_refused(tmp_path: Path) -> None:
+    """A presence stream carries its provider's own heartbeats: one sealed by another key (a replay of another
+    peer's, or a forgery) is refused and scored down, and a garbage frame too."""
     fabric = MemoryFabric()
-    heard: list[bytes] = []
+    a = _network(tmp_path, "a", fabric)
+    stranger_dir = DataDir(tmp_path / "stranger")
+    stranger_dir.ensure()
+    stranger = load_identity(stranger_dir, create=True)
+    forged = Heartbeat(peer_id=str(stranger.peer_id), seq=1, time=time.time(), name="x", addrs=(), health="ok",
+                       queue_depth=0, active_tasks=0, ram_available_bytes=0)
+    async with trio.open_nursery() as nursery, fabric.attach(_peer(), lambda p, c: None, None) as (liar, _):
 
-    def broken(msg: object) -> None:
-        raise RuntimeError("a bug in one node's consumer")
+        async def lie(stream: MemoryStream) -> None:
+            await stream.write(encode_frame(forged.seal(stranger)))
+            await trio.sleep_forever()
 
-    async with fabric.attach(_peer(), lambda p, c: None, None) as (_, _, sender), \
-            fabric.attach(_peer(), lambda p, c: None, None) as (_, _, bad), \
-            fabric.attach(_peer(), lambda p, c: None, None) as (_, _, good):
-        bad.handle("/t", broken)
-        good.handle("/t", lambda msg: heard.append(msg.data))
-        bad.set_topic_validator("/t", lambda forwarder, msg: True, False)
-        good.set_topic_validator("/t", lambda forwarder, msg: msg.data != b"refused", False)
-        for data in (b"one", b"refused", b"two"):
-            await sender.publish("/t", data)
-    assert heard == [b"one", b"two"]
-    assert bad.failed == 3
-
-
-async def test_a_busy_workers_receipts_all_reach_its_peers_through_the_outbox(tmp_path: Path) -> None:
-    """40 receipts settled within a second: sent one message each, a peer's per-peer rate limit drops most
-    of them and scores the worker down (what busy workers met before the outbox); through the outbox every
-    one arrives and nothing is dropped."""
-    fabric = MemoryFabric()
-    a, b = _network(tmp_path, "a", fabric), _network(tmp_path, "b", fabric)
-    factory = ReceiptFactory(worker=b.identity)
-    heard: list[object] = []
-    a.on_receipt_gossip = lambda sender, body: heard.extend(records_from_gossip_body(body))
-    outbox = SettledOutbox(b.publish_receipt_gossip, interval_s=0.2)
-    async with trio.open_nursery() as nursery:
+        liar.set_stream_handler(PRESENCE_PROTOCOL, lie)
         with trio.fail_after(20):
             await nursery.start(a.run)
-            await nursery.start(b.run)
-            await nursery.start(outbox.run)
-            while b.peer_id not in {e.peer_id for e in a.table.live_peers()}:  # noqa: ASYNC110
+            a.presence.want([liar.peer_id], trio.current_time())
+            while a.stats.to_json()["rejected"].get("presence:sender_mismatch", 0) < 1:  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            batched = [factory.settled() for _ in range(40)]
-            for receipt in batched:  # settled at once, as by a busy worker
-                outbox.add(receipt)
-            while len(heard) < len(batched):  # noqa: ASYNC110
-                await trio.sleep(0.05)
-            assert heard == batched
-            assert "receipts:rate_limited" not in a.stats.to_json()["rejected"]
-            assert outbox.messages < 10
-            score = a.table.get(b.peer_id).score
-            for receipt in [factory.settled() for _ in range(40)]:
-                await b.publish_receipt_gossip(to_gossip_body(receipt))
-            rejected = a.stats.to_json()["rejected"].get("receipts:rate_limited", 0)
-            assert rejected >= 20, rejected
-            assert len(heard) < 2 * len(batched)
-            assert a.table.get(b.peer_id).score < score
+            assert a.table.get(liar.peer_id).score < 0  # type: ignore[union-attr]
+            assert a.presence.received == 0
         nursery.cancel_scope.cancel()
     a.store.close()
-    b.store.close()

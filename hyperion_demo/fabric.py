@@ -1,16 +1,13 @@
 """An in-memory network for many nodes in one process: the demo's ``--network memory``.
 
-``P2PNetwork`` runs on three py-libp2p objects: a host (streams by protocol, connections), a Kademlia DHT
-(signed values, provider records) and gossipsub (topics with validators). A ``MemoryFabric`` stands in for
-the wire under those three, with the same methods the node calls, so that everything above them -- our
-topic validators, the signed heartbeats and records, the peer table, admission, the task and spot-check
-stream protocols with their frames, receipts and ledgers -- runs unchanged.
+``P2PNetwork`` runs on two py-libp2p objects: a host (streams by protocol, connections, ping) and a Kademlia
+DHT (signed values, provider records). A ``MemoryFabric`` stands in for the wire under both, with the same
+methods the node calls (``MemoryFabric.stack`` is what ``P2PNetwork(stack=...)`` takes), so that everything
+above them -- the signed heartbeats on presence streams and records, the peer table, admission, the task and
+spot-check stream protocols with their frames, receipts and ledgers -- runs unchanged.
 
-What it does not do, by design: encryption and multiplexing (Noise and yamux; nothing leaves the process),
-gossipsub's mesh and Kademlia's routing. Every node is connected to every other node on the fabric; a
-publish is handed to each subscriber's validator and then its handler, once; the DHT is one table.
-A message's origin is the publishing node's own peer ID, set by the fabric, which no other node can forge;
-that is what gossipsub's strict signing proves on the wire, so the validators treat it the same way.
+What it does not do, by design: encryption and multiplexing (Noise and yamux; nothing leaves the process)
+and Kademlia's routing. Every node is connected to every other node on the fabric; the DHT is one table.
 
 Why: a 16-node demo over libp2p spent its one core on libp2p's own layers (yamux frames, Noise, gossipsub's
 relaying: README, *Demo*), and heartbeats arrived seconds late, which the scheduler then read as failing
@@ -22,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +28,11 @@ import trio
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 from libp2p.peer.id import ID
 
+from hyperion_node.p2p.census import distance
+
 log = structlog.get_logger(__name__)
 
 StreamHandler = Callable[[Any], Awaitable[None]]  # called with a MemoryStream; typed as the INetStream handlers it runs
-Validator = Callable[[ID, "MemoryMessage"], bool]
 
 
 class NoSuchPeer(StreamError):
@@ -149,84 +147,6 @@ class _StreamState:
             host.streams.discard(self)
 
 
-# -- pubsub --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MemoryMessage:
-    """What a topic validator and a subscriber read: gossipsub's ``Message`` fields that our code uses."""
-
-    data: bytes
-    from_id: bytes  # the origin's peer ID, set by the fabric
-    seqno: bytes
-    topic: str
-
-
-class MemoryRouter:
-    """``status()`` reads gossipsub's mesh per topic; on the fabric every subscriber is every node's peer."""
-
-    def __init__(self, pubsub: MemoryPubsub) -> None:
-        self._pubsub = pubsub
-
-    @property
-    def mesh(self) -> dict[str, set[str]]:
-        fabric, me = self._pubsub.fabric, self._pubsub.host.peer_id
-        return {topic: {p for p in subs if p != me} for topic, subs in fabric.subscribers.items()
-                if me in subs}
-
-
-class MemoryPubsub:
-    def __init__(self, fabric: MemoryFabric, host: MemoryHost) -> None:
-        self.fabric, self.host = fabric, host
-        self.router = MemoryRouter(self)
-        self.validators: dict[str, Validator] = {}
-        self.handlers: dict[str, Callable[[MemoryMessage], None]] = {}
-        self.failed = 0  # messages whose handler raised
-        self._seq = itertools.count(1)
-
-    def set_topic_validator(self, topic: str, validator: Validator, is_async_validator: bool) -> None:
-        if is_async_validator:
-            raise ValueError("the memory fabric runs synchronous validators only")
-        self.validators[topic] = validator
-
-    def handle(self, topic: str, handler: Callable[[MemoryMessage], None]) -> None:
-        """Subscribe with a synchronous handler, called as each message is delivered (after the validator):
-        what gossipsub's subscription and a consumer task do on the wire, without the queue and the task
-        switch per message per node. A handler that raises is logged and counted; the publisher never sees it."""
-        self.handlers[topic] = handler
-        self.fabric.subscribers[topic][self.host.peer_id] = self
-
-    async def publish(self, topic: str, data: bytes) -> None:
-        """Deliver to every other subscriber, through its validator, as gossipsub would deliver it once."""
-        msg = MemoryMessage(data=data, from_id=self.host.id.to_bytes(),
-                            seqno=next(self._seq).to_bytes(8, "big"), topic=topic)
-        sent = 0
-        for peer_id, pubsub in list(self.fabric.subscribers.get(topic, {}).items()):
-            if peer_id != self.host.peer_id:
-                pubsub.deliver(self.host.id, msg)
-                sent += 1
-        self.fabric.deliveries += sent
-        await trio.lowlevel.checkpoint()
-
-    def deliver(self, forwarder: ID, msg: MemoryMessage) -> None:
-        validator = self.validators.get(msg.topic)
-        if validator is not None and not validator(forwarder, msg):
-            return
-        handler = self.handlers.get(msg.topic)
-        if handler is None:
-            return
-        try:
-            handler(msg)
-        except Exception:  # the subscriber's bug, not the publisher's: as a consumer task's would be
-            self.failed += 1
-            log.exception("memory_gossip_handler_failed", topic=msg.topic, node=self.host.peer_id[-8:])
-
-    def leave(self) -> None:
-        for subs in self.fabric.subscribers.values():
-            if subs.get(self.host.peer_id) is self:
-                del subs[self.host.peer_id]
-
-
 # -- DHT -----------------------------------------------------------------------------------------------------
 
 
@@ -272,6 +192,12 @@ class MemoryDHT:
         await trio.lowlevel.checkpoint()
         return [ProviderInfo(ID.from_base58(p)) for p in list(self.fabric.providers.get(key, {}))[:count]]
 
+    async def find_closest_peers_network(self, key: bytes, count: int = 20) -> list[ID]:
+        """The ``count`` nodes on the fabric closest to ``key``, by Kademlia's distance (``census.distance``)."""
+        await trio.lowlevel.checkpoint()
+        others = [h.id for h in self.fabric.hosts.values() if h is not self.host]
+        return sorted(others, key=lambda p: distance(key, p.to_bytes()))[:count]
+
     async def add_peer(self, peer_id: ID) -> None:
         await trio.lowlevel.checkpoint()
 
@@ -286,6 +212,8 @@ class MemoryDHT:
 
 
 class MemoryHost:
+    negotiates_protocols = False  # a stream opens on its protocol: nothing to pipeline (tasks/streams.py)
+
     """A node's place on the fabric: its stream handlers and open streams, and every other node as a peer."""
 
     def __init__(self, fabric: MemoryFabric, peer_id: ID, index: int, nursery: trio.Nursery,
@@ -341,6 +269,14 @@ class MemoryHost:
             log.exception("memory_stream_handler_failed", protocol=stream.get_protocol())
             await stream.reset()
 
+    async def disconnect(self, peer_id: ID) -> None:
+        """Nothing to close: on the fabric every node is connected to every other while both are on it."""
+        await trio.lowlevel.checkpoint()
+
+    def peer_addrs(self, peer_id: ID) -> tuple[str, ...]:
+        host = self.fabric.hosts.get(str(peer_id))
+        return (f"/memory/{host.index}",) if host is not None else ()
+
     async def ping(self, peer_id: ID) -> list[float]:
         """Round-trip time to the peer in ms: a hand-over through the event loop and back."""
         start = trio.current_time()
@@ -356,22 +292,20 @@ class MemoryFabric:
 
     def __init__(self) -> None:
         self.hosts: dict[str, MemoryHost] = {}
-        self.subscribers: dict[str, dict[str, MemoryPubsub]] = defaultdict(dict)
         self.values: dict[str, bytes] = {}
         self.providers: dict[str, dict[str, None]] = defaultdict(dict)  # key -> peer IDs, in arrival order
-        self.deliveries = 0  # gossip messages handed to a subscriber's validator
         self._index = itertools.count()
 
     @asynccontextmanager
     async def attach(self, peer_id: ID, on_connection: Callable[[ID, bool], None], validator: Any
-                     ) -> AsyncIterator[tuple[MemoryHost, MemoryDHT, MemoryPubsub]]:
+                     ) -> AsyncIterator[tuple[MemoryHost, MemoryDHT]]:
         """Join as ``peer_id`` until the block ends; ``on_connection(peer, connected)`` hears of every other
         node joining and leaving, ``validator`` checks the values it puts under ``/hyperion/``."""
         if str(peer_id) in self.hosts:
             raise ValueError(f"{peer_id} is already on the fabric")
         async with trio.open_nursery() as nursery:
             host = MemoryHost(self, peer_id, next(self._index), nursery, on_connection)
-            pubsub, dht = MemoryPubsub(self, host), MemoryDHT(self, host)
+            dht = MemoryDHT(self, host)
             dht.register_validator("hyperion", validator)
             others = list(self.hosts.values())
             self.hosts[host.peer_id] = host
@@ -379,12 +313,16 @@ class MemoryFabric:
                 other.on_connection(peer_id, True)
                 on_connection(other.id, True)
             try:
-                yield host, dht, pubsub
+                yield host, dht
             finally:
                 del self.hosts[host.peer_id]
-                pubsub.leave()
                 for state in list(host.streams):
                     state.reset_now()
                 for other in list(self.hosts.values()):
                     other.on_connection(peer_id, False)
                 nursery.cancel_scope.cancel()
+
+    def stack(self, identity: Any, settings: Any, validator: Any, stats: Any, table: Any,
+              on_connection: Callable[[ID, bool], None]) -> AbstractAsyncContextManager[tuple[MemoryHost, MemoryDHT]]:
+        """``P2PNetwork``'s ``stack``: this fabric in place of the libp2p host and DHT."""
+        return self.attach(identity.peer_id, on_connection, validator)

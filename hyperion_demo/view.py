@@ -14,7 +14,7 @@ from hyperion_node.cli import top_view
 from hyperion_node.cli.top import _ENTER, _LEAVE, KEEP_EVENTS, KEEP_POINTS, frame
 
 if TYPE_CHECKING:
-    from hyperion_node.demo.runner import Demo
+    from hyperion_demo.runner import Demo
 
 TERMINAL_INTERVAL_S = 0.5  # `top`'s default: twice a second
 PLAIN_INTERVAL_S = 1.0  # the dashboard samples once a second; more lines would repeat themselves

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from hyperion_node.demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
+from hyperion_demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.service import Job
 

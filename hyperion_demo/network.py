@@ -14,16 +14,16 @@ from typing import Any
 import structlog
 import trio
 
+from hyperion_demo import runtimes as sim_runtimes
+from hyperion_demo.fabric import MemoryFabric
+from hyperion_demo.machine import SimMachine, SimulatedNvml
+from hyperion_demo.profiles import SimProfile, profile_for
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
-from hyperion_node.demo import runtimes as sim_runtimes
-from hyperion_node.demo.machine import SimMachine, SimulatedNvml
-from hyperion_node.demo.profiles import SimProfile, profile_for
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.hardware import TelemetrySampler, probe_hardware
 from hyperion_node.identity import load_identity
 from hyperion_node.node import Node, build_node, start_components
-from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
@@ -32,15 +32,13 @@ log = structlog.get_logger(__name__)
 
 # Time constants shortened from the defaults (5 s heartbeats, dead after 30 s, a 30 s health trend) so that
 # a demo of a minute shows a failure detected and a degrading node drained; the logic is the same. Every
-# node's gossip runs on the demo's one event loop, so its volume sets how many nodes one core holds: at 1 s
-# heartbeats and mesh degree 6, 16 nodes delivered heartbeats 5-30 s late (p50/p95) and no task could open a
-# stream to a peer within its 5 s admission timeout. 2 s heartbeats (the health's jitter bounds assume 2 s)
-# and the smallest mesh the config allows (3) cut the deliveries a heartbeat costs by 4.
+# node's presence traffic runs on the demo's one event loop: 2 s heartbeats (the health's jitter bounds
+# assume 2 s) to each provider's subscribers.
 # The DHT random walk is off: every node bootstraps from node 0 and meets the rest through it, and the
 # walks were 6 of 76 s of CPU in a 16-node profile.
 DEMO_SETTINGS = (
     "p2p.listen_host=127.0.0.1", "p2p.tcp_port=0", "p2p.mdns=false", "api.host=127.0.0.1", "api.port=0",
-    "p2p.heartbeat_interval_s=2.0", "p2p.suspect_after_s=6.0", "p2p.dead_after_s=12.0", "p2p.gossip_degree=3",
+    "p2p.heartbeat_interval_s=2.0", "p2p.suspect_after_s=6.0", "p2p.dead_after_s=12.0",
     "hardware.telemetry_interval_s=2.0", "scheduler.health.trend_window_s=8.0", "scheduler.health.horizon_s=8.0",
     "scheduler.health.error_min_outcomes=4.0", "tasks.queue_depth=2", "tasks.lookup_timeout_s=1.0",
     "p2p.dht_random_walk=false",
@@ -127,7 +125,8 @@ async def run_demo_node(root: Path, index: int, seed: int, bootstrap: str | None
     registry = RuntimeRegistry(store=store, data_dir=data_dir.root, hardware=hardware.summary(),
                                settings=settings, entry_points=plugins)
     node = build_node(config, data_dir, store, identity, hardware,
-                      TelemetrySampler(config.hardware.telemetry_interval_s, nvml=nvml), registry, fabric=fabric)
+                      TelemetrySampler(config.hardware.telemetry_interval_s, nvml=nvml), registry,
+                      stack=None if fabric is None else fabric.stack)
     scope = trio.CancelScope()
     with scope:
         async with trio.open_nursery() as nursery:

@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hyperion_demo.workload import KINDS, REAL_MODEL, Outcome, percentile
 from hyperion_node.cli.top_view import fmt_ms
-from hyperion_node.demo.workload import KINDS, REAL_MODEL, Outcome, percentile
 from hyperion_node.ledger.money import atto_to_credits
 
 

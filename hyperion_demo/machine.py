@@ -13,7 +13,7 @@ import hashlib
 import threading
 from dataclasses import dataclass
 
-from hyperion_node.demo.profiles import SimProfile
+from hyperion_demo.profiles import SimProfile
 
 # At full degradation the board sits at this temperature whatever its load: past the scheduler's
 # gpu_temp_bad_c (92), where NVIDIA boards throttle, so the temperature signal alone would drain it.

@@ -24,15 +24,15 @@ from typing import TextIO
 import structlog
 import trio
 
+from hyperion_demo.fabric import MemoryFabric
+from hyperion_demo.network import REAL_NODE, DemoNode, run_demo_node
+from hyperion_demo.script import Script
+from hyperion_demo.summary import node_rewards, report
+from hyperion_demo.view import LiveView
+from hyperion_demo.workload import Outcome, Tracker, plan_real_task, plan_task
 from hyperion_node.daemon import EXIT_SECOND_SIGNAL, EXIT_SHUTDOWN_OVERRUN, _hard_exit_after
-from hyperion_node.demo.network import REAL_NODE, DemoNode, run_demo_node
-from hyperion_node.demo.script import Script
-from hyperion_node.demo.summary import node_rewards, report
-from hyperion_node.demo.view import LiveView
-from hyperion_node.demo.workload import Outcome, Tracker, plan_real_task, plan_task
 from hyperion_node.errors import UserError
 from hyperion_node.inprocess import shared_checks
-from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.store import Store
 from hyperion_node.tasks.service import Job
 
@@ -56,7 +56,7 @@ class DemoOptions:
     seed: int = 0
     web: bool = False
     real_inference: bool = False  # node REAL_NODE serves the packaged GGUF model with llama.cpp
-    network: str = "auto"  # libp2p, or memory: the nodes share an in-process fabric (p2p/memory.py)
+    network: str = "auto"  # libp2p, or memory: the nodes share an in-process fabric (hyperion_demo/fabric.py)
 
     def check(self) -> None:
         if self.network not in NETWORKS:
@@ -252,8 +252,9 @@ async def run_demo(options: DemoOptions, out: TextIO, *, terminal: bool) -> None
         demo = Demo(options, Path(tmp), out, terminal,
                     fabric=MemoryFabric() if options.network == "memory" else None, inline_stores=ram is not None)
         try:
-            # On the fabric every node's gossip arrives in this one process: a receipt is decoded and its
-            # signatures checked once here, not once per virtual node (hyperion_node/inprocess.py).
+            # On the fabric every node's messages arrive in this one process: a heartbeat pushed to many
+            # subscribers, or a receipt, is decoded and its signatures checked once here, not once per
+            # virtual node (hyperion_node/inprocess.py).
             with shared_checks() if demo.fabric is not None else contextlib.nullcontext():
                 lines = await demo.run()
         finally:

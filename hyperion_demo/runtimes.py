@@ -1,5 +1,5 @@
 """Simulated runtimes: real implementations of ``runtimes.interface.Runtime`` whose work is a timed
-simulation on a :class:`~hyperion_node.demo.machine.SimMachine`. Everything around them -- admission, the
+simulation on a :class:`~hyperion_demo.machine.SimMachine`. Everything around them -- admission, the
 task stream, receipts, countersignatures, the ledger, spot checks -- is the node's real code.
 
 Results are a pure function of the payload (and the demo's seed), so a spot check can recompute them
@@ -17,8 +17,8 @@ from typing import Any
 
 import trio
 
-from hyperion_node.demo.machine import SimMachine
-from hyperion_node.demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
+from hyperion_demo.machine import SimMachine
+from hyperion_demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
 from hyperion_node.errors import EnvironmentProblem, UserError
 from runtimes.inference.claims import Verdict
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Task

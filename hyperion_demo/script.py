@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 if TYPE_CHECKING:
-    from hyperion_node.demo.runner import Demo
+    from hyperion_demo.runner import Demo
 
 DEGRADE_AT, DEGRADE_OVER = 0.15, 0.25  # shares of the duration: start, and how long to reach full degradation
 KILL_AT = 0.45
