@@ -30,9 +30,8 @@ from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.money import atto_to_credits
 from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
 from hyperion_node.ledger.service import LedgerService
-from hyperion_node.p2p.memory import MemoryFabric
 from hyperion_node.p2p.messages import OfferAd
-from hyperion_node.p2p.network import LocalState, P2PNetwork
+from hyperion_node.p2p.network import LocalState, P2PNetwork, Stack
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
 from hyperion_node.tasks.model import TaskSpec
@@ -157,6 +156,9 @@ class Node:
             reached = entry is not None and entry.state.value in ("alive", "draining")
             check(f"bootstrap {peer_id[-8:]}", reached, addr if reached else f"{addr} is not alive",
                   "check that the bootstrap node runs and its address is right in p2p.bootstrap")
+        # Clocks compare on heartbeats, which only subscribers receive: subscribe to a few connected peers.
+        with trio.move_on_after(3.0):
+            await p2p.hear_from([e.peer_id for e in live[:5]])
         skews = sorted(e.clock_skew_s for e in p2p.table.live_peers() if e.clock_skew_s is not None)
         if skews:
             median = skews[len(skews) // 2]
@@ -242,6 +244,12 @@ class Node:
     def tasks_status(self) -> dict[str, Any]:
         return self._tasks.describe()
 
+    def reputation_of(self, peer_id: str) -> dict[str, Any]:
+        view = self._tasks.reputation
+        return {"peer_id": peer_id, **dataclasses.asdict(view.get(peer_id)),
+                "reliability": round(view.reliability(peer_id), 4), "standing": round(view.standing(peer_id), 4),
+                "vouchers": view.trust.vouchers(peer_id)}
+
     def dashboard_view(self, since: float) -> dict[str, Any]:
         if self.dashboard is None:
             raise InternalError("the dashboard is not running yet")
@@ -297,11 +305,11 @@ class Node:
         for state in ("alive", "suspect", "dead", "draining", "left"):
             peers.add(states.get(state, 0), state=state)
         stats = self.p2p.stats
-        gossip = Family("hyperion_gossip_messages_total", "counter", "Gossip messages by topic and direction")
-        for topic, n in sorted(stats.gossip_in.items()):
-            gossip.add(n, topic=topic, direction="in")
-        for topic, n in sorted(stats.gossip_out.items()):
-            gossip.add(n, topic=topic, direction="out")
+        gossip = Family("hyperion_p2p_messages_total", "counter", "P2P messages by protocol and direction")
+        for protocol, n in sorted(stats.received.items()):
+            gossip.add(n, protocol=protocol, direction="in")
+        for protocol, n in sorted(stats.sent.items()):
+            gossip.add(n, protocol=protocol, direction="out")
         rejected = Family("hyperion_rejected_messages_total", "counter", "Messages from peers dropped, by reason")
         for reason, n in sorted(stats.rejected.items()):
             rejected.add(n, reason=reason)
@@ -326,10 +334,11 @@ class Node:
 
 def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identity, profile: HardwareProfile,
                sampler: TelemetrySampler, registry: RuntimeRegistry | None = None,
-               fabric: MemoryFabric | None = None) -> Node:
+               stack: Stack | None = None) -> Node:
     """Wire one node's parts. ``registry`` defaults to the installed runtimes, configured by ``config``; the
     demo passes one built on its simulated runtimes (``RuntimeRegistry(entry_points=...)``), and with
-    ``--network memory`` the in-process fabric its nodes share in place of libp2p (``p2p/memory.py``)."""
+    ``--network memory`` the stack of the in-process fabric its nodes share in place of libp2p
+    (``hyperion_demo/fabric.py``)."""
     runtimes = registry or RuntimeRegistry(
         store=store,
         data_dir=data_dir.root,
@@ -345,7 +354,7 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
     node.p2p = P2PNetwork(
         identity, config.p2p, store,
         LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
-        name=node.name, fabric=fabric,
+        name=node.name, stack=stack,
     )
     return node
 
@@ -364,7 +373,7 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     node.orchestrator = Orchestrator(
         identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
         tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
-        free_memory=node.free_memory, verify=config.verify, gossip_interval_s=config.ledger.gossip_interval_s)
+        free_memory=node.free_memory, verify=config.verify, dealings_interval_s=config.ledger.dealings_interval_s)
     await nursery.start(node.ledger.run)
     await nursery.start(node.orchestrator.run)
     node.renders = RenderJobs(node.orchestrator)

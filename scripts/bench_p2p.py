@@ -1,28 +1,28 @@
-"""The P2P layer at scale: N real daemon processes on 127.0.0.1, one of them the only bootstrap peer.
+"""The P2P layer at scale (issue #22): N real daemon processes on 127.0.0.1, one of them the only bootstrap peer.
 
-For each network size it reports:
-  * convergence: seconds from launching the N-1 joiners until every node lists every other as alive;
-  * gossip propagation: heartbeat publish-to-receive delay across all node pairs, p50 / p95;
-  * DHT provider lookups for a model key from nodes that do not serve it, p50 / p95, beside the same
-    node's /api/health round trip (the HTTP cost both share), measured side by side;
-  * gossip sent per node per heartbeat interval (frames, messages, control entries), and the same divided
-    by the N messages published per interval: sends per node per message must stay bounded by the mesh
-    degree D as N grows (flooding would send each message to N-1 peers);
-  * resident memory per node process.
+For each network size N it reports, in this order (idle first, then with work):
+  * idle CPU per daemon (% of one core, median and max over the daemons) over ``--window`` seconds, once
+    every daemon has started and ``--settle`` seconds have passed;
+  * messages received per node per minute over the same window: every incoming stream (liveness pings, DHT
+    queries, presence subscriptions) and every heartbeat; and connections per node (median, max);
+  * DHT provider lookups of the model from nodes that do not serve it, p50 / p95, beside the same node's
+    /api/health round trip (the HTTP cost both share), measured side by side;
+  * heartbeat propagation to the nodes that need it: a few requesters route tasks (so they subscribe to the
+    providers' presence), then the provider-clock-to-subscriber delay of the heartbeats they receive, p50/p95;
+  * fast joining: ``--joiners`` fresh nodes, one at a time, each bootstrapping from one random idle node and
+    sending its first task as soon as it is up: seconds from the request to the answer, p50 / p95.
 
-Providers: the first 3 joiners serve the packaged model; all others disable the inference runtime.
+Providers: the first 3 joiners serve the packaged model; all others disable the inference runtime. Every
+figure is a ratio within one run or an absolute bound: the per-node figures at N = 40 against N = 10.
 
-``--baseline`` runs each size a second time with py-libp2p as shipped (``HYPERION_LIBP2P_AS_SHIPPED=1``:
-without ``hyperion_node/p2p/libp2p_costs.py``), the two runs in alternating order, and prints both rows.
-
-    .venv/bin/python scripts/bench_p2p.py                 # sizes 10, 20, 30
-    .venv/bin/python scripts/bench_p2p.py --sizes 5 --lookups 10
-    .venv/bin/python scripts/bench_p2p.py --sizes 10,20 --lookups 30 --baseline
+    .venv/bin/python scripts/bench_p2p.py                      # sizes 10, 20, 30, 40
+    .venv/bin/python scripts/bench_p2p.py --sizes 10 --window 20 --joiners 3
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import tempfile
 import time
@@ -32,116 +32,159 @@ from typing import Any
 import httpx
 import psutil
 
-from hyperion_node.p2p.network import LATENCY_WINDOW_S
 from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 
-MODEL = "inference/gemma-3-270m-q4_k_m"
+MODEL = "gemma-3-270m-q4_k_m"
 PROVIDERS = 3
-WINDOW_HEARTBEATS = 10  # heartbeat intervals over which per-node send rates are measured
-HEARTBEAT_S = 5.0  # the default
+HEARTBEAT_S = 1.0
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 def base_sets(serve: bool) -> list[str]:
     sets = ["p2p.mdns=false", "hardware.benchmark_on_start=false", f"p2p.heartbeat_interval_s={HEARTBEAT_S}",
-            "hardware.telemetry_interval_s=30"]
-    others = '"zk-groth16", "render-blender"'
-    return [*sets, f"runtimes.disabled=[{others}]" if serve else f'runtimes.disabled=["inference", {others}]']
+            f"p2p.suspect_after_s={4 * HEARTBEAT_S}", f"p2p.dead_after_s={8 * HEARTBEAT_S}",
+            "logging.level=\"warning\""]
+    off = '"zk-groth16", "render-blender"'
+    sets.append(f"runtimes.disabled=[{off}]" if serve else f'runtimes.disabled=["inference", {off}]')
+    if serve:
+        sets.append("runtimes.inference.n_ctx=512")
+    return sets
 
 
-def run_size(n: int, root: Path, lookups: int, env: dict[str, str]) -> dict[str, Any]:
-    seed = NodeProcess(root / "n00", sets=base_sets(False), quiet=True, env=env).start()
-    bootstrap = f'p2p.bootstrap=["{seed.p2p_addr()}"]'
-    joiners = [NodeProcess(root / f"n{i:02d}", sets=[*base_sets(i <= PROVIDERS), bootstrap], quiet=True, env=env)
-               for i in range(1, n)]
-    nodes = [seed, *joiners]
+def complete(node: NodeProcess, prompt: str, max_tokens: int = 1) -> httpx.Response:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    return httpx.post(node.api_url + "/v1/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {node.token}"})
+
+
+def counts(node: NodeProcess) -> tuple[float, int]:
+    status = node.get("/api/p2p")
+    received = status["stats"]["received"]
+    return received.get("streams_in", 0) + received.get("/hyperion/presence/2", 0), int(status["connected"])
+
+
+def idle(nodes: list[NodeProcess], window: float) -> dict[str, Any]:
+    procs = [psutil.Process(n.proc.pid) for n in nodes if n.proc is not None]
+    cpu0 = [sum(p.cpu_times()[:2]) for p in procs]
+    msgs0 = [counts(n)[0] for n in nodes]
+    t0 = time.monotonic()
+    time.sleep(window)
+    elapsed = time.monotonic() - t0
+    cpu = [100 * (sum(p.cpu_times()[:2]) - c) / elapsed for p, c in zip(procs, cpu0, strict=True)]
+    after = [counts(n) for n in nodes]
+    per_min = [(m - m0) * 60 / elapsed for (m, _), m0 in zip(after, msgs0, strict=True)]
+    conns = [c for _, c in after]
+    return {"cpu_median_pct": statistics.median(cpu), "cpu_max_pct": max(cpu),
+            "msgs_per_min_median": statistics.median(per_min), "msgs_per_min_max": max(per_min),
+            "connections_median": statistics.median(conns), "connections_max": max(conns)}
+
+
+def lookups(askers: list[NodeProcess], count: int) -> dict[str, Any]:
+    found, spent, health = 0, [], []
+    for i in range(count):
+        node = askers[i % len(askers)]
+        t0 = time.perf_counter()
+        providers = node.get(f"/api/providers/inference/{MODEL}")
+        spent.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        node.get("/api/health")
+        health.append((time.perf_counter() - t0) * 1000)
+        found += bool(providers)
+    return {"lookup_p50_ms": pct(spent, 0.5), "lookup_p95_ms": pct(spent, 0.95), "health_p50_ms": pct(health, 0.5),
+            "lookups_found": f"{found}/{count}"}
+
+
+def propagation(requesters: list[NodeProcess], wait_s: float) -> dict[str, Any]:
+    for i, node in enumerate(requesters):
+        for k in range(2):
+            complete(node, f"Say {i} {k}.")
+    time.sleep(wait_s)  # the subscriptions stay up for a minute after the last task: heartbeats keep coming
+    p50s, p95s = [], []
+    for node in requesters:
+        latency = node.get("/api/p2p")["stats"]["heartbeat_latency_ms"]
+        if latency["n"]:
+            p50s.append(latency["p50"])
+            p95s.append(latency["p95"])
+    return {"heartbeat_p50_ms": statistics.median(p50s) if p50s else float("nan"),
+            "heartbeat_p95_ms": max(p95s) if p95s else float("nan")}
+
+
+def joining(root: Path, idle_nodes: list[NodeProcess], joiners: int, rng: random.Random) -> dict[str, Any]:
+    took = []
+    for j in range(joiners):
+        seed = rng.choice(idle_nodes)
+        node = NodeProcess(root / f"joiner{j}", sets=[*base_sets(False), f'p2p.bootstrap=["{seed.p2p_addr()}"]'],
+                           quiet=True).start()
+        try:
+            t0 = time.perf_counter()
+            answer = complete(node, f"Hello {j}.")
+            took.append(time.perf_counter() - t0 if answer.status_code == 200 else float("inf"))
+        finally:
+            node.stop()
+    return {"join_first_task_p50_s": pct(took, 0.5), "join_first_task_p95_s": pct(took, 0.95)}
+
+
+def run_size(n: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(n)
+    nodes: list[NodeProcess] = []
     try:
-        launched = time.monotonic()
-        for node in joiners:
-            node.launch()
-        for node in joiners:
-            node.wait_ready(timeout=300)
-        ids = {node.peer_id for node in nodes}
-        pending = set(range(n))
-
-        def everyone_knows_everyone() -> bool:
-            for i in list(pending):
-                if nodes[i].live_peers() >= ids - {nodes[i].peer_id}:
-                    pending.discard(i)
-            return not pending
-
-        wait_until(everyone_knows_everyone, timeout=600, interval=0.5, what=f"{n} nodes converge")
-        converged = time.monotonic() - launched
-
-        time.sleep(LATENCY_WINDOW_S)  # let start-up fall out of the nodes' latency window
-        before = [node.get("/api/p2p")["stats"] for node in nodes]
-        time.sleep(WINDOW_HEARTBEATS * HEARTBEAT_S)
-        after = [node.get("/api/p2p")["stats"] for node in nodes]
-        pairs = list(zip(after, before, strict=True))
-        per_hb = {key: statistics.mean((a[key] - b[key]) / WINDOW_HEARTBEATS for a, b in pairs)
-                  for key in ("rpc_frames_out", "messages_out", "control_out")}
-        p50s = [s["heartbeat_latency_ms"]["p50"] for s in after if s["heartbeat_latency_ms"]["n"]]
-        p95s = [s["heartbeat_latency_ms"]["p95"] for s in after if s["heartbeat_latency_ms"]["n"]]
-
-        lookup_ms, health_ms, found_some = [], [], 0
-        askers = [node for node in nodes[PROVIDERS + 1 :]] or [seed]
-        with httpx.Client(timeout=30) as client:  # one client: a new one per call costs ~35 ms of set-up
-            for i in range(lookups):
-                asker = askers[i % len(askers)]
-                headers = {"Authorization": f"Bearer {asker.token}"}
-                started = time.perf_counter()
-                client.get(asker.api_url + "/api/health").raise_for_status()
-                health_ms.append((time.perf_counter() - started) * 1000)
-                started = time.perf_counter()
-                found = client.get(f"{asker.api_url}/api/providers/{MODEL}", headers=headers).json()
-                lookup_ms.append((time.perf_counter() - started) * 1000)
-                found_some += bool(found)
-        rss = [psutil.Process(node.proc.pid).memory_info().rss / 2**20 for node in nodes if node.proc]
-        return {
-            "n": n, "converged_s": converged, "gossip_p50_ms": statistics.median(p50s),
-            "gossip_p95_ms": statistics.median(p95s), "gossip_p95_worst_node_ms": max(p95s),
-            "lookups_found": f"{found_some}/{lookups}",
-            "lookup_p50_ms": pct(lookup_ms, 0.5), "lookup_p95_ms": pct(lookup_ms, 0.95),
-            "health_p50_ms": pct(health_ms, 0.5), **{f"{k}_per_heartbeat": v for k, v in per_hb.items()},
-            "messages_out_per_message": per_hb["messages_out"] / n,
-            "rss_mib_median": statistics.median(rss), "rss_mib_max": max(rss),
-        }
+        seed = NodeProcess(root / "n0", sets=base_sets(False), quiet=True).start()
+        nodes.append(seed)
+        boot = f'p2p.bootstrap=["{seed.p2p_addr()}"]'
+        started = time.monotonic()
+        for i in range(1, n):
+            nodes.append(NodeProcess(root / f"n{i}", sets=[*base_sets(i <= PROVIDERS), boot], quiet=True).launch())
+        for node in nodes[1:]:
+            node.wait_ready(timeout=600)
+        wait_until(lambda: all(counts(node)[1] >= 1 for node in nodes), timeout=120, what="every node connected")
+        up_s = time.monotonic() - started
+        time.sleep(args.settle)
+        row: dict[str, Any] = {"n": n, "all_up_s": up_s, **idle(nodes, args.window)}
+        idle_nodes = nodes[PROVIDERS + 1:]
+        row.update(lookups(idle_nodes, args.lookups))
+        row.update(propagation(idle_nodes[:3], wait_s=20.0))
+        row.update(joining(root, idle_nodes, args.joiners, rng))
+        rss = [psutil.Process(node.proc.pid).memory_info().rss / 2**20 for node in nodes if node.proc is not None]
+        row.update({"rss_mib_median": statistics.median(rss)})
+        return row
     finally:
-        stop_all(nodes, timeout=20)
+        stop_all(nodes)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="10,20,30")
-    parser.add_argument("--lookups", type=int, default=50)
-    parser.add_argument("--baseline", action="store_true", help="also run each size with py-libp2p as shipped")
+    parser.add_argument("--sizes", default="10,20,30,40")
+    parser.add_argument("--settle", type=float, default=20.0, help="seconds after start-up before measuring")
+    parser.add_argument("--window", type=float, default=40.0, help="seconds of idle measurement")
+    parser.add_argument("--lookups", type=int, default=30)
+    parser.add_argument("--joiners", type=int, default=6)
     args = parser.parse_args()
-    settings = [("node", {})]
-    if args.baseline:
-        settings.append(("shipped", {"HYPERION_LIBP2P_AS_SHIPPED": "1"}))
     rows = []
-    for k, n in enumerate(int(x) for x in args.sizes.split(",")):
-        for name, env in settings if k % 2 == 0 else settings[::-1]:
-            with tempfile.TemporaryDirectory() as tmp:
-                row = {"libp2p": name, **run_size(n, Path(tmp), args.lookups, env)}
-            rows.append(row)
-            print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
-    print(f"\nmachine: {psutil.cpu_count()} logical cores; heartbeat every {HEARTBEAT_S} s; gossip degree 6")
-    print("| N | libp2p | converge s | gossip p50/p95 ms | lookup p50/p95 ms (health p50) | "
-          "frames/msgs/control per node per heartbeat | sends per node per message | RSS MiB median (max) |")
+    for n in (int(x) for x in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            row = run_size(n, Path(tmp), args)
+        rows.append(row)
+        print({k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    print(f"\nmachine: {psutil.cpu_count()} logical cores; liveness every {HEARTBEAT_S} s; "
+          f"p2p.target_connections default (8)")
+    print("| N | idle CPU % median (max) | msgs/node/min median (max) | connections median (max) | "
+          "lookup p50/p95 ms (health p50) | heartbeat p50/p95 ms | first task of a new node p50/p95 s | RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['n']} | {r['libp2p']} | {r['converged_s']:.1f} | "
-              f"{r['gossip_p50_ms']:.1f} / {r['gossip_p95_ms']:.1f} | "
-              f"{r['lookup_p50_ms']:.1f} / {r['lookup_p95_ms']:.1f} "
-              f"({r['health_p50_ms']:.1f}; found {r['lookups_found']}) | "
-              f"{r['rpc_frames_out_per_heartbeat']:.1f} / {r['messages_out_per_heartbeat']:.1f} / "
-              f"{r['control_out_per_heartbeat']:.1f} | {r['messages_out_per_message']:.2f} | "
-              f"{r['rss_mib_median']:.0f} ({r['rss_mib_max']:.0f}) |")
+        print(f"| {r['n']} | {r['cpu_median_pct']:.2f} ({r['cpu_max_pct']:.2f}) | "
+              f"{r['msgs_per_min_median']:.0f} ({r['msgs_per_min_max']:.0f}) | "
+              f"{r['connections_median']:.0f} ({r['connections_max']}) | "
+              f"{r['lookup_p50_ms']:.1f} / {r['lookup_p95_ms']:.1f} ({r['health_p50_ms']:.1f}; {r['lookups_found']}) | "
+              f"{r['heartbeat_p50_ms']:.1f} / {r['heartbeat_p95_ms']:.1f} | "
+              f"{r['join_first_task_p50_s']:.2f} / {r['join_first_task_p95_s']:.2f} | {r['rss_mib_median']:.0f} |")
+    if len(rows) > 1:
+        first, last = rows[0], rows[-1]
+        print(f"\nN={last['n']} / N={first['n']}: idle CPU {last['cpu_median_pct'] / first['cpu_median_pct']:.2f}x, "
+              f"messages {last['msgs_per_min_median'] / first['msgs_per_min_median']:.2f}x")
 
 
 if __name__ == "__main__":

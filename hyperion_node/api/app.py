@@ -46,6 +46,7 @@ class NodeView(Protocol):
     async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]: ...
     async def task(self, task_id: str) -> list[dict[str, Any]]: ...
     def tasks_status(self) -> dict[str, Any]: ...
+    def reputation_of(self, peer_id: str) -> dict[str, Any]: ...
     async def metrics(self) -> list[metrics.Family]: ...
     def dashboard_view(self, since: float) -> dict[str, Any]: ...
 
@@ -91,7 +92,7 @@ def routes(node: NodeView) -> FastAPI:
     async def peers() -> list[dict[str, Any]]:
         return node.peers()
 
-    @app.get("/api/p2p", summary="Addresses, DHT, gossip mesh and rejected-message counters")
+    @app.get("/api/p2p", summary="Addresses, connections, DHT, presence and rejected-message counters")
     async def p2p() -> dict[str, Any]:
         return node.p2p_status()
 
@@ -127,6 +128,10 @@ def routes(node: NodeView) -> FastAPI:
     @app.get("/api/tasks/stats", summary="Queue, running tasks, outcomes, peer reputation")
     async def tasks_stats() -> dict[str, Any]:
         return node.tasks_status()
+
+    @app.get("/api/reputation/{peer_id}", summary="This node's view of one peer: outcomes, standing, vouchers")
+    async def reputation(peer_id: str) -> dict[str, Any]:
+        return node.reputation_of(peer_id)
 
     @app.get("/api/tasks/{task_id}", summary="One task (both sides if this node ran it)")
     async def task(task_id: str) -> Response:

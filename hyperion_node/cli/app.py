@@ -122,7 +122,7 @@ def start(
     from hyperion_node.daemon import run_daemon
 
     if demo:
-        from hyperion_node.demo.runner import DemoOptions, run_demo
+        from hyperion_demo.runner import DemoOptions, run_demo
 
         # The demo's many nodes log to one terminal: only warnings, unless asked for more.
         configure_logging(level=log_level or "warning", fmt=log_format or "auto", libp2p_level="error")
@@ -185,11 +185,22 @@ def _peer_rows(data: list[dict[str, Any]], sort: str) -> list[list[str]]:
         telemetry = p["telemetry"] or {}
         offers = ", ".join(o["item"] for o in p["offers"]) or "-"
         rows.append([
-            p["name"] or "-", p["peer_id"][-12:], p["state"] + ("" if p["connected"] else " (via gossip)"),
+            p["name"] or "-", p["peer_id"][-12:], p["state"] + ("" if p["connected"] else " (not connected)"),
             "-" if p["rtt_ms"] is None else f"{p['rtt_ms']:.0f} ms", f"{p['last_seen_s_ago']:.0f} s",
             str(telemetry.get("queue_depth", "-")), f"{p['score']:.1f}", offers,
         ])
     return rows
+
+
+def _network_summary(data: list[dict[str, Any]], estimate: dict[str, Any] | None) -> str:
+    """Connected peers, exactly; the rest of the network as the census estimates it (p2p/census.py)."""
+    from hyperion_node.cli.top_view import network_line
+
+    connected = sum(1 for p in data if p["connected"])
+    line = f"connected: {connected} peers (exact); {network_line(estimate)}"
+    if estimate and estimate["capacity"]:
+        line += "; capacity ≈ " + ", ".join(f"{k} {v}" for k, v in estimate["capacity"].items())
+    return line
 
 
 @app.command()
@@ -216,6 +227,7 @@ def peers(
                 typer.echo("\x1b[H\x1b[2J", nl=False)  # home + clear: redraw in place
             print_table(["name", "peer id", "state", "rtt", "seen", "queue", "score", "offers"],
                         _peer_rows(data, sort))
+            typer.echo(_network_summary(data, client.get("/api/p2p").get("network_estimate")))
         if not watch:
             return
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 SPARK = "▁▂▃▄▅▆▇█"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-HEAD_LINES = 7  # title, four summary lines, a blank, the node table's header
+HEAD_LINES = 8  # title, four summary lines, the sparkline, a blank, the node table's header
 MIN_EVENTS = 4  # event lines kept on screen however many nodes there are
 
 
@@ -100,6 +100,14 @@ def _row(cells: Sequence[str]) -> str:
     return " ".join(out)
 
 
+def network_line(network: Mapping[str, Any] | None) -> str:
+    """The census's estimate of the whole network, labelled as one (p2p/census.py)."""
+    if not network:
+        return "network: not estimated yet"
+    return (f"network ≈ {network['nodes']} nodes, {network['gpus']} GPUs "
+            f"(est. from {network['sampled_peers']}, {fmt_duration(network['age_s'])} ago)")
+
+
 def node_line(node: Mapping[str, Any], routed_total: int) -> str:
     telemetry = node.get("telemetry") or {}
     util, temp, vram = _gpu(node)
@@ -130,7 +138,8 @@ def summary(view: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> lis
     local = view["nodes"][0] if view["nodes"] else {}
     telemetry = local.get("telemetry") or {}
     return [
-        f"nodes {view['peers_alive'] + 1}/{view['nodes_total']} alive  routed {totals['routed_completed']} "
+        f"connected {view.get('connected', 0)}  {network_line(view.get('network'))}",
+        f"routed {totals['routed_completed']} "
         f"({totals['routed_failed']} failed)  served {totals['served_completed']} ({totals['served_failed']} "
         f"failed)  queue {telemetry.get('queue_depth', 0)} run {telemetry.get('active_tasks', 0)}",
         f"rate {last.get('routed_per_s', 0.0):.2f}/s routed {last.get('served_per_s', 0.0):.2f}/s served  "
@@ -169,7 +178,9 @@ def plain_line(view: Mapping[str, Any], points: Sequence[Mapping[str, Any]]) -> 
     stamp = datetime.fromtimestamp(view["time"]).strftime("%Y-%m-%d %H:%M:%S")
     last = points[-1] if points else {}
     totals, rewards = view["totals"], view.get("rewards") or {}
-    return (f"{stamp} nodes={view['peers_alive'] + 1}/{view['nodes_total']} routed={totals['routed_completed']} "
+    network = view.get("network") or {}
+    return (f"{stamp} connected={view.get('connected', 0)} network_est={network.get('nodes', '-')} "
+            f"routed={totals['routed_completed']} "
             f"served={totals['served_completed']} failed={totals['routed_failed'] + totals['served_failed']} "
             f"routed_per_s={last.get('routed_per_s', 0.0):.2f} served_per_s={last.get('served_per_s', 0.0):.2f} "
             f"p95_ms={last.get('routed_p95_ms') or last.get('served_p95_ms') or '-'} "

@@ -64,8 +64,9 @@ class P2PSettings:
     suspect_after_s: float = 15.0
     dead_after_s: float = 30.0
     record_ttl_s: float = 600.0
-    gossip_degree: int = 6
-    gossip_rate_per_peer: float = 5.0
+    target_connections: int = 8
+    heartbeat_rate_per_peer: float = 5.0
+    census_interval_s: float = 300.0
     dial_timeout_s: float = 5.0
     peer_cache_size: int = 64
     max_connections: int = 64
@@ -99,7 +100,7 @@ class LedgerSettings:
     epoch_minutes: float
     idle_warning_minutes: float
     unsettled_warning_minutes: float
-    gossip_interval_s: float = 1.0
+    dealings_interval_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -288,17 +289,19 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
            "one of " + ", ".join(_LOG_FORMATS))
     _check(values["hardware.telemetry_interval_s"] > 0, "hardware.telemetry_interval_s", sources, values,
            "a number of seconds above 0")
-    for key in ("p2p.heartbeat_interval_s", "p2p.record_ttl_s", "p2p.gossip_rate_per_peer", "p2p.dial_timeout_s"):
+    for key in ("p2p.heartbeat_interval_s", "p2p.record_ttl_s", "p2p.heartbeat_rate_per_peer", "p2p.dial_timeout_s",
+                "p2p.census_interval_s"):
         _check(values[key] > 0, key, sources, values, "a number above 0")
     _check(values["p2p.suspect_after_s"] > values["p2p.heartbeat_interval_s"], "p2p.suspect_after_s", sources,
            values, "more seconds than p2p.heartbeat_interval_s")
     _check(values["p2p.dead_after_s"] > values["p2p.suspect_after_s"], "p2p.dead_after_s", sources, values,
            "more seconds than p2p.suspect_after_s")
-    _check(values["p2p.gossip_degree"] >= 3, "p2p.gossip_degree", sources, values, "an integer of at least 3")
+    _check(values["p2p.target_connections"] >= 2, "p2p.target_connections", sources, values,
+           "an integer of at least 2")
     _check(values["p2p.max_connections"] >= 1, "p2p.max_connections", sources, values, "an integer of at least 1")
     _check(values["p2p.peer_cache_size"] >= 1, "p2p.peer_cache_size", sources, values, "an integer of at least 1")
     _check(values["ledger.epoch_receipts"] >= 1, "ledger.epoch_receipts", sources, values, "an integer of at least 1")
-    _check(values["ledger.gossip_interval_s"] >= 0, "ledger.gossip_interval_s", sources, values,
+    _check(values["ledger.dealings_interval_s"] >= 0, "ledger.dealings_interval_s", sources, values,
            "a number of seconds, 0 or more")
     for key in ("ledger.epoch_minutes", "ledger.idle_warning_minutes", "ledger.unsettled_warning_minutes",
                 "pricing.auto_credits_per_hour"):
@@ -334,8 +337,9 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             suspect_after_s=values["p2p.suspect_after_s"],
             dead_after_s=values["p2p.dead_after_s"],
             record_ttl_s=values["p2p.record_ttl_s"],
-            gossip_degree=values["p2p.gossip_degree"],
-            gossip_rate_per_peer=values["p2p.gossip_rate_per_peer"],
+            target_connections=values["p2p.target_connections"],
+            heartbeat_rate_per_peer=values["p2p.heartbeat_rate_per_peer"],
+            census_interval_s=values["p2p.census_interval_s"],
             dial_timeout_s=values["p2p.dial_timeout_s"],
             peer_cache_size=values["p2p.peer_cache_size"],
             max_connections=values["p2p.max_connections"],
@@ -356,7 +360,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             epoch_minutes=values["ledger.epoch_minutes"],
             idle_warning_minutes=values["ledger.idle_warning_minutes"],
             unsettled_warning_minutes=values["ledger.unsettled_warning_minutes"],
-            gossip_interval_s=values["ledger.gossip_interval_s"],
+            dealings_interval_s=values["ledger.dealings_interval_s"],
         ),
         pricing=PricingSettings(
             auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]

@@ -148,5 +148,5 @@ class Dashboard:
                   "uptime_s": round(time.time() - node.started_at, 1)},
             local=local, peers=node.p2p.table.to_json(trio.current_time()), distribution=self.distribution,
             ring=self.ring, now=time.time(), since=since, interval_s=self.interval_s,
-            last_event_id=self._event_cursor)
+            last_event_id=self._event_cursor, network=node.p2p.census.to_json())
 

@@ -111,7 +111,10 @@ _STATE_ORDER = {"alive": 0, "draining": 1, "suspect": 2, "dead": 3, "left": 4}
 
 def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterable[Mapping[str, Any]],
                distribution: TaskDistribution, ring: SeriesRing, now: float, since: float = 0.0,
-               interval_s: float = 1.0, last_event_id: int = 0) -> dict[str, Any]:
+               interval_s: float = 1.0, last_event_id: int = 0,
+               network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What the dashboards draw. ``peers``: the peer table, exact for connected peers; ``network``: the census's
+    estimate of the whole network (p2p/census.py), or None before its first sample."""
     rows = [peer_row(p) for p in peers]
     rows.sort(key=lambda r: (_STATE_ORDER.get(r["state"], 9), r["name"] or r["peer_id"]))
     names = {r["peer_id"]: r["name"] for r in [local, *rows]}
@@ -137,6 +140,8 @@ def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterabl
         "nodes": nodes,
         "nodes_total": 1 + len(rows),
         "peers_alive": sum(r["state"] == "alive" for r in rows),
+        "connected": sum(bool(r["connected"]) for r in rows),
+        "network": dict(network) if network else None,
         "distribution": list(routed.values()),
         "totals": totals,
         "rewards": dict(latest.rewards) if latest else {},

@@ -15,7 +15,7 @@ same transaction, and :meth:`Ledger.rebuild_index` recomputes them from it. Each
 survives a crash or a power cut, and a crash before that leaves no trace of it.
 
 What the chain alone cannot show: entries cut off the end after the last signed epoch (the chain that is
-left is valid). Epoch roots gossiped to peers are what makes that visible.
+left is valid). Epoch roots stored in the DHT, where counterparts read them, are what makes that visible.
 """
 
 from __future__ import annotations
@@ -208,6 +208,15 @@ class Ledger:
             return True
 
         return bool(self.store.transaction(work))
+
+    def counterparts(self, limit: int = 64) -> list[tuple[str, int]]:
+        """The peers this node settled work with (served or paid), with how many settled receipts each, the
+        most first: what it signs as its dealings (ledger/dealings.py)."""
+        rows = self.store.execute(
+            "SELECT CASE WHEN worker = ? THEN requester ELSE worker END AS other, count(*) FROM ledger_receipts"
+            " WHERE status = 'settled' AND worker != requester GROUP BY other ORDER BY 2 DESC, 1 LIMIT ?",
+            (self.owner, limit))
+        return [(str(r[0]), int(r[1])) for r in rows]
 
     def contests(self) -> list[bytes]:
         """The dispute cases of this node's receipts that are still contested (oldest first)."""

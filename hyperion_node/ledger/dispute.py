@@ -75,9 +75,9 @@ def verify_dispute(dispute: Dispute, keys: PeerKeys | None = None) -> None:
 # -- a dispute with its proof ----------------------------------------------------------------------------------
 
 CASE_VERSION = 1
-# A case travels on the receipts topic (64 KiB envelopes): an inference result's prompt and tokens fit; a ZK
-# key or a scene does not, and such a case travels without its evidence (``evidence`` None), so that only its
-# verifiers' standing can confirm it.
+# A case travels in one frame of /hyperion/cases/1 (protocols/cases.py): an inference result's prompt and
+# tokens fit; a ZK key or a scene does not, and such a case travels without its evidence (``evidence`` None),
+# so that only its verifiers' standing can confirm it.
 MAX_CASE_BYTES = 60 * 1024
 MAX_CASE_DISPUTES = 8
 

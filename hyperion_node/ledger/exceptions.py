@@ -1,4 +1,4 @@
-"""Why a receipt, a signature, a gossip message or the ledger itself was rejected.
+"""Why a receipt, a signature, a peer's record or the ledger itself was rejected.
 
 Each reason is its own class with a short ``reason`` code, so that callers can count rejections per reason
 (and score a peer down) without parsing messages. Records that arrive from elsewhere -- a peer, a gossip

@@ -1,20 +1,21 @@
-"""A per-peer reputation view built from what this node can check: settled receipts (each credited to its
-worker in proportion to the standing of the requester that signed it), confirmed disputes, epoch roots, and the
-failures this node saw itself. Pure: no I/O, time passed in. The scheduler reads :meth:`ReputationView.reliability`
-as its reliability criterion.
+"""A per-peer reputation view built from what this node can check: its own settled receipts, what the peers it
+dealt with vouch for in their signed dealings summaries (each credited in proportion to the voucher's standing),
+confirmed disputes, epoch roots, and the failures this node saw itself. Pure: no I/O, time passed in. The
+scheduler reads :meth:`ReputationView.reliability` as its reliability criterion.
 
 Reliability is the expected value of a Beta reputation (Jøsang & Ismail, "The Beta Reputation System",
 2002): with ``r`` good outcomes and ``s`` bad ones, ``(r + 1) / (r + s + 2)``. A peer never seen scores 0.5,
 one good task moves it only a little, and the score needs many outcomes to approach 0 or 1. Good outcomes
-are settled receipts weighted by their requester's standing (``ledger/trust.py``: EigenTrust rooted in this
-node's own dealings), so that keys trading receipts among themselves earn nothing; bad ones are failures
+are settled receipts: this node's own, and those its counterparts vouch for, weighted by the voucher's standing
+(``ledger/trust.py``: EigenTrust rooted in this node's own dealings), so that keys vouching for each other
+earn nothing; bad ones are failures
 (weight 1), confirmed disputes (weight ``DISPUTE_WEIGHT``: evidence of a wrong result, not of bad luck) and
 disputes a peer signed that this node's own check showed wrong (the same weight, against the signer).
 
 Replays: a receipt id is accepted once. Ids are remembered for ``window_ms`` after the work finished; a
 receipt older than that is refused as stale rather than risk taking a replay, so memory is bounded by the
-gossip rate times the window, and by ``capacity`` in any case (evicting early raises the stale floor, so an
-evicted id still cannot come back).
+rate of this node's own settled receipts times the window, and by ``capacity`` in any case (evicting early
+raises the stale floor, so an evicted id still cannot come back).
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 
 from hyperion_node.ledger.epochs import SignedEpoch, verify_epoch
 from hyperion_node.ledger.exceptions import Malformed, Replayed, Stale
-from hyperion_node.ledger.receipt import SignedReceipt, verify_receipt
+from hyperion_node.ledger.receipt import SignedReceipt
 from hyperion_node.ledger.signing import PeerKeys
 from hyperion_node.ledger.trust import TrustGraph
 
 DISPUTE_WEIGHT = 5.0
 DAY_MS = 86_400_000
+# Receipts a counterpart's dealings summary may lend others in all, per receipt it settled with this node.
+VOUCH_PER_RECEIPT = 1.0
 # Clocks of honest peers drift by seconds (NTP); five minutes is generous and still refuses receipts
 # post-dated to outlive the replay window.
 MAX_CLOCK_SKEW_MS = 5 * 60_000
@@ -90,7 +93,8 @@ class ReplayGuard:
 
 
 class ReputationView:
-    """Reputation per peer ID, from verified gossip and local observations. Bounded to ``max_peers``,
+    """Reputation per peer ID, from this node's own dealings, its counterparts' signed summaries and epoch
+    roots, and local observations. Bounded to ``max_peers``,
     the least recently seen forgotten first. ``me`` is this node: its own receipts root the trust graph."""
 
     def __init__(self, me: str = "", *, keys: PeerKeys | None = None, window_ms: int = DAY_MS,
@@ -104,8 +108,7 @@ class ReputationView:
         self._peers: OrderedDict[str, PeerReputation] = OrderedDict()
         self._clock = clock
         self.trust = TrustGraph(me or "-", max_peers=max_peers)
-        # worker -> {requester: settled receipts}, what ``credited`` weighs by each requester's standing
-        self._by_requester: OrderedDict[str, OrderedDict[str, int]] = OrderedDict()
+        self._own: OrderedDict[str, int] = OrderedDict()  # worker -> receipts of its work this node settled
 
     def _update(self, peer_id: str, now_ms: int, *, completed: int = 0, failed: int = 0, disputed: int = 0,
                 volume: int = 0, false_disputes: int = 0) -> None:
@@ -115,32 +118,11 @@ class ReputationView:
                                               old.false_disputes + false_disputes)
         while len(self._peers) > self._max_peers:
             gone, _ = self._peers.popitem(last=False)
-            self._by_requester.pop(gone, None)
-
-    def _credit(self, worker: str, requester: str) -> None:
-        counts = self._by_requester.pop(worker, None) or OrderedDict()
-        counts[requester] = counts.pop(requester, 0) + 1
-        if len(counts) > self.trust.max_edges:
-            counts.popitem(last=False)
-        self._by_requester[worker] = counts
-        while len(self._by_requester) > self._max_peers:
-            self._by_requester.popitem(last=False)
-
-    def observe_settled(self, signed: SignedReceipt, now_ms: int) -> None:
-        """A settled receipt from gossip: verify both signatures, refuse replays, credit the worker (by the
-        requester's standing, when read) and add the dealing to the trust graph."""
-        verify_receipt(signed, self._keys, require_countersignature=True)
-        receipt = signed.receipt
-        if receipt.worker == receipt.requester:
-            raise Malformed("a receipt for work a peer did for itself earns no reputation", peer_id=receipt.worker)
-        self._receipts.check(signed.id, receipt.finished_at_ms, now_ms)
-        self.trust.dealt(receipt.requester, receipt.worker)
-        self._credit(receipt.worker, receipt.requester)
-        self._update(receipt.worker, now_ms, completed=1, volume=receipt.total)
+            self._own.pop(gone, None)
 
     def observe_own(self, signed: SignedReceipt, now_ms: int) -> None:
         """A receipt this node settled itself, as requester or worker: real dealings, the roots of trust.
-        The same receipt arriving later by gossip is then a replay (refused, not counted twice)."""
+        Each receipt counts once (its ID is remembered)."""
         receipt = signed.receipt
         try:
             self._receipts.check(signed.id, receipt.finished_at_ms, now_ms)
@@ -148,7 +130,9 @@ class ReputationView:
             return
         self.trust.dealt(receipt.requester, receipt.worker)
         if receipt.worker != self.trust.me:
-            self._credit(receipt.worker, receipt.requester)
+            self._own[receipt.worker] = self._own.pop(receipt.worker, 0) + 1
+            while len(self._own) > self._max_peers:
+                self._own.popitem(last=False)
             self._update(receipt.worker, now_ms, completed=1, volume=receipt.total)
 
     def observe_confirmed_dispute(self, worker: str, receipt_id: bytes, now_ms: int, at_ms: int) -> bool:
@@ -172,8 +156,8 @@ class ReputationView:
         self._update(peer_id, now_ms, failed=1)
 
     def observe_epoch(self, epoch: SignedEpoch, now_ms: int) -> None:
-        """An epoch root from gossip. The same epoch twice is a replay; the same number with another root
-        is a peer signing two histories, counted as a dispute against it."""
+        """A counterpart's epoch root, read from the DHT. The same epoch twice is a replay; the same number
+        with another root is a peer signing two histories, counted as a dispute against it."""
         verify_epoch(epoch, self._keys)
         key = (epoch.header.signer, epoch.header.number)
         known = self._epochs.get(key)
@@ -195,11 +179,26 @@ class ReputationView:
     def get(self, peer_id: str) -> PeerReputation:
         found = self._peers.get(peer_id)
         if found is None:
-            return PeerReputation()
-        counts: dict[str, int] = self._by_requester.get(peer_id) or {}
-        credited = sum(n * self.standing(requester) for requester, n in counts.items())
+            if not self.trust.vouchers(peer_id):
+                return PeerReputation()
+            found = PeerReputation()
+        vouched = self.trust.vouchers(peer_id)
+        credited = self._own.get(peer_id, 0) + sum(self._vouched_credit(v, n) for v, n in vouched.items()
+                                                   if v != self.trust.me)
         return PeerReputation(found.completed, found.failed, found.disputed, found.volume, found.last_seen_ms,
                               found.false_disputes, round(credited, 3))
+
+    def _vouched_credit(self, voucher: str, receipts: float) -> float:
+        """What ``voucher``'s claim of ``receipts`` with a peer is worth here: its standing, times the claim,
+        with everything it claims scaled down to at most the receipts this node itself holds with it
+        (``VOUCH_PER_RECEIPT`` each). A summary is a claim anyone can inflate; this way a peer that settled
+        one task with this node can lend its ring of fresh keys one receipt's worth in all, however many it
+        claims, and an honest counterpart's word counts as far as this node's own dealings with it."""
+        claimed = self.trust.claimed(voucher)
+        if claimed <= 0:
+            return 0.0
+        budget = VOUCH_PER_RECEIPT * self.trust.dealt_with(voucher)
+        return self.standing(voucher) * receipts * min(1.0, budget / claimed)
 
     def reliability(self, peer_id: str) -> float:
         return self.get(peer_id).reliability

@@ -8,7 +8,7 @@ this machine's disk (scripts/bench_receipts.py), a receipt's signature checks ab
 
 Epochs close in the writer's transaction when they reach ``epoch_receipts``; a timer closes them when their
 oldest receipt has waited ``epoch_minutes``, checking every tenth of that (at most every minute). Each closed
-epoch is handed to ``on_epoch`` (the P2P layer publishes its root on the receipts topic) once, in order; at
+epoch is handed to ``on_epoch`` (its root is stored in the DHT, where counterparts read it) once, in order; at
 start the latest closed epoch is handed over again, so that peers that missed it learn the node's head.
 
 Stopping loses no receipt that was handed over: callers wait for their receipt shielded from cancellation

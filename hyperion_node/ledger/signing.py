@@ -24,6 +24,7 @@ DOMAIN_RECEIPT = b"hyperion/receipt/worker/v1\x00"
 DOMAIN_COUNTERSIGN = b"hyperion/receipt/requester/v1\x00"
 DOMAIN_EPOCH = b"hyperion/epoch/v1\x00"
 DOMAIN_DISPUTE = b"hyperion/dispute/v1\x00"
+DOMAIN_DEALINGS = b"hyperion/dealings/v1\x00"
 
 
 class Signer(Protocol):
@@ -54,7 +55,7 @@ class PeerKeys:
 
     Reading a key out of a peer ID costs about as much as a quarter of a signature check (base58 is pure
     Python); a node verifies receipts from the same handful of peers again and again. Bounded, least
-    recently used out first, so that gossip from a large network cannot grow it.
+    recently used out first, so that the peers of a large network cannot grow it.
     """
 
     def __init__(self, capacity: int = 4096) -> None:

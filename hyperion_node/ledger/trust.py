@@ -26,6 +26,7 @@ forgotten), and the iteration runs only when something changed and at most every
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 RESTART = 0.15
@@ -40,8 +41,10 @@ class TrustGraph:
     max_edges: int = 64
     restart: float = RESTART
     min_interval: float = MIN_INTERVAL_S
-    # peer -> {counterpart: receipts}, both directions recorded; least recently touched first
+    # peer -> {counterpart: receipts}, what each peer vouches for; least recently touched first
     _edges: OrderedDict[str, OrderedDict[str, float]] = field(default_factory=OrderedDict)
+    # counterpart -> {voucher: receipts}: the same edges read backwards, to credit a worker quickly
+    _incoming: dict[str, dict[str, float]] = field(default_factory=dict)
     _own: dict[str, float] = field(default_factory=dict)  # this node's counterparts: the pre-trust
     _trust: dict[str, float] = field(default_factory=dict)
     _reference: float = 0.0
@@ -58,7 +61,8 @@ class TrustGraph:
         self._dirty = True
 
     def dealt(self, requester: str, worker: str, weight: float = 1.0) -> None:
-        """A settled receipt between two peers (from gossip or anywhere): an edge each way."""
+        """A settled receipt between two peers: an edge each way (this node's own, for now: what others
+        say of their dealings arrives as their summaries, ``vouched``)."""
         if requester == worker:
             return
         if self.me in (requester, worker):
@@ -71,15 +75,55 @@ class TrustGraph:
     def _edge(self, a: str, b: str, weight: float) -> None:
         out = self._edges.pop(a, None) or OrderedDict()
         out[b] = out.pop(b, 0.0) + weight
-        if len(out) > self.max_edges:
-            out.popitem(last=False)
-        self._edges[a] = out
+        self._set_row(a, out)
+
+    def _set_row(self, peer: str, row: OrderedDict[str, float]) -> None:
+        self._drop_row(peer)
+        while len(row) > self.max_edges:
+            row.popitem(last=False)
+        self._edges[peer] = row
+        for other, weight in row.items():
+            self._incoming.setdefault(other, {})[peer] = weight
         while len(self._edges) > self.max_peers:
-            self._edges.popitem(last=False)
+            self._drop_row(next(iter(self._edges)))
+
+    def _drop_row(self, peer: str) -> None:
+        for other in self._edges.pop(peer, {}):
+            incoming = self._incoming.get(other)
+            if incoming is not None:
+                incoming.pop(peer, None)
+                if not incoming:
+                    del self._incoming[other]
+
+    def vouchers(self, peer: str) -> dict[str, float]:
+        """Who vouches for ``peer`` (in a dealings summary, or a receipt it settled with it), and for how many
+        receipts."""
+        return dict(self._incoming.get(peer, {}))
+
+    def claimed(self, peer: str) -> float:
+        """How many receipts ``peer`` vouches for in all (its whole row)."""
+        return sum(self._edges.get(peer, {}).values())
+
+    def dealt_with(self, peer: str) -> float:
+        """Receipts this node itself holds with ``peer``."""
+        return self._own.get(peer, 0.0)
+
+    def vouched(self, peer: str, counts: Iterable[tuple[str, int]]) -> None:
+        """What ``peer`` says of its own dealings (its signed summary, ledger/dealings.py): its outgoing row,
+        replacing what it said before."""
+        if peer == self.me:
+            return
+        row: OrderedDict[str, float] = OrderedDict()
+        for other, n in list(counts)[: self.max_edges]:
+            if other not in (peer, self.me) and n > 0:
+                row[other] = float(n)
+        self._set_row(peer, row)
+        self._dirty = True
 
     def forget(self, peer: str) -> None:
         """Drop what ``peer`` said of others (its receipts are no evidence any more: it lied)."""
-        if self._edges.pop(peer, None) is not None:
+        if peer in self._edges:
+            self._drop_row(peer)
             self._dirty = True
 
     def trust(self, now: float) -> dict[str, float]:

@@ -1,17 +1,15 @@
-"""Per-peer limits for gossip, as pure code (time passed in).
+"""Per-peer limits, as pure code (time passed in).
 
-Who pays for a message matters as much as counting it. Gossip reaches a node from relays, so a burst of one
-origin's messages may be its own doing (a fresh message carries a new sequence number and the origin's
-signature over it) or someone else's: a relay replaying what it collected, or a joining node's backlog
-delivered all at once. Only the first is the origin's fault. So a message is first checked for being new
-(``SeenDigests``, ``HeartbeatGate``): a replayed or stale one is dropped and counted, and charged to nobody;
-only what is new counts toward the origin's rate (``RateLimiter``), and a rate broken by an origin's own
-signed timestamps (``HeartbeatGate``) is its own fault however the messages arrive.
+Who pays for a message matters as much as counting it. A signed message may reach a node from someone other
+than its signer (a replay of what was collected), so a message is first checked for being new
+(``HeartbeatGate``): a replayed or stale one is dropped and counted, and charged to nobody; only what is new
+counts toward the signer's rate, and a rate broken by a signer's own signed timestamps is its own fault
+however the messages arrive. ``RateLimiter`` bounds what one peer may ask per second, ``PeerSlots`` how many
+streams it may hold open, ``Unpaid`` how much work it may leave unpaid.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,37 +43,6 @@ class RateLimiter:
         return len(self._buckets)
 
 
-@dataclass
-class SeenDigests:
-    """Message bytes seen in the last ``ttl`` seconds, by SHA-256 (16 bytes kept), at most ``max_entries``.
-
-    gossipsub's own seen-cache keeps message IDs for two minutes (py-libp2p's ``seen_ttl``); a relay that
-    replays a collected message after that gets it delivered again. This cache outlives it, and anything
-    older than ``ttl`` is refused by the message's own timestamp instead (``ttl`` must cover that age).
-    ~100 bytes an entry: 65,536 entries are ~7 MiB at most.
-    """
-
-    ttl: float
-    max_entries: int = 65_536
-    _seen: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
-
-    def first_time(self, data: bytes, now: float) -> bool:
-        """True the first time these bytes are seen (and remember them), False for a repeat."""
-        while self._seen:
-            oldest, at = next(iter(self._seen.items()))
-            if now - at < self.ttl and len(self._seen) < self.max_entries:
-                break
-            del self._seen[oldest]
-        key = hashlib.sha256(data).digest()[:16]
-        if key in self._seen:
-            return False
-        self._seen[key] = now
-        return True
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-
 class Freshness(StrEnum):
     NEW = "new"
     STALE = "stale"  # not newer than what we have, or older than max_age: nobody's fault, dropped
@@ -87,8 +54,8 @@ class Freshness(StrEnum):
 class HeartbeatGate:
     """Which of an origin's signed, sequenced, timestamped messages (heartbeats) are new, per origin.
 
-    * a sequence number not above the last accepted one is stale: a replay, or gossip delivering an older
-      message after a newer one; only the newest says anything about the peer;
+    * a sequence number not above the last accepted one is stale: a replay, or an older message arriving
+      after a newer one; only the newest says anything about the peer;
     * a timestamp older than ``max_age`` (the peer table's dead timeout) is stale: it says nothing about the
       peer now, and a replay of a dead peer's last messages must not revive it;
     * a timestamp more than ``max_skew`` ahead of our clock is the signer's lie (or a broken clock);

@@ -30,7 +30,7 @@ from hyperion_node.identity import Identity
 
 ENVELOPE_VERSION = 1
 # Caps per message type, in bytes of the whole envelope. A capability record with a few dozen offers is
-# ~2 KiB; a heartbeat ~300 B. The caps leave room for growth and stay far below gossipsub's 1 MiB default;
+# ~2 KiB; a heartbeat ~300 B. The caps leave room for growth and stay far below a stream frame's caps;
 # a node keeps up to p2p/peer_table.py's MAX_PEERS records, so the record's cap bounds that memory too.
 MAX_CAPABILITY_BYTES = 8 * 1024
 MAX_HEARTBEAT_BYTES = 4 * 1024
@@ -84,8 +84,8 @@ def _signing_input(msg_type: str, body: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def peer_id_from_bytes(raw: bytes) -> ID:
-    """The peer ID in its binary form, remembered for the peers a node hears from: every gossip message names
-    its origin and its envelope's sealer this way, and an ``ID``'s text form (base58, pure Python) is computed
+    """The peer ID in its binary form, remembered for the peers a node hears from: every envelope names its
+    sealer this way, and an ``ID``'s text form (base58, pure Python) is computed
     once per instance -- ~20% of a 50-node demo's CPU before, one conversion per message per receiver."""
     return ID(raw)
 
@@ -126,10 +126,10 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
                   signed_by: str | None = None) -> tuple[Envelope, dict[str, Any]]:
     """Check size, decode, verify the signature; return the envelope and its decoded body.
 
-    ``signed_by``: the caller has already verified another signature by this peer over these exact bytes
-    (gossipsub's strict signing covers a message's data, topic, origin and sequence number with the origin's
-    key). The envelope must then name that peer, and its own signature, made by the same key over a part of
-    the same bytes, is not checked a second time.
+    ``signed_by``: the caller knows that these exact bytes came from this peer: they arrived on a stream whose
+    remote Noise authenticated, and each frame of it is authenticated by the session's keys (presence.py).
+    The envelope must then name that peer, and its own signature, by the same peer over the same bytes, is
+    not checked a second time.
     """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
@@ -334,7 +334,7 @@ HEALTH_STATES = (HEALTH_OK, HEALTH_DRAINING, HEALTH_LEAVING)
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """Presence and telemetry, gossiped every few seconds on the presence topic."""
+    """Presence and telemetry, pushed every few seconds to the provider's subscribers (presence.py)."""
 
     peer_id: str
     seq: int
@@ -346,14 +346,20 @@ class Heartbeat:
     active_tasks: int
     ram_available_bytes: int
     gpus: tuple[Mapping[str, float | None], ...] = ()  # per GPU: util, vram_free, temp_c, power_w
+    # Seconds until the sender's next regular heartbeat: one pushed early (its load changed) is no sign of
+    # anything, and a subscriber measures lateness against this promise (scheduler/health.py). 0: not said.
+    every_s: float = 0.0
     raw: bytes = field(default=b"", compare=False, repr=False)
 
     def to_body(self) -> dict[str, Any]:
-        return {
+        body = {
             "seq": self.seq, "time": self.time, "name": self.name, "addrs": list(self.addrs),
             "health": self.health, "queue": self.queue_depth, "active": self.active_tasks,
             "ram_free": self.ram_available_bytes, "gpus": [dict(g) for g in self.gpus],
         }
+        if self.every_s:
+            body["every"] = self.every_s
+        return body
 
     def seal(self, identity: Identity) -> bytes:
         return seal(identity, TYPE_HEARTBEAT, self.to_body())
@@ -382,7 +388,8 @@ class Heartbeat:
             peer_id=str(envelope.peer_id), seq=_integer(body, "seq"), time=_number(body, "time"),
             name=_text(body, "name", optional=True), addrs=_addrs(body), health=health,
             queue_depth=_integer(body, "queue"), active_tasks=_integer(body, "active"),
-            ram_available_bytes=_integer(body, "ram_free"), gpus=tuple(gpus), raw=data,
+            ram_available_bytes=_integer(body, "ram_free"), gpus=tuple(gpus),
+            every_s=_number(body, "every") if "every" in body else 0.0, raw=data,
         )
 
 

@@ -1,18 +1,33 @@
-"""The PeerTable: one view of every peer, merged from what gossip, the DHT, mDNS and connections say.
+"""The PeerTable: one view of every peer, merged from what the node's connections, pings, presence streams,
+the DHT, mDNS and the peer cache say.
 
 Pure state: every method takes ``now`` (trio's clock in the daemon, any number in tests) and returns the
-presence events it caused; the service persists them. Liveness follows the heartbeats:
+presence events it caused; the service persists them. Liveness follows proofs of life -- a connection
+opening, a ping answered, a heartbeat on a presence stream (``presence.py``) -- from the peers this node has
+been in touch with; a peer known only from its DHT record is *alive* until a dial to it fails
+(``unreachable``), since its record says it was there and nothing says otherwise::
 
-    alive --(no heartbeat for suspect_after)--> suspect --(none for dead_after)--> dead
-    any   --(heartbeat says draining)--> draining            any --(heartbeat says leaving)--> left
-    suspect / dead / left --(heartbeat)--> alive (event "rejoined" after dead or left)
+    alive --(connected, no proof of life for suspect_after)--> suspect --(none for dead_after)--> dead
+    any   --(a dial fails)--> dead
+    any   --(heartbeat says draining)--> draining            any --(heartbeat or goodbye says leaving)--> left
+    suspect / dead / left --(connection, ping or heartbeat)--> alive (event "rejoined" after dead or left)
+    dead  --(a capability record newer than the one held: the peer signed it since)--> alive
+
+A connection that closes is no proof of death: the pruner may have closed it, on either side, and a pruned
+peer must stay a candidate. So the timers run only while the peer is connected (pinged); a peer that is not
+stays as it was last seen until a dial to it fails. The peers that need to know sooner find out sooner: a
+requester's presence subscription to a provider breaks when the provider goes, and its resubscription's
+failed dial marks the provider dead (``presence.py``).
+
+A node does not hear every other node: only the peers it is connected to (pings: a few dozen at most, set by
+the connection watermarks) and the providers it routes to (heartbeats).
 
 A peer's score starts at 0 and goes down for every malformed or forged message it sends; at ``BAN_SCORE`` or
-below it is banned: its connections are closed, its streams refused, its gossip dropped. A penalty fades
-with a half-life of ``PENALTY_HALF_LIFE_S``, so a ban lasts in proportion to the offences (one past the
-line: minutes) and a score that fell through no fault of the peer (an offence charged to it wrongly, a bug
-of an old version) comes back without anyone's help. Penalties are charged only to the peer that did the
-thing: the stream's authenticated remote, or the origin whose signature covers a message it made.
+below it is banned: its connections are closed, its streams refused. A penalty fades with a half-life of
+``PENALTY_HALF_LIFE_S``, so a ban lasts in proportion to the offences (one past the line: minutes) and a
+score that fell through no fault of the peer (an offence charged to it wrongly, a bug of an old version)
+comes back without anyone's help. Penalties are charged only to the peer that did the thing: the stream's
+authenticated remote, or the signer of a message it made.
 
 The table is bounded (``max_peers``): past it, the entries that matter least go first (not connected, not
 alive, not banned, seen longest ago), so a stranger minting peer IDs fills it with nothing that lasts.
@@ -47,7 +62,6 @@ PENALTIES = {
     "too_frequent": 1.0,
     "too_many_streams": 1.0,
     "dialback_refused": 2.0,
-    "forwarder_rate": 0.25,  # per message over a relay's budget (libp2p_stack.py): 400 of them ban it
 }
 DEFAULT_PENALTY = 5.0
 BAN_SCORE = -100.0
@@ -85,9 +99,13 @@ class PeerEntry:
     state: PeerState = PeerState.ALIVE
     addrs: tuple[str, ...] = ()
     name: str = ""
-    sources: set[str] = field(default_factory=set)  # gossip, dht, mdns, connection, cache
+    sources: set[str] = field(default_factory=set)  # presence, dht, mdns, connection, cache
     heartbeat: Heartbeat | None = None
     last_heartbeat: float | None = None  # local clock when the last heartbeat arrived
+    last_alive: float | None = None  # the last proof of life: a connection opened, a ping, a heartbeat
+    dead_since: float | None = None
+    probe_after: float = 0.0  # a dead provider is dialled again in the background from then (liveness.py)
+    probe_backoff: float = 0.0
     capability: CapabilityRecord | None = None
     rtt_ms: float | None = None
     clock_skew_s: float | None = None  # their wall clock minus ours, from the last heartbeat
@@ -149,7 +167,7 @@ class PeerTable:
     def _evict(self, keep: str) -> None:
         """Forget the least useful tenth of the table at once (amortised: one sort per many additions)."""
         def worth(e: PeerEntry) -> tuple[bool, bool, bool, float]:
-            live = e.state in (PeerState.ALIVE, PeerState.DRAINING) and e.last_heartbeat is not None
+            live = e.state in (PeerState.ALIVE, PeerState.DRAINING) and e.last_alive is not None
             return e.connected, live, e.score <= BAN_SCORE, e.last_seen
 
         victims = sorted((e for e in self.peers.values() if e.peer_id != keep), key=worth)
@@ -173,8 +191,8 @@ class PeerTable:
         return entry
 
     def saw(self, peer_id: str, now: float, *, source: str, addrs: Iterable[str] = ()) -> list[PresenceEvent]:
-        """A sighting that is not a heartbeat (connection, mDNS, DHT, cache): adds the peer, keeps its
-        addresses. Liveness is decided by heartbeats alone, so this never revives a dead peer."""
+        """A sighting that is no proof of life (mDNS, DHT, cache): adds the peer, keeps its addresses; never
+        revives a dead peer."""
         if peer_id == self.local_peer_id:
             return []
         events: list[PresenceEvent] = []
@@ -190,12 +208,12 @@ class PeerTable:
         if hb.peer_id == self.local_peer_id:
             return []
         events: list[PresenceEvent] = []
-        entry = self._entry(hb.peer_id, now, "gossip", events)
+        entry = self._entry(hb.peer_id, now, "presence", events)
         if entry.heartbeat is not None and hb.seq <= entry.heartbeat.seq and entry.state is not PeerState.LEFT:
-            return events  # an old heartbeat delivered late (gossip may reorder): it says nothing new
+            return events  # an old heartbeat delivered late: it says nothing new
         previous = entry.state
         entry.heartbeat = hb
-        entry.last_heartbeat = now
+        entry.last_heartbeat = entry.last_alive = now
         entry.last_seen = now
         entry.name = hb.name or entry.name
         entry.addrs = hb.addrs or entry.addrs
@@ -221,18 +239,87 @@ class PeerTable:
         events: list[PresenceEvent] = []
         entry = self._entry(record.peer_id, now, "dht", events)
         if entry.capability is None or record.seq > entry.capability.seq:
+            if entry.capability is not None and entry.state is PeerState.DEAD:
+                self._alive(entry, now, events)  # it signed a new record since we held the last one
             entry.capability = record
             entry.name = entry.name or record.name
             entry.addrs = entry.addrs or record.addrs
         return events
 
     def set_connected(self, peer_id: str, connected: bool, now: float) -> list[PresenceEvent]:
+        """A connection opened (a proof of life) or closed (no proof of anything: module docstring)."""
         if peer_id == self.local_peer_id:
             return []
         events: list[PresenceEvent] = []
         entry = self._entry(peer_id, now, "connection", events)
         entry.connected = connected
+        if connected:
+            self._alive(entry, now, events)
         return events
+
+    def pinged(self, peer_id: str, rtt_ms: float, now: float) -> list[PresenceEvent]:
+        """A ping answered: its round trip, and a proof of life."""
+        entry = self.peers.get(peer_id)
+        if entry is None or peer_id == self.local_peer_id:
+            return []
+        events: list[PresenceEvent] = []
+        entry.rtt_ms = round(rtt_ms, 3)
+        self._alive(entry, now, events)
+        return events
+
+    def to_probe(self, now: float, wall_now: float, limit: int) -> list[PeerEntry]:
+        """Dead providers whose record is still valid and whose turn to be dialled again has come: a peer
+        found dead by a failed dial or silence may have been only unlucky (a loaded machine, a connection
+        closed under it), and user tasks must not pay to find out."""
+        due = [e for e in self.peers.values()
+               if e.state is PeerState.DEAD and not e.connected and e.probe_after <= now and not self.banned(e.peer_id)
+               and e.capability is not None and e.capability.offers and e.capability.expires_at > wall_now
+               and (e.addrs or e.capability.addrs)]
+        due.sort(key=lambda e: e.probe_after)
+        return due[:limit]
+
+    def to_connect(self, count: int, pick: Callable[[list[PeerEntry], int], list[PeerEntry]]) -> list[PeerEntry]:
+        """Up to ``count`` peers to open a connection to, for a node below its connection target: peers not
+        connected, believed alive (their connection may only have been pruned, on either side), not banned, with
+        an address. ``pick(candidates, k)`` chooses among them (``random.sample``: every node choosing the same
+        peers would pile connections on them)."""
+        candidates = [e for e in self.peers.values()
+                      if not e.connected and e.state in (PeerState.ALIVE, PeerState.SUSPECT, PeerState.DRAINING)
+                      and not self.banned(e.peer_id) and (e.addrs or (e.capability and e.capability.addrs))]
+        return pick(candidates, min(count, len(candidates)))
+
+    def probed(self, entry: PeerEntry, now: float, min_s: float, max_s: float) -> None:
+        """A background dial of a dead provider failed: the next one waits twice as long (min_s .. max_s)."""
+        entry.probe_backoff = min(max_s, max(min_s, 2 * entry.probe_backoff))
+        entry.probe_after = now + entry.probe_backoff
+
+    def learned_addrs(self, peer_id: str, addrs: Iterable[str]) -> bool:
+        """The addresses a connected peer listens on (from identify, in the host's peerstore): whether they
+        are news, to be written to the peer cache."""
+        entry = self.peers.get(peer_id)
+        addrs = tuple(addrs)
+        if entry is None or not addrs or entry.addrs == addrs:
+            return False
+        entry.addrs = addrs
+        return True
+
+    def unreachable(self, peer_id: str, now: float, why: str) -> list[PresenceEvent]:
+        """Dialling the peer failed (a task, a presence stream): dead until it proves otherwise."""
+        entry = self.peers.get(peer_id)
+        if entry is None or entry.state in (PeerState.DEAD, PeerState.LEFT) or entry.connected:
+            return []
+        previous, entry.state = entry.state, PeerState.DEAD
+        entry.dead_since = now
+        return [PresenceEvent(peer_id, "dead", now, {"from": previous.value, "why": why})]
+
+    def _alive(self, entry: PeerEntry, now: float, events: list[PresenceEvent]) -> None:
+        entry.last_alive = entry.last_seen = now
+        entry.dead_since = None
+        entry.probe_backoff = entry.probe_after = 0.0
+        if entry.state in (PeerState.SUSPECT, PeerState.DEAD):
+            previous, entry.state = entry.state, PeerState.ALIVE
+            kind = "rejoined" if previous is PeerState.DEAD else "alive"
+            events.append(PresenceEvent(entry.peer_id, kind, now, {"from": previous.value}))
 
     def set_rtt(self, peer_id: str, rtt_ms: float) -> None:
         entry = self.peers.get(peer_id)
@@ -268,18 +355,19 @@ class PeerTable:
         return entry is not None and entry.score <= BAN_SCORE
 
     def tick(self, now: float) -> list[PresenceEvent]:
-        """Advance liveness (heartbeats that stopped make a peer suspect, then dead) and let penalties fade."""
+        """Advance liveness (a connected peer that stops proving it is alive turns suspect, then dead) and let
+        penalties fade."""
         events: list[PresenceEvent] = []
         self.last_now = max(self.last_now, now)
         for entry in self.peers.values():
             self._fade(entry, now)
-            if entry.state in (PeerState.DEAD, PeerState.LEFT) or entry.last_heartbeat is None:
+            if entry.state in (PeerState.DEAD, PeerState.LEFT) or entry.last_alive is None or not entry.connected:
                 continue
-            silent = now - entry.last_heartbeat
+            silent = now - entry.last_alive
             if silent >= self.dead_after:
                 events.append(PresenceEvent(entry.peer_id, "dead", now,
                                             {"from": entry.state.value, "silent_s": round(silent, 3)}))
-                entry.state = PeerState.DEAD
+                entry.state, entry.dead_since = PeerState.DEAD, now
             elif silent >= self.suspect_after and entry.state is PeerState.ALIVE:
                 events.append(PresenceEvent(entry.peer_id, "suspect", now, {"silent_s": round(silent, 3)}))
                 entry.state = PeerState.SUSPECT

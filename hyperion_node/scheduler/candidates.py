@@ -73,7 +73,7 @@ class Candidate:
     queue_depth: int = 0
     rtt_ms: float | None = None  # None: never pinged
     reliability: float = UNKNOWN_RELIABILITY  # 0..1, e.g. ReputationView.reliability
-    banned: bool = False  # its gossip score fell to the ban level
+    banned: bool = False  # its score (offences against this node) fell to the ban level
     local: bool = False
 
 
@@ -160,7 +160,7 @@ def _offer_of(table: PeerTable, entry: PeerEntry, runtime: str, item: str, wall_
 
 def _silent_dead(table: PeerTable, entry: PeerEntry, now: float) -> bool:
     """Silent past the table's dead threshold, though ``tick`` has not caught up with it yet."""
-    return (entry.last_heartbeat is not None and now - entry.last_heartbeat >= table.dead_after
+    return (entry.last_alive is not None and now - entry.last_alive >= table.dead_after
             and entry.state is not PeerState.LEFT)
 
 

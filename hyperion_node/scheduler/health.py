@@ -9,8 +9,14 @@ value, 0 at or above its "bad" one, linear between (``HealthSettings``):
   (it opens, then probes); a sustained or rising error rate is this one's, and takes the peer out before the
   breaker's own threshold is reached. A drained peer gets no work, so its counts fade below the minimum and
   it is let back to show how it does now;
-* heartbeat jitter: how far each heartbeat's interval is from the peer's usual interval, between consecutive
-  sequence numbers only (a gap is silence, liveness's business, or a restart);
+* heartbeat lateness ("jitter"): how far past its due time each heartbeat arrives, between consecutive
+  sequence numbers only (a gap is silence, liveness's business, or a restart). A heartbeat says when the next
+  regular one is due (``every_s``); a provider also pushes one early when its load changes (presence.py),
+  which is no sign of trouble, so only lateness counts. Lateness is read on the sender's own clock (the
+  heartbeats' timestamps), so that it measures the peer's rhythm and not this node's: a requester whose own
+  event loop stalled must not drain every provider at once (the path's delay is the latency signal's
+  business). For a heartbeat that says nothing of its rhythm, the due time is the peer's usual interval,
+  measured on arrival;
 * GPU temperature: the hottest GPU in its heartbeat (``temp_c``);
 * GPU memory errors: heartbeats whose GPUs report a higher cumulative uncorrectable count (``mem_errors``)
   than the heartbeat before.
@@ -106,6 +112,8 @@ class _Trends:
     outcomes: float = 0.0
     outcomes_at: float | None = None
     interval_s: float | None = None
+    next_due_s: float | None = None  # what the last heartbeat said of the next regular one's interval
+    last_sent_at: float | None = None  # the last heartbeat's timestamp, on the sender's clock
     jitter_s: float | None = None
     last_heartbeat_at: float | None = None
     last_seq: int | None = None
@@ -176,11 +184,16 @@ class HealthMonitor:
         # answers with suspect and dead; counted here, a worker restarted after 8 s would look 8 s off its
         # rhythm and be drained for its first seconds back.
         consecutive = trends.last_seq is not None and heartbeat.seq == trends.last_seq + 1
-        if consecutive and trends.last_heartbeat_at is not None and now > trends.last_heartbeat_at:
+        if consecutive and trends.next_due_s is not None and trends.last_sent_at is not None:
+            late = max(0.0, heartbeat.time - trends.last_sent_at - trends.next_due_s)  # on the sender's clock
+            trends.jitter_s = _ewma(trends.jitter_s, late, alpha)
+        elif consecutive and trends.last_heartbeat_at is not None and now > trends.last_heartbeat_at:
             interval = now - trends.last_heartbeat_at
             if trends.interval_s is not None:
                 trends.jitter_s = _ewma(trends.jitter_s, abs(interval - trends.interval_s), alpha)
             trends.interval_s = _ewma(trends.interval_s, interval, alpha)
+        trends.next_due_s = heartbeat.every_s or None
+        trends.last_sent_at = heartbeat.time
         trends.last_heartbeat_at = now
         trends.last_seq = heartbeat.seq
         temps = [g.get("temp_c") for g in heartbeat.gpus]

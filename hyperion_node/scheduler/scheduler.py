@@ -20,6 +20,10 @@ The P2P side feeds what the health trends need: ``observe_heartbeat`` for every 
 Cost: every filter and the score are whole-column NumPy operations over the candidate set, and the short-list
 is an ``argpartition`` (O(n)), not a sort; per-peer Python work is bounded by the short-list and by the
 peers with an open breaker, a BUSY answer or a drained health -- never by the number of candidates.
+
+A drained peer gets no new work while another provider can take it; when every provider left is drained, the
+drained ones are ranked as usual rather than the request refused (a degraded provider serves better than a
+503).
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class Exclusion(StrEnum):
     DEADLINE = "deadline-passed"
     UNREACHABLE = "unreachable"  # suspect or dead in the peer table
     DRAINING = "draining"  # it said it is draining or leaving
-    BANNED = "banned"  # its gossip score reached the ban level
+    BANNED = "banned"  # its score (offences against this node) reached the ban level
     TRIED = "already-tried"  # in requirements.exclude
     PRICE = "price"
     MEMORY = "memory"
@@ -317,6 +321,11 @@ class Scheduler:
             cset = CandidateSet(requirements.runtime, requirements.item, matching)
         reasons, probes = self._filter(requirements, cset, now)
         eligible = np.flatnonzero(reasons == 0)
+        if eligible.size == 0:
+            # Every provider left is drained by its health trend: a drain predicts trouble, it is no refusal,
+            # and a degraded provider serves the client better than a 503 (seen: a flood that slowed every
+            # node of a small network drained them all at once). They are ranked as usual.
+            eligible = np.flatnonzero(reasons == _CODE[Exclusion.UNHEALTHY])
         counts = np.bincount(reasons, minlength=len(_EXCLUSIONS) + 1).tolist()
         excluded_counts = {value: counts[code] for value, code in _VALUE_CODES if counts[code]}
         if other:

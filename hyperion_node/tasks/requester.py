@@ -105,7 +105,8 @@ class Requester:
                  history: HistoryWriter, settings: TaskSettings, candidates: Candidates,
                  open_stream: Callable[[str, bytes], Awaitable[Any]],
                  on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None],
-                 on_completed: Completed | None = None) -> None:
+                 on_completed: Completed | None = None,
+                 on_shortlist: Callable[[Decision], None] | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.scheduler = scheduler
@@ -118,6 +119,7 @@ class Requester:
         self._on_malformed = on_malformed
         self._on_failure = on_failure
         self._on_completed = on_completed
+        self._on_shortlist = on_shortlist  # the peers this node routes to: presence subscribes to them
 
     def new_record(self, spec: TaskSpec) -> TaskRecord:
         created = now_ms()
@@ -151,6 +153,8 @@ class Requester:
                                    max_price_per_unit=spec.max_price_per_unit, deadline=deadline,
                                    expected_units=spec.expected_units, exclude=frozenset(tried))
             decision = self.scheduler.choose(req, await self._candidates(spec, req))
+            if self._on_shortlist is not None:
+                self._on_shortlist(decision)
             fresh = [c for c in decision.ranked if c.peer_id not in tried]
             if not fresh:
                 raise self._no_worker(decision, rejections, record)

@@ -5,8 +5,9 @@ of :class:`TaskEvent` (a slow client slows the stream down instead of filling me
 The API reads the channel; when its client goes away it calls ``job.cancel()``, and the stream to the
 worker is closed, which stops the work there.
 
-It also feeds the scheduler (heartbeats, RTTs) and the reputation view (settled receipts, epoch roots and
-disputes from the receipts topic; failures this node saw itself), which the scheduler reads as reliability.
+It also feeds the scheduler (heartbeats, RTTs) and the reputation view (its own settled receipts, its
+counterparts' signed dealings and epoch roots read from the DHT, confirmed disputes; failures this node saw
+itself), which the scheduler reads as reliability.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ from libp2p.peer.id import ID
 
 from hyperion_node.errors import HyperionError, InternalError
 from hyperion_node.identity import Identity
-from hyperion_node.ledger import messages as receipt_gossip
 from hyperion_node.ledger.chain import Ledger
-from hyperion_node.ledger.dispute import DisputeCase
+from hyperion_node.ledger.dealings import Dealings, sign_dealings, verify_dealings
 from hyperion_node.ledger.epochs import SignedEpoch
-from hyperion_node.ledger.exceptions import ReceiptRejected
+from hyperion_node.ledger.exceptions import ReceiptRejected, Replayed
 from hyperion_node.ledger.receipt import SignedReceipt
 from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.messages import Heartbeat, OfferAd
-from hyperion_node.p2p.network import P2PNetwork
+from hyperion_node.p2p.network import P2PNetwork, dealings_key, epoch_key
+from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.protocols import verify as verify_protocol
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.scheduler import Scheduler, TaskRequirements
@@ -46,11 +47,10 @@ from hyperion_node.scheduler.candidates import (
     candidates_from_peer_table,
     local_candidate,
 )
-from hyperion_node.scheduler.scheduler import SchedulerEvent
+from hyperion_node.scheduler.scheduler import Decision, SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
-from hyperion_node.tasks.gossip_outbox import SettledOutbox
 from hyperion_node.tasks.history import HistoryWriter, TaskHistory
 from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
@@ -74,6 +74,8 @@ EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
 # itself, or knows one other provider, would otherwise never learn of the rest: in a 16-node demo every task
 # then ran on its own requester. Half the heartbeat-driven health trend's default window (30 s).
 PROVIDER_REFRESH_S = 15.0
+# Dealings summaries (this node's, signed; its counterparts', read) are refreshed at least this often.
+STANDING_EVERY_S = 60.0
 
 
 @dataclass
@@ -121,7 +123,7 @@ class Orchestrator:
     def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
                  hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None],
-                 verify: VerifySettings | None = None, gossip_interval_s: float = 1.0) -> None:
+                 verify: VerifySettings | None = None, dealings_interval_s: float = 5.0) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.store = store
@@ -142,15 +144,16 @@ class Orchestrator:
                                    history=self.history_writer, settings=tasks, candidates=self._candidates,
                                    open_stream=self._open_stream,
                                    on_malformed=self._malformed, on_failure=self._failure,
-                                   on_completed=self._completed)
+                                   on_completed=self._completed, on_shortlist=self._shortlisted)
         self.verify = verify or VerifySettings()
         self.spot_checker = SpotChecker(identity=identity, runtimes=runtimes, settings=self.verify,
-                                        verifiers=self._verifiers, open_stream=self._open_verify_stream,
-                                        reputation=self.reputation, ledger=ledger, publish=self._publish,
-                                        penalize=self._malformed, event=self._event)
+                                        verifiers=self._verifiers, network=self.p2p, reputation=self.reputation,
+                                        ledger=ledger, penalize=self._malformed, event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
-        self.outbox = SettledOutbox(self.p2p.publish_receipt_gossip, gossip_interval_s)
+        self.worker.admission.on_change = self.p2p.presence.nudge  # subscribers hear of load changes at once
+        self._dealings_interval_s = dealings_interval_s
+        self._standing_wanted = trio.Event()  # the ledger's counterparts changed, or a case wants standing now
         self._nursery: trio.Nursery | None = None
         self._looked_up: dict[tuple[str, str], float] = {}  # (runtime, item) -> when the DHT was last asked
         self._kept_candidates: dict[tuple[str, str], TableCandidates] = {}
@@ -169,15 +172,16 @@ class Orchestrator:
                 self.reputation.trust.dealt(summary.requester, summary.worker)
         self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
         self.p2p.host.set_stream_handler(VERIFY_PROTOCOL, self.spot_checker.handle_stream)
+        self.p2p.host.set_stream_handler(TProtocol(cases_protocol.PROTOCOL_ID), self.spot_checker.handle_cases_stream)
         self.p2p.on_heartbeat = self._heartbeat
         self.p2p.on_rtt = self.scheduler.observe_rtt
-        self.p2p.on_receipt_gossip = self._receipt_gossip
+        self.spot_checker.on_contested = self._want_standing
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self.history_writer.run)
                 await nursery.start(self.spot_checker.run)
-                await nursery.start(self.outbox.run)
+                nursery.start_soon(self._standing_loop)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -268,6 +272,12 @@ class Orchestrator:
         return kept.refresh(self.p2p.table, trio.current_time(), reliability=self.reputation.reliability,
                             distrusted=self._distrusted, wall_now=time.time(), local=local)
 
+    def _shortlisted(self, decision: Decision) -> None:
+        """The scheduler's shortlist for a request: the providers whose load this node needs fresh."""
+        peers = [c.peer_id for c in decision.ranked if not c.candidate.local]
+        self.p2p.presence.want(peers, trio.current_time())
+        self.spot_checker.weigh_soon(peers)  # what others proved against them, fetched once in a while
+
     def _local_candidate(self, spec: TaskSpec) -> Candidate | None:
         offer = next((o for o in self.runtimes.offers() if o.runtime == spec.runtime and o.item == spec.item), None)
         if offer is None:
@@ -311,6 +321,7 @@ class Orchestrator:
     def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
                    sample: dict[str, Any] | None) -> None:
         self.reputation.observe_own(settled, int(time.time() * 1000))
+        self._standing_wanted.set()  # this node's dealings changed: its summary is signed again soon
         self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled, sample)
 
     async def _verifiers(self, runtime: str, item: str, receipt_id: bytes, exclude: frozenset[str]) -> list[str]:
@@ -327,11 +338,6 @@ class Orchestrator:
         ordered = rendezvous(receipt_id, peers)
         floor = self.verify.standing_floor
         return local + sorted(ordered, key=lambda p: self.reputation.standing(p) < floor)
-
-    async def _open_verify_stream(self, peer_id: str) -> INetStream:
-        assert self.p2p.host is not None
-        stream: INetStream = await self.p2p.host.new_stream(ID.from_base58(peer_id), [VERIFY_PROTOCOL])
-        return stream
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
         await self.store.run(self.store.append_event, kind, data)
@@ -354,7 +360,11 @@ class Orchestrator:
 
     async def _open_stream(self, peer_id: str, first: bytes) -> INetStream:
         assert self.p2p.host is not None
-        return await open_with_first_frame(self.p2p.host, ID.from_base58(peer_id), TASK_PROTOCOL, first)
+        try:
+            return await open_with_first_frame(self.p2p.host, ID.from_base58(peer_id), TASK_PROTOCOL, first)
+        except Exception as exc:  # cannot reach it: the peer table marks it dead (tried again later)
+            self.p2p.unreachable(peer_id, type(exc).__name__)
+            raise
 
     async def _handle_stream(self, stream: INetStream) -> None:
         try:
@@ -364,50 +374,77 @@ class Orchestrator:
             self.stats["worker_crashed"] += 1
             await reset_quietly(stream)
 
-    # -- the receipts topic ------------------------------------------------------------------------------------
+    # -- settled work, epochs and standing --------------------------------------------------------------------
 
-    async def _publish(self, record: SignedEpoch | DisputeCase) -> None:
-        await self.p2p.publish_receipt_gossip(receipt_gossip.to_gossip_body(record))
+    def _want_standing(self) -> None:
+        self._standing_wanted.set()  # the loop replaces the event each round: set the current one
 
     async def _settled(self, settled: SignedReceipt) -> None:
         self.reputation.observe_own(settled, int(time.time() * 1000))
-        self.outbox.add(settled)  # gossiped with the others that settle meanwhile (gossip_outbox.py)
+        self._standing_wanted.set()  # this node's dealings changed: its summary is signed again soon
 
     async def publish_epoch(self, epoch: SignedEpoch) -> None:
-        await self._publish(epoch)
+        """This node's latest signed epoch root, in the DHT (``epoch_key``), where others read it."""
+        await self.p2p.put_record(epoch_key(self.peer_id), epoch.encode())
 
-    def _receipt_gossip(self, sender: str, body: dict[str, Any]) -> None:
-        now = int(time.time() * 1000)
-        try:
-            records = receipt_gossip.records_from_gossip_body(body)
-        except ReceiptRejected as exc:
-            self._gossip_rejected(sender, exc)
-            return
-        for record in records:  # each one counted and scored on its own: one bad receipt spoils no other
+    async def _standing_loop(self) -> None:
+        """Sign and store this node's dealings when they changed, and read those of the peers it dealt with,
+        so that its trust graph reaches one step past its own dealings (ledger/dealings.py). At most once per
+        ``ledger.dealings_interval_s`` when woken (a receipt settled, a contested case), else every minute:
+        the cost is set by this node's own counterparts (at most 64), never by the size of the network."""
+        ledger = Ledger(self.store, self.peer_id)
+        published: list[tuple[str, int]] = []
+        wait_s, misses = STANDING_EVERY_S, 0
+        while True:
+            with trio.move_on_after(wait_s):
+                await self._standing_wanted.wait()
+            await trio.sleep(self._dealings_interval_s)
+            self._standing_wanted = trio.Event()
+            counterparts = await self.store.run(ledger.counterparts)
+            if counterparts != published:
+                dealings = sign_dealings(counterparts, int(time.time() * 1000), self.identity)
+                await self.p2p.put_record(dealings_key(self.peer_id), dealings.encode())
+                published = counterparts
+            found = [await self._read_counterpart(peer) for peer, _ in counterparts]
+            # A counterpart that settled with us at the same moment may publish its summary just after we
+            # looked: try again soon (three times) rather than in a minute.
+            misses = 0 if all(found) else misses + 1
+            wait_s = max(2 * self._dealings_interval_s, 1.0) if 0 < misses <= 3 else STANDING_EVERY_S
+
+    async def _read_counterpart(self, peer: str) -> bool:
+        """A counterpart's signed dealings (what it vouches for) and its latest epoch root (a peer that signs
+        two roots for one epoch is caught: ``ReputationView.observe_epoch``), from the DHT. Both arrive
+        checked by the record validator; they are checked again here, where they are used. Whether its
+        dealings were found."""
+        data = await self.p2p.get_record(dealings_key(peer))
+        found = data is not None
+        if data is not None:
             try:
-                if isinstance(record, SignedReceipt):
-                    self.reputation.observe_settled(record, now)
-                elif isinstance(record, SignedEpoch):
-                    self.reputation.observe_epoch(record, now)
-                elif isinstance(record, DisputeCase):
-                    if self._nursery is not None:  # judged, maybe re-checked: verify/service.py
-                        self._nursery.start_soon(self.spot_checker.on_case, sender, record.encode())
-                else:  # a dispute without its proof changes nothing (verify/cases.py)
-                    self.stats["gossip:dispute_without_proof"] += 1
-                    continue
+                theirs = Dealings.decode(data)
+                verify_dealings(theirs)
             except ReceiptRejected as exc:
-                self._gossip_rejected(sender, exc)
-                continue
-            self.stats[f"gossip:{type(record).__name__}"] += 1
-
-    def _gossip_rejected(self, sender: str, exc: ReceiptRejected) -> None:
-        reason = type(exc).__name__.lower()
-        self.p2p.stats.reject("receipts", reason)
-        if reason != "replayed":  # anyone can forward an old record: the forwarder is not at fault
-            self.p2p.table.penalize(sender, reason)
+                log.info("dealings_refused", peer=peer[-8:], why=str(exc)[:200])
+            else:
+                if theirs.peer == peer:
+                    self.reputation.trust.vouched(peer, theirs.counts)
+                    self.stats["dealings_read"] += 1
+        data = await self.p2p.get_record(epoch_key(peer))
+        if data is not None:
+            try:
+                epoch = SignedEpoch.decode(data)
+                if epoch.header.signer == peer:
+                    self.reputation.observe_epoch(epoch, int(time.time() * 1000))
+                    self.stats["epochs_read"] += 1
+            except Replayed:
+                pass  # the root we read last time: nothing new
+            except ReceiptRejected as exc:
+                self.stats["epoch_refused"] += 1
+                log.info("epoch_refused", peer=peer[-8:], why=str(exc)[:200])
+        return found
 
     def describe(self) -> dict[str, Any]:
         queued, running = self.load()
         return {"queued": queued, "running": running, "requested": dict(self.stats),
+                "verify": dict(self.spot_checker.stats),
                 "served": dict(self.worker.served),
                 "reputation": {p: dataclasses.asdict(r) for p, r in list(self.reputation.snapshot().items())[:100]}}

@@ -12,7 +12,6 @@ from libp2p.protocol_muxer.exceptions import MultiselectClientError
 from libp2p.protocol_muxer.multiselect_client import MULTISELECT_PROTOCOL_ID
 from libp2p.utils import encode_delim, read_delim
 
-from hyperion_node.p2p.memory import MemoryHost
 from hyperion_node.tasks.messages import FrameReader, MalformedFrame
 
 # What reading or writing a stream raises when the other side closed, reset or died: py-libp2p's own errors
@@ -86,11 +85,11 @@ async def open_with_first_frame(host: IHost, peer_id: ID, protocol: TProtocol, f
     task's first token on the reference machine, against one here. A peer that does not speak the protocol
     answers ``na`` and the stream is reset (``MultiselectClientError``).
 
-    py-libp2p's QUIC connections limit how many streams negotiate at once; there its own path is kept. On the
-    demo's in-memory fabric a stream has no negotiation to pipeline: it opens on the protocol, and the frame
-    follows.
+    py-libp2p's QUIC connections limit how many streams negotiate at once; there its own path is kept. A host
+    whose streams open on their protocol without negotiating (``negotiates_protocols = False``: the demo's
+    in-memory fabric) gets the frame after the stream opens.
     """
-    if isinstance(host, MemoryHost):
+    if not getattr(host, "negotiates_protocols", True):
         memory_stream = await host.new_stream(peer_id, [protocol])
         await memory_stream.write(first)
         return memory_stream

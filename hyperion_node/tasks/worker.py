@@ -78,6 +78,7 @@ class Admission:
     admitted: Counter[tuple[str, str]] = field(default_factory=Counter)
     capacity: dict[tuple[str, str], int] = field(default_factory=dict)
     by_peer: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (runtime, item, peer) -> held
+    on_change: Callable[[], None] | None = None  # the load changed (presence pushes it to subscribers)
 
     def share(self, capacity: int) -> int:
         """Places of one offer a single peer may hold: half of slots and queue together, at least one."""
@@ -94,6 +95,8 @@ class Admission:
         self.admitted[key] += 1
         if peer:
             self.by_peer[(*key, peer)] += 1
+        if self.on_change is not None:
+            self.on_change()
         return max(0, self.admitted[key] - capacity)
 
     def release(self, key: tuple[str, str], peer: str = "") -> None:
@@ -104,6 +107,8 @@ class Admission:
             self.by_peer[(*key, peer)] -= 1
             if self.by_peer[(*key, peer)] <= 0:
                 del self.by_peer[(*key, peer)]
+        if self.on_change is not None:
+            self.on_change()
 
     def load(self) -> tuple[int, int]:
         """(queued, running) over every offer, for heartbeats."""

@@ -1,9 +1,9 @@
 """A hostile peer, for the adversarial tests (``tests/adversarial``) and ``scripts/bench_adversarial.py``.
 
 It is a real py-libp2p host, built the way an attacker would build one: any security transport (Noise, or the
-plaintext and secio that honest nodes no longer accept), optionally a gossipsub router in the mesh and a
-Kademlia DHT that stores whatever it is given; and it speaks our protocols frame by frame, so that it can say
-anything in any order: forged, replayed, oversized, out of turn. Nothing here is a mock of the node: the node
+plaintext and secio that honest nodes no longer accept), optionally a Kademlia DHT that stores whatever it is
+given; and it speaks our protocols frame by frame, as requester or as provider, so that it can say anything in
+any order: forged, replayed, oversized, out of turn. Nothing here is a mock of the node: the node
 under attack is a real ``hyperion-node`` process.
 """
 
@@ -25,10 +25,6 @@ from libp2p.custom_types import TProtocol
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pb import rpc_pb2
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -61,8 +57,9 @@ from hyperion_node.tasks.streams import STREAM_ERRORS_OR_TIMEOUT, read_frame
 TASK = TProtocol("/hyperion/task/1")
 VERIFY = TProtocol("/hyperion/verify/2")
 DIALBACK = TProtocol("/hyperion/dialback/1")
-PRESENCE = "/hyperion/presence/1"
-RECEIPTS = "/hyperion/receipts/1"
+PRESENCE = TProtocol("/hyperion/presence/2")
+GOODBYE = TProtocol("/hyperion/goodbye/1")
+CASES = TProtocol("/hyperion/cases/1")
 
 
 def new_identity() -> Identity:
@@ -95,9 +92,8 @@ class AcceptAnything(Validator):
 class Hostile:
     identity: Identity
     host: Any
-    pubsub: Pubsub | None = None
     dht: KadDHT | None = None
-    collected: dict[str, list[rpc_pb2.Message]] = field(default_factory=dict)  # topic -> messages seen
+    heartbeats: dict[str, list[bytes]] = field(default_factory=dict)  # provider -> its heartbeat frames read
 
     @property
     def peer_id(self) -> str:
@@ -150,27 +146,42 @@ class Hostile:
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
                 return stream, answers
 
-    async def publish(self, topic: str, data: bytes) -> None:
-        assert self.pubsub is not None, "start the hostile host with gossip=True"
-        await self.pubsub.publish(topic, data)
-
-    async def forward(self, peer: str, messages: Sequence[rpc_pb2.Message]) -> None:
-        """Relay messages as they were collected (others' origins, sequence numbers and signatures), straight
-        onto the pubsub stream to ``peer``: what a replaying relay does."""
-        assert self.pubsub is not None
-        stream = self.pubsub.peers.get(ID.from_base58(peer))
-        assert stream is not None, f"no pubsub stream to {peer} yet"
-        for start in range(0, len(messages), 16):
-            await self.pubsub.write_msg(stream, rpc_pb2.RPC(publish=list(messages[start:start + 16])))
-
-    async def collect(self, topic: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Keep every message of ``topic`` the mesh delivers, in ``collected[topic]``."""
-        assert self.pubsub is not None
-        subscription = await self.pubsub.subscribe(topic)
-        kept = self.collected.setdefault(topic, [])
+    async def subscribe(self, peer: str, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Subscribe to ``peer``'s presence as a requester would, keeping each heartbeat frame it pushes (in
+        ``heartbeats[peer]``) until cancelled or the provider drops us."""
+        stream = await self.stream(peer, PRESENCE)
+        kept = self.heartbeats.setdefault(peer, [])
         task_status.started()
-        while True:
-            kept.append(await subscription.get())
+        reader = FrameReader(8 * 1024)
+        try:
+            while True:
+                kept.append(await read_frame(stream, reader))
+        except STREAM_ERRORS_OR_TIMEOUT:
+            return
+        except MalformedFrame:
+            return
+
+    def serve_presence(self, frames: Sequence[bytes]) -> None:
+        """Act as a provider: whoever subscribes to our presence gets ``frames`` (anything: another peer's
+        heartbeats, poisoned ones), then the stream stays open."""
+
+        async def serve(stream: INetStream) -> None:
+            for frame in frames:
+                await stream.write(encode_frame(frame))
+            with trio.move_on_after(30):
+                await stream.read(1)
+
+        self.host.set_stream_handler(PRESENCE, serve)
+
+    async def goodbye(self, peer: str, frame: bytes) -> None:
+        """One frame on ``/hyperion/goodbye/1``: where a leaving node sends its last heartbeat."""
+        stream = await self.stream(peer, GOODBYE)
+        await stream.write(encode_frame(frame))
+        with trio.move_on_after(5):
+            try:
+                await stream.read(1)  # the node reads it and resets the stream
+            except STREAM_ERRORS_OR_TIMEOUT:
+                pass
 
     async def put_value(self, key: str, value: bytes) -> None:
         assert self.dht is not None, "start the hostile host with dht=True"
@@ -185,19 +196,9 @@ class Hostile:
         return False
 
 
-def signed_message(identity: Identity, topic: str, data: bytes, seqno: int) -> rpc_pb2.Message:
-    """A pubsub message as ``identity`` publishes it (strict signing: origin, sequence number, signature), to
-    be relayed by anyone: how a hostile peer speaks as ten thousand fresh peer IDs over one connection."""
-    msg = rpc_pb2.Message(data=data, topicIDs=[topic], from_id=identity.peer_id.to_bytes(),
-                          seqno=seqno.to_bytes(8, "big"))
-    msg.signature = identity.key_pair.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + msg.SerializeToString())
-    msg.key = identity.key_pair.public_key.serialize()
-    return msg
-
-
 @asynccontextmanager
-async def hostile_host(*, kind: str = "noise", identity: Identity | None = None, gossip: bool = False,
-                       dht: bool = False, announce: Sequence[str] = (), listen_port: int = 0,
+async def hostile_host(*, kind: str = "noise", identity: Identity | None = None, dht: bool = False,
+                       announce: Sequence[str] = (), listen_port: int = 0,
                        claim: KeyPair | None = None) -> AsyncIterator[Hostile]:
     """A running hostile host on 127.0.0.1 (``listen_port``, or one the OS picks); ``announce``: the addresses
     it claims instead of its listen address; ``claim``: the key pair its security handshake presents (a
@@ -211,18 +212,22 @@ async def hostile_host(*, kind: str = "noise", identity: Identity | None = None,
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run(listen_addrs=listen))
         hostile = Hostile(identity, host)
-        if gossip:
-            router = GossipSub(protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=6, degree_low=4, degree_high=12,
-                               heartbeat_interval=1, heartbeat_initial_delay=0.1, spam_protection_enabled=False)
-            hostile.pubsub = Pubsub(host, router, strict_signing=True)
-            await stack.enter_async_context(background_trio_service(hostile.pubsub))
-            await stack.enter_async_context(background_trio_service(router))
-            await hostile.pubsub.wait_until_ready()
         if dht:
             hostile.dht = KadDHT(host, DHTMode.SERVER, validator=NamespacedValidator({"hyperion": AcceptAnything()}),
                                  validator_changed=True)
             await stack.enter_async_context(background_trio_service(hostile.dht))
-        yield hostile
+        try:
+            yield hostile
+        finally:
+            # py-libp2p's host leaves its connections open when it stops: the peer would see a half-open
+            # connection, not a peer that went away as a process that exits does. Close them as an exit would.
+            with trio.move_on_after(2) as scope:
+                scope.shield = True
+                for peer in list(host.get_network().connections):
+                    try:
+                        await host.get_network().close_peer(peer)
+                    except Exception:  # already going: nothing left to close
+                        continue
 
 
 def raw_frame(body: Mapping[str, Any] | bytes) -> bytes:

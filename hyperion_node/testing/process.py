@@ -188,7 +188,7 @@ class NodeProcess:
         return str(next(a for a in self.get("/api/p2p")["addrs"] if "/tcp/" in a))
 
     def live_peers(self) -> set[str]:
-        """Peers this node's table says are alive (heartbeats arriving)."""
+        """Peers this node's table says are alive (answering pings while connected, or not found dead)."""
         return {p["peer_id"] for p in self.get("/api/peers") if p["state"] == "alive"}
 
     def peer_state(self, peer_id: str) -> str | None:

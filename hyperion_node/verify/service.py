@@ -9,7 +9,7 @@ the item (it trusts itself), else the first peer in the protocol's order for thi
 A failed verdict becomes a :class:`~hyperion_node.ledger.dispute.DisputeCase`: the settled receipt, the
 signed disputes (the requester's own, when it checked the work itself, as the accusation; those of
 independent verifiers, which alone can confirm it elsewhere), and the evidence they re-ran when it fits in a
-gossip message. The requester asks verifiers in the protocol's order until two independent ones agree
+case frame (``MAX_CASE_BYTES``). The requester asks verifiers in the protocol's order until two independent ones agree
 (confirmed), one contradicts the accusation (the accuser loses standing here), or none is left (unconfirmed:
 no effect, an event). Its own failed check confirms it for this node.
 
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -53,6 +53,7 @@ from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_rec
 from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.limits import PeerSlots
+from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.protocols import verify as verify_protocol
 from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
@@ -103,14 +104,26 @@ REJUDGE_S = 15.0
 
 # runtime, item, receipt id, exclude -> who may check it, in the protocol's order
 Verifiers = Callable[[str, str, bytes, frozenset[str]], Awaitable[list[str]]]
+# Workers whose cases this node keeps (and whose cases it fetched lately), least recent forgotten first.
+MAX_HELD_WORKERS = 1024
+# Cases about a peer are fetched again after this long: a confirmed case changes slowly, and each fetch is a
+# provider lookup and a stream.
+WEIGH_EVERY_S = 600.0
+
+
+class CaseNetwork(Protocol):
+    """What the spot checker needs of the P2P layer (``P2PNetwork`` implements it)."""
+
+    async def open_stream(self, peer_id: str, protocol: str) -> INetStream: ...
+    async def provide_key(self, key: str) -> None: ...
+    async def providers_of(self, key: str, count: int) -> list[str]: ...
 
 
 class SpotChecker:
     def __init__(self, *, identity: Identity, runtimes: RuntimeRegistry, settings: VerifySettings,
-                 verifiers: Verifiers, open_stream: Callable[[str], Awaitable[INetStream]],
-                 reputation: ReputationView, ledger: LedgerService,
-                 publish: Callable[[DisputeCase], Awaitable[None]], penalize: Callable[[str, str], None],
-                 event: Callable[[str, dict[str, Any]], Awaitable[None]], rng: random.Random | None = None) -> None:
+                 verifiers: Verifiers, network: CaseNetwork, reputation: ReputationView, ledger: LedgerService,
+                 penalize: Callable[[str, str], None], event: Callable[[str, dict[str, Any]], Awaitable[None]],
+                 rng: random.Random | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.runtimes = runtimes
@@ -118,8 +131,7 @@ class SpotChecker:
         self.reputation = reputation
         self.ledger = ledger
         self._verifiers = verifiers
-        self._open_stream = open_stream
-        self._publish = publish
+        self.network = network
         self._penalize = penalize
         self._event = event
         self._rng = rng or random.Random()
@@ -130,6 +142,10 @@ class SpotChecker:
         self._big_frames = BigFrames(2)
         self._nursery: trio.Nursery | None = None
         self.stats: Counter[str] = Counter()
+        self._held: OrderedDict[str, list[bytes]] = OrderedDict()  # worker -> cases this node confirmed
+        # Told when a case of this node's own work is contested: standing is worth refreshing then.
+        self.on_contested: Callable[[], None] | None = None
+        self._weighed: OrderedDict[str, float] = OrderedDict()  # peer -> when its cases were last fetched
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -143,10 +159,15 @@ class SpotChecker:
 
     async def _rejudge_contests(self) -> None:
         """Judge this node's contested cases again until each is confirmed (then a dispute in the ledger,
-        which ends the contest) or stays contested for as long as the ledger keeps it."""
+        which ends the contest) or stays contested for as long as the ledger keeps it. While one stays
+        contested, standing is refreshed (``on_contested``): its verifiers may gain it from counterparts'
+        newer summaries."""
         while True:
             await trio.sleep(REJUDGE_S)
-            for data in await self.ledger.contests():
+            contests = await self.ledger.contests()
+            if contests and self.on_contested is not None:
+                self.on_contested()
+            for data in contests:
                 checked = check_case(DisputeCase.decode(data))  # it passed these checks when it came in
                 verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
                                 floor=self.settings.standing_floor, can_recheck=False)
@@ -209,6 +230,22 @@ class SpotChecker:
         signed = tuple(d.encode() for d in disputes)
         await self._publish(_case(settled, signed, request, with_evidence=self.settings.case_evidence))
 
+    async def _publish(self, case: DisputeCase) -> None:
+        """Hand a confirmed case to its worker, keep it for whoever asks, and say so in the DHT."""
+        data = case.encode()
+        worker = SignedReceipt.decode(case.receipt).receipt.worker
+        held = self._held.pop(worker, [])
+        self._held[worker] = [data, *held][:cases_protocol.MAX_CASES]
+        while len(self._held) > MAX_HELD_WORKERS:
+            self._held.popitem(last=False)
+        with trio.move_on_after(self.settings.timeout_s):
+            try:
+                await self._ask_cases(worker, cases_protocol.Push(data))
+            except _UNANSWERED as exc:
+                log.info("case_not_delivered", worker=worker[-8:], error=str(exc)[:200] or type(exc).__name__)
+        with trio.move_on_after(30):
+            await self.network.provide_key(cases_protocol.case_key(worker))
+
     async def _next_verdict(self, runtime: str, item: str, request: CheckRequest,
                             tried: set[str]) -> tuple[str, VerdictAnswer] | None:
         """Ask the next verifier in the protocol's order; one that cannot answer is skipped for the next."""
@@ -227,7 +264,7 @@ class SpotChecker:
 
     async def _ask(self, verifier: str, request: CheckRequest) -> VerdictAnswer:
         conversation = verify_protocol.asker_side()
-        stream = await self._open_stream(verifier)
+        stream = await self.network.open_stream(verifier, verify_protocol.PROTOCOL_ID)
         try:
             conversation.sending(T_CHECK)
             await stream.write(encode_check(request))
@@ -259,7 +296,8 @@ class SpotChecker:
     # -- cases from the network ----------------------------------------------------------------------------
 
     async def on_case(self, sender: str, data: bytes) -> None:
-        """A dispute case from gossip: believed only as ``cases.judge`` says (module docstring)."""
+        """A dispute case pushed to this node or fetched from a holder: believed only as ``cases.judge`` says
+        (module docstring)."""
         try:
             checked = check_case(DisputeCase.decode(data))
         except ReceiptRejected as exc:
@@ -284,6 +322,76 @@ class SpotChecker:
         await self._event("dispute.unconfirmed", facts)
         if mine:  # an accusation of our own work that we cannot dismiss: shown, not counted as lost
             await self.ledger.contest(checked.receipt.id, data, checked.verifiers)
+            if self.on_contested is not None:
+                self.on_contested()
+
+    def weigh_soon(self, peers: list[str]) -> None:
+        """Fetch and judge the cases about peers this node is about to route work to, unless it did lately."""
+        now = trio.current_time()
+        for peer in peers:
+            last = self._weighed.get(peer)
+            if self._nursery is None or peer == self.peer_id or (last is not None and now - last < WEIGH_EVERY_S):
+                continue
+            self._weighed.pop(peer, None)
+            self._weighed[peer] = now
+            while len(self._weighed) > MAX_HELD_WORKERS:
+                self._weighed.popitem(last=False)
+            self._nursery.start_soon(self._weigh, peer)
+
+    async def _weigh(self, peer: str) -> None:
+        with trio.move_on_after(self.settings.timeout_s):
+            holders = await self.network.providers_of(cases_protocol.case_key(peer), 5)
+            for holder in holders:
+                if holder in (self.peer_id, peer):
+                    continue
+                try:
+                    answer = await self._ask_cases(holder, cases_protocol.Get(peer))
+                except _UNANSWERED as exc:
+                    log.debug("cases_not_fetched", holder=holder[-8:], error=type(exc).__name__)
+                    continue
+                assert isinstance(answer, cases_protocol.Cases)
+                for data in answer.cases:
+                    await self.on_case(holder, data)
+
+    async def _ask_cases(self, peer: str, msg: cases_protocol.Message) -> cases_protocol.Message:
+        conversation = cases_protocol.opener_side()
+        stream = await self.network.open_stream(peer, cases_protocol.PROTOCOL_ID)
+        try:
+            conversation.sending(cases_protocol.message_type(msg))
+            await stream.write(cases_protocol.encode(msg))
+            with trio.fail_after(10):
+                answer = cases_protocol.decode(await read_frame(stream, FrameReader(cases_protocol.MAX_FRAME)),
+                                               cases_protocol.MAX_FRAME)
+            conversation.received(cases_protocol.message_type(answer), peer_id=peer)
+            return answer
+        finally:
+            with trio.CancelScope(shield=True):
+                await reset_quietly(stream)
+
+    async def handle_cases_stream(self, stream: INetStream) -> None:
+        """``/hyperion/cases/1``: a case pushed to this node about its own work, or a GET of the cases it holds."""
+        remote = str(stream.muxed_conn.peer_id)
+        conversation = cases_protocol.answerer_side()
+        cap = cases_protocol.CASES.max_frame[cases_protocol.OPENER]
+        try:
+            with trio.fail_after(10):
+                msg = cases_protocol.decode(await read_frame(stream, FrameReader(cap)), cap)
+            conversation.received(cases_protocol.message_type(msg), peer_id=remote)
+            if isinstance(msg, cases_protocol.Push):
+                answer: cases_protocol.Message = cases_protocol.Ok()
+                conversation.sending(cases_protocol.T_OK)
+                await stream.write(cases_protocol.encode(answer))
+                await self.on_case(remote, msg.case)
+            else:
+                assert isinstance(msg, cases_protocol.Get)
+                conversation.sending(cases_protocol.T_CASES)
+                await stream.write(cases_protocol.encode(cases_protocol.Cases(tuple(self._held.get(msg.worker, ())))))
+            await stream.close()
+        except (MalformedFrame, ProtocolViolation) as exc:
+            self._penalize(remote, exc.reason)
+            await reset_quietly(stream)
+        except STREAM_ERRORS_OR_TIMEOUT:
+            await reset_quietly(stream)
 
     async def _recheck(self, checked: CheckedCase) -> Judgement:
         """This node checks the case's work itself (within the verify budget); a pass shows its signers wrong."""
@@ -408,7 +516,7 @@ class Refusal(HyperionError):
 
 def _case(settled: SignedReceipt, disputes: tuple[bytes, ...], request: CheckRequest, *,
           with_evidence: bool) -> DisputeCase:
-    """The case of a confirmed dispute, with its evidence when the whole case fits in a gossip message (and
+    """The case of a confirmed dispute, with its evidence when the whole case fits in a case frame (and
     ``verify.case_evidence`` allows: the evidence is the task's payload, a prompt included)."""
     evidence = Evidence(dict(request.payload), dict(request.output),
                         dict(request.sample) if request.sample is not None else None)

@@ -91,7 +91,8 @@ async def test_a_wrong_bill_is_refused_and_the_task_fails_over(net: Net, buyer: 
         await until(lambda: peer(buyer, attacker.peer_id).get("offers"), "B holds the attacker's offer")
         spent_before = (await call(lambda: buyer.get("/api/rewards")))["spent"]
         status, worker = await call(ask, buyer)
-        assert asked, "B tried the cheapest offer first"
+        attempts = (await call(lambda: buyer.get("/api/tasks?limit=1")))[0]["attempts"]
+        assert asked, f"B tried the cheapest offer first: {attempts}"
         assert status == 200
         assert worker != attacker.peer_id  # failed over to an honest worker, who did the work
         assert worker in (await call(lambda: net.w.peer_id), await call(lambda: net.x.peer_id))
@@ -99,7 +100,8 @@ async def test_a_wrong_bill_is_refused_and_the_task_fails_over(net: Net, buyer: 
     rewards = await call(lambda: buyer.get("/api/rewards"))
     assert rewards["spent"] - spent_before < 0.01  # the honest worker's few tokens, not thousands of credits
     task = (await call(lambda: buyer.get("/api/tasks?limit=1")))[0]
-    first = task["attempts"][0]
-    assert (first["peer_id"], first["outcome"]) == (attacker.peer_id, "failed")
-    assert "bill" in first["detail"]
+    # (An attempt before it may have gone to the attacker of the other case, gone since: unreachable.)
+    tried = next(a for a in task["attempts"] if a["peer_id"] == attacker.peer_id)
+    assert tried["outcome"] == "failed"
+    assert "bill" in tried["detail"]
     assert (await call(peer, buyer, attacker.peer_id))["offences"].get("bad_bill", 0) >= 1

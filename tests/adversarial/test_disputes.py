@@ -11,18 +11,16 @@ import secrets
 from typing import Any
 
 import pytest
-import trio
 
 from hyperion_node.ledger.dispute import DisputeCase, Evidence, sign_dispute
-from hyperion_node.ledger.messages import records_from_gossip_body, to_gossip_body
 from hyperion_node.ledger.receipt import SignedReceipt
 from hyperion_node.ledger.receipt import countersign as countersign_receipt
-from hyperion_node.p2p.messages import open_envelope, seal
+from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.tasks.messages import FinalResult, TaskRequest
 from hyperion_node.tasks.model import new_task_id
-from hyperion_node.testing.hostile import RECEIPTS, VERIFY, Hostile, hostile_host, new_identity
+from hyperion_node.testing.hostile import CASES, VERIFY, Hostile, hostile_host, new_identity
 from hyperion_node.verify.messages import CheckRequest, Refused, decode_answer, encode_check
-from tests.adversarial.conftest import MODEL, Net, ask, call, now_ms, polled, until
+from tests.adversarial.conftest import MODEL, Net, ask, call, now_ms, until
 
 pytestmark = pytest.mark.process
 
@@ -43,8 +41,11 @@ async def real_task(attacker: Hostile, worker: str) -> tuple[SignedReceipt, dict
     return settled, dict(request.payload), dict(final.output)
 
 
-def gossip(attacker: Hostile, record: Any) -> bytes:
-    return seal(attacker.identity, "receipt", {**to_gossip_body(record), "at_ms": now_ms()})
+async def push_case(attacker: Hostile, peer: str, case: bytes) -> None:
+    """PUSH on ``/hyperion/cases/1``: how a requester hands a confirmed case to a worker."""
+    stream = await attacker.stream(peer, CASES)
+    await stream.write(cases_protocol.encode(cases_protocol.Push(case)))
+    await attacker.answer(stream)
 
 
 async def meshed(net: Net) -> tuple[str, str, str]:
@@ -53,20 +54,25 @@ async def meshed(net: Net) -> tuple[str, str, str]:
 
 
 async def test_forged_and_framed_disputes_change_nothing(net: Net) -> None:
-    w_id, _, _ = await meshed(net)
-    async with hostile_host(gossip=True) as attacker:
+    w_id, x_id, r_id = await meshed(net)
+    before = {n: await call(lambda node=node: node.get("/api/tasks/stats")["verify"]) for n, node in
+              (("w", net.w), ("x", net.x), ("r", net.r))}
+    async with hostile_host() as attacker:
         for node in (net.w, net.x, net.r):
             await attacker.connect(await call(node.p2p_addr))
         settled, payload, output = await real_task(attacker, w_id)
-        # A bare dispute of W's real receipt and one of a receipt that never was, signed by a throwaway key.
+        # A bare dispute of W's real receipt and one of a receipt that never was, signed by a throwaway key,
+        # pushed as if they were cases: to W (the accused) and to the others.
         throwaway = new_identity()
         for receipt_id in (settled.id, secrets.token_bytes(32)):
             dispute = sign_dispute(receipt_id, w_id, "the output is wrong", now_ms(), throwaway)
-            await attacker.publish(RECEIPTS, gossip(attacker, dispute))
+            for target in (w_id, x_id, r_id):
+                await push_case(attacker, target, dispute.encode())
         # A case with the real receipt, its real evidence and two throwaway verifiers' disputes.
         fakes = [sign_dispute(settled.id, w_id, "wrong", now_ms(), new_identity()).encode() for _ in range(2)]
-        await attacker.publish(RECEIPTS, gossip(attacker, DisputeCase(settled.encode(), tuple(fakes),
-                                                                     Evidence(payload, output))))
+        case = DisputeCase(settled.encode(), tuple(fakes), Evidence(payload, output)).encode()
+        for target in (w_id, x_id, r_id):
+            await push_case(attacker, target, case)
 
         def judged(node: Any) -> bool:
             kinds = [e["kind"] for e in node.get("/api/events?limit=1000")]
@@ -74,9 +80,9 @@ async def test_forged_and_framed_disputes_change_nothing(net: Net) -> None:
 
         for node in (net.x, net.r, net.w):
             await until(lambda node=node: judged(node), "the case was judged (unconfirmed)")
-        for node in (net.x, net.r):
+        for name, node in (("x", net.x), ("r", net.r)):
             stats = await call(lambda node=node: node.get("/api/tasks/stats"))
-            assert stats["requested"].get("gossip:dispute_without_proof", 0) >= 2
+            assert stats["verify"].get("case_malformed", 0) >= before[name].get("case_malformed", 0) + 2
             assert stats["reputation"].get(w_id, {}).get("disputed", 0) == 0
         rewards = await call(lambda: net.w.get("/api/rewards"))
         assert rewards["tasks"]["disputed"] == 0
@@ -89,10 +95,9 @@ async def test_forged_and_framed_disputes_change_nothing(net: Net) -> None:
 
 async def test_a_verifier_answers_only_the_requester_and_blames_a_wrong_output_on_the_asker(net: Net) -> None:
     w_id, x_id, _ = await meshed(net)
-    async with hostile_host(gossip=True) as attacker, trio.open_nursery() as nursery:
+    async with hostile_host() as attacker:
         for node in (net.w, net.x, net.r):
             await attacker.connect(await call(node.p2p_addr))
-        await nursery.start(attacker.collect, RECEIPTS)
         settled, payload, output = await real_task(attacker, w_id)
 
         async def check(verifier: str, request: CheckRequest) -> Any:
@@ -107,25 +112,16 @@ async def test_a_verifier_answers_only_the_requester_and_blames_a_wrong_output_o
         answer = await check(x_id, CheckRequest(settled.encode(), payload, wrong))
         assert isinstance(answer, Refused), answer
         assert "output is not the one the receipt commits to" in answer.reason
-        # Someone else's receipt (R asked W or X for it), caught from gossip: only its requester may ask.
-        await call(ask, net.r, "Say a number.")
-        others: list[SignedReceipt] = []
-
-        def caught() -> bool:
-            for msg in attacker.collected.get(RECEIPTS, []):
-                _, body = open_envelope(msg.data, expected_type="receipt", max_bytes=1 << 20)
-                body = {k: v for k, v in body.items() if k != "at_ms"}
-                others.extend(r for r in records_from_gossip_body(body)
-                              if isinstance(r, SignedReceipt) and r.receipt.requester != attacker.peer_id)
-            return bool(others)
-
-        await polled(caught, "a settled receipt of someone else's went by on gossip", seconds=30)
+        # Someone else's receipt (another requester asked W for it): only its requester may ask.
+        async with hostile_host() as other:
+            await other.connect(await call(net.w.p2p_addr))
+            theirs_settled, _, _ = await real_task(other, w_id)
+        others = [theirs_settled]
         theirs = others[0]
         verifier = x_id if theirs.receipt.worker == w_id else w_id
         answer = await check(verifier, CheckRequest(theirs.encode(), {}, {}))
         assert isinstance(answer, Refused), answer
         assert "requester" in answer.reason
-        nursery.cancel_scope.cancel()
     offences = (await call(lambda: next(p for p in net.x.get("/api/peers") if p["peer_id"] == attacker.peer_id)))
     assert offences["offences"].get("bad_evidence", 0) >= 1
     status, _ = await call(ask, net.r)

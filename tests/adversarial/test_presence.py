@@ -1,10 +1,12 @@
-"""Gossip that punishes the sender, not the origin; records that cannot poison a requester; reputation that a
+"""Presence that punishes the sender, not the signer; records that cannot poison or frame; reputation that a
 ring of fresh keys cannot mint.
 
-Before: replaying 235 of W's own heartbeats (after the seen-cache rolled over) took W to -100 at R, and a node
-joining a network with 1 s heartbeats banned every peer from its relays' backlog; one capability record with
-``vram_bytes = +inf`` made R and X answer every inference request with a 500; receipts traded between keys of
-one operator counted like any others.
+Before (gossip): replaying 235 of W's own heartbeats took W to -100 at R, and a node joining a network with
+1 s heartbeats banned every peer from its relays' backlog; one capability record with ``vram_bytes = +inf``
+made R and X answer every inference request with a 500; receipts traded between keys of one operator counted
+like any others. Now heartbeats travel only on a provider's own presence stream (p2p/presence.py), records
+are charged to whoever sent them (p2p/records.py), and others' dealings count as far as this node's own
+dealings with them (ledger/reputation.py).
 """
 
 from __future__ import annotations
@@ -14,64 +16,59 @@ from typing import Any
 
 import pytest
 import trio
-from libp2p.peer.id import ID
 
-from hyperion_node.ledger.messages import pack_settled
-from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd, record_key, seal
-from hyperion_node.testing.hostile import PRESENCE, RECEIPTS, hostile_host, new_identity
-from hyperion_node.testing.process import NodeProcess
-from hyperion_node.testing.receipts import ReceiptFactory
-from tests.adversarial.conftest import FAST, MODEL, Net, ask, call, now_ms, peer, polled, rejected, until
+from hyperion_node.ledger.dealings import Dealings, sign_dealings
+from hyperion_node.ledger.signing import DOMAIN_DEALINGS, sign
+from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd, record_key
+from hyperion_node.p2p.records import dealings_key
+from hyperion_node.testing.hostile import Hostile, hostile_host, new_identity
+from tests.adversarial.conftest import MODEL, Net, ask, call, now_ms, peer, polled, rejected, until
 
 pytestmark = pytest.mark.process
 
-PACE_S = 0.25  # a publisher within its own rate (p2p.gossip_rate_per_peer = 5/s): the attack is the content
+
+def heartbeat(attacker: Hostile, **changes: Any) -> Heartbeat:
+    fields: dict[str, Any] = {"peer_id": attacker.peer_id, "seq": now_ms(), "time": time.time(), "name": "rogue",
+                              "addrs": (), "health": "ok", "queue_depth": 0, "active_tasks": 0,
+                              "ram_available_bytes": 1}
+    return Heartbeat(**{**fields, **changes})
 
 
-async def test_replayed_heartbeats_and_a_joining_nodes_backlog_ban_no_one(net: Net) -> None:
-    w_id = await call(lambda: net.w.peer_id)
-    async with hostile_host(gossip=True) as attacker, trio.open_nursery() as nursery:
-        for node in (net.w, net.x, net.r):
+async def test_anothers_heartbeats_replayed_are_charged_to_the_replayer(net: Net) -> None:
+    w_id, r_id = await call(lambda: net.w.peer_id), await call(lambda: net.r.peer_id)
+    before = await call(rejected, net.r)
+    async with hostile_host() as attacker, trio.open_nursery() as nursery:
+        for node in (net.w, net.r):
             await attacker.connect(await call(node.p2p_addr))
-        await nursery.start(attacker.collect, PRESENCE)
-        w_raw = ID.from_base58(w_id).to_bytes()
-
-        def of_w() -> list[Any]:
-            return [m for m in attacker.collected.get(PRESENCE, []) if m.from_id == w_raw]
-
-        await polled(lambda: len(of_w()) >= 20, "20 of W's heartbeats collected from the mesh", seconds=60)
-        # A node joins now: its relays' backlog arrives at once, and its seen-cache has none of W's old messages,
-        # as a node's has once the cache rolls over (the replay of the issue).
-        joiner = NodeProcess(net.root / "joiner", sets=[*FAST, f'p2p.bootstrap=["{net.r.p2p_addr()}"]',
-                                                        'runtimes.disabled=["inference", "zk-groth16", '
-                                                        '"render-blender"]'])
-        await call(joiner.start)
-        try:
-            await until(lambda: w_id in joiner.live_peers(), "the joining node sees W alive")
-            await attacker.connect(await call(joiner.p2p_addr))
-            joiner_id = ID.from_base58(await call(lambda: joiner.peer_id))
-            await polled(lambda: attacker.pubsub is not None and joiner_id in attacker.pubsub.peers,
-                         "the attacker has a pubsub stream to the joiner")
-            replayed = of_w()
-            for _ in range(10):  # 10 x ~20+ of W's own signed heartbeats, old, all at once
-                await attacker.forward(str(joiner_id), replayed)
-            await until(lambda: rejected(joiner).get("presence:stale", 0) >= len(replayed) // 2,
-                        "the replays arrived and were dropped as stale")
-            view = await call(peer, joiner, w_id)
-            assert view["state"] == "alive"
-            assert view["score"] >= 0, view
-            for row in await call(lambda: joiner.get("/api/peers")):  # nobody was charged for the backlog
-                assert not {"rate_limited", "too_frequent", "replayed"} & set(row["offences"]), row
-            status, _ = await call(ask, joiner)
-            assert status == 200
-        finally:
-            await call(joiner.stop)
+        # A subscriber of W, as any requester may be: W pushes it W's own signed heartbeats.
+        await nursery.start(attacker.subscribe, w_id)
+        await polled(lambda: len(attacker.heartbeats.get(w_id, [])) >= 3, "three of W's heartbeats", seconds=30)
+        replayed = list(attacker.heartbeats[w_id])
+        # Replayed to R as a leaving node's goodbye, and as a provider's presence when R subscribes to it
+        # (R's doctor subscribes to its connected peers to compare clocks).
+        for frame in replayed:
+            await attacker.goodbye(r_id, frame)
+        attacker.serve_presence(replayed)
+        await call(lambda: net.r.get("/api/doctor"))
+        await until(lambda: rejected(net.r).get("presence:sender_mismatch", 0)
+                    >= before.get("presence:sender_mismatch", 0) + len(replayed) + 1,
+                    "R refused W's heartbeats from the attacker, on both paths")
         nursery.cancel_scope.cancel()
+    w_at_r = await call(peer, net.r, w_id)
+    assert w_at_r["state"] == "alive"
+    assert w_at_r["score"] >= 0, w_at_r  # W signed them, and is charged nothing
+    assert not w_at_r["offences"], w_at_r
+    them = await call(peer, net.r, attacker.peer_id)
+    assert them["offences"].get("sender_mismatch", 0) >= len(replayed), them
+    assert them["score"] < 0
+    status, _ = await call(ask, net.r)
+    assert status == 200
 
 
 async def test_a_poisoned_record_or_heartbeat_is_refused_at_decode(net: Net) -> None:
     before = {n: await call(rejected, node) for n, node in (("r", net.r), ("x", net.x))}
-    async with hostile_host(dht=True, gossip=True) as attacker:
+    r_id = await call(lambda: net.r.peer_id)
+    async with hostile_host(dht=True) as attacker:
         for node in (net.r, net.x):
             await attacker.connect(await call(node.p2p_addr))
         offer = OfferAd(runtime="inference", item=MODEL, unit="token", price_per_unit=0.0, capacity=8,
@@ -80,45 +77,67 @@ async def test_a_poisoned_record_or_heartbeat_is_refused_at_decode(net: Net) -> 
         record = CapabilityRecord(peer_id=attacker.peer_id, seq=now_ms(), expires_at=time.time() + 600,
                                   name="poison", addrs=(), offers=(offer,), hardware=infinite)
         await attacker.put_value(record_key(attacker.peer_id), record.seal(attacker.identity))
-        heartbeat = Heartbeat(peer_id=attacker.peer_id, seq=now_ms(), time=time.time(), name="poison", addrs=(),
-                              health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=1,
-                              gpus=({"vram_free": float("inf")},))
-        await attacker.publish(PRESENCE, seal(attacker.identity, "heartbeat", heartbeat.to_body()))
+        await attacker.goodbye(r_id, heartbeat(attacker, gpus=({"vram_free": float("inf")},)).seal(attacker.identity))
         for name, node in (("r", net.r), ("x", net.x)):
             await until(lambda node=node, name=name: rejected(node).get("dht:non_finite", 0)
                         > before[name].get("dht:non_finite", 0), f"{name} refused the poisoned record")
         await until(lambda: rejected(net.r).get("presence:non_finite", 0) > before["r"].get("presence:non_finite", 0),
                     "R refused the poisoned heartbeat")
+        charged = await call(peer, net.r, attacker.peer_id)
+        assert charged["offences"].get("non_finite", 0) >= 2, charged
         for _ in range(3):
             status, _ = await call(ask, net.r)
             assert status == 200
 
 
-async def test_a_ring_of_fresh_keys_mints_no_reputation(net: Net) -> None:
+async def test_a_forged_record_in_anothers_name_frames_no_one(net: Net) -> None:
+    """A record that names W but is not W's (a broken signature, a summary W never signed) is charged to the
+    peer that stored it, never to W."""
+    w_id = await call(lambda: net.w.peer_id)
+    before = await call(rejected, net.x)
+    async with hostile_host(dht=True) as attacker:
+        await attacker.connect(await call(net.x.p2p_addr))
+        x_id = await call(lambda: net.x.peer_id)
+        body = sign_dealings([(attacker.peer_id, 1000)], now_ms(), attacker.identity).body.replace(
+            attacker.peer_id.encode(), w_id.encode(), 1)  # "W vouches for the attacker", signed by the attacker
+        forged_dealings = Dealings(w_id, now_ms(), ((attacker.peer_id, 1000),), body,
+                                   sign(attacker.identity, DOMAIN_DEALINGS, body))
+        await attacker.store_at(x_id, dealings_key(w_id), forged_dealings.encode())
+        await until(lambda: rejected(net.x).get("dht:bad_dealings", 0) > before.get("dht:bad_dealings", 0),
+                    "X refused the forged summary")
+    w_at_x = await call(peer, net.x, w_id)
+    assert not w_at_x.get("offences"), w_at_x
+    them = await call(peer, net.x, attacker.peer_id)
+    assert them["offences"].get("bad_dealings", 0) >= 1, them
+
+
+async def test_a_ring_of_fresh_keys_mints_no_more_than_its_sponsors_own_dealings(net: Net) -> None:
+    """The attacker settles one real task with W (so W reads its dealings summary), then claims 1,000 receipts
+    with each of ten fresh keys, whose own summaries vouch for each other: W lends the ring at most the one
+    receipt it holds with the attacker."""
+    w_id = await call(lambda: net.w.peer_id)
     ring = [new_identity() for _ in range(10)]
-    factory = ReceiptFactory(now_ms=now_ms() - 60_000)
-    receipts = []
-    for i in range(1000):
-        worker, requester = ring[i % 10], ring[(i * 3 + 1) % 10]
-        if worker is requester:
-            requester = ring[(i + 5) % 10]
-        receipts.append(factory.settled(worker=worker, requester=requester))
-    async with hostile_host(gossip=True) as attacker:
-        await attacker.connect(await call(net.r.p2p_addr))
-        await polled(lambda: attacker.pubsub is not None and bool(attacker.pubsub.peers), "in R's mesh")
-        await until(lambda: attacker.peer_id in {p["peer_id"] for p in net.r.get("/api/peers")}, "R knows us")
-        for body in pack_settled(receipts):
-            await attacker.publish(RECEIPTS, seal(attacker.identity, "receipt", {**body, "at_ms": now_ms()}))
-            await trio.sleep(PACE_S)
-        ids = {str(r.peer_id) for r in ring}
+    ids = {str(r.peer_id) for r in ring}
+    async with hostile_host(dht=True) as attacker:
+        for node in (net.w, net.x, net.r):
+            await attacker.connect(await call(node.p2p_addr))
+        from tests.adversarial.test_disputes import real_task
 
-        def minted() -> dict[str, Any]:
-            seen = net.r.get("/api/tasks/stats")["reputation"]
-            return {p: v for p, v in seen.items() if p in ids}
+        await real_task(attacker, w_id)
+        claims = sign_dealings([(p, 1000) for p in ids], now_ms(), attacker.identity)
+        await attacker.put_value(dealings_key(attacker.peer_id), claims.encode())
+        for member in ring:
+            others = [(p, 1000) for p in ids if p != str(member.peer_id)]
+            await attacker.put_value(dealings_key(str(member.peer_id)),
+                                     sign_dealings(others, now_ms(), member).encode())
 
-        views = await until(lambda: (m := minted()) and sum(v["completed"] for v in m.values()) >= 900 and m,
-                            "R took the ring's receipts")
-    assert all(v["credited"] == 0 for v in views.values()), views  # counted, and worth nothing
+        def lent() -> list[dict[str, Any]]:
+            return [net.w.get(f"/api/reputation/{p}") for p in sorted(ids)]
+
+        await until(lambda: all(v["vouchers"] for v in lent()), "W read the attacker's summary", seconds=90)
+        views = lent()
+    total = sum(v["credited"] for v in views)
+    assert 0 < total <= 1.0 + 1e-6, views  # one receipt's worth in all, however much was claimed
     status, worker = await call(ask, net.r)
     assert status == 200
     assert worker not in ids

@@ -23,6 +23,8 @@ def view(n_nodes: int, **extra: Any) -> dict[str, Any]:
     return {"time": 1_800_000_000.0, "node": {"peer_id": "12D3KooWme", "name": "gateway", "version": "0.1.0",
                                               "uptime_s": 3725.0},
             "nodes": [node(i) for i in range(n_nodes)], "nodes_total": n_nodes, "peers_alive": n_nodes - 1,
+            "connected": n_nodes - 1, "network": {"estimate": True, "nodes": 1234, "gpus": 56, "capacity": {},
+                                                  "sampled_peers": 21, "age_s": 42.0},
             "totals": {"routed_completed": 12345, "routed_failed": 6, "served_completed": 7, "served_failed": 0},
             "rewards": {"earned": 123.456789, "pending": 0.5, "disputed": 0.0, "spent": 9.0}, **extra}
 
@@ -39,7 +41,7 @@ def test_screen_fits_the_terminal(width: int, height: int, nodes: int) -> None:
     lines = render(view(nodes), POINTS, EVENTS, width=width, height=height)
     assert len(lines) <= height
     assert all(len(line) <= width for line in lines), max(lines, key=len)
-    assert not any(line.endswith("…") for line in lines[1:4])  # the summary lines fit whole
+    assert not any(line.endswith("…") for line in lines[1:5])  # the summary lines fit whole
     text = "\n".join(lines)
     assert "12345" in text
     assert "123.456789" in text
@@ -93,5 +95,6 @@ def test_plain_line_is_one_line_of_key_values() -> None:
     assert "\n" not in line
     assert "\x1b" not in line
     assert "routed=12345" in line
-    assert "nodes=2/2" in line
+    assert "connected=1" in line
+    assert "network_est=1234" in line
     assert "earned=123.456789" in line

@@ -1,5 +1,5 @@
-"""A hostile peer against a real daemon: a forged capability record, a replayed older record, an oversized
-gossip message and garbage bytes on our stream protocol. Each is rejected and counted, the peer is scored
+"""A hostile peer against a real daemon: a forged capability record, a replayed older record, an oversized or
+impersonating heartbeat and garbage bytes on our stream protocols. Each is rejected and counted, the peer is scored
 down, and the daemon keeps serving.
 
 The attacker is a real py-libp2p host in this test process, speaking the same protocols the daemon does.
@@ -17,19 +17,13 @@ import cbor2
 import multiaddr
 import pytest
 import trio
-from libp2p import new_host
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
-from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
-from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
-from libp2p.pubsub.pubsub import Pubsub
-from libp2p.records.validator import BlankValidator
-from libp2p.tools.anyio_service import background_trio_service
 
 from hyperion_node.identity import Identity
+from hyperion_node.p2p.dialback import DIALBACK_PROTOCOL
 from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, canonical, record_key
-from hyperion_node.p2p.network import DIALBACK_PROTOCOL, PRESENCE_TOPIC
+from hyperion_node.p2p.presence import PRESENCE_PROTOCOL
+from hyperion_node.testing.hostile import hostile_host
 from hyperion_node.testing.process import NodeProcess
 
 pytestmark = pytest.mark.process
@@ -68,22 +62,12 @@ async def wait_for(check: Any, what: str) -> Any:
 
 async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProcess) -> None:
     target = info_from_p2p_addr(multiaddr.Multiaddr(await trio.to_thread.run_sync(daemon.p2p_addr)))
-    key_pair = create_new_key_pair()
-    rogue = Identity(key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key))
-    listen = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
-    host = new_host(key_pair=key_pair, listen_addrs=listen, muxer_preference="YAMUX")
-    dht = KadDHT(host, DHTMode.SERVER)
-    dht.register_validator("hyperion", BlankValidator())  # the attacker checks nothing before sending
-    gossipsub = GossipSub(protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=3, degree_low=2, degree_high=6,
-                          heartbeat_interval=1, spam_protection_enabled=False)
-    pubsub = Pubsub(host, gossipsub, strict_signing=True)
-
-    async with host.run(listen_addrs=listen), background_trio_service(pubsub), \
-            background_trio_service(gossipsub), background_trio_service(dht):
-        await pubsub.wait_until_ready()
-        await pubsub.subscribe(PRESENCE_TOPIC)
-        await host.connect(target)
-        await dht.add_peer(target.peer_id)
+    target_id = str(target.peer_id)
+    async with hostile_host(dht=True) as attacker, trio.open_nursery() as nursery:  # its DHT checks nothing
+        rogue = attacker.identity
+        await attacker.connect(await trio.to_thread.run_sync(daemon.p2p_addr))
+        dht, host = attacker.dht, attacker.host
+        assert dht is not None
 
         async def rejected() -> dict[str, int]:
             return dict((await api(daemon, "/api/p2p"))["stats"]["rejected"])
@@ -100,30 +84,25 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
         await dht.put_value(record_key(str(rogue.peer_id)), record(rogue, seq=7).seal(rogue))
         await wait_for(lambda: _has(rejected, "dht:replayed"), "replayed record rejected")
 
-        # 3. An oversized gossip message on the presence topic, signed at the pubsub layer.
-        await wait_for(lambda: _subscribed(pubsub, target.peer_id), "daemon subscription seen")
-        await pubsub.publish(PRESENCE_TOPIC, os.urandom(8 * 1024))
-        await wait_for(lambda: _has(rejected, "presence:oversized"), "oversized gossip rejected")
+        # 3. An oversized heartbeat frame, where a leaving node sends its last one.
+        await attacker.goodbye(target_id, os.urandom(8 * 1024))
+        await wait_for(lambda: _has(rejected, "presence:oversized"), "oversized heartbeat rejected")
 
-        # A heartbeat claiming to be another peer's is refused too (the pubsub origin is the rogue).
-        impostor = Heartbeat(peer_id=str(target.peer_id), seq=1, time=time.time(), name="x", addrs=(),
+        # A heartbeat claiming to be the daemon's own: sealed by the rogue, the envelope names the rogue, so it
+        # is the rogue's own heartbeat whatever it claims (and the daemon's name in it is ignored).
+        impostor = Heartbeat(peer_id=target_id, seq=1, time=time.time(), name="x", addrs=(),
                              health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
-        await pubsub.publish(PRESENCE_TOPIC, impostor.seal(rogue))  # signed by the rogue: envelope says rogue
-        # An envelope naming the daemon, sent (and signed at the gossip layer) by the rogue: the daemon opens
-        # gossip envelopes without checking their signature a second time, so this must still be refused.
+        # An envelope naming the daemon, sent by the rogue: the daemon does not check a presence envelope's
+        # signature (the stream's remote is authenticated), so the name must still match the remote.
         forged = cbor2.loads(impostor.seal(rogue))
         forged["p"] = target.peer_id.to_bytes()
-        await pubsub.publish(PRESENCE_TOPIC, canonical(forged))
+        await attacker.goodbye(target_id, canonical(forged))
         await wait_for(lambda: _has(rejected, "presence:sender_mismatch"), "impersonating envelope rejected")
-        honest = Heartbeat(peer_id=str(rogue.peer_id), seq=1, time=time.time(), name="rogue", addrs=(),
-                           health="ok", queue_depth=0, active_tasks=0, ram_available_bytes=0)
-        await pubsub.publish(PRESENCE_TOPIC, honest.seal(rogue))
 
-        # Garbage on the gossip protocol itself: a length-prefixed frame that is no pubsub RPC. py-libp2p's
-        # handler let the decode error out and it stopped the whole host; ours resets the stream.
-        garbage = await host.new_stream(target.peer_id, [PROTOCOL_ID_V11])
+        # Garbage on the presence protocol as a subscriber: a subscriber sends nothing, so any byte is refused.
+        garbage = await host.new_stream(target.peer_id, [PRESENCE_PROTOCOL])
         await garbage.write(b"\x07" + b"\xff" * 7)
-        await wait_for(lambda: _has(rejected, "gossip:undecodable"), "undecodable gossip rejected")
+        await wait_for(lambda: _has(rejected, "presence:out_of_order"), "a subscriber's garbage rejected")
 
         # 4. Garbage bytes on our stream protocol.
         stream = await host.new_stream(target.peer_id, [DIALBACK_PROTOCOL])
@@ -135,7 +114,8 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
                 pass
         await wait_for(lambda: _has(rejected, "dialback:"), "garbage stream rejected")
 
-    counts = await rejected()
+        counts = await rejected()
+        nursery.cancel_scope.cancel()
     assert counts["dht:bad_signature"] >= 1
     assert counts["dht:replayed"] >= 1
     assert counts["presence:oversized"] >= 1
@@ -145,9 +125,17 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
     entry = next(p for p in await api(daemon, "/api/peers") if p["peer_id"] == str(rogue.peer_id))
     assert entry["score"] < 0
     assert entry["offences"].get("bad_signature", 0) >= 1
-    status = await api(daemon, "/api/p2p")
-    before = status["stats"]["gossip_out"]["/hyperion/presence/1"]
-    await wait_for(lambda: _heartbeats_above(daemon, before), "the daemon still publishes heartbeats")
+    assert entry["offences"].get("sender_mismatch", 0) >= 1
+    # It still feeds an honest subscriber its heartbeats.
+    async with hostile_host() as honest, trio.open_nursery() as nursery:
+        await honest.connect(await trio.to_thread.run_sync(daemon.p2p_addr))
+        await nursery.start(honest.subscribe, target_id)
+        await wait_for(lambda: _true(len(honest.heartbeats.get(target_id, [])) >= 2), "heartbeats still pushed")
+        nursery.cancel_scope.cancel()
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _has(rejected: Any, prefix: str) -> bool:
@@ -157,11 +145,3 @@ async def _has(rejected: Any, prefix: str) -> bool:
 async def _peer_has_capability(daemon: NodeProcess, peer_id: str) -> bool:
     peers = await api(daemon, "/api/peers")
     return any(p["peer_id"] == peer_id and p["hardware"] is not None for p in peers)
-
-
-async def _subscribed(pubsub: Pubsub, peer_id: ID) -> bool:
-    return peer_id in pubsub.peer_topics.get(PRESENCE_TOPIC, set())
-
-
-async def _heartbeats_above(daemon: NodeProcess, count: int) -> bool:
-    return int((await api(daemon, "/api/p2p"))["stats"]["gossip_out"]["/hyperion/presence/1"]) > count

@@ -42,7 +42,7 @@ FAST = [
 ]
 OFF = '"zk-groth16", "render-blender"'
 REQUESTER = [*FAST, f'runtimes.disabled=["inference", {OFF}]']
-# Epochs of two receipts, so that the tests see epoch roots gossiped too.
+# Epochs of two receipts, so that the tests see epoch roots published and read too.
 WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024", "ledger.epoch_receipts=2"]
 # ~800 prompt tokens (of the workers' 1,024): on these 2 cores the prompt alone takes seconds, long enough to
 # kill a worker inside it.
@@ -181,19 +181,21 @@ def test_cli_submit_streams_tokens_and_tasks_shows_the_worker(net: Network) -> N
     assert "Traceback" not in unknown.output
 
 
-def test_settled_receipts_and_epoch_roots_reach_every_reputation_view(net: Network) -> None:
-    # By now each worker settled receipts for A and closed epochs of two. Each gossips both; the other worker,
-    # party to none of them, verified them into its reputation view, which its scheduler reads as reliability.
+def test_counterparts_read_each_others_dealings_and_epoch_roots(net: Network) -> None:
+    # By now each worker settled receipts for A and closed epochs of two; each signed a summary of its dealings
+    # and stored it in the DHT with its epoch root. A read both workers'; a worker read A's, in which A vouches
+    # for the other worker: the worker credits it, as far as its own dealings with A go.
+    wait_until(lambda: net.a.get("/api/tasks/stats")["requested"].get("epochs_read", 0) >= 1, timeout=90,
+               what="A read a worker's epoch root")
     for worker_id, worker in net.workers.items():
-        other_id, other = next((p, n) for p, n in net.workers.items() if p != worker_id)
-        served = worker.get("/api/rewards")["tasks"]["settled"]
-        if not served:
+        other_id = next(p for p in net.workers if p != worker_id)
+        if not worker.get("/api/rewards")["tasks"]["settled"] or not net.workers[other_id].get(
+                "/api/rewards")["tasks"]["settled"]:
             continue
-        wait_until(lambda o=other, w=worker_id, n=served: o.get("/api/tasks/stats")["reputation"]
-                   .get(w, {}).get("completed", 0) >= n, timeout=15,
-                   what=f"{other_id[-6:]} counts the receipts {worker_id[-6:]} settled")
-    gossip = [n.get("/api/tasks/stats")["requested"] for n in (net.a, *net.workers.values())]
-    assert any(g.get("gossip:SignedEpoch") for g in gossip), "epoch roots were gossiped and verified"
+        view = wait_until(lambda w=worker, o=other_id: (v := w.get(f"/api/reputation/{o}"))["vouchers"] and v,
+                          timeout=90, what=f"{worker_id[-6:]} read A's word for {other_id[-6:]}")
+        assert set(view["vouchers"]) == {net.a.peer_id}
+        assert view["credited"] > 0
 
 
 def test_metrics_parse_as_prometheus_text_and_count_the_tasks(net: Network) -> None:

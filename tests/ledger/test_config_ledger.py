@@ -14,7 +14,7 @@ def test_defaults(tmp_path: Path) -> None:
     cfg = load_config(environ={"HOME": str(tmp_path)})
     assert (cfg.ledger.epoch_receipts, cfg.ledger.epoch_minutes) == (1000, 60.0)
     assert (cfg.ledger.idle_warning_minutes, cfg.ledger.unsettled_warning_minutes) == (120.0, 30.0)
-    assert cfg.ledger.gossip_interval_s == 1.0
+    assert cfg.ledger.dealings_interval_s == 5.0
     assert (cfg.pricing.auto, cfg.pricing.auto_credits_per_hour) == ((), 1.0)
 
 
@@ -28,7 +28,7 @@ def test_overrides(tmp_path: Path) -> None:
     ("ledger.epoch_receipts=0", "ledger.epoch_receipts"),
     ("ledger.epoch_minutes=0", "ledger.epoch_minutes"),
     ("ledger.unsettled_warning_minutes=-1", "ledger.unsettled_warning_minutes"),
-    ("ledger.gossip_interval_s=-0.5", "ledger.gossip_interval_s"),
+    ("ledger.dealings_interval_s=-0.5", "ledger.dealings_interval_s"),
     ("pricing.auto_credits_per_hour=0", "pricing.auto_credits_per_hour"),
     ('ledger.epoch_receipts="many"', "ledger.epoch_receipts"),
 ])

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from hyperion_node.ledger.epochs import EpochHeader, sign_epoch
-from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature, Malformed, Replayed, Stale
+from hyperion_node.ledger.exceptions import BadSignature, Malformed, Replayed, Stale
 from hyperion_node.ledger.receipt import countersign
 from hyperion_node.ledger.reputation import DAY_MS, PeerReputation, ReplayGuard, ReputationView
 from hyperion_node.testing.receipts import ReceiptFactory, new_identity
@@ -15,37 +15,31 @@ from hyperion_node.testing.receipts import ReceiptFactory, new_identity
 NOW = 1_700_000_100_000  # a little after ReceiptFactory's receipts finished
 
 
-def test_settled_receipts_count_for_the_worker(factory: ReceiptFactory) -> None:
-    view = ReputationView()
+def test_this_nodes_own_receipts_count_for_the_worker_once(factory: ReceiptFactory) -> None:
+    view = ReputationView(str(factory.requester.peer_id))  # this node asked for the work
     receipts = [countersign(factory.signed(), factory.requester) for _ in range(3)]
     for signed in receipts:
-        view.observe_settled(signed, NOW)
+        view.observe_own(signed, NOW)
+    view.observe_own(receipts[0], NOW + 1000)  # the same receipt again counts once
     worker = view.get(str(factory.worker.peer_id))
-    assert (worker.completed, worker.failed, worker.disputed) == (3, 0, 0)
+    assert (worker.completed, worker.failed, worker.disputed, worker.credited) == (3, 0, 0, 3.0)
     assert worker.volume == sum(s.receipt.total for s in receipts)
     assert view.get(str(factory.requester.peer_id)) == PeerReputation()
 
 
-def test_a_replayed_receipt_is_rejected_and_not_counted_twice(factory: ReceiptFactory) -> None:
-    view = ReputationView()
-    signed = countersign(factory.signed(), factory.requester)
-    view.observe_settled(signed, NOW)
-    with pytest.raises(Replayed):
-        view.observe_settled(signed, NOW + 1000)
-    assert view.get(signed.receipt.worker).completed == 1
-
-
-def test_unsettled_forged_and_self_dealt_receipts_are_rejected(factory: ReceiptFactory) -> None:
-    view = ReputationView()
-    with pytest.raises(BadCountersignature, match="not countersigned"):
-        view.observe_settled(factory.signed(), NOW)
-    forged = dataclasses.replace(countersign(factory.signed(), factory.requester), signature=bytes(64))
-    with pytest.raises(BadSignature):
-        view.observe_settled(forged, NOW)
-    sybil = new_identity()
-    with pytest.raises(Malformed, match="for itself"):
-        view.observe_settled(countersign(factory.signed(worker=sybil, requester=sybil), sybil), NOW)
-    assert view.snapshot() == {}
+def test_what_counterparts_vouch_for_counts_by_their_standing(factory: ReceiptFactory) -> None:
+    """A dealings summary credits the peers it names in proportion to its signer's standing here: nothing
+    from a stranger, its receipts' worth from a peer this node dealt with."""
+    me = str(factory.requester.peer_id)
+    view = ReputationView(me, clock=lambda: 0.0)
+    friend, worker, stranger = (str(new_identity().peer_id) for _ in range(3))
+    view.trust.own(friend)
+    view.trust.vouched(friend, [(worker, 10)])
+    view.trust.vouched(stranger, [(worker, 1000), (stranger + "x", 1000)])
+    credited = view.get(worker).credited
+    assert 0 < credited <= 10.0
+    assert view.get(stranger + "x").credited == 0.0
+    assert view.reliability(worker) > 0.5
 
 
 def test_old_and_future_receipts_are_refused() -> None:
@@ -82,7 +76,7 @@ def test_disputes_and_failures_lower_reliability_disputes_most(factory: ReceiptF
     assert view.observe_confirmed_dispute(cheat, b"\x01" * 32, NOW, NOW)
     assert view.observe_confirmed_dispute(cheat, b"\x02" * 32, NOW, NOW)
     signed = countersign(factory.signed(), factory.requester)
-    view.observe_settled(signed, NOW)
+    view.observe_own(signed, NOW)
     good = view.reliability(signed.receipt.worker)
     assert 0.5 < good < 1.0
     assert view.reliability(cheat) < view.reliability(flaky) < 0.5 < good

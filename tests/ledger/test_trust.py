@@ -45,29 +45,45 @@ def test_the_graph_stays_bounded() -> None:
 
 def test_a_sybil_ring_ranks_below_an_honest_worker_in_the_scheduler() -> None:
     """The issue's figure: 10 fresh keys trading 1,000 receipts among themselves rank below an honest worker
-    with 20 receipts from established requesters, in an honest node's scheduler."""
+    with 20 receipts from established requesters, in an honest node's scheduler. What a node learns of others'
+    dealings is their signed summaries (ledger/dealings.py): the ring's members vouch for each other with all
+    their 1,000 receipts, the established requesters for the honest worker with its 20."""
     me = new_identity()
     view = ReputationView(str(me.peer_id), clock=lambda: 0.0)
     factory = ReceiptFactory(now_ms=NOW_MS - 60_000)
     requesters = [new_identity() for _ in range(3)]
-    for requester in requesters:  # established: this node has served each of them
-        view.observe_own(factory.settled(worker=me, requester=requester), NOW_MS)
-    honest = new_identity()
-    for i in range(20):
-        view.observe_settled(factory.settled(worker=honest, requester=requesters[i % 3]), NOW_MS)
-    ring = [new_identity() for _ in range(10)]
-    for i in range(1000):
-        worker, requester = ring[i % 10], ring[(i * 7 + 1) % 10]
-        if worker is requester:
-            requester = ring[(i + 1) % 10]
-        view.observe_settled(factory.settled(worker=worker, requester=requester), NOW_MS)
-    ring_ids = [str(r.peer_id) for r in ring]
-    assert sum(view.get(p).completed for p in ring_ids) == 1000  # every receipt was taken, and counts for nothing
-    assert view.reliability(str(honest.peer_id)) > 0.9
+    for requester in requesters:  # established: this node has served each of them 7 times
+        for _ in range(7):
+            view.observe_own(factory.settled(worker=me, requester=requester), NOW_MS)
+    honest = str(new_identity().peer_id)
+    for i, requester in enumerate(requesters):
+        view.trust.vouched(str(requester.peer_id), [(honest, 7 if i < 2 else 6)])  # 20 receipts in all
+    ring_ids = [str(new_identity().peer_id) for _ in range(10)]
+    for member in ring_ids:  # 1,000 receipts traded around the ring, 100 vouched per member
+        view.trust.vouched(member, [(other, 100 // 9 + 1) for other in ring_ids if other != member])
+    assert all(view.get(p).credited == 0.0 for p in ring_ids)  # vouched for, and worth nothing
+    assert view.get(honest).credited > 19.0  # its vouchers' word, each as good as this node's dealings with it
+    assert view.reliability(honest) > 0.9
     assert all(view.reliability(p) == 0.5 for p in ring_ids)  # the prior: as if never seen
     # The scheduler's score (MCDA, every other criterion equal) puts the honest worker above the whole ring;
     # its adaptive layer still explores unmeasured peers now and then, on purpose (scheduler/adaptive.py).
-    candidates = [candidate(p, reliability=view.reliability(p)) for p in [str(honest.peer_id), *ring_ids]]
+    candidates = [candidate(p, reliability=view.reliability(p)) for p in [honest, *ring_ids]]
     ranked = scheduler().choose(TaskRequirements(runtime=RUNTIME, item=MODEL), candidates).ranked
     mcda = {c.peer_id: c.mcda for c in ranked}
-    assert all(mcda[str(honest.peer_id)] > mcda[p] for p in ring_ids if p in mcda)
+    assert all(mcda[honest] > mcda[p] for p in ring_ids if p in mcda)
+
+
+def test_a_counterpart_lends_its_ring_no_more_than_its_own_dealings() -> None:
+    """A peer that settled one task with this node and then claims 1,000 receipts with each of ten fresh keys
+    lends them one receipt's worth in all: a claim is scaled to what this node itself dealt with the claimant."""
+    me = new_identity()
+    view = ReputationView(str(me.peer_id), clock=lambda: 0.0)
+    factory = ReceiptFactory(now_ms=NOW_MS - 60_000)
+    honest, liar = new_identity(), new_identity()
+    for _ in range(20):
+        view.observe_own(factory.settled(worker=me, requester=honest), NOW_MS)
+    view.observe_own(factory.settled(worker=me, requester=liar), NOW_MS)
+    ring = [str(new_identity().peer_id) for _ in range(10)]
+    view.trust.vouched(str(liar.peer_id), [(p, 1000) for p in ring])
+    lent = sum(view.get(p).credited for p in ring)
+    assert 0 < lent <= 1.0

@@ -40,10 +40,12 @@ def record(peer_id: str, *offers: OfferAd, seq: int = 1, load: float = 0.0,
 
 
 def heartbeat(peer_id: str, seq: int, *, health: str = "ok", active: int = 0, queue: int = 0,
-              ram_free: int = 16 * GIB, gpus: tuple[Mapping[str, float | None], ...] = ()) -> Heartbeat:
-    return Heartbeat(peer_id=peer_id, seq=seq, time=1_700_000_000.0 + seq, name=f"node-{peer_id}",
+              ram_free: int = 16 * GIB, gpus: tuple[Mapping[str, float | None], ...] = (),
+              every_s: float = 0.0, time: float | None = None) -> Heartbeat:
+    return Heartbeat(peer_id=peer_id, seq=seq, time=1_700_000_000.0 + seq if time is None else time,
+                     name=f"node-{peer_id}",
                      addrs=("/ip4/127.0.0.1/tcp/1",), health=health, queue_depth=queue, active_tasks=active,
-                     ram_available_bytes=ram_free, gpus=gpus)
+                     ram_available_bytes=ram_free, gpus=gpus, every_s=every_s)
 
 
 class ManualClock:

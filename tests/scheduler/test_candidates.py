@@ -28,19 +28,23 @@ def table() -> PeerTable:
     gpu = {"util": 10.0, "vram_free": 6.0 * GIB, "temp_c": 60.0, "power_w": 90.0}
     # fast: alive, a GPU with 6 GiB free, pinged, one task running.
     t.capability(record("fast", offer(throughput=80.0), offer("other-model")), 0.0)
+    t.set_connected("fast", True, 0.0)  # heartbeats come on presence streams: over a connection
     t.heartbeat(heartbeat("fast", 1, active=1, gpus=(gpu,)), 99.0, wall_now=1_700_000_001.0)
     t.set_rtt("fast", 12.5)
     # cpu: alive, no GPU: its free RAM counts.
     t.capability(record("cpu", offer(price=5e-7, throughput=None)), 0.0)
+    t.set_connected("cpu", True, 0.0)
     t.heartbeat(heartbeat("cpu", 1, ram_free=3 * GIB, queue=2), 99.0, wall_now=1_700_000_001.0)
     # quiet: known from the DHT only; its record's hardware and load are all there is.
     t.capability(record("quiet", offer(capacity=4), load=0.5,
                         hardware={"ram_bytes": 64 * GIB, "gpus": [{"name": "A", "vram_bytes": 24 * GIB}]}), 0.0)
     # leaving: its heartbeat said draining.
     t.capability(record("leaving", offer()), 0.0)
+    t.set_connected("leaving", True, 0.0)
     t.heartbeat(heartbeat("leaving", 1, health="draining"), 99.0, wall_now=1_700_000_001.0)
-    # silent: last heartbeat 20 s ago; the table has not ticked since, so it still says alive.
+    # silent: connected, last heartbeat 20 s ago; the table has not ticked since, so it still says alive.
     t.capability(record("silent", offer()), 0.0)
+    t.set_connected("silent", True, 0.0)
     t.heartbeat(heartbeat("silent", 1), 80.0, wall_now=1_700_000_001.0)
     # rogue: forged signatures until banned.
     t.capability(record("rogue", offer()), 0.0)

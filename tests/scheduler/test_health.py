@@ -149,16 +149,38 @@ async def test_a_new_memory_error_drains_at_once(autojump_clock: trio.testing.Mo
         await node.beat({"temp_c": 65.0, "mem_errors": 1.0})
 
 
-async def test_irregular_heartbeats_drain_and_regular_ones_do_not(autojump_clock: trio.testing.MockClock) -> None:
+async def test_late_heartbeats_drain_and_early_ones_do_not(autojump_clock: trio.testing.MockClock) -> None:
+    """A heartbeat due every 2 s that arrives 7.5 s after the last one, again and again, is a sick peer's; one
+    pushed early because the peer's load changed (0.3 s after the last) is not."""
     node = Node()
     for _ in range(20):
         await node.beat()
+    seq = 100
+    for i in range(20):  # busy and well: every other heartbeat early, the rest on time
+        await trio.sleep(0.3 if i % 2 else 2.0)
+        seq += 1
+        node.scheduler.observe_heartbeat(heartbeat("sick", seq, every_s=2.0, time=trio.current_time()))
     assert node.serves("sick")
     for i in range(20):
         await trio.sleep(0.5 if i % 2 else 7.5)
-        node.scheduler.observe_heartbeat(heartbeat("sick", 100 + i))
+        seq += 1
+        node.scheduler.observe_heartbeat(heartbeat("sick", seq, every_s=2.0, time=trio.current_time()))
     assert not node.serves("sick")
     assert node.scheduler.health.health("sick", trio.current_time()).worst == "jitter"
+
+
+async def test_lateness_is_read_on_the_senders_clock(autojump_clock: trio.testing.MockClock) -> None:
+    """Heartbeats sent on time but taken in late (this node's own loop stalled, or the path slowed) drain no
+    one: that is this node's trouble, or the latency signal's."""
+    node = Node()
+    for _ in range(20):
+        await node.beat()
+    sent = trio.current_time()
+    for i in range(20):
+        await trio.sleep(0.5 if i % 2 else 7.5)  # arrivals bunched and spread out
+        sent += 2.0  # sent every 2 s, on time
+        node.scheduler.observe_heartbeat(heartbeat("sick", 200 + i, every_s=2.0, time=sent))
+    assert node.serves("sick")
 
 
 async def test_a_restarted_peer_is_not_drained_for_the_gap_in_its_heartbeats(
@@ -191,3 +213,17 @@ async def test_rising_latency_drains(autojump_clock: trio.testing.MockClock) -> 
         await node.beat()
         rtt *= 1.25  # a link that gets worse
     assert node.scheduler.health.health("sick", trio.current_time()).worst == "latency"
+
+
+async def test_when_every_provider_is_drained_the_least_bad_still_serves(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """A drain keeps new work away from a peer while others can take it; with every provider drained (a flood
+    slowing a whole small network), a degraded provider serves the client better than a 503."""
+    node = Node()
+    for _ in range(10):
+        await node.beat()
+    sick_only = [p for p in PEERS if p.peer_id == "sick"]
+    await heat_until_drained(node)
+    decision = node.scheduler.choose(REQ, sick_only, trio.current_time())
+    assert decision.peers == ("sick",)
+    assert not node.serves("sick")  # the healthy one is preferred while it is there

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hyperion_node.p2p.limits import Freshness, HeartbeatGate, RateLimiter, SeenDigests
+from hyperion_node.p2p.limits import Freshness, HeartbeatGate, RateLimiter
 
 
 def gate() -> HeartbeatGate:
@@ -47,16 +47,6 @@ def test_gate_memory_is_bounded() -> None:
     for i in range(1000):
         g.check(f"p{i}", 1, 0.0, wall_now=0.0)
     assert len(g) == 100
-
-
-def test_seen_digests_refuse_repeats_within_their_ttl_and_stay_bounded() -> None:
-    seen = SeenDigests(ttl=10.0, max_entries=50)
-    assert seen.first_time(b"a", 0.0)
-    assert not seen.first_time(b"a", 5.0)
-    assert seen.first_time(b"a", 20.0)  # forgotten after the ttl (the message's own date refuses it then)
-    for i in range(500):
-        seen.first_time(str(i).encode(), 21.0)
-    assert len(seen) <= 50
 
 
 @given(st.lists(st.tuples(st.integers(0, 50), st.floats(0, 200)), max_size=200))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat
+from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
 from hyperion_node.p2p.peer_table import BAN_SCORE, PeerState, PeerTable
 
 
@@ -22,8 +24,9 @@ def table() -> PeerTable:
     return PeerTable("me", suspect_after=6.0, dead_after=15.0)
 
 
-def test_heartbeats_drive_alive_suspect_dead_rejoined(table: PeerTable) -> None:
-    assert kinds(table.heartbeat(hb("a", 1), 0.0, wall_now=1000.0)) == ["joined"]
+def test_proofs_of_life_drive_alive_suspect_dead_rejoined(table: PeerTable) -> None:
+    assert kinds(table.set_connected("a", True, 0.0)) == ["joined"]
+    assert kinds(table.heartbeat(hb("a", 1), 0.0, wall_now=1000.0)) == []
     assert table.get("a").state is PeerState.ALIVE  # type: ignore[union-attr]
     assert table.tick(5.9) == []
     assert kinds(table.tick(6.0)) == ["suspect"]
@@ -34,10 +37,35 @@ def test_heartbeats_drive_alive_suspect_dead_rejoined(table: PeerTable) -> None:
     assert table.get("a").state is PeerState.ALIVE  # type: ignore[union-attr]
 
 
-def test_suspect_recovers_to_alive(table: PeerTable) -> None:
+def test_suspect_recovers_to_alive_by_heartbeat_or_ping(table: PeerTable) -> None:
+    table.set_connected("a", True, 0.0)
     table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
     table.tick(7.0)
     assert kinds(table.heartbeat(hb("a", 2), 7.5, wall_now=0.0)) == ["alive"]
+    table.tick(14.0)
+    assert kinds(table.pinged("a", 3.5, 14.5)) == ["alive"]
+    assert table.get("a").rtt_ms == 3.5  # type: ignore[union-attr]
+
+
+def test_a_silent_connected_peer_dies_and_a_pruned_one_stays_a_candidate(table: PeerTable) -> None:
+    """Timers run while a peer is connected (pinged): silent, it turns suspect, then dead. A connection that
+    closes is no proof of death (a pruner may have closed it): the peer stays as it was until a dial fails;
+    a dead peer comes back on a proof of life or a record it signed since."""
+    table.set_connected("a", True, 0.0)
+    assert kinds(table.tick(7.0)) == ["suspect"]
+    assert kinds(table.tick(15.0)) == ["dead"]
+    table.set_connected("b", True, 0.0)
+    table.pinged("b", 1.0, 1.0)
+    table.set_connected("b", False, 2.0)
+    assert table.tick(10_000.0) == []
+    assert table.get("b").state is PeerState.ALIVE  # type: ignore[union-attr]
+    assert kinds(table.unreachable("b", 10_001.0, "connection refused")) == ["dead"]
+    assert kinds(table.set_connected("b", True, 10_002.0)) == ["rejoined"]  # a connection is a proof of life
+    record = CapabilityRecord(peer_id="c", seq=1, expires_at=1.0, name="c", addrs=(), hardware={}, offers=())
+    assert kinds(table.capability(record, 0.0)) == ["joined"]
+    assert kinds(table.unreachable("c", 1.0, "connection refused")) == ["dead"]
+    assert table.capability(record, 2.0) == []  # the same record again: no news
+    assert kinds(table.capability(dataclasses.replace(record, seq=2), 3.0)) == ["rejoined"]
 
 
 def test_draining_and_leaving_come_from_the_peer(table: PeerTable) -> None:
@@ -67,6 +95,7 @@ def test_clock_skew_is_measured(table: PeerTable) -> None:
 
 
 def test_sightings_without_heartbeats_never_revive_the_dead(table: PeerTable) -> None:
+    table.set_connected("a", True, 0.0)
     table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
     table.tick(20.0)
     assert table.saw("a", 21.0, source="connection") == []
@@ -129,3 +158,23 @@ def test_the_table_stays_bounded_and_keeps_what_matters() -> None:
     assert len(table.peers) <= 100
     assert table.get("friend") is not None
     assert table.evicted >= 900
+
+
+def test_dead_providers_are_probed_with_backoff_and_only_while_their_record_holds(table: PeerTable) -> None:
+    offer = OfferAd(runtime="inference", item="m", unit="token", price_per_unit=0.0, capacity=1, throughput=1.0)
+    record = CapabilityRecord(peer_id="p", seq=1, expires_at=1_000.0, name="p", addrs=("/ip4/127.0.0.1/tcp/9",),
+                              hardware={}, offers=(offer,))
+    table.capability(record, 0.0)
+    assert table.to_probe(0.0, 0.0, 4) == []  # alive: nothing to probe
+    table.unreachable("p", 1.0, "refused")
+    entry = table.get("p")
+    assert table.to_probe(1.0, 0.0, 4) == [entry]
+    assert entry is not None
+    table.probed(entry, 1.0, 10.0, 600.0)
+    table.probed(entry, 11.0, 10.0, 600.0)
+    assert entry.probe_after == 31.0  # 10 s, then 20 s
+    assert table.to_probe(30.0, 0.0, 4) == []
+    assert table.to_probe(31.0, 0.0, 4) == [entry]
+    assert table.to_probe(31.0, 1_000.0, 4) == []  # its record expired: nothing says it is a provider any more
+    table.set_connected("p", True, 40.0)
+    assert entry.probe_backoff == 0.0
