@@ -36,7 +36,7 @@ from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 
 MODEL = "gemma-3-270m-q4_k_m"
 PROVIDERS = 3
-HEARTBEAT_S = 1.0
+HEARTBEAT_S = 5.0  # the shipped default (--heartbeat): liveness pings and presence pushes at this interval
 
 
 def pct(values: list[float], q: float) -> float:
@@ -46,7 +46,7 @@ def pct(values: list[float], q: float) -> float:
 
 def base_sets(serve: bool) -> list[str]:
     sets = ["p2p.mdns=false", "hardware.benchmark_on_start=false", f"p2p.heartbeat_interval_s={HEARTBEAT_S}",
-            f"p2p.suspect_after_s={4 * HEARTBEAT_S}", f"p2p.dead_after_s={8 * HEARTBEAT_S}",
+            f"p2p.suspect_after_s={3 * HEARTBEAT_S}", f"p2p.dead_after_s={6 * HEARTBEAT_S}",
             "logging.level=\"warning\""]
     off = '"zk-groth16", "render-blender"'
     sets.append(f"runtimes.disabled=[{off}]" if serve else f'runtimes.disabled=["inference", {off}]')
@@ -162,7 +162,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=40.0, help="seconds of idle measurement")
     parser.add_argument("--lookups", type=int, default=30)
     parser.add_argument("--joiners", type=int, default=6)
+    parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
+                        help="p2p.heartbeat_interval_s (suspect after 3x, dead after 6x, as the defaults are)")
     args = parser.parse_args()
+    global HEARTBEAT_S
+    HEARTBEAT_S = args.heartbeat
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:

@@ -211,6 +211,10 @@ async def hostile_host(*, kind: str = "noise", identity: Identity | None = None,
                     announce_addrs=[multiaddr.Multiaddr(a) for a in announce] or None)
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run(listen_addrs=listen))
+        # An attacker dials whom it means to; py-libp2p's auto-connector would redial a peer that closed our
+        # connection (a ban) within moments, and what a test sees would be its doing.
+        swarm: Any = host.get_network()
+        swarm.auto_connector._started = False
         hostile = Hostile(identity, host)
         if dht:
             hostile.dht = KadDHT(host, DHTMode.SERVER, validator=NamespacedValidator({"hyperion": AcceptAnything()}),

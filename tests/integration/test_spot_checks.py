@@ -74,8 +74,9 @@ def test_a_cheating_worker_is_disputed_and_then_avoided(network: dict[str, NodeP
     wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=120,
                what="A's spot checks of C's work are confirmed as disputes")
     # C's receipts are disputed in A's ledger and, through the dispute cases A published, in C's own: B and D
-    # signed them, and C's own dealings (it served A, which paid B and D) give them standing there.
-    wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=30,
+    # signed them, and C's own dealings (it served A, which paid B and D) give them standing there, once C has read
+    # A's dealings from the DHT (its standing loop tries again within a minute when a read fails).
+    wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=90,
                what="C's own ledger marks its receipt disputed")
     events = [e["kind"] for e in a.get("/api/events?limit=1000") if e["kind"].startswith("verify.")]
     assert "verify.failed" in events
