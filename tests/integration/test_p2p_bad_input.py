@@ -104,7 +104,9 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
         await garbage.write(b"\x07" + b"\xff" * 7)
         await wait_for(lambda: _has(rejected, "presence:out_of_order"), "a subscriber's garbage rejected")
 
-        # 4. Garbage bytes on our stream protocol.
+        # 4. Garbage bytes on our stream protocol (over a new connection if the last one went: the attacker's
+        # host, like any, redials when it needs to).
+        await attacker.connect(await trio.to_thread.run_sync(daemon.p2p_addr))
         stream = await host.new_stream(target.peer_id, [DIALBACK_PROTOCOL])
         await stream.write(b"\xff\xff\xff\xff\x0fgarbage" + os.urandom(32))
         with trio.move_on_after(5):

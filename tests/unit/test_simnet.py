@@ -4,6 +4,7 @@ was stored at the nodes closest to its key, and requesters that route to live pr
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -21,8 +22,12 @@ from hyperion_node.tasks.streams import STREAM_ERRORS
 PROTOCOL = "/hyperion/test/1"
 
 
+_SEEDS = itertools.count(1)
+
+
 def _peer() -> ID:
-    return ID.from_pubkey(create_new_key_pair().public_key)
+    """Peer IDs from fixed seeds: the network's shape (who is closest to whom) is then the same on every run."""
+    return ID.from_pubkey(create_new_key_pair(next(_SEEDS).to_bytes(32, "big")).public_key)
 
 
 @asynccontextmanager
@@ -79,6 +84,8 @@ async def test_connections_stay_within_twice_the_target(autojump_clock: trio.tes
 
 async def test_kademlia_lookups_find_the_closest_nodes_and_the_providers_stored_there(
         autojump_clock: trio.testing.MockClock) -> None:
+    global _SEEDS
+    _SEEDS = itertools.count(1000)  # the same 80 peers whichever tests ran before
     fabric = SimFabric(seed=11, target_connections=8)
     async with _hosts(fabric, 80) as hosts:
         with trio.fail_after(60):
