@@ -94,6 +94,10 @@ class Demo:
     def live(self) -> list[DemoNode]:
         return [n for n in self.nodes if n.alive]
 
+    def requesters(self) -> list[DemoNode]:
+        """Live nodes whose orchestrator takes tasks (a node that has just started, or restarted, may not yet)."""
+        return [n for n in self.live() if n.node.orchestrator is not None and n.node.orchestrator.running]
+
     async def add_node(self, nursery: trio.Nursery, index: int) -> DemoNode:
         # Over libp2p every node bootstraps from the first; on the fabric every node is every node's peer.
         bootstrap = self.nodes[0].node.p2p.listen_addrs()[0] if self.nodes and self.fabric is None else None
@@ -132,7 +136,10 @@ class Demo:
             # wake-up capped the rate at the event loop's turns a second, ~55 at 50 nodes.)
             while seq <= (trio.current_time() - start) * self.options.rate:
                 planned = plan_task(rng, seq)
-                live = self.live()
+                live = self.requesters()
+                if not live:
+                    await trio.sleep(0.05)  # none takes tasks this moment: this one is due again then
+                    continue
                 requester = live[planned.requester % len(live)]
                 assert requester.node.orchestrator is not None
                 job = requester.node.orchestrator.submit(planned.spec)
@@ -150,7 +157,7 @@ class Demo:
         seq = 0
         while True:
             planned = plan_real_task(rng, seq)
-            others = [n for n in self.live() if n is not real] or [real]
+            others = [n for n in self.requesters() if n is not real] or [real]
             requester = others[planned.requester % len(others)]
             assert requester.node.orchestrator is not None
             job = requester.node.orchestrator.submit(planned.spec)

@@ -156,6 +156,7 @@ def run_size(n: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main() -> None:
+    global HEARTBEAT_S
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10,20,30,40")
     parser.add_argument("--settle", type=float, default=20.0, help="seconds after start-up before measuring")
@@ -165,7 +166,6 @@ def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=HEARTBEAT_S,
                         help="p2p.heartbeat_interval_s (suspect after 3x, dead after 6x, as the defaults are)")
     args = parser.parse_args()
-    global HEARTBEAT_S
     HEARTBEAT_S = args.heartbeat
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):

@@ -187,6 +187,11 @@ class Orchestrator:
         finally:
             self._nursery = None
 
+    @property
+    def running(self) -> bool:
+        """Whether tasks can be submitted: the orchestrator's service has started and not yet stopped."""
+        return self._nursery is not None
+
     def submit(self, spec: TaskSpec) -> Job:
         if self._nursery is None:
             raise InternalError("submit() before the orchestrator started")
