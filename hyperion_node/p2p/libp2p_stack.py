@@ -186,8 +186,8 @@ class Libp2pHost:
             with trio.CancelScope(shield=True), trio.move_on_after(1.0):
                 try:
                     await stream.close()
-                except Exception:  # the stream is gone already: nothing to close
-                    pass
+                except Exception as exc:  # the stream is gone already: nothing to close
+                    log.debug("ping_stream_close_failed", peer=str(peer_id), error=type(exc).__name__)
 
     def peer_addrs(self, peer_id: ID) -> tuple[str, ...]:
         """The addresses the peerstore holds for a peer (what it told identify it listens on, or what we
