@@ -106,8 +106,17 @@ async def test_hostile_peer_is_rejected_counted_and_scored_down(daemon: NodeProc
 
         # 4. Garbage bytes on our stream protocol (over a new connection if the last one went: the attacker's
         # host, like any, redials when it needs to).
-        await attacker.connect(await trio.to_thread.run_sync(daemon.p2p_addr))
-        stream = await host.new_stream(target.peer_id, [DIALBACK_PROTOCOL])
+        # (The daemon has been seen closing the rogue's connection around the presence garbage above; why is not
+        # known yet, and it is not what this step tests.)
+        for attempt in range(5):
+            try:
+                await attacker.connect(await trio.to_thread.run_sync(daemon.p2p_addr))
+                stream = await host.new_stream(target.peer_id, [DIALBACK_PROTOCOL])
+                break
+            except Exception:  # the connection went as it was used: dial again
+                if attempt == 4:
+                    raise
+                await trio.sleep(0.5)
         await stream.write(b"\xff\xff\xff\xff\x0fgarbage" + os.urandom(32))
         with trio.move_on_after(5):
             try:
