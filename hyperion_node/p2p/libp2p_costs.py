@@ -16,20 +16,11 @@ side-by-side runs with py-libp2p's own behaviour (``HYPERION_LIBP2P_AS_SHIPPED=1
 (2. was the signed peer record py-libp2p's pubsub builds and checks for every RPC: gone with gossipsub,
 which the node no longer runs, issue #22.)
 
-3. On-demand DHT refreshes. py-libp2p's auto-connector asks the DHT for a refresh (a random walk of several
-   lookups, each a new stream to every peer it queries, and a connection to each) on every check while the
-   node has fewer connections than it aims at and fewer than 20 peers to dial. An idle node in a 10-node
-   network ran 114 lookups and 7,208 DHT queries in 100 s (cProfile), and answered 4,079; throttled to one a
-   minute, it still kept connections from settling: the two ends of a connection prune it independently, a
-   node one short of its target asked for a refresh, the refresh connected it to every node of a small
-   network (in a large one, to every peer its lookups met), and 20 s later the pruner closed those again.
-   ``no_on_demand_refresh`` leaves the auto-connector to dial the peers it knows (the peerstore, which the
-   DHT and identify fill); the DHT's refresh at start and its periodic random walk are untouched.
+(3. was py-libp2p's auto-connector asking the DHT for refreshes whose lookups connected to every node they
+met: the connector no longer runs at all, ``libp2p_stack`` keeps connections itself.)
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
@@ -50,17 +41,8 @@ async def _window_update_at_half(self: YamuxStream, *, bytes_read: int = 0) -> N
         await self.send_window_update(total, skip_lock=True)
 
 
-def no_on_demand_refresh(host: Any) -> None:
-    """The auto-connector of ``host`` asks the DHT for no refresh (item 3 above). Call before the DHT runs:
-    ``KadDHT.run`` hands its ``trigger_refresh`` to the auto-connector then, through this setter."""
-    connector = getattr(host.get_network(), "auto_connector", None)
-    if connector is not None:
-        connector.set_discovery_callback = lambda callback: None
-
-
 def install() -> None:
-    """Apply change 1 to py-libp2p's yamux streams; idempotent. Change 3 is per DHT
-    (``no_on_demand_refresh``), applied by ``P2PNetwork`` while these are installed."""
+    """Apply change 1 to py-libp2p's yamux streams; idempotent."""
     global _installed
     if _installed:
         return

@@ -239,8 +239,6 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     dht = KadDHT(raw, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk, validator=namespaces,
                  validator_changed=True, strict_validation=True)
     name_dht_senders(raw, dht)
-    if libp2p_costs.installed():
-        libp2p_costs.no_on_demand_refresh(raw)
     bound_value_store(dht)
     host = Libp2pHost(raw)
     try:

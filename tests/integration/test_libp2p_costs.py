@@ -1,6 +1,6 @@
 """The node's changes to py-libp2p's per-message costs (``hyperion_node/p2p/libp2p_costs.py``), between real
 py-libp2p hosts on 127.0.0.1: yamux credit goes back at half a window (many small messages send no credit
-frame; a multi-megabyte stream still flows both ways), and the auto-connector asks the DHT for no refresh."""
+frame; a multi-megabyte stream still flows both ways)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,8 @@ from libp2p import new_host
 from libp2p.abc import IHost, INetStream
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
-from libp2p.tools.anyio_service import background_trio_service
 
 import hyperion_node.p2p.network  # noqa: F401  (installs the changes, as the daemon does)
 from hyperion_node.p2p import libp2p_costs
@@ -127,13 +125,3 @@ def test_hyperion_libp2p_as_shipped_leaves_py_libp2p_unchanged(value: str, expec
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == expected
-
-
-async def test_the_auto_connector_asks_the_dht_for_no_refresh() -> None:
-    host = _host()
-    libp2p_costs.no_on_demand_refresh(host)
-    dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=True)
-    assert dht.rt_refresh_manager is not None
-    async with host.run(listen_addrs=LISTEN), background_trio_service(dht):
-        await trio.sleep(0.5)  # KadDHT.run hands its trigger to the auto-connector as it starts
-        assert host.get_network().auto_connector._discovery_callback is None
