@@ -69,20 +69,33 @@ def reputation(node: NodeProcess) -> dict[str, Any]:
 def test_a_cheating_worker_is_disputed_and_then_avoided(network: dict[str, NodeProcess]) -> None:
     a, b, c, d = (network[k] for k in "abcd")
     cheater = c.peer_id
-    workers = [ask(a, n) for n in range(8)]
+    # A asks until it has dealt with all three workers: C's ledger later takes B's and D's word only because A,
+    # which C served, vouches for both of them (ledger/trust.py). A scheduler that happens to pick only two of
+    # the three in a few requests is no failure of the checks.
+    workers: list[str] = []
+    for n in range(24):
+        workers.append(ask(a, n))
+        if len(workers) >= 8 and {b.peer_id, c.peer_id, d.peer_id} <= set(workers):
+            break
     assert cheater in workers, "C's low price won it work before anyone knew better"
+    assert {b.peer_id, d.peer_id} <= set(workers), f"A never used one of the honest workers: {workers}"
     wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=120,
                what="A's spot checks of C's work are confirmed as disputes")
     # C's receipts are disputed in A's ledger and, through the dispute cases A published, in C's own: B and D
     # signed them, and C's own dealings (it served A, which paid B and D) give them standing there, once C has read
     # A's dealings from the DHT (its standing loop tries again within a minute when a read fails).
-    wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=90,
-               what="C's own ledger marks its receipt disputed")
+    try:
+        wait_until(lambda: c.get("/api/rewards")["tasks"]["disputed"] >= 1, timeout=90,
+                   what="C's own ledger marks its receipt disputed")
+    except TimeoutError as exc:  # say which step failed: the case's delivery (contested) or standing
+        raise AssertionError(f"{exc}; C's tasks: {c.get('/api/rewards')['tasks']}; "
+                             f"C's view of B and D: {[c.get(f'/api/reputation/{p}') for p in (b.peer_id, d.peer_id)]}; "
+                             f"workers A used: {workers}") from exc
     events = [e["kind"] for e in a.get("/api/events?limit=1000") if e["kind"].startswith("verify.")]
     assert "verify.failed" in events
     assert "verify.passed" in events, "honest work was checked and passed"
     # From now on A's scheduler gives C nothing.
-    later = [ask(a, n) for n in range(8, 14)]
+    later = [ask(a, n) for n in range(100, 106)]
     assert cheater not in later
     assert set(later) <= {b.peer_id, d.peer_id}
     # No honest worker was disputed, even when C was the one asked to judge it.
