@@ -72,9 +72,8 @@ from hyperion_node.inprocess import shared_checks
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.p2p.peer_table import PeerState
-from hyperion_node.scheduler import Scheduler, TaskRequirements
-from hyperion_node.scheduler.candidates import UNKNOWN_RELIABILITY, CandidateSet, TableCandidates
-from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind
+from hyperion_node.scheduler.candidates import UNKNOWN_RELIABILITY, CandidateSet, TableCandidates, TaskRequirements
+from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind, Scheduler
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.service import PROVIDER_REFRESH_S

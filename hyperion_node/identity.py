@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair, KeyType
-from libp2p.crypto.serialization import deserialize_private_key
+from libp2p.crypto.ed25519 import Ed25519PrivateKey, create_new_key_pair
+from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from hyperion_node.datadir import DataDir, private_file_problem, write_private
-from hyperion_node.errors import IdentityError
+from hyperion_node.datadir import DataDir, write_private
+from hyperion_node.keyfile import read_key_seed
 
 
 @dataclass(frozen=True)
@@ -31,26 +30,11 @@ class Identity:
 def load_identity(data_dir: DataDir, *, create: bool) -> Identity:
     """Load the key, or create it when absent and ``create`` is true."""
     path = data_dir.key_path
-    if not path.exists():
-        if not create:
-            raise IdentityError(
-                f"no identity key at {path}", hint="run `hyperion-node start` once to create it"
-            )
+    if not path.exists() and create:
         key_pair = create_new_key_pair()
         write_private(path, key_pair.private_key.serialize())
         return Identity(key_pair=key_pair, peer_id=ID.from_pubkey(key_pair.public_key))
 
-    problem = private_file_problem(path)
-    if problem is not None:
-        raise IdentityError(f"identity key {path} {problem.detail}", hint=f"run `{problem.fix}`")
-    try:
-        private_key = deserialize_private_key(path.read_bytes())
-    except Exception as exc:  # protobuf and nacl raise several unrelated types for bad bytes
-        raise IdentityError(
-            f"identity key {path} is corrupt and cannot be read ({type(exc).__name__})",
-            hint="restore it from a backup; moving it away creates a new identity and loses this one's reputation",
-        ) from exc
-    if private_key.get_type() != KeyType.Ed25519:
-        raise IdentityError(f"identity key {path} is not an Ed25519 key", hint="restore the node's original key")
+    private_key = Ed25519PrivateKey.from_bytes(read_key_seed(path))
     public_key = private_key.get_public_key()
     return Identity(key_pair=KeyPair(private_key, public_key), peer_id=ID.from_pubkey(public_key))

@@ -40,17 +40,15 @@ import numpy as np
 
 from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
 from hyperion_node.p2p.peer_table import PeerState, PeerTable
-from hyperion_node.scheduler import (
+from hyperion_node.scheduler import candidates as cs
+from hyperion_node.scheduler.candidates import (
     Candidate,
     CandidateSet,
-    Outcome,
-    OutcomeKind,
-    Scheduler,
+    TableCandidates,
     TaskRequirements,
     candidates_from_peer_table,
 )
-from hyperion_node.scheduler import candidates as cs
-from hyperion_node.scheduler.candidates import TableCandidates
+from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind, Scheduler
 
 RUNTIME, MODEL = "inference", "gemma-3-270m"
 GIB = 1 << 30

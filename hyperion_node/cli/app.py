@@ -35,7 +35,6 @@ from hyperion_node.cli.top import top_command
 from hyperion_node.config import Config, load_config
 from hyperion_node.datadir import DataDir
 from hyperion_node.errors import EnvironmentProblem, NodeNotRunning, UserError
-from hyperion_node.logs import configure_logging
 
 app = typer.Typer(
     name="hyperion-node",
@@ -75,7 +74,14 @@ def _config(config: Path | None, data_dir: Path | None, sets: list[str] | None =
         extra.append(f'logging.format="{log_format}"')
     if log_level:
         extra.append(f'logging.level="{log_level}"')
-    cfg = load_config(config_file=config, data_dir=data_dir, sets=extra)
+    return load_config(config_file=config, data_dir=data_dir, sets=extra)
+
+
+def _with_logging(cfg: Config) -> Config:
+    """Set up logging for a command that runs node code (structlog costs a quarter second to import: the
+    commands that only ask the daemon or read a file skip it)."""
+    from hyperion_node.logs import configure_logging
+
     configure_logging(level=cfg.logging.level, fmt=cfg.logging.format, libp2p_level=cfg.logging.libp2p_level)
     return cfg
 
@@ -120,6 +126,7 @@ def start(
     import trio
 
     from hyperion_node.daemon import run_daemon
+    from hyperion_node.logs import configure_logging
 
     if demo:
         from hyperion_demo.runner import DemoOptions, run_demo
@@ -132,7 +139,7 @@ def start(
                               real_inference=real_inference, network=network)
         trio.run(functools.partial(run_demo, options, sys.stdout, terminal=sys.stdout.isatty()))
         return
-    cfg = _config(config, data_dir, set_, log_format, log_level)
+    cfg = _with_logging(_config(config, data_dir, set_, log_format, log_level))
 
     def on_ready(text: str) -> None:
         typer.echo(text)
@@ -242,7 +249,7 @@ def doctor(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonOpt
     """Check this node's set-up and print the exact fix for each problem."""
     from hyperion_node.cli.doctor import local_checks, print_checks
 
-    cfg = _config(config, data_dir)
+    cfg = _with_logging(_config(config, data_dir))
     checks = local_checks(cfg)
     try:
         checks += ApiClient(DataDir(cfg.node.data_dir)).get("/api/doctor")
@@ -305,10 +312,10 @@ def dashboard_link(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> Non
 @cli_errors
 def id_(config: ConfigOpt = None, data_dir: DataDirOpt = None) -> None:
     """Print this node's peer ID (needs no running daemon)."""
-    from hyperion_node.identity import load_identity
+    from hyperion_node.keyfile import peer_id_of_seed, read_key_seed
 
     cfg = _config(config, data_dir)
-    typer.echo(str(load_identity(DataDir(cfg.node.data_dir), create=False).peer_id))
+    typer.echo(peer_id_of_seed(read_key_seed(DataDir(cfg.node.data_dir).key_path)))
 
 
 @app.command()
@@ -317,7 +324,7 @@ def hardware(config: ConfigOpt = None, data_dir: DataDirOpt = None, json_: JsonO
     """Probe this machine: GPUs (NVML), CPU, RAM, disk. Needs no running daemon."""
     from hyperion_node.hardware import probe_hardware
 
-    cfg = _config(config, data_dir)
+    cfg = _with_logging(_config(config, data_dir))
     disk = cfg.node.data_dir if cfg.node.data_dir.exists() else Path.home()
     profile = probe_hardware(disk)
     if json_:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 
@@ -137,7 +138,7 @@ def tasks(
         raise UserError(f"--role must be requester or worker, got {role!r}")
     api = client(config, data_dir)
     if task_id is not None:
-        found = api.get(f"/api/tasks/{task_id}")
+        found = api.get(f"/api/tasks/{quote(task_id, safe='')}")
         print_json(found)
         return
     params: dict[str, Any] = {"limit": limit}

@@ -46,8 +46,9 @@ from hyperion_node.scheduler.breaker import BreakerState, BreakerTransition, Cir
 from hyperion_node.scheduler.candidates import Candidate, CandidateSet, TaskRequirements
 from hyperion_node.scheduler.exceptions import WrongCapability
 from hyperion_node.scheduler.health import HealthChange, HealthMonitor
-from hyperion_node.scheduler.scoring import CRITERIA, exact_scores, rank_in_place
+from hyperion_node.scheduler.scoring import exact_scores, rank_in_place
 from hyperion_node.scheduler.settings import SchedulerSettings
+from hyperion_node.scheduler.weights import CRITERIA
 
 SchedulerEvent = BreakerTransition | HealthChange
 
@@ -222,7 +223,7 @@ class Scheduler:
         # Rises whenever _open_until or _busy_until changes: with the health monitor's drained_version it
         # says whether a CandidateSet's cached exclusion codes (see _peer_codes) still hold.
         self._peers_version = 0
-        self._weights = self.settings.weights.vector()
+        self._weights = np.array(self.settings.weights.vector(), dtype=np.float64)
         self._weights32 = self._weights.astype(np.float32)
         self._weight_list: list[float] = self._weights.tolist()
 

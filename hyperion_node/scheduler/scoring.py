@@ -21,65 +21,14 @@ ledger). The split is a starting point to tune against real traffic, not a measu
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-from typing import Any
-
 import numpy as np
 import numpy.typing as npt
 
-from hyperion_node.scheduler.exceptions import InvalidSetting
+from hyperion_node.scheduler.weights import BENEFIT, CRITERIA, Weights
 
 FloatArray = npt.NDArray[np.float64]
 
-# Column order of every criteria matrix in the scheduler.
-CRITERIA: tuple[str, ...] = ("memory", "jobs", "rtt", "throughput", "price", "reliability")
-# True where more is better: memory headroom (bytes free beyond what the task needs), measured throughput
-# (units per second), reliability (0..1). False where less is better: current jobs (running + queued per slot),
-# RTT (ms), price per unit.
-BENEFIT: tuple[bool, ...] = (True, False, False, True, False, True)
 _SIGN = np.array([[1.0 if benefit else -1.0] for benefit in BENEFIT])
-
-
-@dataclass(frozen=True)
-class Weights:
-    """Relative weight of each criterion. Any non-negative finite numbers with a positive sum; they are
-    divided by their sum, so ``memory=2, jobs=1`` means two thirds and one third."""
-
-    memory: float = 0.32
-    jobs: float = 0.24
-    rtt: float = 0.16
-    throughput: float = 0.08
-    price: float = 0.10
-    reliability: float = 0.10
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise InvalidSetting(f"scheduler.weights.{f.name}", value, "a finite number >= 0")
-        if sum(self.as_tuple()) <= 0:
-            raise InvalidSetting("scheduler.weights", self.as_dict(), "at least one weight above 0")
-
-    def as_tuple(self) -> tuple[float, ...]:
-        return tuple(float(getattr(self, name)) for name in CRITERIA)
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(zip(CRITERIA, self.as_tuple(), strict=True))
-
-    def vector(self) -> FloatArray:
-        """The weights in ``CRITERIA`` order, summing to 1."""
-        raw = np.array(self.as_tuple(), dtype=np.float64)
-        out: FloatArray = raw / raw.sum()
-        return out
-
-    @classmethod
-    def from_mapping(cls, values: dict[str, Any]) -> Weights:
-        unknown = set(values) - set(CRITERIA)
-        if unknown:
-            name = sorted(unknown)[0]
-            raise InvalidSetting(f"scheduler.weights.{name}", values[name], "one of " + ", ".join(CRITERIA))
-        return cls(**values)
 
 
 def orient(criteria: FloatArray) -> FloatArray:
@@ -124,7 +73,7 @@ def mcda_scores(normalised: FloatArray, weights: FloatArray) -> FloatArray:
 
 def score(criteria: FloatArray, weights: Weights) -> FloatArray:
     """Scores of raw, criterion-major criteria values: :func:`normalise`, then :func:`mcda_scores`."""
-    return mcda_scores(normalise(criteria), weights.vector())
+    return mcda_scores(normalise(criteria), np.array(weights.vector(), dtype=np.float64))
 
 
 def rank_in_place(oriented: npt.NDArray[np.float32], weights: npt.NDArray[np.float32]

@@ -65,7 +65,7 @@ from typing import Any
 
 from hyperion_node.errors import ConfigError
 from hyperion_node.scheduler.exceptions import InvalidSetting
-from hyperion_node.scheduler.scoring import Weights
+from hyperion_node.scheduler.weights import Weights
 
 SECTION = "scheduler"
 

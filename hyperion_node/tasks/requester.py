@@ -34,9 +34,8 @@ from hyperion_node.ledger.money import credits_to_atto
 from hyperion_node.ledger.receipt import SignedReceipt, content_hash, countersign
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.protocols import task as task_protocol
-from hyperion_node.scheduler import Outcome, OutcomeKind, Scheduler, TaskRequirements
-from hyperion_node.scheduler.candidates import Candidate, CandidateSet
-from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, ScoredCandidate
+from hyperion_node.scheduler.candidates import Candidate, CandidateSet, TaskRequirements
+from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, Outcome, OutcomeKind, Scheduler, ScoredCandidate
 from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import HistoryWriter, now_ms

@@ -39,15 +39,15 @@ from hyperion_node.p2p.network import P2PNetwork, dealings_key, epoch_key
 from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.protocols import verify as verify_protocol
 from hyperion_node.runtime_registry import RuntimeRegistry
-from hyperion_node.scheduler import Scheduler, TaskRequirements
 from hyperion_node.scheduler.candidates import (
     Candidate,
     CandidateSet,
     TableCandidates,
+    TaskRequirements,
     candidates_from_peer_table,
     local_candidate,
 )
-from hyperion_node.scheduler.scheduler import Decision, SchedulerEvent
+from hyperion_node.scheduler.scheduler import Decision, Scheduler, SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.trust import TrustGraph
-from hyperion_node.scheduler import TaskRequirements
+from hyperion_node.scheduler.candidates import TaskRequirements
 from hyperion_node.testing.receipts import ReceiptFactory, new_identity
 from tests.scheduler.factories import MODEL, RUNTIME, candidate, scheduler
 

@@ -8,7 +8,9 @@ from typing import Any
 
 from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
 from hyperion_node.p2p.peer_table import PeerState
-from hyperion_node.scheduler import Candidate, Scheduler, SchedulerSettings
+from hyperion_node.scheduler.candidates import Candidate
+from hyperion_node.scheduler.scheduler import Scheduler
+from hyperion_node.scheduler.settings import SchedulerSettings
 
 RUNTIME = "inference"
 MODEL = "gemma-3-270m"

@@ -6,16 +6,10 @@ import random
 
 import pytest
 
-from hyperion_node.scheduler import (
-    AdaptiveSettings,
-    BreakerSettings,
-    HealthSettings,
-    Outcome,
-    OutcomeKind,
-    SchedulerSettings,
-    TaskRequirements,
-)
 from hyperion_node.scheduler.adaptive import AdaptiveLayer, ShortlistEntry
+from hyperion_node.scheduler.candidates import TaskRequirements
+from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind
+from hyperion_node.scheduler.settings import AdaptiveSettings, BreakerSettings, HealthSettings, SchedulerSettings
 from tests.scheduler.factories import MODEL, RUNTIME, candidate, scheduler
 
 # Two peers that advertise the same: the MCDA score cannot tell them apart, only their outcomes can. Ties go

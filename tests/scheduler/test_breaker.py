@@ -5,19 +5,10 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from hyperion_node.scheduler import (
-    BreakerSettings,
-    BreakerState,
-    BreakerTransition,
-    CircuitBreaker,
-    DecisionStatus,
-    Outcome,
-    OutcomeKind,
-    Scheduler,
-    SchedulerEvent,
-    SchedulerSettings,
-    TaskRequirements,
-)
+from hyperion_node.scheduler.breaker import BreakerState, BreakerTransition, CircuitBreaker
+from hyperion_node.scheduler.candidates import TaskRequirements
+from hyperion_node.scheduler.scheduler import DecisionStatus, Outcome, OutcomeKind, Scheduler, SchedulerEvent
+from hyperion_node.scheduler.settings import BreakerSettings, SchedulerSettings
 from tests.scheduler.factories import MODEL, RUNTIME, candidate
 
 SETTINGS = BreakerSettings(consecutive_failures=3, failure_rate=0.5, window_s=60.0, min_calls=6, cooldown_s=10.0,

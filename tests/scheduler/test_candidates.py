@@ -8,16 +8,16 @@ from dataclasses import replace
 import pytest
 
 from hyperion_node.p2p.peer_table import PeerState, PeerTable
-from hyperion_node.scheduler import (
+from hyperion_node.scheduler.candidates import (
+    Candidate,
     CandidateSet,
-    DecisionStatus,
-    InvalidRequirements,
+    TableCandidates,
     TaskRequirements,
-    WrongCapability,
     candidates_from_peer_table,
     local_candidate,
 )
-from hyperion_node.scheduler.candidates import Candidate, TableCandidates
+from hyperion_node.scheduler.exceptions import InvalidRequirements, WrongCapability
+from hyperion_node.scheduler.scheduler import DecisionStatus
 from tests.scheduler.factories import GIB, MODEL, RUNTIME, candidate, heartbeat, offer, record, scheduler
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from hyperion_node.p2p.peer_table import PeerState
-from hyperion_node.scheduler import DecisionStatus, Outcome, OutcomeKind, SchedulerSettings, TaskRequirements
+from hyperion_node.scheduler.candidates import TaskRequirements
+from hyperion_node.scheduler.scheduler import DecisionStatus, Outcome, OutcomeKind
+from hyperion_node.scheduler.settings import SchedulerSettings
 from tests.scheduler.factories import GIB, MODEL, RUNTIME, ManualClock, candidate, scheduler
 
 REQ = TaskRequirements(RUNTIME, MODEL)

@@ -8,16 +8,10 @@ import random
 import trio
 import trio.testing
 
-from hyperion_node.scheduler import (
-    HealthChange,
-    HealthSettings,
-    Outcome,
-    OutcomeKind,
-    Scheduler,
-    SchedulerEvent,
-    SchedulerSettings,
-    TaskRequirements,
-)
+from hyperion_node.scheduler.candidates import TaskRequirements
+from hyperion_node.scheduler.health import HealthChange
+from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind, Scheduler, SchedulerEvent
+from hyperion_node.scheduler.settings import HealthSettings, SchedulerSettings
 from tests.scheduler.factories import MODEL, RUNTIME, candidate, heartbeat
 
 REQ = TaskRequirements(RUNTIME, MODEL)

@@ -10,17 +10,11 @@ import pytest
 
 from hyperion_node.p2p.messages import Heartbeat
 from hyperion_node.p2p.peer_table import PeerState
-from hyperion_node.scheduler import (
-    AdaptiveSettings,
-    CandidateSet,
-    Outcome,
-    OutcomeKind,
-    SchedulerSettings,
-    TaskRequirements,
-    Weights,
-    local_candidate,
-)
+from hyperion_node.scheduler.candidates import CandidateSet, TaskRequirements, local_candidate
+from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind
 from hyperion_node.scheduler.scoring import score
+from hyperion_node.scheduler.settings import AdaptiveSettings, SchedulerSettings
+from hyperion_node.scheduler.weights import Weights
 from tests.scheduler.factories import GIB, MODEL, RUNTIME, ManualClock, candidate, offer, scheduler
 
 REQ = TaskRequirements(RUNTIME, MODEL)

@@ -11,6 +11,7 @@ import pytest
 from hyperion_node.datadir import DataDir, daemon_lock, running_pid, write_private
 from hyperion_node.errors import AlreadyRunning, EnvironmentProblem, IdentityError, NodeNotRunning
 from hyperion_node.identity import load_identity
+from hyperion_node.keyfile import peer_id_of_seed, read_key_seed
 
 
 @pytest.fixture
@@ -43,6 +44,23 @@ def test_corrupt_key_is_reported_and_never_replaced(data_dir: DataDir) -> None:
     with pytest.raises(IdentityError, match="corrupt"):
         load_identity(data_dir, create=True)
     assert data_dir.key_path.read_bytes() == b"\x08\x01\x12garbage"
+
+
+def test_the_cli_reads_the_same_peer_id_as_libp2p_without_loading_it(tmp_path: Path) -> None:
+    """``hyperion-node id`` derives the peer ID with ``cryptography`` alone; it must be libp2p's, key by key."""
+    for n in range(20):
+        dd = DataDir(tmp_path / f"n{n}")
+        dd.ensure()
+        identity = load_identity(dd, create=True)
+        assert peer_id_of_seed(read_key_seed(dd.key_path)) == str(identity.peer_id)
+
+
+def test_a_key_of_another_type_is_named_as_such(data_dir: DataDir) -> None:
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+
+    write_private(data_dir.key_path, create_new_key_pair().private_key.serialize())
+    with pytest.raises(IdentityError, match="not an Ed25519 key"):
+        load_identity(data_dir, create=True)
 
 
 def test_key_readable_by_others_is_refused_with_the_fix(data_dir: DataDir) -> None:
