@@ -12,6 +12,7 @@ from typing import Any
 
 from hyperion_node.ledger import codec
 from hyperion_node.ledger.exceptions import BadSignature, Malformed
+from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_receipt
 from hyperion_node.ledger.signing import DOMAIN_DISPUTE, PeerKeys, Signer, sign
 
 DISPUTE_VERSION = 1
@@ -174,8 +175,6 @@ def check_case(case: DisputeCase, keys: PeerKeys | None = None) -> CheckedCase:
     * the evidence, when present, hashes to the receipt's input and output hashes (else it is not the work
       the worker signed, and the case is refused: a wrong output proves nothing against the worker).
     """
-    from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_receipt
-
     keys = keys or PeerKeys(capacity=MAX_CASE_DISPUTES + 2)
     signed = SignedReceipt.decode(case.receipt)
     verify_receipt(signed, keys, require_countersignature=True)
