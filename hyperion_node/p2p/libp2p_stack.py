@@ -10,7 +10,8 @@ in-memory fabric under the same interfaces instead), and what we change in how p
   ``ipns`` records: nothing of ours reads them, and each would be memory a stranger fills);
 * no gossipsub: no topic carries per-node traffic any more (presence.py, ledger/dealings.py, protocols/cases.py);
 * mDNS, started in a worker thread;
-* process-wide: yamux's receive-window setting and ``libp2p_costs`` (module comments below).
+* process-wide, when the host is built: yamux's receive-window setting and ``libp2p_costs``
+  (``adjust_py_libp2p``).
 """
 
 from __future__ import annotations
@@ -52,20 +53,26 @@ from hyperion_node.trio_types import run_sync_abandoning
 if TYPE_CHECKING:
     from hyperion_node.p2p.network import P2PStats
 
-# py-libp2p's yamux returns receive credit with a WINDOW_UPDATE frame after every partial read unless
-# PY_YAMUX_RELEASE_ON_READ is off (it reads the variable at each call). A frame read in pieces (the length
-# varint, then the body) cost its receiver two or three extra frames, each written (Noise-encrypted) and
-# awaited, before the message was delivered. Off, credit goes back with go-yamux's half-window hysteresis.
-# Measured with gossip, six hosts in one process, both settings side by side: delivery p50 28 -> 19 ms,
-# p95 81 -> 34 ms, CPU per published message 0.71x. A user's setting wins.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
-# What that setting still left (a credit frame after about every other small read): see libp2p_costs.py.
-# HYPERION_LIBP2P_AS_SHIPPED=1 leaves py-libp2p as it is (to compare side by side, or should a py-libp2p
-# release disagree with it).
-if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
-    libp2p_costs.install()
 
 log = structlog.get_logger(__name__)
+
+
+def adjust_py_libp2p() -> None:
+    """The node's changes to py-libp2p's per-message costs, applied when it builds its host (process-wide:
+    py-libp2p reads them at each call; idempotent).
+
+    py-libp2p's yamux returns receive credit with a WINDOW_UPDATE frame after every partial read unless
+    PY_YAMUX_RELEASE_ON_READ is off (it reads the variable at each call). A frame read in pieces (the length
+    varint, then the body) cost its receiver two or three extra frames, each written (Noise-encrypted) and
+    awaited, before the message was delivered. Off, credit goes back with go-yamux's half-window hysteresis.
+    Measured with gossip, six hosts in one process, both settings side by side: delivery p50 28 -> 19 ms,
+    p95 81 -> 34 ms, CPU per published message 0.71x. A user's setting wins. What that setting still left (a
+    credit frame after about every other small read) is ``libp2p_costs``. HYPERION_LIBP2P_AS_SHIPPED=1 leaves
+    py-libp2p as it is (to compare side by side, or should a py-libp2p release disagree with it).
+    """
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+    if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
+        libp2p_costs.install()
 
 TRIM_EVERY_S = 10.0  # connections past twice p2p.target_connections are closed this often ...
 GRACE_S = 20.0  # ... once they are this old
@@ -209,6 +216,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     """The running libp2p host and DHT (``validator`` checks our namespace). ``stats`` counts what the ban gate
     refuses; ``on_connection(peer, connected)`` hears of every connection opened and closed; the table's bans
     close connections and refuse streams."""
+    adjust_py_libp2p()
     proto = "ip6" if ":" in settings.listen_host else "ip4"
     listen = [multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/tcp/{settings.tcp_port}")]
     if settings.quic:

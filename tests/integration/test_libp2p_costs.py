@@ -21,11 +21,16 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
-import hyperion_node.p2p.network  # noqa: F401  (installs the changes, as the daemon does)
 from hyperion_node.p2p import libp2p_costs
+from hyperion_node.p2p.libp2p_stack import adjust_py_libp2p
 
 PROTOCOL = TProtocol("/hyperion/test-credit/1")
 LISTEN = [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]
+
+
+@pytest.fixture(autouse=True)
+def _adjusted() -> None:
+    adjust_py_libp2p()  # as the daemon does when it builds its host
 
 
 def _host() -> IHost:
@@ -118,10 +123,12 @@ async def test_a_stream_of_megabytes_flows_both_ways_with_credit_at_half_a_windo
 
 @pytest.mark.parametrize(("value", "expected"), [("", "True"), ("1", "False")])
 def test_hyperion_libp2p_as_shipped_leaves_py_libp2p_unchanged(value: str, expected: str) -> None:
-    # The daemon's own import, in a fresh interpreter: the changes are on unless the variable says otherwise.
-    code = ("import hyperion_node.p2p.network; from hyperion_node.p2p import libp2p_costs; "
-            "print(libp2p_costs.installed())")
+    # In a fresh interpreter: importing the P2P layer changes nothing; building the host (which applies the
+    # adjustments) does, unless the variable says otherwise.
+    code = ("import hyperion_node.p2p.network; from hyperion_node.p2p import libp2p_costs, libp2p_stack; "
+            "before = libp2p_costs.installed(); libp2p_stack.adjust_py_libp2p(); "
+            "print(before, libp2p_costs.installed())")
     env = {**os.environ, "HYPERION_LIBP2P_AS_SHIPPED": value}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == expected
+    assert result.stdout.strip() == f"False {expected}"
