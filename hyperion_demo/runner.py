@@ -8,7 +8,6 @@ script and view, which stop at ``--duration`` or at the first SIGINT/SIGTERM (a 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import os
@@ -32,7 +31,6 @@ from hyperion_demo.view import LiveView
 from hyperion_demo.workload import Outcome, Tracker, plan_real_task, plan_task
 from hyperion_node.daemon import EXIT_SECOND_SIGNAL, EXIT_SHUTDOWN_OVERRUN, _hard_exit_after
 from hyperion_node.errors import UserError
-from hyperion_node.inprocess import shared_checks
 from hyperion_node.store import Store
 from hyperion_node.tasks.service import Job
 
@@ -259,11 +257,7 @@ async def run_demo(options: DemoOptions, out: TextIO, *, terminal: bool) -> None
         demo = Demo(options, Path(tmp), out, terminal,
                     fabric=MemoryFabric() if options.network == "memory" else None, inline_stores=ram is not None)
         try:
-            # On the fabric every node's messages arrive in this one process: a heartbeat pushed to many
-            # subscribers, or a receipt, is decoded and its signatures checked once here, not once per
-            # virtual node (hyperion_node/inprocess.py).
-            with shared_checks() if demo.fabric is not None else contextlib.nullcontext():
-                lines = await demo.run()
+            lines = await demo.run()
         finally:
             gc.set_threshold(*previous)
             gc.unfreeze()

@@ -27,9 +27,8 @@ What is not the product's code: the task protocol (one frame each way, no receip
 checks), the requester's loop (a copy of ``Requester._run``'s failover without the reputation view: every
 peer gets the prior's reliability), and the store: one in-memory SQLite store shared by every node
 (``SharedStore``), whose event log is emptied each minute and whose peer cache reads back empty (a node's
-cache is its own, and every node here starts fresh). As in the demo, a signature or record that one node
-has checked is not checked again for the next node that receives the same bytes (``inprocess.shared_checks``:
-each node still runs its whole code path). ``time.time`` follows the virtual clock during a run
+cache is its own, and every node here starts fresh). Every node checks every signature it receives, as a
+daemon does. ``time.time`` follows the virtual clock during a run
 (record expiry and heartbeat ages are read from it), so a run slower than real time ages nothing.
 
 Cost (one core of the reference machine, the defaults of ``scripts/bench_sim.py``: 180 virtual seconds):
@@ -68,7 +67,6 @@ from hyperion_demo.simnet import SimFabric
 from hyperion_node.config import load_config
 from hyperion_node.config.loader import P2PSettings
 from hyperion_node.identity import Identity
-from hyperion_node.inprocess import shared_checks
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.p2p.peer_table import PeerState
@@ -447,7 +445,7 @@ def run_simulation(config: SimConfig, progress: Callable[[str], None] | None = N
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], 1 << 30)  # no automatic full collections: GC_FREEZE_S
     try:
-        with virtual_wall_clock(clock), shared_checks():
+        with virtual_wall_clock(clock):
             before, window = trio.run(sim.main, progress, clock=clock)
     finally:
         gc.set_threshold(*thresholds)

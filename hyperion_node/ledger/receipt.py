@@ -22,7 +22,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hyperion_node import inprocess
 from hyperion_node.errors import InternalError
 from hyperion_node.ledger import codec
 from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature, Malformed, WrongSigner
@@ -175,11 +174,6 @@ class SignedReceipt:
     @classmethod
     def decode(cls, data: bytes) -> SignedReceipt:
         """Parse and check the form (not the signatures: see :func:`verify_receipt`)."""
-        # Decoded once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
-        return inprocess.shared_decode(("signed_receipt", data), lambda: cls._decode(data))
-
-    @classmethod
-    def _decode(cls, data: bytes) -> SignedReceipt:
         value = codec.decode(data, what="signed receipt", max_bytes=MAX_RECEIPT_BYTES + 256)
         if not isinstance(value, list) or len(value) != 4:
             raise Malformed("signed receipt: expected [version, body, signature, countersignature]")

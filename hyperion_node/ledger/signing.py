@@ -15,7 +15,6 @@ from typing import Protocol
 from libp2p.crypto.keys import KeyType, PublicKey
 from libp2p.peer.id import ID
 
-from hyperion_node import inprocess
 from hyperion_node.ledger.exceptions import Malformed
 
 SIGNATURE_BYTES = 64  # Ed25519 (RFC 8032 §5.1.6)
@@ -76,13 +75,7 @@ class PeerKeys:
     def verify(self, peer_id: str, domain: bytes, data: bytes, signature: bytes) -> bool:
         if len(signature) != SIGNATURE_BYTES:
             return False
-        memo = inprocess.active()  # None in a daemon; the demo's many nodes share one (hyperion_node/inprocess.py)
-        if memo is not None and memo.verified((peer_id, domain, data, signature)):
-            return True
-        ok = bool(self.get(peer_id).verify(domain + data, signature))
-        if ok and memo is not None:
-            memo.remember_verified((peer_id, domain, data, signature))
-        return ok
+        return bool(self.get(peer_id).verify(domain + data, signature))
 
 
 def sign(signer: Signer, domain: bytes, data: bytes) -> bytes:

@@ -24,7 +24,6 @@ import cbor2
 from libp2p.crypto.keys import KeyType
 from libp2p.peer.id import ID
 
-from hyperion_node import inprocess
 from hyperion_node.errors import RemoteError
 from hyperion_node.identity import Identity
 
@@ -133,9 +132,7 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
     """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
-    # Opened once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
-    return inprocess.shared_decode(("envelope", data, expected_type, signed_by),
-                                   lambda: _open_envelope(data, expected_type, signed_by))
+    return _open_envelope(data, expected_type, signed_by)
 
 
 def _open_envelope(data: bytes, expected_type: str, signed_by: str | None) -> tuple[Envelope, dict[str, Any]]:
@@ -367,8 +364,7 @@ class Heartbeat:
     @classmethod
     def decode(cls, data: bytes, *, signed_by: str | None = None) -> Heartbeat:
         """``signed_by``: as for ``open_envelope``."""
-        # Decoded once per process when the demo's many nodes share one (hyperion_node/inprocess.py).
-        return inprocess.shared_decode(("heartbeat", data, signed_by), lambda: cls._decode(data, signed_by))
+        return cls._decode(data, signed_by)
 
     @classmethod
     def _decode(cls, data: bytes, signed_by: str | None) -> Heartbeat:
