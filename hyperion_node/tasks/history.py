@@ -40,6 +40,7 @@ from hyperion_node.trio_types import TaskStatus
 # third of the store calls were these, most of them one change each; a task's final save, which is waited for,
 # writes whatever is queued then, so a task of under this long costs one store call for all its states.
 FLUSH_DELAY_S = 0.25
+_FINAL_VALUES = tuple(sorted(state.value for state in FINAL_STATES))
 _COLUMNS = "task_id, role, runtime, item, requester, worker, state, created_ms, updated_ms, error, attempts, result"
 
 
@@ -81,11 +82,25 @@ def change(record: TaskRecord, *, event: bool = True, durable: bool = True) -> C
     return Change(_row(record), logged, durable)
 
 
-class TaskHistory:
-    """Synchronous store access; call through ``Store.run`` from trio."""
+# The history is trimmed once this many tasks have ended since the last trim (a DELETE each time would cost
+# every task an index scan; once in a while keeps the tables within a few percent of their limits).
+TRIM_EVERY = 256
+# Events kept per task of the history: a task writes 3-5 (queued, assigned, running, its end), and the rest of
+# the node (presence, verdicts, disputes) adds fewer than tasks do on a busy node.
+EVENTS_PER_TASK = 20
 
-    def __init__(self, store: Store) -> None:
+
+class TaskHistory:
+    """Synchronous store access; call through ``Store.run`` from trio.
+
+    Bounded: a node that runs for months keeps the newest ``limit`` ended tasks (``tasks.history_limit``) and
+    the newest ``EVENTS_PER_TASK`` x ``limit`` events; older ones are deleted as new ones end. Tasks still
+    running are never deleted. Receipts are the ledger's, not the history's: nothing here touches them."""
+
+    def __init__(self, store: Store, limit: int = 10000) -> None:
         self._store = store
+        self.limit = limit
+        self._ended_since_trim = TRIM_EVERY  # trim at the first write: a node upgraded with a long history
 
     def save(self, record: TaskRecord, *, event: bool = True) -> None:
         """Upsert the record and, with ``event``, append ``task.<state>`` in the same transaction (durably)."""
@@ -94,13 +109,27 @@ class TaskHistory:
     def write(self, changes: Sequence[Change]) -> None:
         """Apply ``changes`` in order in one transaction, with an fsync if any of them asks for one."""
 
+        ended = sum(1 for c in changes if c.row[6] in _FINAL_VALUES)
+        trim = self._ended_since_trim + ended >= TRIM_EVERY
+
         def work(conn: sqlite3.Connection) -> None:
             for c in changes:
                 conn.execute(f"INSERT OR REPLACE INTO tasks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", c.row)
                 if c.event is not None:
                     conn.execute("INSERT INTO events (time, kind, data) VALUES (?, ?, ?)", c.event)
+            if trim:
+                self._trim(conn)
 
         self._store.transaction(work, durable=any(c.durable for c in changes))
+        self._ended_since_trim = 0 if trim else self._ended_since_trim + ended
+
+    def _trim(self, conn: sqlite3.Connection) -> None:
+        finals = ", ".join("?" for _ in _FINAL_VALUES)
+        conn.execute(f"DELETE FROM tasks WHERE state IN ({finals}) AND rowid IN (SELECT rowid FROM tasks"
+                     f" WHERE state IN ({finals}) ORDER BY updated_ms DESC LIMIT -1 OFFSET ?)",
+                     (*_FINAL_VALUES, *_FINAL_VALUES, self.limit))
+        conn.execute("DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                     (EVENTS_PER_TASK * self.limit,))
 
     def get(self, task_id: str) -> list[TaskRecord]:
         rows = self._store.execute(f"SELECT {_COLUMNS} FROM tasks WHERE task_id = ? ORDER BY role", (task_id,))

@@ -130,7 +130,7 @@ class Orchestrator:
         self.runtimes = runtimes
         self.p2p = p2p
         self.settings = tasks
-        self.history = TaskHistory(store)
+        self.history = TaskHistory(store, limit=tasks.history_limit)
         self.history_writer = HistoryWriter(self.history, store.run)
         self.ledger = ledger
         self.reputation = ReputationView(self.peer_id, clock=trio.current_time)

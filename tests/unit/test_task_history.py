@@ -166,3 +166,30 @@ def test_sigkill_loses_no_acknowledged_final_state(tmp_path: Path, run_s: float)
     history.fail_unfinished("the node stopped before the task finished")
     states = {r.state for r in history.recent(limit=100_000)}
     assert states <= {TaskState.COMPLETED, TaskState.FAILED}
+
+
+def test_a_long_running_node_keeps_the_newest_tasks_and_events_only(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tasks.history_limit``: ended tasks beyond the newest ``limit`` are deleted, and events beyond
+    ``EVENTS_PER_TASK`` x ``limit``; a task still running is kept however old."""
+    monkeypatch.setattr("hyperion_node.tasks.history.TRIM_EVERY", 4)
+    monkeypatch.setattr("hyperion_node.tasks.history.EVENTS_PER_TASK", 2)
+    store = Store.open(tmp_path / "node.db")
+    history = TaskHistory(store, limit=5)
+    running = _record("still-running")
+    for state in (TaskState.ASSIGNED, TaskState.RUNNING):
+        running.move(state, 1)
+    history.save(running)
+    for n in range(40):
+        record = _record(f"t{n:02d}")
+        for state in (TaskState.ASSIGNED, TaskState.RUNNING, TaskState.COMPLETED):
+            record.move(state, 10 + n)
+        history.save(record)
+    ended = [r.task_id for r in history.recent(limit=100) if r.state is TaskState.COMPLETED]
+    assert len(ended) <= 5 + 4  # trimmed every 4 ended tasks
+    assert {"t39", "t38", "t37", "t36", "t35"} <= set(ended)
+    assert "t00" not in ended
+    assert history.get("still-running")[0].state is TaskState.RUNNING
+    events = store.events(limit=1000)
+    assert 0 < len(events) <= 2 * 5 + 4
+    assert events[-1].data["task_id"] == "t39"
