@@ -57,7 +57,7 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", "-d", help="Data directory [env: HYPERION_DATA_DIR; default ~/.local/share/hyperion]."),
+    typer.Option("--data-dir", "-d", help="Data directory (env HYPERION_DATA_DIR; default ~/.local/share/hyperion)."),
 ]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override one key: section.key=value (repeatable).")

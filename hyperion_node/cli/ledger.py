@@ -29,7 +29,7 @@ ConfigOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", "-d", help="Data directory [env: HYPERION_DATA_DIR; default ~/.local/share/hyperion]."),
+    typer.Option("--data-dir", "-d", help="Data directory (env HYPERION_DATA_DIR; default ~/.local/share/hyperion)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Write the file here.")]

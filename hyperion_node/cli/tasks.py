@@ -22,7 +22,7 @@ submit_app = typer.Typer(help="Send work to the network through the running node
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option("--data-dir", "-d", help="Data directory [env: HYPERION_DATA_DIR; default ~/.local/share/hyperion]."),
+    typer.Option("--data-dir", "-d", help="Data directory (env HYPERION_DATA_DIR; default ~/.local/share/hyperion)."),
 ]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="User config file (TOML).")]
 
