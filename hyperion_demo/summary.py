@@ -45,7 +45,7 @@ def report(outcomes: Sequence[Outcome], rewards: Sequence[NodeRewards], events: 
         lines.append(f"  {kind:<9} {len(done)}/{of_kind} completed  latency p50 {fmt_ms(_ms(percentile(done, 50)))}"
                      f"  p95 {fmt_ms(_ms(percentile(done, 95)))}  p99 {fmt_ms(_ms(percentile(done, 99)))}")
     if real_node:
-        said = next((o.final.get("output", {}).get("text") for o in outcomes if o.real and o.final), None)
+        said = next((o.final.output.get("text") for o in outcomes if o.real and o.final is not None), None)
         lines.append(f"            {real_node} ran {REAL_MODEL} with llama.cpp"
                      + (f"; its first answer: {_one_line(said)}" if isinstance(said, str) else ": no answer"))
     failed = Counter(o.error or o.state for o in outcomes if o.state in ("failed", "lost"))

@@ -13,6 +13,7 @@ from typing import Any
 import trio
 
 from hyperion_demo.profiles import INFERENCE_ITEM, RENDER_ITEM, ZK_ITEM
+from hyperion_node.tasks.events import Assigned, Failed, Final, Partial
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.service import Job
 
@@ -80,7 +81,7 @@ class Outcome:
     assigned: list[str] = field(default_factory=list)  # every worker it was sent to, in order
     real: bool = False  # for the real llama.cpp node (--real-inference)
     payload: dict[str, Any] = field(default_factory=dict)  # a real task's payload (what the model was asked)
-    final: dict[str, Any] = field(default_factory=dict)  # a real task's final event: output, evidence, receipt
+    final: Final | None = None  # a real task's final event: output, evidence, receipt
 
     @property
     def kind(self) -> str:
@@ -112,19 +113,19 @@ class Tracker:
         async with job.events:
             async for event in job.events:
                 now = trio.current_time() - outcome.submitted
-                if event.kind == "assigned":
-                    outcome.assigned.append(event.worker)
-                elif event.kind == "partial" and outcome.first_output_s is None:
-                    outcome.first_output_s = now
-                elif event.kind == "final":
-                    outcome.state, outcome.worker, outcome.latency_s = "completed", event.worker, now
-                    if outcome.real:
-                        outcome.final = dict(event.data)
-                elif event.kind == "error":
-                    outcome.state = "failed"
-                    reason = event.data.get("reason")  # a no_worker's: all-busy, no-provider, ...
-                    outcome.error = str(event.data.get("type", "error")) + (f" ({reason})" if reason else "")
-                    outcome.message = str(event.data.get("message", ""))
+                match event:
+                    case Assigned():
+                        outcome.assigned.append(event.worker)
+                    case Partial() if outcome.first_output_s is None:
+                        outcome.first_output_s = now
+                    case Final():
+                        outcome.state, outcome.worker, outcome.latency_s = "completed", event.worker, now
+                        if outcome.real:
+                            outcome.final = event
+                    case Failed(kind=kind, reason=reason):  # reason: a no_worker's (all-busy, no-provider, ...)
+                        outcome.state = "failed"
+                        outcome.error = kind.value + (f" ({reason})" if reason else "")
+                        outcome.message = event.message
         if outcome.state == "running":
             outcome.state = "lost"  # the stream ended with no answer: the requesting node died under it
 

@@ -18,9 +18,10 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import dashboard, guard, metrics, openai, streaming
+from hyperion_node.api import dashboard, errors, guard, metrics, openai, streaming
 from hyperion_node.api import render as render_api
 from hyperion_node.config.loader import ApiSettings
+from hyperion_node.tasks.events import TaskEvent
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob
 from hyperion_node.tasks.render_request import RenderJobRequest
@@ -151,15 +152,15 @@ def routes(node: NodeView) -> FastAPI:
         if isinstance(spec, str):
             return JSONResponse({"error": spec}, status_code=400)
         started = await streaming.start(node.submit(spec))
-        if started.error is not None:
+        failure = started.error
+        if failure is not None:
             started.job.cancel()
-            return JSONResponse({"error": started.error.data.get("message", ""), **started.error.data},
-                                status_code=int(started.error.data.get("status", 500)),
+            return JSONResponse({"error": failure.message, **errors.fields(failure)},
+                                status_code=errors.status(failure),
                                 headers={"x-hyperion-task-id": started.job.task_id})
 
-        def render(event: Any) -> list[bytes]:
-            return [streaming.ndjson({"event": event.kind, "task_id": event.task_id, "worker": event.worker,
-                                      **event.data})]
+        def render(event: TaskEvent) -> list[bytes]:
+            return [streaming.ndjson(streaming.task_json(event))]
 
         return StreamingResponse(streaming.stream_bytes(started, render), media_type="application/x-ndjson",
                                  headers={"x-hyperion-task-id": started.job.task_id,

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from hyperion_node.api import streaming
+from hyperion_node.api import errors, streaming
+from hyperion_node.tasks.events import Failed, FailureKind, Final, Partial, TaskEvent
 from hyperion_node.tasks.model import TaskSpec
-from hyperion_node.tasks.requester import TaskEvent
 from hyperion_node.tasks.service import Job
 
 RUNTIME = "inference"
@@ -92,18 +92,20 @@ def _payload(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any] | JSONRes
     return payload
 
 
-def _job_error(event: TaskEvent, model: str, node: InferenceNode) -> JSONResponse:
-    data = event.data
-    status = int(data.get("status", 500))
-    headers = {"x-hyperion-task-id": event.task_id}
-    if status == 503 and data.get("reason") == "no-provider" and model not in node.served_models(include_gone=True):
+def _job_error(failure: Failed | None, task_id: str, model: str, node: InferenceNode) -> JSONResponse:
+    """The answer to a job that failed (``None``: it ended without a result)."""
+    headers = {"x-hyperion-task-id": task_id}
+    if failure is None:  # code "None": what this answer has always said (str() of no reason); kept as it was
+        return error(500, "", "error", code="None", headers=headers)
+    no_worker = failure.kind is FailureKind.NO_WORKER
+    if no_worker and failure.reason == "no-provider" and model not in node.served_models(include_gone=True):
         models = ", ".join(sorted(node.served_models())) or "none"
         return error(404, f"the model {model!r} is not served by any known peer; available: {models}",
                      "invalid_request_error", param="model", code="model_not_found", headers=headers)
-    if status == 503 and data.get("retry_after_s") is not None:
-        headers["Retry-After"] = str(max(1, round(float(data["retry_after_s"]))))
-    return error(status, str(data.get("message", "")), str(data.get("type", "error")),
-                 code=str(data.get("reason") or data.get("type")), headers=headers)
+    if no_worker and failure.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(failure.retry_after_s)))
+    return error(errors.status(failure), failure.message, failure.kind.value,
+                 code=failure.reason or failure.kind.value, headers=headers)
 
 
 def build_router(node: InferenceNode) -> APIRouter:
@@ -130,7 +132,7 @@ def build_router(node: InferenceNode) -> APIRouter:
         started = await streaming.start(node.submit(spec))
         if started.error is not None:
             started.job.cancel()
-            return _job_error(started.error, model, node)
+            return _job_error(started.error, started.job.task_id, model, node)
         headers = {"x-hyperion-task-id": started.job.task_id, "x-hyperion-worker": started.worker}
         shape = _Shape(chat=chat, task_id=started.job.task_id, model=model,
                        include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
@@ -138,8 +140,8 @@ def build_router(node: InferenceNode) -> APIRouter:
             return StreamingResponse(streaming.stream_bytes(started, shape.chunks, shape.done),
                                      media_type="text/event-stream", headers=headers)
         partials, last = await streaming.collect(started)
-        if last is None or last.kind == "error":
-            return _job_error(last or TaskEvent("error", started.job.task_id, data={"status": 500}), model, node)
+        if not isinstance(last, Final):
+            return _job_error(last, started.job.task_id, model, node)
         return JSONResponse(shape.whole(partials, last), headers=headers)
 
     @router.post("/v1/completions", summary="OpenAI-compatible text completion, routed to the best peer")
@@ -192,28 +194,28 @@ class _Shape:
         return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 
     def chunks(self, event: TaskEvent) -> list[bytes]:
-        if event.kind == "partial":
-            return [streaming.sse(self._object([self._choice(str(event.data.get("text", "")), None, chunk=True)],
-                                               chunk=True))]
-        if event.kind == "final":
-            output = event.data.get("output", {})
-            out = [streaming.sse(self._object([self._choice(None, output.get("finish_reason", "stop"), chunk=True)],
-                                              chunk=True))]
-            if self.include_usage:
-                out.append(streaming.sse(self._object([], chunk=True, usage=self._usage(output))))
-            return out
-        if event.kind == "error":
-            data = event.data
-            return [streaming.sse({"error": {"message": data.get("message", ""), "type": data.get("type", "error"),
-                                             "param": None, "code": data.get("type")}})]
-        return []
+        match event:
+            case Partial():
+                return [streaming.sse(self._object([self._choice(str(event.data.get("text", "")), None, chunk=True)],
+                                                   chunk=True))]
+            case Final(output=output):
+                out = [streaming.sse(self._object([self._choice(None, output.get("finish_reason", "stop"),
+                                                                chunk=True)], chunk=True))]
+                if self.include_usage:
+                    out.append(streaming.sse(self._object([], chunk=True, usage=self._usage(output))))
+                return out
+            case Failed(kind=kind, message=message):
+                return [streaming.sse({"error": {"message": message, "type": kind.value, "param": None,
+                                                 "code": kind.value}})]
+            case _:
+                return []
 
     @staticmethod
     def done() -> list[bytes]:
         return [b"data: [DONE]\n\n"]
 
-    def whole(self, partials: list[TaskEvent], final: TaskEvent) -> dict[str, Any]:
-        output = final.data.get("output", {})
+    def whole(self, partials: list[Partial], final: Final) -> dict[str, Any]:
+        output = final.output
         text = str(output.get("text", "".join(str(p.data.get("text", "")) for p in partials)))
         return self._object([self._choice(text, output.get("finish_reason", "stop"), chunk=False)], chunk=False,
                             usage=self._usage(output))

@@ -20,15 +20,22 @@ from typing import Any
 import trio
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from hyperion_node.api import errors
 from hyperion_node.api.streaming import ndjson
 from hyperion_node.tasks.exceptions import BadRenderJob
-from hyperion_node.tasks.render_job import RenderJob
+from hyperion_node.tasks.render_job import RenderEvent, RenderFailed, RenderJob
 from hyperion_node.tasks.render_request import RenderJobRequest
 
 END_KINDS = ("done", "error")
 
 
-def wire(event: dict[str, Any]) -> dict[str, Any]:
+def wire(event: RenderEvent) -> dict[str, Any]:
+    """An event as its NDJSON line's object: a PNG as base64, a failure as the ``error`` event."""
+    if isinstance(event, RenderFailed):
+        out = {"event": "error", "job_id": event.job_id, **errors.fields(event.failure)}
+        if event.missing is not None:
+            out["missing"] = list(event.missing)
+        return out
     png = event.get("png")
     if isinstance(png, bytes):
         return {**event, "png": base64.b64encode(png).decode()}
@@ -44,35 +51,43 @@ async def parse(body: dict[str, Any], default_timeout_s: float) -> RenderJobRequ
         return JSONResponse({"error": exc.one_line()}, status_code=400)
 
 
+def _name(event: RenderEvent) -> str:
+    return "error" if isinstance(event, RenderFailed) else str(event["event"])
+
+
 async def answer(job: RenderJob) -> Response:
-    first: list[dict[str, Any]] = []
+    first: list[RenderEvent] = []
     try:
         async for event in job.events:
             first.append(event)
-            if event["event"] in ("frame", *END_KINDS):
+            if _name(event) in ("frame", *END_KINDS):
                 break
     except BaseException:
         job.cancel()
         raise
     last = first[-1] if first else None
-    if last is None or last["event"] == "error":
+    if last is None:
         job.cancel()
-        error = last or {"status": 500, "message": "the render job ended without a result"}
-        return JSONResponse({**error, "error": error.get("message", "")}, status_code=int(error.get("status", 500)),
+        message = "the render job ended without a result"
+        return JSONResponse({"status": 500, "message": message, "error": message}, status_code=500,
+                            headers={"x-hyperion-render-job": job.job_id})
+    if isinstance(last, RenderFailed):
+        job.cancel()
+        return JSONResponse({**wire(last), "error": last.failure.message}, status_code=errors.status(last.failure),
                             headers={"x-hyperion-render-job": job.job_id})
     return StreamingResponse(_body(job, first), media_type="application/x-ndjson",
                              headers={"x-hyperion-render-job": job.job_id})
 
 
-async def _body(job: RenderJob, first: list[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _body(job: RenderJob, first: list[RenderEvent]) -> AsyncIterator[bytes]:
     try:
         for event in first:
             yield ndjson(wire(event))
-        if first[-1]["event"] in END_KINDS:
+        if _name(first[-1]) in END_KINDS:
             return
         async for event in job.events:
             yield ndjson(wire(event))
-            if event["event"] in END_KINDS:
+            if _name(event) in END_KINDS:
                 return
     finally:
         job.cancel()

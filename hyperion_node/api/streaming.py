@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 import trio
 
-from hyperion_node.tasks.requester import TaskEvent
+from hyperion_node.api import errors
+from hyperion_node.tasks.events import Assigned, Failed, Final, Partial, TaskEvent
 from hyperion_node.tasks.service import Job
-
-OUTPUT_KINDS = ("partial", "final", "error")
 
 
 @dataclass
@@ -33,9 +32,9 @@ class Started:
     worker: str
 
     @property
-    def error(self) -> TaskEvent | None:
+    def error(self) -> Failed | None:
         last = self.first[-1] if self.first else None
-        return last if last is not None and last.kind == "error" else None
+        return last if isinstance(last, Failed) else None
 
 
 async def start(job: Job) -> Started:
@@ -45,8 +44,10 @@ async def start(job: Job) -> Started:
     try:
         async for event in job.events:
             first.append(event)
+            if isinstance(event, Failed):
+                break
             worker = event.worker or worker
-            if event.kind in OUTPUT_KINDS:
+            if isinstance(event, Partial | Final):
                 break
     except BaseException:
         job.cancel()
@@ -59,26 +60,45 @@ async def events(started: Started) -> AsyncIterator[TaskEvent]:
     try:
         for event in started.first:
             yield event
-        if started.first and started.first[-1].kind in ("final", "error"):
+        if started.first and isinstance(started.first[-1], Final | Failed):
             return
         async for event in started.job.events:
             yield event
-            if event.kind in ("final", "error"):
+            if isinstance(event, Final | Failed):
                 return
     finally:
         started.job.cancel()
 
 
-async def collect(started: Started) -> tuple[list[TaskEvent], TaskEvent | None]:
-    """Run a started job to its end: (its partial results, its final or error event)."""
-    partials: list[TaskEvent] = []
-    last: TaskEvent | None = None
+async def collect(started: Started) -> tuple[list[Partial], Final | Failed | None]:
+    """Run a started job to its end: (its partial results, its final or failed event)."""
+    partials: list[Partial] = []
+    last: Final | Failed | None = None
     async for event in events(started):
-        if event.kind == "partial":
+        if isinstance(event, Partial):
             partials.append(event)
-        elif event.kind in ("final", "error"):
+        elif isinstance(event, Final | Failed):
             last = event
     return partials, last
+
+
+def task_json(event: TaskEvent) -> dict[str, Any]:
+    """One event of ``POST /api/tasks``'s NDJSON answer: ``event`` (assigned, partial, final or error),
+    ``task_id``, ``worker`` (empty in an error), then the event's own fields."""
+    match event:
+        case Assigned():
+            return {"event": "assigned", "task_id": event.task_id, "worker": event.worker, "local": event.local,
+                    "score": round(event.score, 4)}
+        case Partial():
+            return {"event": "partial", "task_id": event.task_id, "worker": event.worker, **event.data}
+        case Final():
+            return {"event": "final", "task_id": event.task_id, "worker": event.worker, "output": event.output,
+                    "receipt_id": event.receipt_id, "units": event.units, "total_atto": str(event.total_atto),
+                    "evidence": event.evidence}
+        case Failed():
+            return {"event": "error", "task_id": event.task_id, "worker": "", **errors.fields(event)}
+        case _:
+            assert_never(event)
 
 
 def sse(data: Any) -> bytes:

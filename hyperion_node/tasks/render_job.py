@@ -7,8 +7,8 @@ countersigning, history. The coordinator reads every chunk's events through one 
     frame     checks that the PNG decodes to the pixel hash it came with, keeps it once (``frame_arrived``),
               hands it to the client (the API streams it; the CLI writes it to disk)
     final     the chunk is done; its receipt goes into the summary; a frame it skipped is reassigned
-    error     the worker is dropped and its unrendered frames reassigned (a 400 -- the request itself is
-              wrong -- ends the job instead: every worker would refuse it)
+    failed    the worker is dropped and its unrendered frames reassigned (an invalid request -- the request
+              itself is wrong -- ends the job instead: every worker would refuse it)
     stall     no frame from a running chunk for ``stall_timeout_s``: its task is cancelled (the worker kills
               Blender), the worker dropped, its frames reassigned
 
@@ -31,12 +31,12 @@ import trio
 
 from hyperion_node.errors import HyperionError, InternalError
 from hyperion_node.scheduler.candidates import Candidate
+from hyperion_node.tasks.events import Assigned, Failed, FailureKind, Final, Partial, TaskEvent, failed
 from hyperion_node.tasks.exceptions import BadRenderJob, NoWorker, RenderJobFailed
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_plan import DEFAULT_STARTUP_S, RenderPlan, worker_speeds
 from hyperion_node.tasks.render_request import RenderJobRequest
-from hyperion_node.tasks.requester import TaskEvent
-from hyperion_node.tasks.service import Job, error_event
+from hyperion_node.tasks.service import Job
 from hyperion_node.trio_types import TaskStatus
 
 log = structlog.get_logger(__name__)
@@ -188,7 +188,7 @@ class RenderCoordinator:
                 try:
                     async for event in job.events:
                         await send.send((chunk_id, event))
-                        if event.kind in ("final", "error"):
+                        if isinstance(event, Final | Failed):
                             return
                 finally:
                     job.cancel()  # a stall, the job's end or the client leaving: reset the worker's stream
@@ -199,25 +199,28 @@ class RenderCoordinator:
         chunk = plan.chunk(chunk_id)
         peer = chunk.worker
         current = plan.workers[peer].running is chunk  # False: the worker was dropped; a late frame may still count
-        if event is None:
-            if current:
-                await self._drop(peer, "its task ended without a result")
-        elif event.kind == "partial":
-            await self._frame(chunk_id, event, current)
-        elif event.kind == "final":
-            self._receipts.append({"worker": peer, "frames": [chunk.first, chunk.last], "task_id": event.task_id,
-                                   "receipt_id": event.data.get("receipt_id"), "units": event.data.get("units")})
-            lost = plan.chunk_ended(chunk_id, trio.current_time()) if current else ()
-            if lost:
-                await self._send({"event": "reassigned", "worker": peer, "frames": list(lost),
-                                  "reason": "its task completed without them"})
-        elif event.kind == "error":
-            if event.data.get("status") == 400:
-                raise BadRenderJob(str(event.data.get("message", "the workers refused the render request")))
-            if current:
-                await self._drop(peer, str(event.data.get("message", "its task failed")))
+        match event:
+            case None:
+                if current:
+                    await self._drop(peer, "its task ended without a result")
+            case Assigned():
+                pass  # the chunk is pinned to its worker: nothing new
+            case Partial():
+                await self._frame(chunk_id, event, current)
+            case Final(task_id=task_id, receipt_id=receipt_id, units=units):
+                self._receipts.append({"worker": peer, "frames": [chunk.first, chunk.last], "task_id": task_id,
+                                       "receipt_id": receipt_id, "units": units})
+                lost = plan.chunk_ended(chunk_id, trio.current_time()) if current else ()
+                if lost:
+                    await self._send({"event": "reassigned", "worker": peer, "frames": list(lost),
+                                      "reason": "its task completed without them"})
+            case Failed(kind=kind, message=message):
+                if kind is FailureKind.INVALID_REQUEST:  # the request itself is wrong: every worker would refuse it
+                    raise BadRenderJob(message)
+                if current:
+                    await self._drop(peer, message)
 
-    async def _frame(self, chunk_id: int, event: TaskEvent, current: bool) -> None:
+    async def _frame(self, chunk_id: int, event: Partial, current: bool) -> None:
         plan, data = self.plan, event.data
         chunk = plan.chunk(chunk_id)
         frame, png, claimed = data.get("frame"), data.get("png"), data.get("pixels_sha256")
@@ -261,10 +264,25 @@ class RenderCoordinator:
             self._plan.shift_clocks(trio.current_time() - before)  # a slow client is no worker's stall
 
 
+@dataclass(frozen=True)
+class RenderFailed:
+    """A render job's last event when it did not complete: why (``failure``, whose ``task_id`` is the job's
+    ID), and the frames that no worker rendered when workers ran out (``RenderJobFailed``)."""
+
+    job_id: str
+    failure: Failed
+    missing: tuple[int, ...] | None = None
+
+
+# A render job's events: plain dicts (plan, chunk, frame, progress, reassigned, done), the API's NDJSON as
+# they are (PNG bytes aside), or its failure, whose HTTP status the API chooses.
+RenderEvent = dict[str, Any] | RenderFailed
+
+
 @dataclass
 class RenderJob:
     job_id: str
-    events: trio.MemoryReceiveChannel[dict[str, Any]]
+    events: trio.MemoryReceiveChannel[RenderEvent]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
     def cancel(self) -> None:
@@ -292,13 +310,13 @@ class RenderJobs:
     def submit(self, request: RenderJobRequest) -> RenderJob:
         if self._nursery is None:
             raise InternalError("a render job was submitted before the render jobs component started")
-        send, receive = trio.open_memory_channel[dict[str, Any]](EVENT_BUFFER)
+        send, receive = trio.open_memory_channel[RenderEvent](EVENT_BUFFER)
         job = RenderJob(secrets.token_hex(8), receive)
         self._nursery.start_soon(self._run, request, job, send)
         return job
 
     async def _run(self, request: RenderJobRequest, job: RenderJob,
-                   send: trio.MemorySendChannel[dict[str, Any]]) -> None:
+                   send: trio.MemorySendChannel[RenderEvent]) -> None:
         with job.scope, structlog.contextvars.bound_contextvars(render_job=job.job_id):
             async with send:
                 try:
@@ -309,11 +327,9 @@ class RenderJobs:
                 except (HyperionError, trio.TooSlowError) as exc:
                     self.stats["failed"] += 1
                     log.info("render_job_failed", error=str(exc) or type(exc).__name__)
-                    data = error_event(job.job_id, exc).data
-                    if isinstance(exc, RenderJobFailed):
-                        data["missing"] = exc.missing
+                    missing = tuple(exc.missing) if isinstance(exc, RenderJobFailed) else None
                     try:
-                        await send.send({"event": "error", "job_id": job.job_id, **data})
+                        await send.send(RenderFailed(job.job_id, failed(job.job_id, exc), missing))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # nobody is listening any more
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -325,7 +341,6 @@ class RenderJobs:
                     log.exception("render_job_crashed")
                     with trio.move_on_after(1):
                         try:
-                            await send.send({"event": "error", "job_id": job.job_id,
-                                             **error_event(job.job_id, exc).data})
+                            await send.send(RenderFailed(job.job_id, failed(job.job_id, exc)))
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             return

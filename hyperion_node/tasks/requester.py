@@ -37,6 +37,7 @@ from hyperion_node.protocols import task as task_protocol
 from hyperion_node.scheduler.candidates import Candidate, CandidateSet, TaskRequirements
 from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, Outcome, OutcomeKind, Scheduler, ScoredCandidate
 from hyperion_node.tasks.checks import check_result
+from hyperion_node.tasks.events import Assigned, Final, Partial, TaskEvent
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import HistoryWriter, now_ms
 from hyperion_node.tasks.messages import (
@@ -62,21 +63,12 @@ from hyperion_node.tasks.model import FINAL_STATES, Attempt, TaskRecord, TaskSpe
 from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import STREAM_ERRORS, STREAM_ERRORS_OR_TIMEOUT, read_frame, reset_quietly
 from hyperion_node.tasks.worker import Execution, Ticket, Worker
-from runtimes.interface import Partial, Tally
+from runtimes.interface import Partial as RuntimePartial
+from runtimes.interface import Tally
 
 log = structlog.get_logger(__name__)
 
 TASK_PROTOCOL = TProtocol(task_protocol.PROTOCOL_ID)
-
-
-@dataclass(frozen=True)
-class TaskEvent:
-    """What the caller of a task sees, in order: assigned (maybe several times), partial..., then final."""
-
-    kind: str  # "assigned", "partial", "final"
-    task_id: str
-    worker: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 Send = Callable[[TaskEvent], Awaitable[None]]
@@ -96,7 +88,7 @@ class _Try:
     rejected: str = ""  # the worker said the task cannot run as asked
     ttft_s: float | None = None
     units_per_s: float | None = None
-    final: TaskEvent | None = None  # sent to the caller once the task's completion is on disk
+    final: Final | None = None  # sent to the caller once the task's completion is on disk
 
 
 class Requester:
@@ -194,8 +186,7 @@ class Requester:
         record.worker = peer
         record.move(TaskState.ASSIGNED, now_ms())
         self.history.save_soon(record)
-        await send(TaskEvent("assigned", record.task_id, peer, {"local": choice.candidate.local,
-                                                                "score": round(choice.score, 4)}))
+        await send(Assigned(record.task_id, peer, local=choice.candidate.local, score=choice.score))
         request = TaskRequest(task_id=record.task_id, runtime=spec.runtime, item=spec.item, payload=spec.payload,
                               requester=self.peer_id, deadline_s=max(0.0, deadline - trio.current_time()),
                               max_price_per_unit=spec.max_price_per_unit, min_memory_bytes=spec.min_memory_bytes)
@@ -229,9 +220,9 @@ class Requester:
         record.move(TaskState.RUNNING, now_ms())
         self.history.save_soon(record)
 
-        async def emit(partial: Partial) -> None:
+        async def emit(partial: RuntimePartial) -> None:
             clock.partial()
-            await send(TaskEvent("partial", record.task_id, self.peer_id, dict(partial.data)))
+            await send(Partial(record.task_id, self.peer_id, dict(partial.data)))
 
         try:
             done: Execution = await self.worker.execute(ticket, emit)
@@ -289,7 +280,7 @@ class Requester:
                         tally.partial(msg.data)
                     if secrets.randbelow(partials) == 0:  # a reservoir of one: the worker cannot tell which
                         sample = dict(msg.data)
-                    await send(TaskEvent("partial", record.task_id, peer, dict(msg.data)))
+                    await send(Partial(record.task_id, peer, dict(msg.data)))
                 elif isinstance(msg, FinalResult):
                     signed = self._check_final(peer, request, msg)
                     self._check_bill(signed, msg, tally, offered_price, request.max_price_per_unit)
@@ -363,16 +354,15 @@ class Requester:
             raise MalformedFrame("bad_bill", "the bill: " + "; ".join(problems))
 
     async def _settle(self, settled: SignedReceipt, record: TaskRecord, output: dict[str, Any],
-                      clock: _Clock) -> TaskEvent:
+                      clock: _Clock) -> Final:
         with trio.CancelScope(shield=True):
             await self.ledger.append(settled)
         receipt = settled.receipt
         record.result = {"receipt_id": settled.id.hex(), "units": receipt.units, "total_atto": str(receipt.total),
                          "ttft_ms": None if clock.ttft() is None else round((clock.ttft() or 0) * 1000, 1),
                          "partials": clock.count}
-        return TaskEvent("final", record.task_id, receipt.worker, {
-            "output": output, "receipt_id": settled.id.hex(), "units": receipt.units,
-            "total_atto": str(receipt.total), "evidence": dict(receipt.evidence)})
+        return Final(record.task_id, receipt.worker, output, receipt_id=settled.id.hex(), units=receipt.units,
+                     total_atto=receipt.total, evidence=dict(receipt.evidence))
 
 
 @dataclass

