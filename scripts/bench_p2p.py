@@ -3,8 +3,8 @@
 For each network size N it reports, in this order (idle first, then with work):
   * idle CPU per daemon (% of one core, median and max over the daemons) over ``--window`` seconds, once
     every daemon has started and ``--settle`` seconds have passed;
-  * messages received per node per minute over the same window: every incoming stream (liveness pings, DHT
-    queries, presence subscriptions) and every heartbeat; and connections per node (median, max);
+  * messages received per node per minute over the same window: every liveness ping, every incoming stream
+    (DHT queries, presence subscriptions) and every heartbeat; and connections per node (median, max);
   * DHT provider lookups of the model from nodes that do not serve it, p50 / p95, beside the same node's
     /api/health round trip (the HTTP cost both share), measured side by side;
   * heartbeat propagation to the nodes that need it: a few requesters route tasks (so they subscribe to the
@@ -64,7 +64,9 @@ def complete(node: NodeProcess, prompt: str, max_tokens: int = 1) -> httpx.Respo
 def counts(node: NodeProcess) -> tuple[float, int]:
     status = node.get("/api/p2p")
     received = status["stats"]["received"]
-    return received.get("streams_in", 0) + received.get("/hyperion/presence/2", 0), int(status["connected"])
+    # Pings on a kept ping stream open no stream: each is counted on its own (pings_in).
+    messages = received.get("streams_in", 0) + received.get("pings_in", 0) + received.get("/hyperion/presence/2", 0)
+    return messages, int(status["connected"])
 
 
 def idle(nodes: list[NodeProcess], window: float) -> dict[str, Any]:

@@ -157,25 +157,111 @@ def refuse_banned_streams(host: Any, banned: Callable[[str], bool], on_refused: 
     network.set_stream_handler(gated)
 
 
+# A ping stream with no ping for this long is closed (peers ping every p2p.heartbeat_interval_s, 5 s by
+# default; py-libp2p's own handler closes after 10 s, which a longer interval would hit at every ping).
+PING_IDLE_S = 60.0
+PING_STREAMS_PER_PEER = 2  # as py-libp2p's handler: a peer's pings need one stream, a reconnect a second
+
+
+class PingAnswerer:
+    """``/ipfs/ping/1.0.0``, answering side: echo each 32-byte ping on a stream for as long as the peer keeps
+    it, counting each one (``on_ping``: a ping on a kept stream opens no stream, so stream counts miss it).
+    Replaces py-libp2p's handler, whose idle timeout is shorter than a slow heartbeat interval."""
+
+    def __init__(self, on_ping: Callable[[], None]) -> None:
+        self._on_ping = on_ping
+        self._open: dict[ID, int] = {}
+
+    async def handle(self, stream: INetStream) -> None:
+        peer = stream.muxed_conn.peer_id
+        if self._open.get(peer, 0) >= PING_STREAMS_PER_PEER:
+            await _close_quietly(stream, peer)
+            return
+        self._open[peer] = self._open.get(peer, 0) + 1
+        try:
+            while True:
+                with trio.move_on_after(PING_IDLE_S):
+                    payload = await _read_ping(stream)
+                    if payload is None:
+                        break  # the peer closed the stream between pings
+                    self._on_ping()
+                    await stream.write(payload)
+                    continue
+                break  # idle for PING_IDLE_S
+            with trio.move_on_after(1.0):
+                await stream.close()
+        except Exception as exc:  # a reset, a broken connection, a short read: the stream is done
+            log.debug("ping_stream_ended", peer=str(peer), error=type(exc).__name__)
+            await _close_quietly(stream, peer)
+        finally:
+            left = self._open.get(peer, 1) - 1
+            if left > 0:
+                self._open[peer] = left
+            else:
+                self._open.pop(peer, None)
+
+
+async def _read_ping(stream: INetStream) -> bytes | None:
+    """The next ping's 32 bytes, or None when the stream ends cleanly before one begins."""
+    data = b""
+    while len(data) < PING_LENGTH:
+        chunk = await stream.read(PING_LENGTH - len(data))
+        if not chunk:
+            if not data:
+                return None
+            raise ConnectionError("the ping stream ended inside a ping")
+        data += chunk
+    return data
+
+
+async def _close_quietly(stream: INetStream, peer_id: ID) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+        try:
+            await stream.reset()
+        except Exception as exc:  # the stream is gone already: nothing to close
+            log.debug("ping_stream_close_failed", peer=str(peer_id), error=type(exc).__name__)
+
+
 class Libp2pHost:
     """The py-libp2p host as ``P2PNetwork`` uses it: its own methods, plus ``ping`` and ``disconnect`` (on the
     network object), so that the in-memory fabric's host, which has the same methods, can stand in for it."""
 
     def __init__(self, host: Any) -> None:
         self._host = host
+        # One ping stream per connected peer, kept between pings (the ping protocol echoes any number of
+        # 32-byte pings on one stream): a new stream per ping cost a yamux open, a multistream-select
+        # negotiation and a close each way, about four times the frames of the ping itself.
+        self._ping_streams: dict[ID, INetStream] = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._host, name)
 
     async def ping(self, peer_id: ID) -> list[float]:
-        """One libp2p ping (``/ipfs/ping/1.0.0``: 32 random bytes echoed) on a stream of its own; the round
-        trip in ms. py-libp2p's ``PingService`` opens each peer's ping stream under one lock shared by every
-        peer, so one connection whose stream hangs stalled the pings of all others (seen: healthy providers
-        declared dead during a flood of one of them). A peer no longer connected is not dialled: liveness pings
-        the connections that are, and a ping that raced the pruner must not open the connection again."""
+        """One libp2p ping (``/ipfs/ping/1.0.0``: 32 random bytes echoed); the round trip in ms. The peer's
+        ping stream is reused while it works; a ping that fails on it closes it and tries once on a new one
+        (the peer may have closed an idle stream). py-libp2p's ``PingService`` opens each peer's ping stream
+        under one lock shared by every peer, so one connection whose stream hangs stalled the pings of all
+        others (seen: healthy providers declared dead during a flood of one of them): each peer's stream is
+        its own here. A peer no longer connected is not dialled: liveness pings the connections that are,
+        and a ping that raced the pruner must not open the connection again."""
         if not self._host.get_network().connections.get(peer_id):
+            self.drop_ping_stream(peer_id)
             raise ConnectionError("not connected")
+        kept = self._ping_streams.pop(peer_id, None)  # taken: a concurrent ping opens a stream of its own
+        if kept is not None:
+            try:
+                return await self._ping_on(peer_id, kept)
+            except (trio.TooSlowError, trio.Cancelled):
+                raise
+            except Exception as exc:  # a stream the peer closed or reset while idle: a fresh one below
+                log.debug("ping_stream_renewed", peer=str(peer_id), error=type(exc).__name__)
         stream = await self._host.new_stream(peer_id, [PING_PROTOCOL_ID])
+        return await self._ping_on(peer_id, stream)
+
+    async def _ping_on(self, peer_id: ID, stream: INetStream) -> list[float]:
+        """A ping on ``stream``, kept for the next one when it succeeds and closed when it does not
+        (cancellation included: a stream left mid-ping would pair the next ping with this one's echo)."""
+        ok = False
         try:
             payload = secrets.token_bytes(PING_LENGTH)
             start = time.perf_counter()
@@ -188,13 +274,19 @@ class Libp2pHost:
                 echoed += chunk
             if echoed != payload:
                 raise ConnectionError("the ping echo does not match")
-            return [(time.perf_counter() - start) * 1000]
+            rtt = (time.perf_counter() - start) * 1000
+            ok = True
         finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                try:
-                    await stream.close()
-                except Exception as exc:  # the stream is gone already: nothing to close
-                    log.debug("ping_stream_close_failed", peer=str(peer_id), error=type(exc).__name__)
+            if ok and peer_id not in self._ping_streams:
+                self._ping_streams[peer_id] = stream
+            else:
+                await _close_quietly(stream, peer_id)
+        return [rtt]
+
+    def drop_ping_stream(self, peer_id: ID) -> None:
+        """A connection of the peer closed: its ping stream may have gone with it (if it did not, the next
+        ping opens another, and the old one ends with its connection)."""
+        self._ping_streams.pop(peer_id, None)
 
     def peer_addrs(self, peer_id: ID) -> tuple[str, ...]:
         """The addresses the peerstore holds for a peer (what it told identify it listens on, or what we
@@ -248,6 +340,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
                  validator_changed=True, strict_validation=True)
     name_dht_senders(raw, dht)
     bound_value_store(dht)
+    raw.set_stream_handler(PING_PROTOCOL_ID, PingAnswerer(lambda: stats.received.update(("pings_in",))).handle)
     host = Libp2pHost(raw)
     try:
         async with raw.run(listen_addrs=listen):
@@ -257,8 +350,13 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
                 if not any(transport in a for a in bound):
                     raise EnvironmentProblem(f"the P2P host could not listen on {wanted}",
                                              hint=f"is the port in use? set {key} (0 picks a free one)")
-            raw.get_network().register_notifee(
-                ConnectionEvents(on_connection, table.banned, lambda peer: stats.reject("connection", "banned")))
+            def connection_changed(peer: ID, connected: bool) -> None:
+                if not connected:
+                    host.drop_ping_stream(peer)
+                on_connection(peer, connected)
+
+            raw.get_network().register_notifee(ConnectionEvents(
+                connection_changed, table.banned, lambda peer: stats.reject("connection", "banned")))
             swarm: Any = raw.get_network()
             swarm.auto_connector._started = False  # its periodic loop ends; Liveness dials instead
             async with background_trio_service(dht), trio.open_nursery() as nursery:

@@ -97,7 +97,9 @@ class Growing:
 def _counts(node: NodeProcess) -> dict[str, float]:
     status = node.get("/api/p2p")
     received = status["stats"]["received"]
-    return {"messages": received.get("streams_in", 0) + received.get("/hyperion/presence/2", 0),
+    # A ping on a kept ping stream opens no stream: pings are counted on their own.
+    return {"messages": received.get("streams_in", 0) + received.get("pings_in", 0)
+            + received.get("/hyperion/presence/2", 0),
             "connections": status["connected"]}
 
 
