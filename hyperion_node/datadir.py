@@ -52,8 +52,11 @@ def private_file_problem(path: Path) -> PrivateFileProblem | None:
         return PrivateFileProblem(f"is open to other users (mode {mode:04o})", f"chmod 600 {path}")
     uid = os.geteuid()
     if st.st_uid != uid:
+        # Root is never told to take the file: a service's files would become root's, and the service could not
+        # start. It runs the command as the owner instead.
+        fix = f"sudo -u '#{st.st_uid}' hyperion-node <command>" if uid == 0 else f"chown {uid} {path}"
         return PrivateFileProblem(f"belongs to another user (uid {st.st_uid}; this process runs as uid {uid})",
-                                  f"chown {uid} {path}")
+                                  fix)
     return None
 
 
@@ -154,6 +157,9 @@ def running_pid(data_dir: DataDir) -> int | None:
         fd = os.open(data_dir.lock_path, os.O_RDONLY)
     except FileNotFoundError:
         return None
+    except PermissionError as exc:
+        raise EnvironmentProblem(f"this user cannot read the data dir {data_dir.root}",
+                                 hint="run the command as the user that runs the node") from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

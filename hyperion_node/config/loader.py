@@ -31,6 +31,11 @@ _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "console", "json")
 # api.max_body_bytes below this would refuse the CLI's own requests (a task with a prompt, a small scene).
 MIN_BODY_BYTES = 64 * 1024
+# Keys that a release renamed: a file that still sets one is refused with the new name (issue #22 removed
+# gossipsub and, with it, these).
+RENAMED = {"p2p.gossip_degree": "p2p.target_connections",
+           "p2p.gossip_rate_per_peer": "p2p.heartbeat_rate_per_peer",
+           "ledger.gossip_interval_s": "ledger.dealings_interval_s"}
 # Tables whose sub-tables may be unknown to the defaults (plugins bring their own settings).
 _OPEN_TABLES = ("runtimes",)
 
@@ -267,6 +272,10 @@ def load_config(
             values[key] = _coerce(key, value, defaults[key], source)
         elif _is_open_key(key, defaults):
             values[key] = value
+        elif key in RENAMED:
+            raise ConfigError(f"this key is now {RENAMED[key]}", source=source, key=key,
+                              expected=f"{RENAMED[key]}; the renamed keys and their defaults are in "
+                                       "docs/configuration.md")
         else:
             known = ", ".join(sorted(k for k in defaults if k.split(".")[0] == key.split(".")[0])) or "none"
             raise ConfigError("unknown key", source=source, key=key, expected=f"one of: {known}")

@@ -167,3 +167,10 @@ def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_config(config_file=tmp_path / "nope.toml", environ={"HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize(("old", "new"), [("p2p.gossip_degree", "p2p.target_connections"),
+                                          ("ledger.gossip_interval_s", "ledger.dealings_interval_s")])
+def test_a_renamed_key_is_refused_with_its_new_name(old: str, new: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{old}: this key is now {new}"):
+        load_config(data_dir=Path("/nonexistent/hyperion-test"), environ={}, sets=[f"{old}=1"])
