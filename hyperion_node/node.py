@@ -141,11 +141,17 @@ class Node:
                       "try again later, or ask another peer")
             else:
                 bad = [f"{a} ({e})" for a, ok, e in result.results if not ok]
-                check("reachable from peers", not bad and bool(result.results),
-                      f"{live[0].name or live[0].peer_id} dialled " + ", ".join(
-                          f"{a}: {'ok' if ok else e}" for a, ok, e in result.results),
-                      f"open or forward TCP port {p2p.settings.tcp_port} in the firewall/router, or set "
-                      f"p2p.announce_addrs to the forwarded address; unreachable: {', '.join(bad)}")
+                if not result.results:  # the peer sees us at an address we do not listen on: NAT
+                    check("reachable from peers", False,
+                          f"{live[0].name or live[0].peer_id} sees this node at an address it does not listen on",
+                          f"behind NAT: forward TCP port {p2p.settings.tcp_port} on the router and set "
+                          "p2p.announce_addrs to the public address")
+                else:
+                    check("reachable from peers", not bad,
+                          f"{live[0].name or live[0].peer_id} dialled " + ", ".join(
+                              f"{a}: {'ok' if ok else e}" for a, ok, e in result.results),
+                          f"open or forward TCP port {p2p.settings.tcp_port} in the firewall/router, or set "
+                          f"p2p.announce_addrs to the forwarded address; unreachable: {', '.join(bad)}")
         if p2p.settings.quic:
             check("QUIC reachable", None,
                   "not checked: a dial-back cannot tell an unanswered UDP port from a closed one",

@@ -81,7 +81,10 @@ class Dialback:
             results.append((addr, await self._probe(*target), ""))
         if refused:
             self.stats.reject("dialback", "not_yours")
-            self.table.penalize(remote, "dialback_refused")
+            # An honest node lists every address it listens on (loopback, LAN, public) and cannot know which one
+            # we see; only a request with none of its own is an attempt to aim our dials at someone else.
+            if not results:
+                self.table.penalize(remote, "dialback_refused")
             log.info("dialback_refused", peer=remote, refused=refused, observed=observed[0] if observed else None)
         conversation.sending(TYPE_DIALBACK_RESULT)
         await stream.write(encode_frame(DialbackResult(tuple(results)).seal(self.identity)))
