@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -24,7 +24,7 @@ import trio
 from hyperion_node.ledger.rewards import price_offers
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
-from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext, Tally
+from runtimes.interface import BenchmarkResult, HardwareSummary, Offer, Runtime, RuntimeContext, Tally, Verifier
 
 ENTRY_POINT_GROUP = "hyperion.runtimes"
 log = structlog.get_logger(__name__)
@@ -141,10 +141,9 @@ class RuntimeRegistry:
         finally:
             await self.aclose()
 
-    def tally(self, runtime: str, payload: Mapping[str, Any]) -> Tally | None:
-        """The runtime's count of one result (``runtimes.interface.Tally``), for checking a peer's bill; None
-        when the runtime is not installed or its factory offers none. Works for runtimes that are disabled
-        or did not start here: a requester checks bills for work it does not serve itself."""
+    def _factory(self, runtime: str) -> Any:
+        """The runtime's factory (usually its class), loaded from its entry point if it is not running here;
+        None when it is not installed or cannot be loaded."""
         factory = self._factories.get(runtime)
         if factory is None:
             ep = next((e for e in self._entry_points() if e.name == runtime), None)
@@ -156,8 +155,33 @@ class RuntimeRegistry:
                 log.warning("runtime_not_loadable", runtime=runtime, error=f"{type(exc).__name__}: {exc}")
                 return None
             self._factories[runtime] = factory
-        make = getattr(factory, "tally", None)
+        return factory
+
+    def tally(self, runtime: str, payload: Mapping[str, Any]) -> Tally | None:
+        """The runtime's count of one result (``runtimes.interface.Tally``), for checking a peer's bill; None
+        when the runtime is not installed or its factory offers none. Works for runtimes that are disabled
+        or did not start here: a requester checks bills for work it does not serve itself."""
+        make = getattr(self._factory(runtime), "tally", None)
         return None if make is None else make(payload)
+
+    def result_check(self, runtime: str) -> Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]],
+                                                       str] | None:
+        """The runtime's cheap check of a result (``check_result`` on its class: ``runtimes.interface``),
+        usable whether or not the runtime runs here; None when it has none."""
+        check = getattr(self._factory(runtime), "check_result", None)
+        return check if callable(check) else None
+
+    def verifier(self, runtime: str) -> Verifier | None:
+        """The running runtime, when it can spot-check another worker's result (``runtimes.interface.Verifier``)."""
+        loaded = self.loaded.get(runtime)
+        return loaded.runtime if loaded is not None and isinstance(loaded.runtime, Verifier) else None
+
+    def checkable(self, runtime: str) -> bool:
+        """Whether results of ``runtime`` can be checked for less than the work: by its cheap check anywhere,
+        or by a spot check where a node runs it."""
+        factory = self._factory(runtime)
+        return factory is not None and (callable(getattr(factory, "check_result", None))
+                                        or callable(getattr(factory, "verify", None)))
 
     def offers(self) -> list[Offer]:
         """What this node offers, priced as advertised (auto prices filled in): the one source for adverts,

@@ -22,6 +22,17 @@ The requester's side needs no running runtime: before it countersigns a peer's b
 *class* (what the entry point names) for ``tally(payload)``, a :class:`Tally` that counts the streamed
 result and says how many work units it may be billed. A runtime without ``tally`` has its bills checked for
 price and total only.
+
+Two more optional hooks let the node check other workers' results without knowing any runtime by name
+(``hyperion_node/runtime_registry.py`` looks them up):
+
+* ``check_result(payload, output, evidence) -> str`` on the *class* (a static method): a check cheap enough
+  to run on every result before countersigning it, with no running runtime (a Groth16 proof verifies in a
+  fraction of the proving time); ``""`` when the result stands, else why not. It also settles spot checks.
+* ``verify(payload, output, evidence, *, sample=None, chunks=1) -> Verdict`` on a running runtime
+  (:class:`Verifier`): a spot check, costing a share of the work (inference: one batched prefill against the
+  worker's logit commitments, ``chunks`` of them; render: one ``sample`` frame rendered again). Each runtime
+  takes both keywords and uses what applies to it.
 """
 
 from __future__ import annotations
@@ -179,6 +190,15 @@ class Runtime(Protocol):
 
     async def aclose(self) -> None:
         """Release models, processes and files."""
+        ...
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """A running runtime that can spot-check another worker's result (module docstring)."""
+
+    async def verify(self, payload: Mapping[str, JSON], output: Mapping[str, JSON], evidence: Mapping[str, JSON],
+                     *, sample: Mapping[str, JSON] | None = None, chunks: int = 1) -> Verdict:
         ...
 
 

@@ -284,7 +284,8 @@ class Requester:
                 elif isinstance(msg, FinalResult):
                     signed = self._check_final(peer, request, msg)
                     self._check_bill(signed, msg, tally, offered_price, request.max_price_per_unit)
-                    await check_result(request.runtime, request.payload, msg.output, signed.receipt.evidence)
+                    await check_result(self.worker.runtimes, request.runtime, request.payload, msg.output,
+                                       signed.receipt.evidence)
                     settled = countersign(signed, self.identity)
                     conversation.sending(T_COUNTERSIGN)
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))

@@ -95,7 +95,6 @@ class NotAnswered(Exception):
 _UNANSWERED: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, ProtocolViolation,
                                                 UserError, ReceiptRejected, NotAnswered)
 _NOT_JUDGED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
-CHECKABLE = ("inference", "zk-groth16", "render-blender")  # runtimes with a check cheaper than the work
 BUSY_RETRY_S = 5.0
 # A contested case of this node's own work is judged again this often: the standing of its verifiers grows as
 # this node learns of their dealings (a case often arrives before the receipts that vouch for its signers).
@@ -179,7 +178,7 @@ class SpotChecker:
 
     def after_task(self, runtime: str, item: str, payload: Mapping[str, Any], output: Mapping[str, Any],
                    settled: SignedReceipt, sample: Mapping[str, Any] | None = None) -> None:
-        if (self._nursery is None or runtime not in CHECKABLE or settled.receipt.worker == self.peer_id
+        if (self._nursery is None or not self.runtimes.checkable(runtime) or settled.receipt.worker == self.peer_id
                 or self._rng.random() >= self.settings.fraction):
             return
         self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output, sample),
@@ -307,7 +306,7 @@ class SpotChecker:
             return
         receipt = checked.receipt.receipt
         mine = checked.worker == self.peer_id
-        can_recheck = (not mine and receipt.runtime in CHECKABLE and receipt.runtime in self.runtimes.loaded
+        can_recheck = (not mine and self.runtimes.checkable(receipt.runtime) and receipt.runtime in self.runtimes.loaded
                        and self._serves(receipt.runtime, receipt.item))
         verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
                         floor=self.settings.standing_floor, can_recheck=can_recheck)
@@ -440,22 +439,19 @@ class SpotChecker:
         return VerdictAnswer(False, reason, dispute.encode())
 
     async def _runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any]) -> str:
-        if runtime == "zk-groth16":
+        """Why the result is wrong, or "": the runtime's cheap check where it has one, else its spot check
+        (``runtimes.interface``)."""
+        if self.runtimes.result_check(runtime) is not None:
             try:
-                await check_result(runtime, request.payload, request.output, evidence)
+                await check_result(self.runtimes, runtime, request.payload, request.output, evidence)
             except ResultRejected as exc:
                 return exc.one_line()
             return ""
-        loaded = self.runtimes.loaded.get(runtime)
-        verify = getattr(loaded.runtime, "verify", None) if loaded is not None else None
-        if verify is None:
+        verifier = self.runtimes.verifier(runtime)
+        if verifier is None:
             raise UserError(f"this node cannot check {runtime} work")
-        if runtime == "inference":
-            verdict = await verify(request.payload, request.output, evidence, chunks=self.settings.inference_chunks)
-        elif runtime == "render-blender":
-            verdict = await verify(request.payload, request.output, evidence, sample=request.sample)
-        else:
-            verdict = await verify(request.payload, request.output, evidence)
+        verdict = await verifier.verify(request.payload, request.output, evidence, sample=request.sample,
+                                        chunks=self.settings.inference_chunks)
         return "" if verdict.ok else str(verdict.reason)
 
     async def handle_stream(self, stream: INetStream) -> None:

@@ -366,12 +366,15 @@ class LlamaCppRuntime:
         output: Mapping[str, Any],
         evidence: Mapping[str, Any],
         *,
+        sample: Mapping[str, Any] | None = None,
         chunks: int = CHECKED_CHUNKS,
         rng: random.Random | None = None,
         shortlisted: bool = True,
     ) -> Verdict:
         """Check another worker's result for ``payload`` (its Final's output and evidence); see verifier.py.
 
+        ``sample`` is a render's sampled frame (``runtimes.interface.Verifier``); an inference check reads the
+        evidence's commitments instead.
         ``chunks``: how many of the commitment's chunks the forward pass checks, drawn from ``rng`` (the
         OS's unpredictable generator unless a test or benchmark fixes the draw); 0 checks them all.
         ``shortlisted=False``: the slower reading of every row whole (``verifier.verify_claim``), the same

@@ -312,9 +312,10 @@ class BlenderRuntime:
         )  # fmt: skip
 
     async def verify(self, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any],
-                     *, sample: Mapping[str, Any] | None = None) -> Verdict:
+                     *, sample: Mapping[str, Any] | None = None, chunks: int = 1) -> Verdict:
         """Spot check of another worker's render: its sampled frame rendered here again and compared
-        (``runtimes.render.check``). ``UserError`` when the sample cannot be judged."""
+        (``runtimes.render.check``). ``UserError`` when the sample cannot be judged. ``chunks`` is an inference
+        check's (``runtimes.interface.Verifier``): a render check is one frame."""
         try:
             claimed = await trio.to_thread.run_sync(claimed_sample, output, sample)
         except SampleRejected as exc:

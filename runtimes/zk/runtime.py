@@ -195,6 +195,23 @@ class Groth16Runtime:
 
         return ZkTally(payload)
 
+    @staticmethod
+    def check_result(payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any]) -> str:
+        """The requester's check before it countersigns (``runtimes.interface``): the proof verifies against
+        the proving key it sent, and the evidence describes that proof. ``""`` when it stands."""
+        from runtimes.zk.exceptions import MalformedInput
+        from runtimes.zk.verifier import verifying_key_from_zkey
+        from runtimes.zk.zkey import parse_zkey
+
+        zkey = payload.get("zkey")
+        if not isinstance(zkey, bytes):
+            return "a ZK result can only be checked against the proving key bytes that were sent"
+        try:
+            ok = check_final(verifying_key_from_zkey(parse_zkey(zkey, label="task zkey")), output, evidence)
+        except (MalformedInput, ValueError, TypeError, KeyError) as exc:
+            return f"the proof in the result is malformed: {exc}"
+        return "" if ok else "the proof does not verify against the task's key, or the evidence does not match it"
+
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
         self._settings = ZkSettings.from_mapping(context.settings)

@@ -63,19 +63,31 @@ def test_a_peer_cannot_make_the_worker_read_a_file(pair: tuple[NodeProcess, Node
     assert "name files" in answer.json()["message"]
 
 
-async def test_the_requester_refuses_a_proof_that_does_not_verify(chain: Circuit) -> None:
+async def test_the_requester_refuses_a_proof_that_does_not_verify(chain: Circuit, tmp_path: Path) -> None:
+    """Through the registry, as a requester that does not run the ZK runtime checks a worker's proof: the
+    runtime's class offers the check (``check_result``), found by the runtime's name alone."""
+    from hyperion_node.runtime_registry import RuntimeRegistry
+    from hyperion_node.store import Store
     from hyperion_node.tasks.checks import ResultRejected, check_result
+    from runtimes.interface import HardwareSummary
     from runtimes.zk.runtime import proof_sha256
 
+    hardware = HardwareSummary(cpu_model="test cpu", cpu_cores=2, ram_total_bytes=2**30, ram_available_bytes=2**29)
+    registry = RuntimeRegistry(store=Store.open(tmp_path / "node.db"), data_dir=tmp_path, hardware=hardware,
+                               settings={}, disabled=("zk-groth16", "inference", "render-blender"))
+    assert registry.checkable("zk-groth16")
+    assert "zk-groth16" not in registry.loaded
     proof = json.loads(chain.snarkjs_proof.read_text())
     public = json.loads(chain.snarkjs_public.read_text())
     payload = {"zkey": chain.zkey.read_bytes()}
     evidence = {"proof_sha256": proof_sha256(proof), "public_signals": public}
     # Key order as canonical CBOR delivers it: the check does not depend on it.
-    await check_result("zk-groth16", payload, {"proof": dict(sorted(proof.items())), "public": public}, evidence)
+    await check_result(registry, "zk-groth16", payload, {"proof": dict(sorted(proof.items())), "public": public},
+                       evidence)
     forged = [str(int(public[0]) + 1), *public[1:]]
-    with pytest.raises(ResultRejected):
-        await check_result("zk-groth16", payload, {"proof": proof, "public": forged},
+    with pytest.raises(ResultRejected, match="does not verify"):
+        await check_result(registry, "zk-groth16", payload, {"proof": proof, "public": forged},
                            {**evidence, "public_signals": forged})
-    with pytest.raises(ResultRejected):
-        await check_result("zk-groth16", {"zkey_path": str(chain.zkey)}, {"proof": proof, "public": public}, evidence)
+    with pytest.raises(ResultRejected, match="proving key bytes"):
+        await check_result(registry, "zk-groth16", {"zkey_path": str(chain.zkey)},
+                           {"proof": proof, "public": public}, evidence)
