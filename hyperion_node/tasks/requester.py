@@ -21,10 +21,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
+from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 
 from hyperion_node.errors import HyperionError, RemoteError, UserError
@@ -73,9 +74,33 @@ TASK_PROTOCOL = TProtocol(task_protocol.PROTOCOL_ID)
 
 Send = Callable[[TaskEvent], Awaitable[None]]
 # The candidates for a task: a kept CandidateSet (what a daemon passes) or any list of Candidate.
-Candidates = Callable[[TaskSpec, TaskRequirements], Awaitable[CandidateSet | list[Candidate]]]
-# A peer's work settled: (the request, its final output, the settled receipt, one of its partial results).
-Completed = Callable[[TaskRequest, dict[str, Any], SignedReceipt, dict[str, Any] | None], None]
+class RequesterNode(Protocol):
+    """What the requester needs of the node around it, and what it tells it (``Orchestrator`` implements it)."""
+
+    async def candidates(self, spec: TaskSpec, req: TaskRequirements) -> CandidateSet | list[Candidate]:
+        """The peers (and this node) that may run the task: a kept ``CandidateSet`` or a plain list."""
+        ...
+
+    async def open_task_stream(self, peer_id: str, first: bytes) -> INetStream:
+        """A ``/hyperion/task/1`` stream to the peer, ``first`` (the request frame) already written."""
+        ...
+
+    def shortlisted(self, decision: Decision) -> None:
+        """The peers this node is about to route to (presence subscribes to them)."""
+        ...
+
+    def peer_failed(self, peer_id: str) -> None:
+        """The peer could not be reached or failed the task."""
+        ...
+
+    def peer_misbehaved(self, peer_id: str, reason: str) -> None:
+        """The peer broke the protocol or sent a wrong result or bill: scored down."""
+        ...
+
+    def task_settled(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
+                     sample: dict[str, Any] | None) -> None:
+        """A peer's work for this node settled (its final output, the receipt, one of its partial results)."""
+        ...
 
 
 @dataclass
@@ -93,11 +118,7 @@ class _Try:
 
 class Requester:
     def __init__(self, *, identity: Identity, scheduler: Scheduler, worker: Worker, ledger: LedgerService,
-                 history: HistoryWriter, settings: TaskSettings, candidates: Candidates,
-                 open_stream: Callable[[str, bytes], Awaitable[Any]],
-                 on_malformed: Callable[[str, str], None], on_failure: Callable[[str], None],
-                 on_completed: Completed | None = None,
-                 on_shortlist: Callable[[Decision], None] | None = None) -> None:
+                 history: HistoryWriter, settings: TaskSettings, node: RequesterNode) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.scheduler = scheduler
@@ -105,12 +126,7 @@ class Requester:
         self.ledger = ledger
         self.history = history
         self.settings = settings
-        self._candidates = candidates
-        self._open_stream = open_stream
-        self._on_malformed = on_malformed
-        self._on_failure = on_failure
-        self._on_completed = on_completed
-        self._on_shortlist = on_shortlist  # the peers this node routes to: presence subscribes to them
+        self.node = node
 
     def new_record(self, spec: TaskSpec) -> TaskRecord:
         created = now_ms()
@@ -143,9 +159,8 @@ class Requester:
             req = TaskRequirements(runtime=spec.runtime, item=spec.item, min_memory_bytes=spec.min_memory_bytes,
                                    max_price_per_unit=spec.max_price_per_unit, deadline=deadline,
                                    expected_units=spec.expected_units, exclude=frozenset(tried))
-            decision = self.scheduler.choose(req, await self._candidates(spec, req))
-            if self._on_shortlist is not None:
-                self._on_shortlist(decision)
+            decision = self.scheduler.choose(req, await self.node.candidates(spec, req))
+            self.node.shortlisted(decision)
             fresh = [c for c in decision.ranked if c.peer_id not in tried]
             if not fresh:
                 raise self._no_worker(decision, rejections, record)
@@ -159,7 +174,7 @@ class Requester:
                 if result.kind is OutcomeKind.SUCCESS:
                     return
                 if result.kind in (OutcomeKind.FAILED, OutcomeKind.TIMEOUT, OutcomeKind.UNREACHABLE):
-                    self._on_failure(choice.peer_id)
+                    self.node.peer_failed(choice.peer_id)
                 if result.rejected:
                     rejections.append(result.rejected)
                 if result.output_started:
@@ -245,7 +260,8 @@ class Requester:
         tally = self.worker.runtimes.tally(request.runtime, request.payload)
         try:
             with trio.fail_after(self.settings.admission_timeout_s):
-                stream = await self._open_stream(peer, encode_request(request))  # the task goes with the stream
+                # The task goes with the stream.
+                stream = await self.node.open_task_stream(peer, encode_request(request))
         except STREAM_ERRORS_OR_TIMEOUT as exc:
             return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
         except Exception as exc:  # py-libp2p's dialler raises assorted types for an unreachable peer
@@ -291,8 +307,7 @@ class Requester:
                     await stream.write(encode_countersign(Countersign(settled.countersignature or b"")))
                     done = True
                     final = await self._settle(settled, record, dict(msg.output), clock)
-                    if self._on_completed is not None:
-                        self._on_completed(request, dict(msg.output), settled, sample)
+                    self.node.task_settled(request, dict(msg.output), settled, sample)
                     return _Try(OutcomeKind.SUCCESS, ttft_s=clock.ttft(), units_per_s=clock.rate(), final=final)
                 else:  # the table allows nothing else here: an ERROR
                     assert isinstance(msg, TaskError)
@@ -301,7 +316,7 @@ class Requester:
                     return _Try(kind, f"{msg.code}: {msg.message}", output_started=clock.started, rejected=rejected)
         except (MalformedFrame, ReceiptRejected, RemoteError) as exc:
             reason = getattr(exc, "reason", "bad_result")
-            self._on_malformed(peer, reason if isinstance(reason, str) else "bad_result")
+            self.node.peer_misbehaved(peer, reason if isinstance(reason, str) else "bad_result")
             return _Try(OutcomeKind.FAILED, f"malformed answer: {_describe(exc)}", output_started=clock.started)
         except trio.TooSlowError:
             return _Try(OutcomeKind.TIMEOUT, "no admission answer in time", output_started=clock.started)

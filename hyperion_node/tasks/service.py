@@ -115,16 +115,13 @@ class Orchestrator:
         self.stats: Counter[str] = Counter()
         self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history_writer,
                              settings=tasks, hardware=hardware,
-                             on_malformed=self._malformed, on_settled=self._settled)
+                             on_malformed=self.peer_misbehaved, on_settled=self._settled)
         self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
-                                   history=self.history_writer, settings=tasks, candidates=self._candidates,
-                                   open_stream=self._open_stream,
-                                   on_malformed=self._malformed, on_failure=self._failure,
-                                   on_completed=self._completed, on_shortlist=self._shortlisted)
+                                   history=self.history_writer, settings=tasks, node=self)
         self.verify = verify or VerifySettings()
         self.spot_checker = SpotChecker(identity=identity, runtimes=runtimes, settings=self.verify,
                                         verifiers=self._verifiers, network=self.p2p, reputation=self.reputation,
-                                        ledger=ledger, penalize=self._malformed, event=self._event)
+                                        ledger=ledger, penalize=self.peer_misbehaved, event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
         self.worker.admission.on_change = self.p2p.presence.nudge  # subscribers hear of load changes at once
@@ -214,7 +211,7 @@ class Orchestrator:
 
     # -- inputs ----------------------------------------------------------------------------------------------
 
-    async def _candidates(self, spec: TaskSpec, req: TaskRequirements) -> CandidateSet | list[Candidate]:
+    async def candidates(self, spec: TaskSpec, req: TaskRequirements) -> CandidateSet | list[Candidate]:
         found = self._known_candidates(spec)
         key, now = (spec.runtime, spec.item), trio.current_time()
         if not any(c.state.value == "alive" for c in found):
@@ -253,7 +250,7 @@ class Orchestrator:
         return kept.refresh(self.p2p.table, trio.current_time(), reliability=self.reputation.reliability,
                             distrusted=self._distrusted, wall_now=time.time(), local=local)
 
-    def _shortlisted(self, decision: Decision) -> None:
+    def shortlisted(self, decision: Decision) -> None:
         """The scheduler's shortlist for a request: the providers whose load this node needs fresh."""
         peers = [c.peer_id for c in decision.ranked if not c.candidate.local]
         self.p2p.presence.want(peers, trio.current_time())
@@ -279,7 +276,7 @@ class Orchestrator:
         """The live peers (this node included) that offer runtime/item, for a job that splits its work
         across several of them and pins each part with ``TaskSpec.only`` (a render job's chunks)."""
         spec = TaskSpec(runtime=runtime, item=item, payload={}, timeout_s=self.settings.lookup_timeout_s)
-        found = await self._candidates(spec, TaskRequirements(runtime=runtime, item=item))
+        found = await self.candidates(spec, TaskRequirements(runtime=runtime, item=item))
         return [c for c in found if c.state.value == "alive" and not c.banned]
 
     def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
@@ -299,7 +296,7 @@ class Orchestrator:
 
     # -- spot checks ---------------------------------------------------------------------------------------
 
-    def _completed(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
+    def task_settled(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
                    sample: dict[str, Any] | None) -> None:
         self.reputation.observe_own(settled, int(time.time() * 1000))
         self._standing_wanted.set()  # this node's dealings changed: its summary is signed again soon
@@ -313,7 +310,7 @@ class Orchestrator:
         ``exclude`` (the worker, verifiers already asked)."""
         spec = TaskSpec(runtime=runtime, item=item, payload={}, timeout_s=self.verify.timeout_s)
         req = TaskRequirements(runtime=runtime, item=item, exclude=exclude)
-        candidates = [c for c in await self._candidates(spec, req) if c.peer_id not in exclude]
+        candidates = [c for c in await self.candidates(spec, req) if c.peer_id not in exclude]
         local = [c.peer_id for c in candidates if c.local]
         peers = [c.peer_id for c in candidates if not c.local and not c.banned and c.state.value == "alive"]
         ordered = rendezvous(receipt_id, peers)
@@ -329,17 +326,17 @@ class Orchestrator:
     def _scheduler_event(self, event: SchedulerEvent) -> None:
         log.info("scheduler_" + type(event).__name__.lower(), **event.to_json())
 
-    def _malformed(self, peer_id: str, reason: str) -> None:
+    def peer_misbehaved(self, peer_id: str, reason: str) -> None:
         self.stats[f"rejected:{reason}"] += 1
         self.p2p.stats.reject("task", reason)
         self.p2p.table.penalize(peer_id, reason)
 
-    def _failure(self, peer_id: str) -> None:
+    def peer_failed(self, peer_id: str) -> None:
         self.reputation.observe_failure(peer_id, int(time.time() * 1000))
 
     # -- streams ---------------------------------------------------------------------------------------------
 
-    async def _open_stream(self, peer_id: str, first: bytes) -> INetStream:
+    async def open_task_stream(self, peer_id: str, first: bytes) -> INetStream:
         assert self.p2p.host is not None
         try:
             return await open_with_first_frame(self.p2p.host, ID.from_base58(peer_id), TASK_PROTOCOL, first)
