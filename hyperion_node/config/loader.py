@@ -134,8 +134,11 @@ class Config:
     sources: Mapping[str, str] = field(repr=False)  # flat "section.key" -> where it came from
 
     def show(self) -> list[tuple[str, Any, str]]:
-        """(key, value, source) for every key, in file order."""
-        return [(key, self.values[key], self.sources[key]) for key in self.values]
+        """(key, value, source) for every key, in file order; an empty ``node.data_dir`` as the directory it
+        resolves to (the XDG default), since that is the one the node uses."""
+        rows = [(key, self.values[key], self.sources[key]) for key in self.values]
+        return [(k, str(self.node.data_dir), f"{src}: XDG default") if k == "node.data_dir" and not v else (k, v, src)
+                for k, v, src in rows]
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

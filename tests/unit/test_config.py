@@ -29,7 +29,9 @@ def test_defaults_alone_give_a_complete_config(tmp_path: Path) -> None:
     assert cfg.api.host == "127.0.0.1"
     assert cfg.api.port == 8787
     assert cfg.node.data_dir == tmp_path / ".local/share/hyperion"
-    assert all(source == DEFAULTS_SOURCE for _, _, source in cfg.show())
+    assert all(source.startswith(DEFAULTS_SOURCE) for _, _, source in cfg.show())
+    # An empty data_dir is shown as the directory it resolves to.
+    assert ("node.data_dir", str(tmp_path / ".local/share/hyperion"), f"{DEFAULTS_SOURCE}: XDG default") in cfg.show()
     # Every key of the documented file is shown.
     documented = tomllib.loads(default_toml_text())
     assert len(cfg.show()) == sum(
