@@ -31,7 +31,7 @@ from hyperion_node.ledger.signing import DOMAIN_EPOCH, PeerKeys, Signer, sign
 
 EPOCH_VERSION = 1
 MAX_EPOCH_BYTES = 2048
-# An exported epoch holds all its receipts: 100,000 receipts of the 64 KiB maximum would be 6.4 GB, but
+# An exported epoch holds all its receipts: 100,000 receipts of the 32 KiB maximum would be 3.2 GB, but
 # receipts are about 1 KB, so 1 GiB is room for far larger epochs than the defaults close.
 MAX_FILE_BYTES = 1 << 30
 EXPORT_TYPE = "hyperion/epoch-export"

@@ -27,13 +27,13 @@ class Malformed(ReceiptRejected):
 class BadSignature(ReceiptRejected):
     """The worker's signature (or an epoch's or a dispute's signer's) does not verify under its peer ID."""
 
-    reason = "bad-signature"
+    reason = "bad_signature"
 
 
 class BadCountersignature(ReceiptRejected):
     """The countersignature does not verify under the requester's peer ID named in the receipt."""
 
-    reason = "bad-countersignature"
+    reason = "bad_countersignature"
 
 
 class Replayed(ReceiptRejected):
@@ -51,7 +51,7 @@ class Stale(ReceiptRejected):
 class NotInProof(ReceiptRejected):
     """An inclusion proof that does not lead to the signed epoch root."""
 
-    reason = "bad-inclusion-proof"
+    reason = "bad_inclusion_proof"
 
 
 class InvalidTransition(UserError):

@@ -50,7 +50,7 @@ class Dialback:
 
     async def handle(self, stream: INetStream) -> None:
         """Dial a peer back, as ``protocols/dialback.py`` bounds it: only the peer's own observed IP, only
-        ports it announces, a few times an hour, and the answer is open or closed with no error text."""
+        ports it announces, twice and then once a minute, and the answer is open or closed with no error text."""
         remote = str(stream.muxed_conn.peer_id)
         conversation = dialback_protocol.dialler_side()
         try:
@@ -73,11 +73,16 @@ class Dialback:
         ports = self._announced_tcp_ports(remote)
         results: list[tuple[str, bool, str]] = []
         refused = 0
-        for addr in request.addrs[:dialback_protocol.MAX_PROBES]:
+        # The asker's own addresses first, then at most MAX_PROBES of them probed: an honest node lists loopback
+        # and LAN addresses beside its public one, and those refused must not use up its probes.
+        targets = []
+        for addr in request.addrs:
             target = dialback_target(addr, observed[0] if observed else "", ports)
             if target is None:
                 refused += 1
-                continue
+            else:
+                targets.append((addr, target))
+        for addr, target in targets[:dialback_protocol.MAX_PROBES]:
             results.append((addr, await self._probe(*target), ""))
         if refused:
             self.stats.reject("dialback", "not_yours")
@@ -127,7 +132,8 @@ class Dialback:
     async def request(self, peer_id: str, addrs: tuple[str, ...]) -> DialbackResult:
         """Ask a connected peer to dial our addresses (used by `doctor`)."""
         conversation = dialback_protocol.asker_side()
-        with trio.fail_after(self.dial_timeout_s * 3):
+        # The peer probes up to MAX_PROBES addresses, each within its own dial timeout; one more for the stream.
+        with trio.fail_after(self.dial_timeout_s * (dialback_protocol.MAX_PROBES + 1)):
             stream = await self.host.new_stream(ID.from_base58(peer_id), [DIALBACK_PROTOCOL])
             conversation.sending(TYPE_DIALBACK_REQUEST)
             await stream.write(encode_frame(DialbackRequest(addrs).seal(self.identity)))

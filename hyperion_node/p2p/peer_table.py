@@ -46,6 +46,7 @@ from hyperion_node.p2p.messages import HEALTH_DRAINING, HEALTH_LEAVING, Capabili
 # Score lost per offence, by kind. A forged signature is deliberate; an oversized message may be a bug.
 PENALTIES = {
     "bad_signature": 20.0,
+    "bad_countersignature": 20.0,
     "bad_bill": 20.0,  # a bill above what was received or offered: deliberate
     "false_dispute": 20.0,  # a signed dispute of work this node checked and found right
     "bad_evidence": 10.0,  # asked a verifier to judge output that is not the receipt's

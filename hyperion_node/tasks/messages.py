@@ -34,6 +34,9 @@ PROTOCOL_VERSION = 1
 # render runtime's max_scene_bytes (64 MiB), plus the task's other fields. Larger inputs belong to a
 # content-addressed blob protocol, not to one frame.
 MAX_REQUEST_BYTES = 64 * 1024 * 1024 + 64 * 1024
+# The requester's last frame is a countersignature (64 bytes and its map): a frame declared longer is refused
+# before it is buffered, not read up to MAX_REQUEST_BYTES.
+MAX_COUNTERSIGN_BYTES = 256
 # One partial (a PNG frame: ~1-3 MiB at 1080p, up to tens of MiB for a noisy 4K RGBA frame) or the final
 # output with its receipt.
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
@@ -156,7 +159,7 @@ class FrameReader:
 
 
 def encode_map(msg_type: str, body: Mapping[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
-    """One frame of a CBOR-map protocol (``/hyperion/task/1``, ``/hyperion/verify/1``): ``v``, ``t``, the body."""
+    """One frame of a CBOR-map protocol (``/hyperion/task/1``, ``/hyperion/verify/2``): ``v``, ``t``, the body."""
     return encode_frame(bytes(cbor2.dumps({"v": version, "t": msg_type, **body}, canonical=True)))
 
 

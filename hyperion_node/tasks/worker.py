@@ -36,6 +36,7 @@ from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import path_fields
 from hyperion_node.tasks.history import HistoryWriter, now_ms
 from hyperion_node.tasks.messages import (
+    MAX_COUNTERSIGN_BYTES,
     MAX_REQUEST_BYTES,
     Accepted,
     Busy,
@@ -377,6 +378,7 @@ class Worker:
         self.served["completed"] += 1
         try:
             await self._send(stream, FinalResult(dict(done.final.output), signed.encode()), conversation)
+            reader.max_bytes = MAX_COUNTERSIGN_BYTES  # all the requester may send now
             with trio.fail_after(self.settings.countersign_timeout_s):
                 msg = decode_requester(await read_frame(stream, reader))
             conversation.received(wire_type(msg), peer_id=record.requester)

@@ -377,6 +377,14 @@ class SpotChecker:
                 msg = cases_protocol.decode(await read_frame(stream, FrameReader(cap)), cap)
             conversation.received(cases_protocol.message_type(msg), peer_id=remote)
             if isinstance(msg, cases_protocol.Push):
+                worker = _case_worker(msg.case)  # None: malformed, refused by on_case below
+                if worker is not None and worker != self.peer_id:
+                    # A PUSH tells a worker of a case about its own work; a case about anyone else is fetched by
+                    # whoever routes to that worker (GET). Judging it could cost a re-check: refused unread.
+                    self._penalize(remote, "not_yours")
+                    self.stats["case_not_ours"] += 1
+                    await reset_quietly(stream)
+                    return
                 answer: cases_protocol.Message = cases_protocol.Ok()
                 conversation.sending(cases_protocol.T_OK)
                 await stream.write(cases_protocol.encode(answer))
@@ -508,6 +516,14 @@ class Refusal(HyperionError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _case_worker(data: bytes) -> str | None:
+    """The worker a case accuses, read without checking a signature; None when the case does not decode."""
+    try:
+        return SignedReceipt.decode(DisputeCase.decode(data).receipt).receipt.worker
+    except ReceiptRejected:
+        return None
 
 
 def _case(settled: SignedReceipt, disputes: tuple[bytes, ...], request: CheckRequest, *,

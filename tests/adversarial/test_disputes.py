@@ -78,11 +78,13 @@ async def test_forged_and_framed_disputes_change_nothing(net: Net) -> None:
             kinds = [e["kind"] for e in node.get("/api/events?limit=1000")]
             return "dispute.unconfirmed" in kinds
 
-        for node in (net.x, net.r, net.w):
-            await until(lambda node=node: judged(node), "the case was judged (unconfirmed)")
+        # W, the accused, judges it: unconfirmed. X and R refuse a PUSH about someone else's work unread (a
+        # PUSH is how a worker hears of its own cases; judging a stranger's could cost a re-check).
+        await until(lambda: judged(net.w), "the case was judged (unconfirmed)")
         for name, node in (("x", net.x), ("r", net.r)):
             stats = await call(lambda node=node: node.get("/api/tasks/stats"))
             assert stats["verify"].get("case_malformed", 0) >= before[name].get("case_malformed", 0) + 2
+            assert stats["verify"].get("case_not_ours", 0) >= before[name].get("case_not_ours", 0) + 1
             assert stats["reputation"].get(w_id, {}).get("disputed", 0) == 0
         rewards = await call(lambda: net.w.get("/api/rewards"))
         assert rewards["tasks"]["disputed"] == 0

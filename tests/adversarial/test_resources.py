@@ -136,3 +136,19 @@ async def test_oversized_and_non_finite_frames_are_refused_and_counted(net: Net)
     assert after.get("task:non_finite", 0) > before.get("task:non_finite", 0)
     status, _ = await call(ask, net.r)
     assert status == 200
+
+
+async def test_a_countersignature_frame_is_bounded_by_what_a_countersignature_is(net: Net) -> None:
+    """After FINAL the requester may send only its countersignature: a frame announced larger is refused before
+    it is buffered (it used to be read up to the task request's 64 MiB), counted, and the result stays unpaid."""
+    w_id = await call(lambda: net.w.peer_id)
+    async with hostile_host() as attacker:
+        await attacker.connect(await call(net.w.p2p_addr))
+        stream, answers = await attacker.task(w_id, task(attacker.peer_id, 4, deadline_s=120), countersign=False)
+        assert isinstance(answers[-1], FinalResult)
+        await stream.write(_varint(8 << 20) + b"\x00" * 1024)  # an 8 MiB "countersignature" announced
+        assert await attacker.answer(stream) is None  # W resets or closes the stream
+        offences = (await call(peer, net.w, attacker.peer_id))["offences"]
+    assert offences.get("oversized", 0) >= 1, offences
+    status, _ = await call(ask, net.r)
+    assert status == 200

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
+from hyperion_node.ledger.exceptions import BadCountersignature, BadSignature
 from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
-from hyperion_node.p2p.peer_table import BAN_SCORE, PeerState, PeerTable
+from hyperion_node.p2p.peer_table import BAN_SCORE, PENALTIES, PeerState, PeerTable
 
 
 def hb(peer: str, seq: int, health: str = "ok") -> Heartbeat:
@@ -110,6 +111,14 @@ def test_penalties_accumulate_to_a_ban(table: PeerTable) -> None:
     assert table.get("rogue").score <= BAN_SCORE  # type: ignore[union-attr]
     assert table.banned("rogue")
     assert table.get("rogue").offences == {"bad_signature": 5}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("error", [BadSignature, BadCountersignature])
+def test_a_forged_receipt_signature_costs_what_any_forged_signature_does(table: PeerTable, error: type) -> None:
+    """The ledger's reasons are the peer table's offence names: a forged receipt is a forgery, not bad input."""
+    before = table.penalize("rogue", "rate_limited")
+    after = table.penalize("rogue", error("x").reason)
+    assert before - after == pytest.approx(PENALTIES["bad_signature"])
 
 
 def test_capability_keeps_the_newest_record(table: PeerTable) -> None:
