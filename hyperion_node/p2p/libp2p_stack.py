@@ -160,45 +160,53 @@ def refuse_banned_streams(host: Any, banned: Callable[[str], bool], on_refused: 
 # A ping stream with no ping for this long is closed (peers ping every p2p.heartbeat_interval_s, 5 s by
 # default; py-libp2p's own handler closes after 10 s, which a longer interval would hit at every ping).
 PING_IDLE_S = 60.0
-PING_STREAMS_PER_PEER = 2  # as py-libp2p's handler: a peer's pings need one stream, a reconnect a second
+PING_STREAMS_PER_PEER = 2  # a peer pings on one stream; a second while the first is replaced
 
 
 class PingAnswerer:
     """``/ipfs/ping/1.0.0``, answering side: echo each 32-byte ping on a stream for as long as the peer keeps
     it, counting each one (``on_ping``: a ping on a kept stream opens no stream, so stream counts miss it).
-    Replaces py-libp2p's handler, whose idle timeout is shorter than a slow heartbeat interval."""
+    Replaces py-libp2p's handler, whose idle timeout is shorter than a slow heartbeat interval.
+
+    At most ``PING_STREAMS_PER_PEER`` streams per peer: a new one closes the peer's oldest, since a peer pings
+    on its newest (it opens one when the last failed, perhaps before this side saw that one end). Refusing the
+    new one instead failed the pings of a peer whose old stream was still being torn down: on a loaded machine
+    that read as silence, and silent peers lose their connections."""
 
     def __init__(self, on_ping: Callable[[], None]) -> None:
         self._on_ping = on_ping
-        self._open: dict[ID, int] = {}
+        self._open: dict[ID, list[trio.CancelScope]] = {}
 
     async def handle(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
-        if self._open.get(peer, 0) >= PING_STREAMS_PER_PEER:
-            await _close_quietly(stream, peer)
-            return
-        self._open[peer] = self._open.get(peer, 0) + 1
+        scopes = self._open.setdefault(peer, [])
+        while len(scopes) >= PING_STREAMS_PER_PEER:
+            scopes.pop(0).cancel()
+        scope = trio.CancelScope()
+        scopes.append(scope)
         try:
-            while True:
-                with trio.move_on_after(PING_IDLE_S):
-                    payload = await _read_ping(stream)
-                    if payload is None:
-                        break  # the peer closed the stream between pings
-                    self._on_ping()
-                    await stream.write(payload)
-                    continue
-                break  # idle for PING_IDLE_S
-            with trio.move_on_after(1.0):
-                await stream.close()
+            with scope:
+                while True:
+                    with trio.move_on_after(PING_IDLE_S):
+                        payload = await _read_ping(stream)
+                        if payload is None:
+                            break  # the peer closed the stream between pings
+                        self._on_ping()
+                        await stream.write(payload)
+                        continue
+                    break  # idle for PING_IDLE_S
+                with trio.move_on_after(1.0):
+                    await stream.close()
+            if scope.cancelled_caught:  # a newer stream of the peer's replaced this one
+                await _close_quietly(stream, peer)
         except Exception as exc:  # a reset, a broken connection, a short read: the stream is done
             log.debug("ping_stream_ended", peer=str(peer), error=type(exc).__name__)
             await _close_quietly(stream, peer)
         finally:
-            left = self._open.get(peer, 1) - 1
-            if left > 0:
-                self._open[peer] = left
-            else:
-                self._open.pop(peer, None)
+            if scope in scopes:
+                scopes.remove(scope)
+            if not scopes and self._open.get(peer) is scopes:
+                del self._open[peer]
 
 
 async def _read_ping(stream: INetStream) -> bytes | None:
