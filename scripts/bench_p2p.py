@@ -116,7 +116,8 @@ def propagation(requesters: list[NodeProcess], wait_s: float) -> dict[str, Any]:
 
 
 def joining(root: Path, idle_nodes: list[NodeProcess], joiners: int, rng: random.Random) -> dict[str, Any]:
-    took = []
+    took: list[float] = []
+    failures: list[str] = []  # why a first task failed (status and message): printed with the row
     for j in range(joiners):
         seed = rng.choice(idle_nodes)
         node = NodeProcess(root / f"joiner{j}", sets=[*base_sets(False), f'p2p.bootstrap=["{seed.p2p_addr()}"]'],
@@ -125,9 +126,12 @@ def joining(root: Path, idle_nodes: list[NodeProcess], joiners: int, rng: random
             t0 = time.perf_counter()
             answer = complete(node, f"Hello {j}.")
             took.append(time.perf_counter() - t0 if answer.status_code == 200 else float("inf"))
+            if answer.status_code != 200:
+                failures.append(f"{answer.status_code} after {time.perf_counter() - t0:.1f} s: {answer.text[:200]}")
         finally:
             node.stop()
-    return {"join_first_task_p50_s": pct(took, 0.5), "join_first_task_p95_s": pct(took, 0.95)}
+    return {"join_first_task_p50_s": pct(took, 0.5), "join_first_task_p95_s": pct(took, 0.95),
+            "join_failures": failures}
 
 
 def run_size(n: int, root: Path, args: argparse.Namespace) -> dict[str, Any]:
