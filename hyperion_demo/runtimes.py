@@ -146,11 +146,11 @@ class SimInference(_SimRuntime):
         text = " ".join(generated_text(self.machine.seed, str(task.payload["prompt"]), tokens))
         return Final(output={"text": text, "tokens": tokens}, evidence=self.evidence(), work_units=tokens)
 
-    async def verify(self, payload: Mapping[str, Any], output: Mapping[str, Any],
-                     evidence: Mapping[str, Any], *, chunks: int = 0) -> Verdict:
-        """A spot check: the text is a function of seed and prompt, so recomputing it is the check. ``chunks``
-        (how many of a real commitment's chunks the spot checker replays) is accepted as the real runtime's
-        is; the whole text costs nothing to recompute here."""
+    async def verify(self, payload: Mapping[str, Any], output: Mapping[str, Any], evidence: Mapping[str, Any],
+                     *, sample: Mapping[str, Any] | None = None, chunks: int = 0) -> Verdict:
+        """A spot check: the text is a function of seed and prompt, so recomputing it is the check. ``sample``
+        and ``chunks`` (``runtimes.interface.Verifier``) are accepted as every runtime's are; the whole text
+        costs nothing to recompute here."""
         expected = " ".join(generated_text(self.machine.seed, str(payload["prompt"]), int(payload["max_tokens"])))
         ok = output.get("text") == expected
         return Verdict(ok, "" if ok else "the text is not what the prompt generates")

@@ -183,3 +183,20 @@ async def test_auto_priced_runtimes_offer_the_price_their_benchmark_earns(tmp_pa
     # 3.6 credits an hour at 1,000 words/s: 3.6 / 3.6e6 = 1e-6 credits per word, in every view of the offer.
     assert [o.price_per_unit for o in auto.offers()] == [pytest.approx(1e-6)]
     assert auto.describe()[0]["offers"][0]["price_per_unit"] == pytest.approx(1e-6)
+
+
+def test_every_runtime_that_verifies_takes_the_verifier_keywords() -> None:
+    """The spot checker calls ``verify(payload, output, evidence, sample=..., chunks=...)`` on any runtime that
+    has it (``runtimes.interface.Verifier``): each one, packaged or the demo's, must take both keywords."""
+    import inspect
+
+    from hyperion_demo import runtimes as demo_runtimes
+
+    classes = [e.load() for e in entry_points(group=ENTRY_POINT_GROUP)]
+    classes += [c for _, c in inspect.getmembers(demo_runtimes, inspect.isclass)
+                if c.__module__ == demo_runtimes.__name__]
+    verifiers = [c for c in classes if callable(getattr(c, "verify", None))]
+    assert len(verifiers) >= 3  # inference, render, the demo's inference
+    for cls in verifiers:
+        parameters = inspect.signature(cls.verify).parameters
+        assert {"sample", "chunks"} <= set(parameters), cls
