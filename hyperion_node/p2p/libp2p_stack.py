@@ -74,6 +74,7 @@ def adjust_py_libp2p() -> None:
     if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
         libp2p_costs.install()
 
+
 TRIM_EVERY_S = 10.0  # connections past twice p2p.target_connections are closed this often ...
 GRACE_S = 20.0  # ... once they are this old
 
