@@ -46,8 +46,13 @@ llama_cmake_args() {
   # build (-march=native, llama-cpp-python's default) turns on AMX where the CPU lists it, and on a virtual
   # machine whose hypervisor does not enable AMX state the first matrix product faults (seen: a segfault in
   # ggml_backend_amx_mul_mat on a Sapphire Rapids guest, in every inference test).
-  if [ "$(uname -m)" != "x86_64" ]; then echo "-DGGML_NATIVE=ON"; return; fi
-  local flags args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+  # HYPERION_LLAMA_CUDA=1 adds the CUDA backend (it needs the CUDA toolkit), so that a GPU owner's models are
+  # offloaded to the GPU. Opt-in: a CUDA build takes far longer, and an nvcc on PATH does not mean a GPU.
+  # (Not yet built on the project's own machines: see docs/install.md.)
+  local gpu=""
+  if [ "${HYPERION_LLAMA_CUDA:-0}" = "1" ]; then gpu=" -DGGML_CUDA=ON"; fi
+  if [ "$(uname -m)" != "x86_64" ]; then echo "-DGGML_NATIVE=ON$gpu"; return; fi
+  local flags args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF$gpu"
   flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
   local pair
   for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx_vnni:AVX_VNNI avx512f:AVX512 avx512vbmi:AVX512_VBMI \
