@@ -132,10 +132,6 @@ def open_envelope(data: bytes, *, expected_type: str, max_bytes: int,
     """
     if len(data) > max_bytes:
         raise MalformedMessage("oversized", f"{len(data)} bytes > {max_bytes}")
-    return _open_envelope(data, expected_type, signed_by)
-
-
-def _open_envelope(data: bytes, expected_type: str, signed_by: str | None) -> tuple[Envelope, dict[str, Any]]:
     try:
         outer = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises CBORDecodeError, but also ValueError/TypeError/etc. on odd input
@@ -364,10 +360,6 @@ class Heartbeat:
     @classmethod
     def decode(cls, data: bytes, *, signed_by: str | None = None) -> Heartbeat:
         """``signed_by``: as for ``open_envelope``."""
-        return cls._decode(data, signed_by)
-
-    @classmethod
-    def _decode(cls, data: bytes, signed_by: str | None) -> Heartbeat:
         envelope, body = open_envelope(data, expected_type=TYPE_HEARTBEAT, max_bytes=MAX_HEARTBEAT_BYTES,
                                        signed_by=signed_by)
         health = _text(body, "health")
