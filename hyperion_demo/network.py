@@ -49,7 +49,7 @@ REAL_NODE = 0
 # The real llama.cpp runtime's table ([runtimes.inference]). One thread: its worker threads spin-wait for each
 # other, and with the demo's event loop on the other core two threads fell from ~30 to under 1 token/s
 # (measured in tests/integration/test_inference_runtime.py); 1024 tokens of context hold the demo's prompts.
-REAL_INFERENCE_SETTINGS = {"n_threads": 1, "n_ctx": 1024, "slots": 1}
+REAL_INFERENCE_SETTINGS = {"n_threads": 1, "n_ctx": 1024, "max_streams": 1}
 REAL_INFERENCE = EntryPoint(name="inference", value="runtimes.inference:LlamaCppRuntime", group=sim_runtimes.GROUP)
 
 

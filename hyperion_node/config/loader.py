@@ -35,7 +35,8 @@ MIN_BODY_BYTES = 64 * 1024
 # gossipsub and, with it, these).
 RENAMED = {"p2p.gossip_degree": "p2p.target_connections",
            "p2p.gossip_rate_per_peer": "p2p.heartbeat_rate_per_peer",
-           "ledger.gossip_interval_s": "ledger.dealings_interval_s"}
+           "ledger.gossip_interval_s": "ledger.dealings_interval_s",
+           "runtimes.inference.slots": "runtimes.inference.max_streams"}
 # Tables whose sub-tables may be unknown to the defaults (plugins bring their own settings).
 _OPEN_TABLES = ("runtimes",)
 
@@ -273,12 +274,12 @@ def load_config(
     for key, value, source in [*file_layer, *env_layer, *flag_layer]:
         if key in defaults:
             values[key] = _coerce(key, value, defaults[key], source)
-        elif _is_open_key(key, defaults):
-            values[key] = value
         elif key in RENAMED:
             raise ConfigError(f"this key is now {RENAMED[key]}", source=source, key=key,
                               expected=f"{RENAMED[key]}; the renamed keys and their defaults are in "
                                        "docs/configuration.md")
+        elif _is_open_key(key, defaults):
+            values[key] = value
         else:
             known = ", ".join(sorted(k for k in defaults if k.split(".")[0] == key.split(".")[0])) or "none"
             raise ConfigError("unknown key", source=source, key=key, expected=f"one of: {known}")

@@ -388,7 +388,7 @@ class InferenceSettings:
 
     models: tuple[Path, ...] = ()
     include_packaged_model: bool = True
-    slots: int = 1  # concurrent generations per model; each slot holds its own llama context
+    max_streams: int = 4  # generations decoded together per model, in one llama context (batching.py)
     price_per_token: float = 0.000002
     n_ctx: int = 2048
     n_threads: int = 0  # 0: one less than the CPUs this process may use (at least 1)
@@ -422,7 +422,7 @@ class InferenceSettings:
         return cls(
             models=models,
             include_packaged_model=include,
-            slots=_int_setting(settings, "slots", defaults.slots, minimum=1),
+            max_streams=_int_setting(settings, "max_streams", defaults.max_streams, minimum=1),
             price_per_token=float(price),
             n_ctx=_int_setting(settings, "n_ctx", defaults.n_ctx, minimum=16),
             n_threads=_int_setting(settings, "n_threads", defaults.n_threads, minimum=0),
@@ -437,7 +437,7 @@ class InferenceSettings:
 
 def _int_setting(settings: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
     value = settings.get(key, default)
-    # bool is an int subclass; `slots = true` is a mistake, not 1.
+    # bool is an int subclass; `max_streams = true` is a mistake, not 1.
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(
             f"got {value!r}", source=SETTINGS_SOURCE, key=key, expected=f"an integer >= {minimum}"

@@ -1,23 +1,21 @@
 """LLM inference on llama-cpp-python: the ``inference`` runtime.
 
-The runtime is the glue between the node and llama.cpp: the model registry and its warm pool, a slot
-limiter per model, benchmark and offers, admission estimates, and the two kinds of work a slot does --
-a generation (``generation.py``) and a verification of another worker's result (``verifier.py``).
-Requests are validated in ``request.py``, prompts tokenized in ``prompts.py``.
+The runtime is the glue between the node and llama.cpp: the model registry and its warm pool, one batch
+engine per loaded model (``batching.py``: up to ``max_streams`` generations in one llama context, one copy
+of the weights), benchmark and offers, admission estimates, and the verification of another worker's
+result (``verifier.py``). Requests are validated in ``request.py``, prompts tokenized in ``prompts.py``.
 
-Threads and cancellation. llama.cpp blocks, so model loads, generations and verifications run in worker
-threads through ``trio.to_thread.run_sync`` with a ``CapacityLimiter`` per model of size ``slots``; that
-limiter is the admission queue. The thread is never abandoned on cancel (an abandoned generation would
-keep a core and a slot busy after its caller left). Instead the thread polls
-``trio.from_thread.check_cancelled()`` between prompt chunks and between tokens: trio fills that flag (a
-per-thread register, the ``threading.Event`` of this design) from the cancelled task's abort callback,
-so the loop stops within one decode step and the slot is free again.
+Threads and cancellation. llama.cpp blocks, so model loads, tokenizing and verifications run in worker
+threads through ``trio.to_thread.run_sync``; generations run in the model's engine thread, which takes
+jobs from every caller and decodes them together. Requests beyond ``max_streams`` wait in the engine's
+queue (and the worker's admission keeps that queue short: ``tasks.queue_depth``). A cancelled caller
+cancels its job and returns at once; the engine drops the sequence at its next step, so its place and its
+KV cells are free within one decode step. Verifications take their own instance of the model from the
+pool, one at a time per model.
 
-Tokens do not wait for the network. The generation thread hands each decoded piece to the event loop
+Tokens do not wait for the network. The engine hands each decoded piece to the event loop
 (``TrioToken.run_sync_soon``) and goes on decoding; a sender task in the calling task's nursery, under its
-cancel scope, emits them in order. With ``trio.from_thread.run(emit, ...)`` the thread waited for every
-piece's send (a stream write, its encryption, a thread round trip), ~1-2 ms a token that the next decode
-did not overlap. An error in the sender cancels the generation, which stops at its next token.
+cancel scope, emits them in order. An error in the sender cancels the task, which cancels its job.
 """
 
 from __future__ import annotations
@@ -28,24 +26,23 @@ import math
 import os
 import random
 import secrets
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import structlog
 import trio
 
 from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
+from runtimes.inference.batching import BatchEngine, Job
 from runtimes.inference.claims import ClaimRejected, Verdict, check_text, read_claim
 from runtimes.inference.generation import (
     CPU_PROMPT_CHUNK,
     GPU_PROMPT_CHUNK,
     SAMPLER_DEFAULTS,
     Generation,
-    generate,
 )
 from runtimes.inference.prompts import PromptTokenizer, estimate_prompt_tokens
 from runtimes.inference.registry import (
@@ -74,7 +71,7 @@ from runtimes.interface import (
 
 RUNTIME_NAME = "inference"
 # Bumped when a change here alters throughput or output, so cached benchmarks are redone.
-RUNTIME_REVISION = "1"
+RUNTIME_REVISION = "2"  # 2: continuous batching
 
 # Share of available RAM used when memory_budget_bytes = 0, leaving room for the OS and other runtimes.
 AUTO_MEMORY_SHARE = 0.6
@@ -129,7 +126,9 @@ class LlamaCppRuntime:
         # One hashing thread at a time: two at once would only compete for the same disk.
         self._hash_limiter = trio.CapacityLimiter(1)
         self._registry = ModelRegistry([])
-        self._slots: dict[str, trio.CapacityLimiter] = {}
+        self._verify_slots: dict[str, trio.CapacityLimiter] = {}
+        self._engines: dict[str, _Engine] = {}
+        self._engine_lock = threading.Lock()  # engines are made and closed in worker threads
         self._placements: dict[str, _Placement] = {}
         self._prompts = PromptTokenizer()
         self._benchmark: BenchmarkResult | None = None
@@ -185,7 +184,7 @@ class LlamaCppRuntime:
         budget = settings.memory_budget_bytes or int(
             AUTO_MEMORY_SHARE * self._context.hardware.ram_available_bytes
         )
-        self._slots = {entry.model_id: trio.CapacityLimiter(settings.slots) for entry in self._registry}
+        self._verify_slots = {entry.model_id: trio.CapacityLimiter(1) for entry in self._registry}
         self._pool = ModelPool(
             load=self._load,
             n_ctx=settings.n_ctx,
@@ -212,8 +211,7 @@ class LlamaCppRuntime:
         )
         started = time.perf_counter()
         result = await trio.to_thread.run_sync(
-            functools.partial(self._work, entry, request, 0, on_piece=_discard, ignore_eog=True),
-            limiter=self._slots[entry.model_id],
+            functools.partial(self._work, entry, request, 0, on_piece=_discard, ignore_eog=True)
         )
         throughput = result.tokens_out / result.generate_seconds if result.generate_seconds > 0 else 0.0
         placement = self._placements[entry.model_id]
@@ -234,6 +232,7 @@ class LlamaCppRuntime:
                 "n_gpu_layers": placement.n_gpu_layers,
                 "n_threads": self._n_threads(),
                 "n_ctx": self._settings.n_ctx,
+                "max_streams": self._settings.max_streams,
             },
         )
 
@@ -248,7 +247,7 @@ class LlamaCppRuntime:
                 item=entry.model_id,
                 unit="token",
                 price_per_unit=self._settings.price_per_token,
-                capacity=self._settings.slots,
+                capacity=self._settings.max_streams,
                 throughput=throughput if measured == entry.model_id else None,
                 details={
                     "quantization": entry.quantization,
@@ -300,20 +299,29 @@ class LlamaCppRuntime:
             raise UserError(f"unknown model {request.model!r}; available: {', '.join(self._registry.ids)}")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
-        # Pieces go from the generation thread to a sender task in this nursery without the thread waiting
-        # for them to be sent (module docstring). At most one piece per token and one at the end, so the
-        # channel holds at most max_tokens + 1.
+        # Pieces go from the engine thread to a sender task in this nursery without the engine waiting for
+        # them to be sent (module docstring). At most one piece per token and one at the end, so the channel
+        # holds at most max_tokens + 1.
         loop = trio.lowlevel.current_trio_token()
         send_piece, pieces = trio.open_memory_channel[str](math.inf)
+        done = trio.Event()
+        outcome: list[Generation | BaseException] = []
 
-        def deliver(text: str) -> None:  # in the event loop, in the order the thread handed them over
+        def deliver(text: str) -> None:  # in the event loop, in the order the engine handed them over
             try:
                 send_piece.send_nowait(text)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the sender failed; its error ends the task and with it the generation
+                pass  # the sender failed; its error ends the task and with it the job
 
-        def on_piece(text: str) -> None:  # in the generation thread: hand over, do not wait
-            loop.run_sync_soon(deliver, text)
+        def settle(result: Generation | None, error: BaseException | None) -> None:  # in the event loop
+            outcome.append(error if error is not None else result)  # type: ignore[arg-type]
+            done.set()
+
+        def on_piece(text: str) -> None:  # in the engine thread: hand over, do not wait
+            _soon(loop, deliver, text)
+
+        def on_done(result: Generation | None, error: BaseException | None) -> None:  # engine thread
+            _soon(loop, settle, result, error)
 
         async def forward() -> None:
             async with pieces:
@@ -324,16 +332,27 @@ class LlamaCppRuntime:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(forward)
                 try:
-                    model_sha256, result = await trio.to_thread.run_sync(
-                        functools.partial(self._hashed_work, entry, request, seed, on_piece=on_piece),
-                        limiter=self._slots[entry.model_id],
+                    model_sha256, engine, prompt = await trio.to_thread.run_sync(
+                        self._prepare, entry, request
                     )
+                    job = Job(request, prompt, seed, on_piece=on_piece, on_done=on_done)
+                    engine.submit(job)
+                    try:
+                        await done.wait()
+                    except BaseException:
+                        job.cancel()
+                        engine.wake()
+                        raise
                 finally:
-                    # Every deliver() the thread queued ran before to_thread returned (run_sync_soon is
-                    # first in, first out), so the sender now drains what is left and ends.
+                    # Every deliver() the engine queued ran before settle() (run_sync_soon is first in, first
+                    # out), so the sender now drains what is left and ends.
                     send_piece.close()
         except BaseExceptionGroup as group:
             raise _sole(group) from None
+        ended = outcome[0]
+        if isinstance(ended, BaseException):
+            raise ended
+        result = ended
         return Final(
             output={
                 "text": result.text,
@@ -394,26 +413,88 @@ class LlamaCppRuntime:
             return Verdict(False, f"evidence model_sha256 {evidence.get('model_sha256')!r} is not {ours}")
         return await trio.to_thread.run_sync(
             functools.partial(self._verify_work, entry, request, output, evidence, chunks, rng, shortlisted),
-            limiter=self._slots[entry.model_id],
+            limiter=self._verify_slots[entry.model_id],
         )
 
     async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._close_engines)
         if self._pool is not None:
             await trio.to_thread.run_sync(self._pool.close)
 
     # --- worker-thread side ---------------------------------------------------------------------------
 
-    def _hashed_work(
-        self, entry: ModelEntry, request: GenerationRequest, seed: int, *, on_piece: Callable[[str], None]
-    ) -> tuple[str, Generation]:
-        """The model file's sha256 for the evidence, then the generation, in one worker thread.
+    def _prepare(self, entry: ModelEntry, request: GenerationRequest) -> tuple[str, BatchEngine, list[int]]:
+        """In a worker thread: the model file's sha256 for the evidence, the model's engine, the prompt's tokens.
 
         The hash comes from the cache (a stat and a lookup) once the file has been hashed, which the node
-        does at start for the packaged model; a thread hop of its own before each generation cost ~0.6 ms
-        of the first token's time. A corrupt file still fails the task before generating anything.
+        does at start for the packaged model. A corrupt file still fails the task before generating anything.
         """
         model_sha256 = self._hashes.sha256(entry, check_cancelled=trio.from_thread.check_cancelled)
-        return model_sha256, self._work(entry, request, seed, on_piece=on_piece)
+        engine = self._engine_for(entry).engine
+        trio.from_thread.check_cancelled()
+        return model_sha256, engine, self._prompt(entry, request)
+
+    def _prompt(self, entry: ModelEntry, request: GenerationRequest) -> list[int]:
+        held = self._engines[entry.model_id]
+        prompt = self._prompts.tokens(held.llm, request)
+        if len(prompt) + request.max_tokens > self._settings.n_ctx:
+            raise UserError(
+                f"prompt ({len(prompt)} tokens) plus max_tokens ({request.max_tokens}) exceeds "
+                f"the context of {self._settings.n_ctx} tokens",
+                hint="shorten the prompt or lower max_tokens",
+            )
+        return prompt
+
+    def _engine_for(self, entry: ModelEntry) -> _Engine:
+        """The model's engine, made now (its model loaded if need be) if it has none; in a worker thread.
+
+        A new engine first closes idle engines of other models beyond ``max_loaded_models`` and returns their
+        instances to the pool, which unloads them as its limits say. An engine with work is never closed, so
+        while several models serve at once the limit can be exceeded until they finish.
+        """
+        if self._pool is None:
+            raise InternalError("run() called before start()")
+        with self._engine_lock:
+            held = self._engines.get(entry.model_id)
+            if held is not None:
+                return held
+            others = sorted(self._engines.values(), key=lambda h: h.made)
+            excess = len(others) + 1 - self._settings.max_loaded_models
+            for old in others:
+                if excess <= 0:
+                    break
+                if old.engine.busy == 0:
+                    self._close_engine(old)
+                    excess -= 1
+            llm, load_seconds = self._pool.checkout(entry)
+            on_gpu = self._placements[entry.model_id].n_gpu_layers != 0
+            try:
+                engine = BatchEngine(
+                    self._llama,
+                    llm,
+                    max_streams=self._settings.max_streams,
+                    n_ctx=self._settings.n_ctx,
+                    n_threads=self._n_threads(),
+                    prompt_chunk=GPU_PROMPT_CHUNK if on_gpu else CPU_PROMPT_CHUNK,
+                )
+            except BaseException:
+                self._pool.checkin(entry, llm)
+                raise
+            held = _Engine(entry, llm, engine, load_seconds, time.monotonic())
+            self._engines[entry.model_id] = held
+            return held
+
+    def _close_engine(self, held: _Engine) -> None:
+        """Under ``_engine_lock``."""
+        del self._engines[held.entry.model_id]
+        held.engine.close()
+        if self._pool is not None:
+            self._pool.checkin(held.entry, held.llm)
+
+    def _close_engines(self) -> None:
+        with self._engine_lock:
+            for held in list(self._engines.values()):
+                self._close_engine(held)
 
     def _work(
         self,
@@ -425,47 +506,38 @@ class LlamaCppRuntime:
         ignore_eog: bool = False,
         commit: bool = True,
     ) -> Generation:
-        """One generation, start to end, in a worker thread that holds one of the model's slots.
+        """One generation through the model's engine, waited for in this worker thread: the benchmark's.
 
         ``commit=False`` skips the logit commitments; only ``scripts/bench_verify.py`` uses it, to
         measure what they cost.
         """
-        if self._pool is None:
-            raise InternalError("run() called before start()")
-        llm, load_seconds = self._pool.checkout(entry)
+        fresh = entry.model_id not in self._engines
+        held = self._engine_for(entry)
+        finished = threading.Event()
+        outcome: list[Generation | BaseException | None] = []
+
+        def on_done(result: Generation | None, error: BaseException | None) -> None:
+            outcome.append(error if error is not None else result)
+            finished.set()
+
+        job = Job(
+            request, self._prompt(entry, request), seed, on_piece=on_piece, on_done=on_done,
+            ignore_eog=ignore_eog, commit=commit,
+        )
+        held.engine.submit(job)
         try:
-            trio.from_thread.check_cancelled()
-            prompt = self._prompts.tokens(llm, request)
-            if len(prompt) + request.max_tokens > self._settings.n_ctx:
-                raise UserError(
-                    f"prompt ({len(prompt)} tokens) plus max_tokens ({request.max_tokens}) exceeds "
-                    f"the context of {self._settings.n_ctx} tokens",
-                    hint="shorten the prompt or lower max_tokens",
-                )
-            vocab = self._llama.llama_model_get_vocab(llm.model)
-            on_gpu = self._placements[entry.model_id].n_gpu_layers != 0
-            n_vocab = int(llm.n_vocab())
-
-            def logits_row() -> npt.NDArray[np.float32]:
-                # A view of llama.cpp's buffer, valid until the next decode; the builder reads it at once.
-                row = self._llama.llama_get_logits_ith(llm.ctx, -1)
-                return np.ctypeslib.as_array(row, shape=(n_vocab,))
-
-            result = generate(
-                llm,
-                prompt,
-                request,
-                seed,
-                on_piece=on_piece,
-                check_cancelled=trio.from_thread.check_cancelled,
-                is_eog=lambda token: bool(self._llama.llama_vocab_is_eog(vocab, token)),
-                prompt_chunk=GPU_PROMPT_CHUNK if on_gpu else CPU_PROMPT_CHUNK,
-                ignore_eog=ignore_eog,
-                commit=logits_row if commit else None,
-            )
-        finally:
-            self._pool.checkin(entry, llm)
-        return dataclasses.replace(result, load_seconds=load_seconds)
+            while not finished.wait(0.05):
+                trio.from_thread.check_cancelled()
+        except BaseException:
+            job.cancel()
+            held.engine.wake()
+            raise
+        ended = outcome[0]
+        if isinstance(ended, BaseException):
+            raise ended
+        if ended is None:
+            raise InternalError("the engine ended a job without a result")
+        return dataclasses.replace(ended, load_seconds=held.load_seconds if fresh else None)
 
     def _verify_work(
         self,
@@ -477,7 +549,7 @@ class LlamaCppRuntime:
         rng: random.Random | None,
         shortlisted: bool = True,
     ) -> Verdict:
-        """The verifier's forward pass, in a worker thread that holds one of the model's slots."""
+        """The verifier's forward pass, in a worker thread, on an instance of the model of its own."""
         if self._pool is None:
             raise InternalError("verify() called before start()")
         llm, _ = self._pool.checkout(entry)
@@ -576,6 +648,25 @@ class LlamaCppRuntime:
         if isinstance(prompt_rate, int | float) and prompt_rate > 0:
             seconds += tokens_in / prompt_rate
         return seconds
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """A model's batch engine and the pool instance it holds while it exists."""
+
+    entry: ModelEntry
+    llm: Any
+    engine: BatchEngine
+    load_seconds: float | None
+    made: float
+
+
+def _soon(loop: trio.lowlevel.TrioToken, fn: Callable[..., None], *args: Any) -> None:
+    """``loop.run_sync_soon(fn, *args)`` from the engine thread; nothing to do once the event loop has ended."""
+    try:
+        loop.run_sync_soon(fn, *args)
+    except trio.RunFinishedError:
+        pass
 
 
 def _discard(_text: str) -> None:

@@ -35,17 +35,22 @@ async def test_one_peer_holds_its_share_and_unpaid_work_counts_against_it(net: N
     async with hostile_host() as attacker, hostile_host() as honest:
         await attacker.connect(w_addr)
         await honest.connect(w_addr)
-        # Two long tasks with a deadline of thirty years: the first runs, the second is over its share.
-        first, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
-        assert isinstance(answers[0], Accepted)
+        # Long tasks with a deadline of thirty years: W's default 4 streams and 1 queue place, halved, give the
+        # attacker two places; the third is over its share.
+        held = []
+        for _ in range(2):
+            stream, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
+            assert isinstance(answers[0], Accepted)
+            held.append(stream)
         _, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
         assert isinstance(answers[0], Busy)
         assert "share" in answers[0].reason
-        # An honest requester is queued behind it, and served.
+        # An honest requester gets a stream beside the attacker's, and is served.
         _, answers = await honest.task(w_id, task(honest.peer_id, 8, deadline_s=120))
         assert isinstance(answers[0], Accepted)
         assert isinstance(answers[-1], FinalResult)
-        await first.reset()
+        for stream in held:
+            await stream.reset()
         # Results taken and never countersigned: after tasks.max_unpaid of them, no more work for the taker.
         refused = None
         for _ in range(6):

@@ -70,7 +70,7 @@ async def test_start_offers_the_packaged_model_without_loading_it(
         assert isinstance(runtime, Runtime)
         assert "llama-cpp-python-" in runtime.version
         [offer] = runtime.offers(None)
-        assert (offer.runtime, offer.item, offer.unit, offer.capacity) == ("inference", MODEL, "token", 1)
+        assert (offer.runtime, offer.item, offer.unit, offer.capacity) == ("inference", MODEL, "token", 4)
         assert offer.throughput is None
         assert offer.details["quantization"] == "Q4_K_M"
         model_file = inference_cache_dir / "models" / f"{MODEL}.gguf"
@@ -130,7 +130,7 @@ async def test_cancelled_run_stops_and_frees_its_slot(inference_cache_dir: Path,
         if len(pieces) == 3:
             three_pieces.set()
 
-    async with started(inference_cache_dir, tmp_path, slots=1, n_ctx=2048) as runtime:
+    async with started(inference_cache_dir, tmp_path, max_streams=1, n_ctx=2048) as runtime:
         # Greedy counting goes on without an end of turn: ~1000 tokens is most of a minute here, so
         # if the cancelled generation kept its single slot, the fail_after below would trip.
         long_job = task(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=1000, deterministic=True)
@@ -168,7 +168,7 @@ async def test_a_failing_send_stops_the_generation_with_its_own_error(
         if len(sent) == 3:
             raise StreamGone("the requester's stream was reset")
 
-    async with started(inference_cache_dir, tmp_path, slots=1, n_ctx=2048) as runtime:
+    async with started(inference_cache_dir, tmp_path, max_streams=1, n_ctx=2048) as runtime:
         long_job = task(prompt="1, 2, 3, 4, 5, 6, 7, 8,", max_tokens=1000, deterministic=True)
         with trio.fail_after(20):
             with pytest.raises(StreamGone):
@@ -280,7 +280,7 @@ async def test_benchmark_measures_generation(inference_cache_dir: Path, tmp_path
 @pytest.mark.parametrize(
     ("settings", "key"),
     [
-        ({"slots": "2"}, "slots"),
+        ({"max_streams": "2"}, "max_streams"),
         ({"n_ctx": True}, "n_ctx"),
         ({"models": "model.gguf"}, "models"),
         ({"include_packaged_model": 1}, "include_packaged_model"),

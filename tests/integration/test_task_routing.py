@@ -43,7 +43,9 @@ FAST = [
 OFF = '"zk-groth16", "render-blender"'
 REQUESTER = [*FAST, f'runtimes.disabled=["inference", {OFF}]']
 # Epochs of two receipts, so that the tests see epoch roots published and read too.
-WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024", "ledger.epoch_receipts=2"]
+# One stream per worker (and no queue, above): BUSY is reachable with a few requests.
+WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024", "runtimes.inference.max_streams=1",
+          "ledger.epoch_receipts=2"]
 # ~800 prompt tokens (of the workers' 1,024): on these 2 cores the prompt alone takes seconds, long enough to
 # kill a worker inside it.
 LONG_PROMPT = "Describe the harbour. " + " ".join(f"Ship {i} carries grain and wool." for i in range(100))

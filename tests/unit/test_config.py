@@ -101,10 +101,10 @@ def test_an_integer_is_accepted_where_a_number_is_expected(tmp_path: Path) -> No
 
 
 def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
-    user = write(tmp_path / "u.toml", '[runtimes.audio]\nvoices = ["a"]\n[runtimes.inference]\nslots = 3\n')
+    user = write(tmp_path / "u.toml", '[runtimes.audio]\nvoices = ["a"]\n[runtimes.inference]\nmax_streams = 3\n')
     cfg = load_config(config_file=user, environ={"HOME": str(tmp_path)})
     assert cfg.runtime_settings["audio"] == {"voices": ["a"]}
-    assert cfg.runtime_settings["inference"]["slots"] == 3
+    assert cfg.runtime_settings["inference"]["max_streams"] == 3
 
 
 @pytest.mark.parametrize(
@@ -124,7 +124,7 @@ def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
         ("[hardware]\nbenchmark_on_start = 1\n", "hardware.benchmark_on_start", "true or false"),
         ('[p2p]\nbootstrap = ["example.com:4001"]\n', "p2p.bootstrap", "multiaddrs"),
         ("[p2p]\nbootstrap = [1]\n", "p2p.bootstrap", "a list of strings"),
-        ("[runtimes.inference]\nslotz = 2\n", "runtimes.inference.slotz", "runtimes.inference.slots"),
+        ("[runtimes.inference]\nslotz = 2\n", "runtimes.inference.slotz", "runtimes.inference.max_streams"),
         ("[verify]\ninference_chunks = -1\n", "verify.inference_chunks", "at least 0"),
     ],
 )

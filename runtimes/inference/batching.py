@@ -1,0 +1,343 @@
+"""Continuous batching: one loaded model serves up to ``max_streams`` generations in one llama context.
+
+A ``BatchEngine`` owns a llama context of its own, made on the weights of one loaded ``Llama``
+(``llama_init_from_model``: the weights are not copied), with ``max_streams`` sequences and a KV cache of
+``n_ctx`` cells for each. One engine thread runs the decode loop. Each step builds one ``llama_batch``:
+the last sampled token of every running sequence, then up to ``prompt_chunk`` tokens of prompts still being
+prefilled, then calls ``llama_decode`` once for all of it. A request that arrives while others run joins at
+the next step: its prompt is prefilled inside the same loop, a chunk per step, so running streams keep
+producing tokens meanwhile and the newcomer's first token comes within a few steps.
+
+Each sequence keeps what made a single generation checkable (``generation.py``'s ``Generation``):
+
+- its own sampler chain, built by ``Llama._init_sampler`` with its seed, temperature and top_p, exactly as
+  ``Llama.generate`` builds one (the verifier rebuilds the same chain to replay it); llama.cpp's
+  ``llama_sampler_sample`` reads the sequence's own row of the batch's logits;
+- its own stop sequences and incremental UTF-8 decoding (``text.TextAssembler``);
+- its own logit commitments: the row that produced each token goes to its ``CommitmentBuilder``.
+
+What batching changes is the arithmetic, not the model: the row a sequence gets was computed in a batch of
+some shape, and llama.cpp's kernels sum in a different order for another shape. A single generation fed its
+prompt in fixed chunks for that reason; here the shapes depend on what else runs. The verifier never relied
+on equal shapes (it checks one batched prefill against one-token decodes) and its tolerances cover the
+difference; tests/integration/test_batching.py shows batched results passing it, and that greedy output
+batched matches the same request alone.
+
+Cancelling a stream (``Job.cancel``) takes effect at the next step: its sequence is removed from the KV
+cache (``llama_memory_seq_rm``) and its place goes to the next waiting request. The engine never blocks
+on the event loop: pieces and results leave through the job's callbacks, which the runtime points at
+``TrioToken.run_sync_soon``; a step's pieces are handed over right before its ``llama_decode``, which runs
+without the GIL, so the event loop sends them while the thread decodes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hyperion_node.errors import InternalError, RuntimeUnavailable
+from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams
+from runtimes.inference.generation import DEFAULT_COMMITMENT, SAMPLER_DEFAULTS, Generation
+from runtimes.inference.request import GenerationRequest
+from runtimes.inference.text import TextAssembler
+
+
+class StreamCancelled(Exception):
+    """A job's ``on_done`` error when it was cancelled; its caller has already gone."""
+
+
+@dataclass(eq=False)
+class Job:
+    """One generation asked of an engine. The callbacks run in the engine thread and must not block."""
+
+    request: GenerationRequest
+    prompt: Sequence[int]
+    seed: int
+    on_piece: Callable[[str], None]
+    on_done: Callable[[Generation | None, BaseException | None], None]
+    ignore_eog: bool = False  # keep going past end-of-turn: benchmarks that need a fixed token count
+    commit: bool = True  # logit commitments; off only to measure what they cost (scripts/bench_verify.py)
+    commitment: CommitmentParams = DEFAULT_COMMITMENT
+    cancelled: bool = field(default=False, init=False)
+
+    def cancel(self) -> None:
+        """Stop at the engine's next step (from any thread); ``on_done`` then gets ``StreamCancelled``."""
+        self.cancelled = True
+
+
+class _Stream:
+    """Engine-thread state of one admitted job: its sequence id, sampler chain, text and commitments."""
+
+    def __init__(self, job: Job, seq_id: int, chain: Any) -> None:
+        self.job = job
+        self.seq_id = seq_id
+        self.chain = chain
+        self.text = TextAssembler(job.request.stop)
+        self.builder = CommitmentBuilder(job.commitment) if job.commit else None
+        self.fed = 0  # prompt tokens in the KV cache
+        self.n_past = 0  # positions in the KV cache
+        self.next_token: int | None = None  # sampled, to be decoded at the next step
+        self.token_ids: list[int] = []
+        self.unsent: list[str] = []
+        self.pieces: list[str] = []
+        self.finish_reason = "length"
+        self.end_token: int | None = None
+        self.started = time.perf_counter()
+        self.prompt_done: float | None = None
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.job.prompt)
+
+    def put(self, text: str) -> None:
+        if text:
+            self.pieces.append(text)
+            self.unsent.append(text)
+
+    def flush(self) -> None:
+        for text in self.unsent:
+            self.job.on_piece(text)
+        self.unsent.clear()
+
+    def result(self) -> Generation:
+        prompt_done = self.prompt_done if self.prompt_done is not None else time.perf_counter()
+        return Generation(
+            text="".join(self.pieces),
+            finish_reason=self.finish_reason,
+            tokens_in=len(self.job.prompt),
+            tokens_out=len(self.token_ids),
+            prompt_seconds=prompt_done - self.started,
+            generate_seconds=time.perf_counter() - prompt_done,
+            token_ids=tuple(self.token_ids),
+            end_token=self.end_token,
+            commitment=self.builder.build() if self.builder is not None else None,
+        )
+
+
+class BatchEngine:
+    """The decode loop for one loaded model; see the module docstring.
+
+    ``llm`` is a loaded ``Llama``, used for its weights, its tokenizer and ``_init_sampler``; the engine
+    never touches its context, so the caller must not hand the same ``Llama`` to anyone who calls
+    ``set_seed`` or ``_init_sampler`` on it while the engine runs. ``close`` frees the engine's context;
+    the ``Llama`` stays the caller's.
+    """
+
+    def __init__(
+        self,
+        llama_cpp: Any,
+        llm: Any,
+        *,
+        max_streams: int,
+        n_ctx: int,
+        n_threads: int,
+        prompt_chunk: int,
+    ) -> None:
+        if max_streams < 1 or prompt_chunk < 1:
+            raise InternalError(f"BatchEngine needs max_streams, prompt_chunk >= 1: {max_streams}, {prompt_chunk}")
+        self._llama = llama_cpp
+        self._llm = llm
+        self.max_streams = max_streams
+        self.n_ctx = n_ctx  # cells per sequence
+        self._prompt_chunk = prompt_chunk
+        self._n_batch = max(512, max_streams + prompt_chunk)
+        # The loaded Llama's own context parameters (flash attention off, its rope and yarn settings): the
+        # verifier's instance is made the same way, and another attention kernel would round differently.
+        base = llm.context_params
+        params = type(base).from_buffer_copy(base)
+        params.n_ctx = n_ctx * max_streams
+        params.n_seq_max = max_streams
+        params.n_batch = self._n_batch
+        params.n_ubatch = min(512, self._n_batch)
+        params.n_threads = n_threads
+        params.n_threads_batch = n_threads
+        params.kv_unified = False  # n_ctx cells for each sequence: one long prompt cannot crowd out the rest
+        params.swa_full = False  # no prefix reuse, so sliding-window layers keep only their window
+        self._ctx = llama_cpp.llama_init_from_model(llm.model, params)
+        if not self._ctx:
+            raise RuntimeUnavailable(
+                f"llama.cpp could not make a context of {max_streams} x {n_ctx} tokens",
+                hint="lower [runtimes.inference] max_streams or n_ctx",
+            )
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        self._n_vocab = int(llm.n_vocab())
+        self._cond = threading.Condition()
+        self._pending: deque[Job] = deque()
+        self._streams: list[_Stream] = []  # admission order: prompts are prefilled first come, first served
+        self._free_ids = list(range(max_streams - 1, -1, -1))
+        self._closing = False
+        self.steps = 0  # llama_decode calls, for tests and benchmarks
+        self.peak_streams = 0
+        self._thread = threading.Thread(target=self._loop, name="hyperion-batch", daemon=True)
+        self._thread.start()
+
+    # --- any thread --------------------------------------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; it starts at the next step with a free sequence."""
+        with self._cond:
+            if self._closing:
+                raise RuntimeUnavailable("the inference engine is shutting down", hint="retry on another node")
+            self._pending.append(job)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        """Make an idle loop look at its jobs again (after a cancel)."""
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def busy(self) -> int:
+        """Jobs running or waiting."""
+        with self._cond:
+            return len(self._streams) + len(self._pending)
+
+    def close(self) -> None:
+        """Fail what runs and waits, stop the loop, free the context (blocking: up to one step)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+        self._llama.llama_batch_free(self._batch)
+        self._llama.llama_free(self._ctx)
+
+    # --- the engine thread ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._streams and not self._pending:
+                    self._cond.wait()
+                if self._closing:
+                    break
+                admitted = self._admit()
+            for stream in admitted:
+                self._start(stream)
+            if self._streams:
+                try:
+                    self._step()
+                except Exception as exc:
+                    for stream in list(self._streams):
+                        self._end(stream, None, exc)
+        gone = RuntimeUnavailable("the inference engine shut down", hint="retry on another node")
+        for stream in list(self._streams):
+            self._end(stream, None, gone)
+        with self._cond:
+            pending, self._pending = list(self._pending), deque()
+        for job in pending:
+            job.on_done(None, gone)
+
+    def _admit(self) -> list[_Stream]:
+        """Pending jobs onto free sequences (under the lock); cancelled ones are dropped on the way."""
+        admitted = []
+        while self._pending and self._free_ids:
+            job = self._pending.popleft()
+            if job.cancelled:
+                job.on_done(None, StreamCancelled())
+                continue
+            stream = _Stream(job, self._free_ids.pop(), None)
+            self._streams.append(stream)
+            admitted.append(stream)
+        self.peak_streams = max(self.peak_streams, len(self._streams))
+        return admitted
+
+    def _start(self, stream: _Stream) -> None:
+        # The chain Llama.generate would build for this request (generation.py, verifier.SamplerReplay).
+        request = stream.job.request
+        self._llm.set_seed(stream.job.seed)
+        stream.chain = self._llm._init_sampler(temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
+
+    def _step(self) -> None:
+        llama = self._llama
+        for stream in list(self._streams):
+            if stream.job.cancelled:
+                self._end(stream, None, StreamCancelled())
+        if not self._streams:
+            return
+        batch = self._batch
+        rows: list[tuple[_Stream, int]] = []
+        n = 0
+
+        def add(token: int, stream: _Stream, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = stream.n_past
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = stream.seq_id
+            batch.logits[n] = logits
+            if logits:
+                rows.append((stream, n))
+            stream.n_past += 1
+            n += 1
+
+        for stream in self._streams:
+            if stream.next_token is not None:
+                add(stream.next_token, stream, True)
+                stream.next_token = None
+        budget = self._prompt_chunk
+        for stream in self._streams:
+            if budget == 0:
+                break
+            if stream.prefilling:
+                prompt = stream.job.prompt
+                take = min(budget, len(prompt) - stream.fed)
+                for i in range(stream.fed, stream.fed + take):
+                    add(prompt[i], stream, i == len(prompt) - 1)
+                stream.fed += take
+                budget -= take
+        batch.n_tokens = n
+        for stream in self._streams:
+            stream.flush()  # handed over now: llama_decode below runs without the GIL
+        code = llama.llama_decode(self._ctx, batch)
+        self.steps += 1
+        if code != 0:
+            raise InternalError(f"llama_decode returned {code} for a batch of {n} tokens")
+        for stream, index in rows:
+            self._sample(stream, index)
+
+    def _sample(self, stream: _Stream, index: int) -> None:
+        llama = self._llama
+        job = stream.job
+        if stream.prompt_done is None:
+            stream.prompt_done = time.perf_counter()
+        token = int(llama.llama_sampler_sample(stream.chain.sampler, self._ctx, index))
+        if stream.builder is not None:
+            # The row that produced the token: a view of llama.cpp's buffer, read at once (before the next decode).
+            row = llama.llama_get_logits_ith(self._ctx, index)
+            stream.builder.add(np.ctypeslib.as_array(row, shape=(self._n_vocab,)))
+        end = bool(llama.llama_vocab_is_eog(self._vocab, token)) and not job.ignore_eog
+        if not end:
+            stream.token_ids.append(token)
+            stream.put(stream.text.push(self._llm.detokenize([token])))
+        if end:
+            stream.finish_reason, stream.end_token = "stop", token
+        elif stream.text.hit_stop:
+            stream.finish_reason = "stop"
+        elif len(stream.token_ids) < job.request.max_tokens:
+            stream.next_token = token
+            return
+        stream.put(stream.text.finish())
+        self._end(stream, stream.result(), None)
+
+    def _end(self, stream: _Stream, result: Generation | None, error: BaseException | None) -> None:
+        """Free the stream's sequence and report it."""
+        if stream not in self._streams:
+            return
+        self._llama.llama_memory_seq_rm(self._memory, stream.seq_id, -1, -1)
+        if stream.chain is not None:
+            stream.chain.close()
+        with self._cond:
+            self._streams.remove(stream)
+            self._free_ids.append(stream.seq_id)
+        if error is None:
+            stream.flush()
+        stream.job.on_done(result, error)
+
