@@ -246,7 +246,7 @@ def streams(base_url: str, token: str, clients: int, tokens: int, prompt: str = 
             print(f"  stream {_i} of {clients} failed: {exc}", file=sys.stderr)
 
     def read(_i: int) -> None:
-        first = True
+        first, pieces, usage = True, 0, None
         body = {"model": MODEL, "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
                 "stream_options": {"include_usage": True}}
         with httpx.Client(timeout=300, headers={"Authorization": f"Bearer {token}"}) as client:
@@ -256,11 +256,15 @@ def streams(base_url: str, token: str, clients: int, tokens: int, prompt: str = 
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[len("data: "):])
-                    if first and chunk.get("choices") and chunk["choices"][0].get("text"):
-                        firsts.append(time.perf_counter() - t0)
-                        first = False
+                    if chunk.get("choices") and chunk["choices"][0].get("text"):
+                        pieces += 1
+                        if first:
+                            firsts.append(time.perf_counter() - t0)
+                            first = False
                     if chunk.get("usage"):
-                        counts.append(chunk["usage"]["completion_tokens"])
+                        usage = chunk["usage"]["completion_tokens"]
+        # llama_cpp.server sends no usage in a stream; its chunks are one token each.
+        counts.append(usage if usage is not None else pieces)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
     t0 = time.perf_counter()
@@ -332,6 +336,8 @@ def batching(root: Path, model_path: Path, rounds: int, tokens: int) -> None:
             running.join()
     finally:
         node.stop()
+    print(f"raw tok/s {raw_rates}\nnode tok/s {node_rates}\nRSS {peaks}\njoin TTFT {joins}, idle TTFT {idles}",
+          flush=True)
     base: dict[int, float] = {}
     for b in sizes:
         proc, url = llama_server(model_path, THREADS)

@@ -30,7 +30,7 @@ RUNTIME = "inference"
 # OpenAI's defaults: 16 tokens for completions; chat has none (until the context ends), which we bound.
 COMPLETION_MAX_TOKENS = 16
 CHAT_MAX_TOKENS = 512
-_PASSED_THROUGH = ("temperature", "top_p", "seed", "stop")
+_PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "min_tier")  # min_tier: an extension (tiers.py)
 
 
 class InferenceNode(Protocol):

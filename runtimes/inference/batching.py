@@ -219,14 +219,15 @@ class BatchEngine:
                 if self._closing:
                     break
                 admitted = self._admit()
-            for stream in admitted:
-                self._start(stream)
-            if self._streams:
-                try:
+            try:
+                for stream in admitted:
+                    self._start(stream)
+                if self._streams:
                     self._step()
-                except Exception as exc:
-                    for stream in list(self._streams):
-                        self._end(stream, None, exc)
+            except Exception as exc:  # a failed step fails its streams, not the engine
+                for stream in list(self._streams):
+                    self._end(stream, None, exc)
+                self._llama.llama_memory_clear(self._memory, True)
         gone = RuntimeUnavailable("the inference engine shut down", hint="retry on another node")
         for stream in list(self._streams):
             self._end(stream, None, gone)
@@ -243,6 +244,7 @@ class BatchEngine:
             if job.cancelled:
                 job.on_done(None, StreamCancelled())
                 continue
+            self._free_ids.sort(reverse=True)  # the lowest free id: sequences stay packed from 0
             stream = _Stream(job, self._free_ids.pop(), None)
             self._streams.append(stream)
             admitted.append(stream)
@@ -262,25 +264,13 @@ class BatchEngine:
                 self._end(stream, None, StreamCancelled())
         if not self._streams:
             return
-        batch = self._batch
-        rows: list[tuple[_Stream, int]] = []
-        n = 0
-
-        def add(token: int, stream: _Stream, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = stream.n_past
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = stream.seq_id
-            batch.logits[n] = logits
-            if logits:
-                rows.append((stream, n))
-            stream.n_past += 1
-            n += 1
-
+        # (stream, token, position, logits wanted): every running stream's next token, then prompt tokens of
+        # streams still prefilling, first come first served, up to the prompt budget.
+        entries: list[tuple[_Stream, int, int, bool]] = []
         for stream in self._streams:
             if stream.next_token is not None:
-                add(stream.next_token, stream, True)
+                entries.append((stream, stream.next_token, stream.n_past, True))
+                stream.n_past += 1
                 stream.next_token = None
         budget = self._prompt_chunk
         for stream in self._streams:
@@ -290,9 +280,25 @@ class BatchEngine:
                 prompt = stream.job.prompt
                 take = min(budget, len(prompt) - stream.fed)
                 for i in range(stream.fed, stream.fed + take):
-                    add(prompt[i], stream, i == len(prompt) - 1)
+                    entries.append((stream, prompt[i], stream.n_past, i == len(prompt) - 1))
+                    stream.n_past += 1
                 stream.fed += take
                 budget -= take
+        # In sequence order: with a KV cache per sequence, llama.cpp splits a batch whose sequences come out of
+        # order into one micro-batch per sequence (measured: 8 streams in descending order took 300 ms a step,
+        # in ascending order 100 ms, as one alone takes 40). A stream's own tokens keep their order.
+        entries.sort(key=lambda e: e[0].seq_id)
+        batch = self._batch
+        rows: list[tuple[_Stream, int]] = []
+        for n, (stream, token, position, logits) in enumerate(entries):
+            batch.token[n] = token
+            batch.pos[n] = position
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = stream.seq_id
+            batch.logits[n] = logits
+            if logits:
+                rows.append((stream, n))
+        n = len(entries)
         batch.n_tokens = n
         for stream in self._streams:
             stream.flush()  # handed over now: llama_decode below runs without the GIL

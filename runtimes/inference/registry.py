@@ -12,6 +12,7 @@ a silent choice.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -65,12 +66,25 @@ class ModelEntry:
     quantization: str
     packaged: bool = False  # the model that ships with the node as a Python package
     expected_sha256: str | None = None  # known in advance for the packaged model
+    tier_reason: str | None = None  # why this file was chosen among its family's quantizations (tiers.py)
+    variants: tuple[str, ...] = ()  # the family's quantizations on disk, when this entry stands for a family
+
+
+@dataclass(frozen=True)
+class TierDecision:
+    """What ``ModelRegistry.by_tier`` chose for one family: said in the log, and in the offer."""
+
+    family: str
+    chosen: ModelEntry
+    reason: str
+    passed_over: tuple[str, ...]  # ids of the family's other files, not served
 
 
 class ModelRegistry:
     """The models this node serves, in configuration order (the packaged model first when enabled)."""
 
-    def __init__(self, entries: Iterable[ModelEntry]) -> None:
+    def __init__(self, entries: Iterable[ModelEntry], aliases: Mapping[str, str] | None = None) -> None:
+        self._aliases = dict(aliases or {})  # a family's chosen file's own id -> the family's name
         self._entries: dict[str, ModelEntry] = {}
         for entry in entries:
             if entry.model_id in self._entries:
@@ -123,7 +137,36 @@ class ModelRegistry:
         return cls(entries)
 
     def get(self, model_id: str) -> ModelEntry | None:
-        return self._entries.get(model_id)
+        """The entry for an id, or for the own id of a family's chosen file."""
+        return self._entries.get(model_id) or self._entries.get(self._aliases.get(model_id, ""))
+
+    def by_tier(
+        self, footprint: Callable[[ModelEntry], int], budget_bytes: int, budget_what: str
+    ) -> tuple[ModelRegistry, list[TierDecision]]:
+        """One file per family (``tiers.py``): the best quantization of each model whose ``footprint`` fits
+        the budget. A family of several files is served under the family's name; a model with one file keeps
+        its own id. The returned registry keeps the configuration order of the first file of each family."""
+        from runtimes.inference.tiers import choose, family_name
+
+        families: dict[str, list[ModelEntry]] = {}
+        for entry in self._entries.values():
+            families.setdefault(family_name(entry.model_id, entry.quantization), []).append(entry)
+        entries: list[ModelEntry] = []
+        aliases: dict[str, str] = {}
+        decisions: list[TierDecision] = []
+        for family, members in families.items():
+            if len(members) == 1:
+                entries.append(members[0])
+                continue
+            choice = choose([m.quantization for m in members], [footprint(m) for m in members], budget_bytes,
+                            budget_what)
+            chosen = members[choice.chosen]
+            entries.append(dataclasses.replace(chosen, model_id=family, tier_reason=choice.reason,
+                                               variants=tuple(m.quantization for m in members)))
+            aliases[chosen.model_id] = family
+            decisions.append(TierDecision(family, chosen, choice.reason,
+                                          tuple(m.model_id for m in members if m is not chosen)))
+        return ModelRegistry(entries, aliases), decisions
 
     @property
     def ids(self) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperion_node.errors import UserError
+from runtimes.inference.tiers import check_min_tier
 
 # At most this many stop sequences, as in the OpenAI completions API the payload imitates.
 MAX_STOP_SEQUENCES = 4
@@ -31,6 +32,7 @@ class GenerationRequest:
     top_p: float = 0.95
     seed: int | None = None  # None: a random seed, recorded in the evidence
     stop: tuple[str, ...] = ()
+    min_tier: str | None = None  # the lowest quantization tier acceptable (tiers.py); None: any
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> GenerationRequest:
@@ -94,6 +96,7 @@ class GenerationRequest:
             top_p=top_p,
             seed=seed,
             stop=tuple(stops),
+            min_tier=check_min_tier(payload.get("min_tier")),
         )
 
 

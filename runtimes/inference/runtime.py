@@ -46,16 +46,21 @@ from runtimes.inference.generation import (
 )
 from runtimes.inference.prompts import PromptTokenizer, estimate_prompt_tokens
 from runtimes.inference.registry import (
+    FALLBACK_KV_BYTES_PER_TOKEN,
+    GPU_HEADROOM,
     GgufInfo,
     InferenceSettings,
     ModelEntry,
     ModelHashes,
     ModelPool,
     ModelRegistry,
+    TierDecision,
     choose_gpu_layers,
     ensure_packaged_model,
+    read_gguf_info,
 )
 from runtimes.inference.request import GenerationRequest
+from runtimes.inference.tiers import tier_of, tier_rank
 from runtimes.inference.verifier import CHECKED_CHUNKS, reject, verify_claim
 from runtimes.interface import (
     BenchmarkResult,
@@ -168,22 +173,27 @@ class LlamaCppRuntime:
             )
         settings = self._settings
 
-        def scan() -> ModelRegistry:
+        self._gpu_offload = bool(self._llama.llama_supports_gpu_offload())
+        budget = settings.memory_budget_bytes or int(
+            AUTO_MEMORY_SHARE * self._context.hardware.ram_available_bytes
+        )
+
+        def scan() -> tuple[ModelRegistry, list[TierDecision]]:
             packaged = None
             if settings.include_packaged_model:
                 packaged = ensure_packaged_model(self._context.cache_dir / "models", self._hashes)
-            return ModelRegistry.scan(settings.models, packaged=packaged)
+            found = ModelRegistry.scan(settings.models, packaged=packaged)
+            return found.by_tier(self._footprint, *self._tier_budget(budget))
 
-        self._registry = await trio.to_thread.run_sync(scan)
+        self._registry, decisions = await trio.to_thread.run_sync(scan)
         if not len(self._registry):
             raise RuntimeUnavailable(
                 "the inference runtime has no model to serve",
                 hint="set include_packaged_model = true or list .gguf files in [runtimes.inference] models",
             )
-        self._gpu_offload = bool(self._llama.llama_supports_gpu_offload())
-        budget = settings.memory_budget_bytes or int(
-            AUTO_MEMORY_SHARE * self._context.hardware.ram_available_bytes
-        )
+        for decision in decisions:
+            self._log.info("model quantization chosen", model=decision.family, file=decision.chosen.path.name,
+                           why=decision.reason, not_served=list(decision.passed_over))
         self._verify_slots = {entry.model_id: trio.CapacityLimiter(1) for entry in self._registry}
         self._pool = ModelPool(
             load=self._load,
@@ -251,8 +261,11 @@ class LlamaCppRuntime:
                 throughput=throughput if measured == entry.model_id else None,
                 details={
                     "quantization": entry.quantization,
+                    "tier": tier_of(entry.quantization),
                     "size_bytes": entry.size_bytes,
                     "n_ctx": self._settings.n_ctx,
+                    **({"tier_reason": entry.tier_reason, "variants": list(entry.variants)}
+                       if entry.tier_reason is not None else {}),
                 },
             )
             for entry in self._registry
@@ -267,6 +280,9 @@ class LlamaCppRuntime:
         if entry is None:
             available = ", ".join(self._registry.ids) or "none"
             return Estimate(accepted=False, reason=f"unknown model {request.model!r}; available: {available}")
+        below = _below_tier(entry, request)
+        if below is not None:
+            return Estimate(accepted=False, reason=below)
         n_ctx = self._settings.n_ctx
         tokens_in = estimate_prompt_tokens(request)
         # Tokenizing needs a loaded model; loading one to answer an admission question would be
@@ -297,6 +313,9 @@ class LlamaCppRuntime:
         entry = self._registry.get(request.model)
         if entry is None:
             raise UserError(f"unknown model {request.model!r}; available: {', '.join(self._registry.ids)}")
+        below = _below_tier(entry, request)
+        if below is not None:
+            raise UserError(below, hint="ask without min_tier, or for a lower one, or ask a node with more memory")
         seed = request.seed if request.seed is not None else secrets.randbelow(2**32)
 
         # Pieces go from the engine thread to a sender task in this nursery without the engine waiting for
@@ -409,6 +428,14 @@ class LlamaCppRuntime:
             functools.partial(self._hashes.sha256, entry, check_cancelled=trio.from_thread.check_cancelled),
             limiter=self._hash_limiter,
         )
+        if evidence.get("quantization") != entry.quantization:
+            if entry.tier_reason is None:  # the model id names one file, and so its quantization
+                return Verdict(False, f"evidence quantization {evidence.get('quantization')!r} is not the "
+                                      f"model's {entry.quantization}")
+            # A family's nodes may each serve another quantization (tiers.py): this node cannot judge that one,
+            # and the requester asks another verifier.
+            raise UserError(f"cannot verify {request.model} at {evidence.get('quantization')!r}: this node serves "
+                            f"{entry.quantization}")
         if evidence.get("model_sha256") != ours:
             return Verdict(False, f"evidence model_sha256 {evidence.get('model_sha256')!r} is not {ours}")
         return await trio.to_thread.run_sync(
@@ -630,6 +657,27 @@ class LlamaCppRuntime:
 
     # --- helpers -----------------------------------------------------------------------------------
 
+    def _tier_budget(self, ram_budget: int) -> tuple[int, str]:
+        """The memory a family's quantization must fit (tiers.py): free VRAM where layers are offloaded, else
+        the RAM budget."""
+        if self._gpu_offload:
+            free = [int(g.get("vram_free_bytes", 0) or 0) for g in self._context.hardware.gpus]
+            if max(free, default=0) > 0:
+                return max(free), "free VRAM of the GPU"
+        if self._settings.memory_budget_bytes:
+            return ram_budget, "memory_budget_bytes"
+        return ram_budget, f"{AUTO_MEMORY_SHARE:.0%} of available RAM"
+
+    def _footprint(self, entry: ModelEntry) -> int:
+        """Memory a model takes here: its weights (with llama.cpp's compute headroom on a GPU) and the KV caches
+        of the engine's streams and of one verification. Blocking: reads the GGUF header."""
+        try:
+            kv = read_gguf_info(entry.path).kv_bytes_per_token or FALLBACK_KV_BYTES_PER_TOKEN
+        except (OSError, ValueError):
+            kv = FALLBACK_KV_BYTES_PER_TOKEN
+        weights = entry.size_bytes * (GPU_HEADROOM if self._gpu_offload else 1.0)
+        return int(weights + (self._settings.max_streams + 1) * self._settings.n_ctx * kv)
+
     def _n_threads(self) -> int:
         if self._settings.n_threads:
             return self._settings.n_threads
@@ -648,6 +696,17 @@ class LlamaCppRuntime:
         if isinstance(prompt_rate, int | float) and prompt_rate > 0:
             seconds += tokens_in / prompt_rate
         return seconds
+
+
+def _below_tier(entry: ModelEntry, request: GenerationRequest) -> str | None:
+    """Why this node's quantization of the model is below the request's ``min_tier``; None when it is not."""
+    if request.min_tier is None:
+        return None
+    tier = tier_of(entry.quantization)
+    if tier_rank(tier) >= tier_rank(request.min_tier):
+        return None
+    return (f"this node serves {entry.model_id} at {entry.quantization} ({tier or 'no'} tier), below the "
+            f"requested minimum {request.min_tier!r}")
 
 
 @dataclass(frozen=True)
