@@ -47,6 +47,10 @@ from runtimes.inference.generation import DEFAULT_COMMITMENT, SAMPLER_DEFAULTS, 
 from runtimes.inference.request import GenerationRequest
 from runtimes.inference.text import TextAssembler
 
+# Prompt chunks one step may prefill when it carries prompts alone (``BatchEngine._plan``): a burst of requests
+# is prefilled together, as llama.cpp alone would; a cancelled prompt still stops within this many chunks.
+IDLE_PREFILL_CHUNKS = 8
+
 
 class StreamCancelled(Exception):
     """A job's ``on_done`` error when it was cancelled; its caller has already gone."""
@@ -146,7 +150,7 @@ class BatchEngine:
         self.max_streams = max_streams
         self.n_ctx = n_ctx  # cells per sequence
         self._prompt_chunk = prompt_chunk
-        self._n_batch = max(512, max_streams + prompt_chunk)
+        self._n_batch = max(512, max_streams + IDLE_PREFILL_CHUNKS * prompt_chunk)
         # The loaded Llama's own context parameters (flash attention off, its rope and yarn settings): the
         # verifier's instance is made the same way, and another attention kernel would round differently.
         base = llm.context_params
@@ -252,8 +256,12 @@ class BatchEngine:
         return admitted
 
     def _start(self, stream: _Stream) -> None:
-        # The chain Llama.generate would build for this request (generation.py, verifier.SamplerReplay).
+        # The chain Llama.generate would build for this request (generation.py, verifier.SamplerReplay). A greedy
+        # request needs none: _sample takes the row's argmax, which is what that chain (neutral penalties, then
+        # llama.cpp's greedy sampler, the first of equal maxima) picks, without copying 262,144 candidates.
         request = stream.job.request
+        if request.temperature == 0.0:
+            return
         self._llm.set_seed(stream.job.seed)
         stream.chain = self._llm._init_sampler(temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
 
@@ -265,14 +273,14 @@ class BatchEngine:
         if not self._streams:
             return
         # (stream, token, position, logits wanted): every running stream's next token, then prompt tokens of
-        # streams still prefilling, first come first served, up to the prompt budget.
+        # streams still prefilling, first come first served, up to the prompt budget (``_plan``).
         entries: list[tuple[_Stream, int, int, bool]] = []
+        budget, decode = self._plan()
         for stream in self._streams:
-            if stream.next_token is not None:
+            if decode and stream.next_token is not None:
                 entries.append((stream, stream.next_token, stream.n_past, True))
                 stream.n_past += 1
                 stream.next_token = None
-        budget = self._prompt_chunk
         for stream in self._streams:
             if budget == 0:
                 break
@@ -309,16 +317,36 @@ class BatchEngine:
         for stream, index in rows:
             self._sample(stream, index)
 
+    def _plan(self) -> tuple[int, bool]:
+        """This step's prompt-token budget, and whether running streams decode in it.
+
+        - Newcomers' prompts that fit ``IDLE_PREFILL_CHUNKS`` chunks together (a burst of short requests, or
+          one that joins running streams): a step of those prompts alone, as vLLM schedules prefills first and
+          llama.cpp alone would prefill them in one batch. Their first tokens then wait for one step, not for
+          steps that also carry every running stream's token; a running stream pauses for that one step (up
+          to 256 prompt tokens: ~1 s on the 2-core CPU, milliseconds on a GPU).
+        - A longer prompt: one chunk of it beside every running stream's token, so that it does not stall the
+          others for its whole prefill.
+        """
+        waiting = sum(len(s.job.prompt) - s.fed for s in self._streams if s.prefilling)
+        decoding = any(s.next_token is not None for s in self._streams)
+        if not decoding or 0 < waiting <= IDLE_PREFILL_CHUNKS * self._prompt_chunk:
+            return IDLE_PREFILL_CHUNKS * self._prompt_chunk, False
+        return self._prompt_chunk, True
+
     def _sample(self, stream: _Stream, index: int) -> None:
         llama = self._llama
         job = stream.job
         if stream.prompt_done is None:
             stream.prompt_done = time.perf_counter()
-        token = int(llama.llama_sampler_sample(stream.chain.sampler, self._ctx, index))
+        # The row that produced the token: a view of llama.cpp's buffer, read at once (before the next decode).
+        row = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+        if stream.chain is None:
+            token = int(np.argmax(row))
+        else:
+            token = int(llama.llama_sampler_sample(stream.chain.sampler, self._ctx, index))
         if stream.builder is not None:
-            # The row that produced the token: a view of llama.cpp's buffer, read at once (before the next decode).
-            row = llama.llama_get_logits_ith(self._ctx, index)
-            stream.builder.add(np.ctypeslib.as_array(row, shape=(self._n_vocab,)))
+            stream.builder.add(row)
         end = bool(llama.llama_vocab_is_eog(self._vocab, token)) and not job.ignore_eog
         if not end:
             stream.token_ids.append(token)
