@@ -78,6 +78,8 @@ RUNTIME_NAME = "inference"
 # Bumped when a change here alters throughput or output, so cached benchmarks are redone.
 RUNTIME_REVISION = "2"  # 2: continuous batching
 
+# Under the data dir: model files added with `hyperion-node models add` (hyperion_node/cli/models.py).
+MANAGED_MODELS_DIR = "models"
 # Share of available RAM used when memory_budget_bytes = 0, leaving room for the OS and other runtimes.
 AUTO_MEMORY_SHARE = 0.6
 BENCHMARK_PROMPT = "The history of lighthouses begins in the ancient world, where"
@@ -182,7 +184,9 @@ class LlamaCppRuntime:
             packaged = None
             if settings.include_packaged_model:
                 packaged = ensure_packaged_model(self._context.cache_dir / "models", self._hashes)
-            found = ModelRegistry.scan(settings.models, packaged=packaged)
+            # The data dir's models folder, where `hyperion-node models add` puts files, beside the configured ones.
+            managed = self._context.data_dir / MANAGED_MODELS_DIR
+            found = ModelRegistry.scan([*settings.models, *([managed] if managed.is_dir() else [])], packaged=packaged)
             return found.by_tier(self._footprint, *self._tier_budget(budget))
 
         self._registry, decisions = await trio.to_thread.run_sync(scan)

@@ -5,13 +5,16 @@ best quantization that fits its memory budget, says why, and refuses a request f
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
+from typer.testing import CliRunner
 
+from hyperion_node.cli.app import app
 from hyperion_node.errors import UserError
 from runtimes.inference import LlamaCppRuntime, ModelRegistry
 from runtimes.inference.tiers import choose, family_name, tier_of, tier_rank
@@ -128,3 +131,54 @@ def test_family_names_tiers_and_the_choice() -> None:
     none_fits = choose(quants, footprint, 1 * gib, "test")
     assert quants[none_fits.chosen] == "Q2_K"
     assert "none fits" in none_fits.reason
+
+
+def one_line_error(output: str) -> str:
+    lines = [line for line in output.strip().splitlines() if line]
+    assert len(lines) == 1, output
+    assert lines[0].startswith("hyperion-node: "), output
+    return lines[0]
+
+
+async def test_models_add_list_remove_and_the_runtime_serves_what_was_added(
+    inference_cache_dir: Path, family_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for var in ("HYPERION_DATA_DIR", "HYPERION_CONFIG", "XDG_DATA_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    runner = CliRunner()
+    data = tmp_path / "node"
+    where = ["--data-dir", str(data)]
+    added = runner.invoke(app, ["models", "add", str(family_dir / "gemma-3-270m-q2_k.gguf"), *where])
+    assert added.exit_code == 0, added.output
+    assert "added gemma-3-270m-q2_k (gemma3, Q2_K, emergency tier" in added.output
+    assert (data / "models" / "gemma-3-270m-q2_k.gguf").is_file()
+    listed = runner.invoke(app, ["models", "list", "--json", *where])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["id"]: r for r in json.loads(listed.output)["models"]}
+    assert rows["gemma-3-270m-q2_k"]["model"] == rows["gemma-3-270m-q4_k_m"]["model"] == FAMILY
+    assert (rows["gemma-3-270m-q2_k"]["source"], rows["gemma-3-270m-q4_k_m"]["source"]) == ("data dir", "packaged")
+    # Mistakes get one line and a non-zero exit.
+    assert "already there" in one_line_error(
+        runner.invoke(app, ["models", "add", str(family_dir / "gemma-3-270m-q2_k.gguf"), *where]).output)
+    not_gguf = tmp_path / "notes.gguf"
+    not_gguf.write_text("not a model")
+    bad = runner.invoke(app, ["models", "add", str(not_gguf), *where])
+    assert bad.exit_code != 0
+    assert "not a readable GGUF model" in one_line_error(bad.output)
+    packaged = runner.invoke(app, ["models", "remove", "gemma-3-270m-q4_k_m", *where])
+    assert packaged.exit_code != 0
+    assert "include_packaged_model = false" in one_line_error(packaged.output)
+    # The runtime on that data dir serves the family; the roomy default budget picks Q4_K_M.
+    context = RuntimeContext(data_dir=data, cache_dir=inference_cache_dir, hardware=HW,
+                             settings={"n_ctx": 256, "n_threads": 1, "max_streams": 1})
+    runtime = LlamaCppRuntime(context)
+    await runtime.start()
+    try:
+        [offer] = runtime.offers(None)
+        assert (offer.item, offer.details["quantization"]) == (FAMILY, "Q4_K_M")
+    finally:
+        await runtime.aclose()
+    removed = runner.invoke(app, ["models", "remove", "gemma-3-270m-q2_k", *where])
+    assert removed.exit_code == 0, removed.output
+    assert not (data / "models" / "gemma-3-270m-q2_k.gguf").exists()
