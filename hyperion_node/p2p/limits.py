@@ -5,7 +5,8 @@ than its signer (a replay of what was collected), so a message is first checked 
 (``HeartbeatGate``): a replayed or stale one is dropped and counted, and charged to nobody; only what is new
 counts toward the signer's rate, and a rate broken by a signer's own signed timestamps is its own fault
 however the messages arrive. ``RateLimiter`` bounds what one peer may ask per second, ``PeerSlots`` how many
-streams it may hold open, ``Unpaid`` how much work it may leave unpaid.
+streams it may hold open, ``Unpaid`` how much work it may leave unpaid, ``PaidPeers`` who has paid (and so may
+hold more than one place of an offer).
 """
 
 from __future__ import annotations
@@ -149,3 +150,27 @@ class Unpaid:
 
     def over(self, peer: str, now: float) -> bool:
         return self.count(peer, now) >= self.limit
+
+
+@dataclass
+class PaidPeers:
+    """Requesters that countersigned a result of this node's, the most recent ``max_peers`` of them.
+
+    Bounded like every map keyed by peers: a peer pushed out by newer ones is a stranger again until it pays
+    once more, which costs it only the larger share of an offer's places for one task.
+    """
+
+    max_peers: int = 4096
+    _peers: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def add(self, peer: str) -> None:
+        self._peers.pop(peer, None)
+        self._peers[peer] = None
+        if len(self._peers) > self.max_peers:
+            self._peers.popitem(last=False)
+
+    def __contains__(self, peer: object) -> bool:
+        return peer in self._peers
+
+    def __len__(self) -> int:
+        return len(self._peers)

@@ -29,7 +29,7 @@ from hyperion_node.ledger.exceptions import ReceiptRejected
 from hyperion_node.ledger.money import credits_to_atto
 from hyperion_node.ledger.receipt import SignedReceipt, receipt_from_final, sign_receipt, with_countersignature
 from hyperion_node.ledger.service import LedgerService
-from hyperion_node.p2p.limits import PeerSlots, Unpaid
+from hyperion_node.p2p.limits import PaidPeers, PeerSlots, Unpaid
 from hyperion_node.protocols import task as task_protocol
 from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
@@ -81,17 +81,18 @@ class Admission:
     by_peer: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (runtime, item, peer) -> held
     on_change: Callable[[], None] | None = None  # the load changed (presence pushes it to subscribers)
 
-    def share(self, capacity: int) -> int:
-        """Places of one offer a single peer may hold: half of slots and queue together, at least one."""
-        return max(1, (capacity + self.queue_depth) // 2)
+    def share(self, capacity: int, *, paid: bool = True) -> int:
+        """Places of one offer a single peer may hold: half of slots and queue together, at least one; one
+        for a peer that has not yet paid this node (countersigned a result since it started)."""
+        return max(1, (capacity + self.queue_depth) // 2) if paid else 1
 
-    def try_admit(self, key: tuple[str, str], capacity: int, peer: str = "") -> int | None:
+    def try_admit(self, key: tuple[str, str], capacity: int, peer: str = "", *, paid: bool = True) -> int | None:
         """The task's queue position (0: it runs now), or None when slots and queue are full, or the peer
         holds its share of them already."""
         self.capacity[key] = capacity
         if self.admitted[key] >= capacity + self.queue_depth:
             return None
-        if peer and self.by_peer[(*key, peer)] >= self.share(capacity):
+        if peer and self.by_peer[(*key, peer)] >= self.share(capacity, paid=paid):
             return None
         self.admitted[key] += 1
         if peer:
@@ -161,6 +162,9 @@ class Worker:
         self._on_settled = on_settled
         self.admission = Admission(settings.queue_depth)
         self.unpaid = Unpaid(settings.max_unpaid, settings.unpaid_window_s)
+        # Requesters that countersigned a result since this node started: a stranger holds one place of an offer
+        # until it has paid once (a flood of a fresh key's tasks then takes one stream, not half of them).
+        self.paid = PaidPeers()
         # Checked when a stream opens, before a byte of it is read: per peer, and for everyone together.
         # The total bounds the small frames being read at once (a big one needs a big-frame place as well).
         self.streams = PeerSlots(settings.max_streams_per_peer, total=256)
@@ -186,10 +190,13 @@ class Worker:
         estimate = loaded.runtime.estimate(self._task(req))
         if not estimate.accepted:
             return Rejected(estimate.reason or "the runtime refused the task")
-        position = self.admission.try_admit((req.runtime, req.item), offer.capacity, peer)
+        paid = peer in self.paid
+        position = self.admission.try_admit((req.runtime, req.item), offer.capacity, peer, paid=paid)
         if position is None:
-            if peer and self.admission.by_peer[(req.runtime, req.item, peer)] >= self.admission.share(offer.capacity):
-                return Busy(f"you hold {self.admission.share(offer.capacity)} of this offer's places, your share",
+            share = self.admission.share(offer.capacity, paid=paid)
+            if peer and self.admission.by_peer[(req.runtime, req.item, peer)] >= share:
+                why = "your share" if paid else "your share until you have countersigned a result here"
+                return Busy(f"you hold {share} of this offer's places, {why}",
                             retry_after_s=self.settings.busy_retry_after_s)
             return Busy(f"all {offer.capacity} slot(s) and {self.settings.queue_depth} queue place(s) taken",
                         retry_after_s=self.settings.busy_retry_after_s)
@@ -394,6 +401,7 @@ class Worker:
             log.info("countersignature_rejected", error=str(exc)[:200])
             return
         await self.ledger.settle(settled)
+        self.paid.add(record.requester)
         log.info("receipt_settled", receipt=signed.id.hex()[:16], units=signed.receipt.units)
         await self._on_settled(settled)
         try:

@@ -23,9 +23,9 @@ on equal shapes (it checks one batched prefill against one-token decodes) and it
 difference; tests/integration/test_batching.py shows batched results passing it, and that greedy output
 batched matches the same request alone.
 
-Cancelling a stream (``Job.cancel``) takes effect at the next step: its sequence is removed from the KV
+Cancelling a stream (``Stream.cancel``) takes effect at the next step: its sequence is removed from the KV
 cache (``llama_memory_seq_rm``) and its place goes to the next waiting request. The engine never blocks
-on the event loop: pieces and results leave through the job's callbacks, which the runtime points at
+on the event loop: pieces and results leave through the stream's callbacks, which the runtime points at
 ``TrioToken.run_sync_soon``; a step's pieces are handed over right before its ``llama_decode``, which runs
 without the GIL, so the event loop sends them while the thread decodes.
 """
@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from hyperion_node.errors import InternalError, RuntimeUnavailable
+from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
 from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams
 from runtimes.inference.generation import DEFAULT_COMMITMENT, SAMPLER_DEFAULTS, Generation
 from runtimes.inference.request import GenerationRequest
@@ -53,11 +53,11 @@ IDLE_PREFILL_CHUNKS = 8
 
 
 class StreamCancelled(Exception):
-    """A job's ``on_done`` error when it was cancelled; its caller has already gone."""
+    """A stream's ``on_done`` error when it was cancelled; its caller has already gone."""
 
 
 @dataclass(eq=False)
-class Job:
+class Stream:
     """One generation asked of an engine. The callbacks run in the engine thread and must not block."""
 
     request: GenerationRequest
@@ -75,15 +75,15 @@ class Job:
         self.cancelled = True
 
 
-class _Stream:
-    """Engine-thread state of one admitted job: its sequence id, sampler chain, text and commitments."""
+class _Running:
+    """Engine-thread state of one admitted stream: its sequence id, sampler chain, text and commitments."""
 
-    def __init__(self, job: Job, seq_id: int, chain: Any) -> None:
-        self.job = job
+    def __init__(self, stream: Stream, seq_id: int, chain: Any) -> None:
+        self.stream = stream
         self.seq_id = seq_id
         self.chain = chain
-        self.text = TextAssembler(job.request.stop)
-        self.builder = CommitmentBuilder(job.commitment) if job.commit else None
+        self.text = TextAssembler(stream.request.stop)
+        self.builder = CommitmentBuilder(stream.commitment) if stream.commit else None
         self.fed = 0  # prompt tokens in the KV cache
         self.n_past = 0  # positions in the KV cache
         self.next_token: int | None = None  # sampled, to be decoded at the next step
@@ -97,7 +97,7 @@ class _Stream:
 
     @property
     def prefilling(self) -> bool:
-        return self.fed < len(self.job.prompt)
+        return self.fed < len(self.stream.prompt)
 
     def put(self, text: str) -> None:
         if text:
@@ -106,7 +106,7 @@ class _Stream:
 
     def flush(self) -> None:
         for text in self.unsent:
-            self.job.on_piece(text)
+            self.stream.on_piece(text)
         self.unsent.clear()
 
     def result(self) -> Generation:
@@ -114,7 +114,7 @@ class _Stream:
         return Generation(
             text="".join(self.pieces),
             finish_reason=self.finish_reason,
-            tokens_in=len(self.job.prompt),
+            tokens_in=len(self.stream.prompt),
             tokens_out=len(self.token_ids),
             prompt_seconds=prompt_done - self.started,
             generate_seconds=time.perf_counter() - prompt_done,
@@ -174,8 +174,8 @@ class BatchEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(llm.model)
         self._n_vocab = int(llm.n_vocab())
         self._cond = threading.Condition()
-        self._pending: deque[Job] = deque()
-        self._streams: list[_Stream] = []  # admission order: prompts are prefilled first come, first served
+        self._pending: deque[Stream] = deque()
+        self._running: list[_Running] = []  # admission order: prompts are prefilled first come, first served
         self._free_ids = list(range(max_streams - 1, -1, -1))
         self._closing = False
         self.steps = 0  # llama_decode calls, for tests and benchmarks
@@ -185,24 +185,34 @@ class BatchEngine:
 
     # --- any thread --------------------------------------------------------------------------------
 
-    def submit(self, job: Job) -> None:
-        """Queue a job; it starts at the next step with a free sequence."""
+    def submit(self, stream: Stream) -> None:
+        """Queue a stream; it starts at the next step with a free sequence.
+
+        A stream that could outgrow its sequence's ``n_ctx`` cells is refused here: llama.cpp aborts the whole
+        process on a position past them rather than returning an error.
+        """
+        if len(stream.prompt) + stream.request.max_tokens > self.n_ctx:
+            raise UserError(
+                f"prompt ({len(stream.prompt)} tokens) plus max_tokens ({stream.request.max_tokens}) exceeds "
+                f"the context of {self.n_ctx} tokens",
+                hint="shorten the prompt or lower max_tokens",
+            )
         with self._cond:
             if self._closing:
                 raise RuntimeUnavailable("the inference engine is shutting down", hint="retry on another node")
-            self._pending.append(job)
+            self._pending.append(stream)
             self._cond.notify()
 
     def wake(self) -> None:
-        """Make an idle loop look at its jobs again (after a cancel)."""
+        """Make an idle loop look at its streams again (after a cancel)."""
         with self._cond:
             self._cond.notify()
 
     @property
     def busy(self) -> int:
-        """Jobs running or waiting."""
+        """Streams running or waiting."""
         with self._cond:
-            return len(self._streams) + len(self._pending)
+            return len(self._running) + len(self._pending)
 
     def close(self) -> None:
         """Fail what runs and waits, stop the loop, free the context (blocking: up to one step)."""
@@ -218,104 +228,104 @@ class BatchEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._streams and not self._pending:
+                while not self._closing and not self._running and not self._pending:
                     self._cond.wait()
                 if self._closing:
                     break
                 admitted = self._admit()
             try:
-                for stream in admitted:
-                    self._start(stream)
-                if self._streams:
+                for running in admitted:
+                    self._start(running)
+                if self._running:
                     self._step()
             except Exception as exc:  # a failed step fails its streams, not the engine
-                for stream in list(self._streams):
-                    self._end(stream, None, exc)
+                for running in list(self._running):
+                    self._end(running, None, exc)
                 self._llama.llama_memory_clear(self._memory, True)
         gone = RuntimeUnavailable("the inference engine shut down", hint="retry on another node")
-        for stream in list(self._streams):
-            self._end(stream, None, gone)
+        for running in list(self._running):
+            self._end(running, None, gone)
         with self._cond:
             pending, self._pending = list(self._pending), deque()
-        for job in pending:
-            job.on_done(None, gone)
+        for stream in pending:
+            stream.on_done(None, gone)
 
-    def _admit(self) -> list[_Stream]:
-        """Pending jobs onto free sequences (under the lock); cancelled ones are dropped on the way."""
+    def _admit(self) -> list[_Running]:
+        """Pending streams onto free sequences (under the lock); cancelled ones are dropped on the way."""
         admitted = []
         while self._pending and self._free_ids:
-            job = self._pending.popleft()
-            if job.cancelled:
-                job.on_done(None, StreamCancelled())
+            stream = self._pending.popleft()
+            if stream.cancelled:
+                stream.on_done(None, StreamCancelled())
                 continue
             self._free_ids.sort(reverse=True)  # the lowest free id: sequences stay packed from 0
-            stream = _Stream(job, self._free_ids.pop(), None)
-            self._streams.append(stream)
-            admitted.append(stream)
-        self.peak_streams = max(self.peak_streams, len(self._streams))
+            running = _Running(stream, self._free_ids.pop(), None)
+            self._running.append(running)
+            admitted.append(running)
+        self.peak_streams = max(self.peak_streams, len(self._running))
         return admitted
 
-    def _start(self, stream: _Stream) -> None:
+    def _start(self, running: _Running) -> None:
         # The chain Llama.generate would build for this request (generation.py, verifier.SamplerReplay). A greedy
         # request needs none: _sample takes the row's argmax, which is what that chain (neutral penalties, then
         # llama.cpp's greedy sampler, the first of equal maxima) picks, without copying 262,144 candidates.
-        request = stream.job.request
+        request = running.stream.request
         if request.temperature == 0.0:
             return
-        self._llm.set_seed(stream.job.seed)
-        stream.chain = self._llm._init_sampler(temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
+        self._llm.set_seed(running.stream.seed)
+        running.chain = self._llm._init_sampler(temp=request.temperature, top_p=request.top_p, **SAMPLER_DEFAULTS)
 
     def _step(self) -> None:
         llama = self._llama
-        for stream in list(self._streams):
-            if stream.job.cancelled:
-                self._end(stream, None, StreamCancelled())
-        if not self._streams:
+        for running in list(self._running):
+            if running.stream.cancelled:
+                self._end(running, None, StreamCancelled())
+        if not self._running:
             return
         # (stream, token, position, logits wanted): every running stream's next token, then prompt tokens of
         # streams still prefilling, first come first served, up to the prompt budget (``_plan``).
-        entries: list[tuple[_Stream, int, int, bool]] = []
+        entries: list[tuple[_Running, int, int, bool]] = []
         budget, decode = self._plan()
-        for stream in self._streams:
-            if decode and stream.next_token is not None:
-                entries.append((stream, stream.next_token, stream.n_past, True))
-                stream.n_past += 1
-                stream.next_token = None
-        for stream in self._streams:
+        for running in self._running:
+            if decode and running.next_token is not None:
+                entries.append((running, running.next_token, running.n_past, True))
+                running.n_past += 1
+                running.next_token = None
+        for running in self._running:
             if budget == 0:
                 break
-            if stream.prefilling:
-                prompt = stream.job.prompt
-                take = min(budget, len(prompt) - stream.fed)
-                for i in range(stream.fed, stream.fed + take):
-                    entries.append((stream, prompt[i], stream.n_past, i == len(prompt) - 1))
-                    stream.n_past += 1
-                stream.fed += take
+            if running.prefilling:
+                prompt = running.stream.prompt
+                take = min(budget, len(prompt) - running.fed)
+                for i in range(running.fed, running.fed + take):
+                    entries.append((running, prompt[i], running.n_past, i == len(prompt) - 1))
+                    running.n_past += 1
+                running.fed += take
                 budget -= take
         # In sequence order: with a KV cache per sequence, llama.cpp splits a batch whose sequences come out of
         # order into one micro-batch per sequence (measured: 8 streams in descending order took 300 ms a step,
         # in ascending order 100 ms, as one alone takes 40). A stream's own tokens keep their order.
         entries.sort(key=lambda e: e[0].seq_id)
         batch = self._batch
-        rows: list[tuple[_Stream, int]] = []
-        for n, (stream, token, position, logits) in enumerate(entries):
+        rows: list[tuple[_Running, int]] = []
+        for n, (running, token, position, logits) in enumerate(entries):
             batch.token[n] = token
             batch.pos[n] = position
             batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = stream.seq_id
+            batch.seq_id[n][0] = running.seq_id
             batch.logits[n] = logits
             if logits:
-                rows.append((stream, n))
+                rows.append((running, n))
         n = len(entries)
         batch.n_tokens = n
-        for stream in self._streams:
-            stream.flush()  # handed over now: llama_decode below runs without the GIL
+        for running in self._running:
+            running.flush()  # handed over now: llama_decode below runs without the GIL
         code = llama.llama_decode(self._ctx, batch)
         self.steps += 1
         if code != 0:
             raise InternalError(f"llama_decode returned {code} for a batch of {n} tokens")
-        for stream, index in rows:
-            self._sample(stream, index)
+        for running, index in rows:
+            self._sample(running, index)
 
     def _plan(self) -> tuple[int, bool]:
         """This step's prompt-token budget, and whether running streams decode in it.
@@ -328,50 +338,50 @@ class BatchEngine:
         - A longer prompt: one chunk of it beside every running stream's token, so that it does not stall the
           others for its whole prefill.
         """
-        waiting = sum(len(s.job.prompt) - s.fed for s in self._streams if s.prefilling)
-        decoding = any(s.next_token is not None for s in self._streams)
+        waiting = sum(len(s.stream.prompt) - s.fed for s in self._running if s.prefilling)
+        decoding = any(s.next_token is not None for s in self._running)
         if not decoding or 0 < waiting <= IDLE_PREFILL_CHUNKS * self._prompt_chunk:
             return IDLE_PREFILL_CHUNKS * self._prompt_chunk, False
         return self._prompt_chunk, True
 
-    def _sample(self, stream: _Stream, index: int) -> None:
+    def _sample(self, running: _Running, index: int) -> None:
         llama = self._llama
-        job = stream.job
-        if stream.prompt_done is None:
-            stream.prompt_done = time.perf_counter()
+        stream = running.stream
+        if running.prompt_done is None:
+            running.prompt_done = time.perf_counter()
         # The row that produced the token: a view of llama.cpp's buffer, read at once (before the next decode).
         row = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
-        if stream.chain is None:
+        if running.chain is None:
             token = int(np.argmax(row))
         else:
-            token = int(llama.llama_sampler_sample(stream.chain.sampler, self._ctx, index))
-        if stream.builder is not None:
-            stream.builder.add(row)
-        end = bool(llama.llama_vocab_is_eog(self._vocab, token)) and not job.ignore_eog
+            token = int(llama.llama_sampler_sample(running.chain.sampler, self._ctx, index))
+        if running.builder is not None:
+            running.builder.add(row)
+        end = bool(llama.llama_vocab_is_eog(self._vocab, token)) and not stream.ignore_eog
         if not end:
-            stream.token_ids.append(token)
-            stream.put(stream.text.push(self._llm.detokenize([token])))
+            running.token_ids.append(token)
+            running.put(running.text.push(self._llm.detokenize([token])))
         if end:
-            stream.finish_reason, stream.end_token = "stop", token
-        elif stream.text.hit_stop:
-            stream.finish_reason = "stop"
-        elif len(stream.token_ids) < job.request.max_tokens:
-            stream.next_token = token
+            running.finish_reason, running.end_token = "stop", token
+        elif running.text.hit_stop:
+            running.finish_reason = "stop"
+        elif len(running.token_ids) < stream.request.max_tokens:
+            running.next_token = token
             return
-        stream.put(stream.text.finish())
-        self._end(stream, stream.result(), None)
+        running.put(running.text.finish())
+        self._end(running, running.result(), None)
 
-    def _end(self, stream: _Stream, result: Generation | None, error: BaseException | None) -> None:
+    def _end(self, running: _Running, result: Generation | None, error: BaseException | None) -> None:
         """Free the stream's sequence and report it."""
-        if stream not in self._streams:
+        if running not in self._running:
             return
-        self._llama.llama_memory_seq_rm(self._memory, stream.seq_id, -1, -1)
-        if stream.chain is not None:
-            stream.chain.close()
+        self._llama.llama_memory_seq_rm(self._memory, running.seq_id, -1, -1)
+        if running.chain is not None:
+            running.chain.close()
         with self._cond:
-            self._streams.remove(stream)
-            self._free_ids.append(stream.seq_id)
+            self._running.remove(running)
+            self._free_ids.append(running.seq_id)
         if error is None:
-            stream.flush()
-        stream.job.on_done(result, error)
+            running.flush()
+        running.stream.on_done(result, error)
 

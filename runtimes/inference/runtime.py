@@ -9,13 +9,13 @@ Threads and cancellation. llama.cpp blocks, so model loads, tokenizing and verif
 threads through ``trio.to_thread.run_sync``; generations run in the model's engine thread, which takes
 jobs from every caller and decodes them together. Requests beyond ``max_streams`` wait in the engine's
 queue (and the worker's admission keeps that queue short: ``tasks.queue_depth``). A cancelled caller
-cancels its job and returns at once; the engine drops the sequence at its next step, so its place and its
+cancels its stream and returns at once; the engine drops the sequence at its next step, so its place and its
 KV cells are free within one decode step. Verifications take their own instance of the model from the
 pool, one at a time per model.
 
 Tokens do not wait for the network. The engine hands each decoded piece to the event loop
 (``TrioToken.run_sync_soon``) and goes on decoding; a sender task in the calling task's nursery, under its
-cancel scope, emits them in order. An error in the sender cancels the task, which cancels its job.
+cancel scope, emits them in order. An error in the sender cancels the task, which cancels its stream.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import structlog
 import trio
 
 from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
-from runtimes.inference.batching import BatchEngine, Job
+from runtimes.inference.batching import BatchEngine, Stream
 from runtimes.inference.claims import ClaimRejected, Verdict, check_text, read_claim
 from runtimes.inference.generation import (
     CPU_PROMPT_CHUNK,
@@ -334,7 +334,7 @@ class LlamaCppRuntime:
             try:
                 send_piece.send_nowait(text)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the sender failed; its error ends the task and with it the job
+                pass  # the sender failed; its error ends the task and with it the stream
 
         def settle(result: Generation | None, error: BaseException | None) -> None:  # in the event loop
             outcome.append(error if error is not None else result)  # type: ignore[arg-type]
@@ -358,12 +358,12 @@ class LlamaCppRuntime:
                     model_sha256, engine, prompt = await trio.to_thread.run_sync(
                         self._prepare, entry, request
                     )
-                    job = Job(request, prompt, seed, on_piece=on_piece, on_done=on_done)
-                    engine.submit(job)
+                    stream = Stream(request, prompt, seed, on_piece=on_piece, on_done=on_done)
+                    engine.submit(stream)
                     try:
                         await done.wait()
                     except BaseException:
-                        job.cancel()
+                        stream.cancel()
                         engine.wake()
                         raise
                 finally:
@@ -551,23 +551,23 @@ class LlamaCppRuntime:
             outcome.append(error if error is not None else result)
             finished.set()
 
-        job = Job(
+        stream = Stream(
             request, self._prompt(entry, request), seed, on_piece=on_piece, on_done=on_done,
             ignore_eog=ignore_eog, commit=commit,
         )
-        held.engine.submit(job)
+        held.engine.submit(stream)
         try:
             while not finished.wait(0.05):
                 trio.from_thread.check_cancelled()
         except BaseException:
-            job.cancel()
+            stream.cancel()
             held.engine.wake()
             raise
         ended = outcome[0]
         if isinstance(ended, BaseException):
             raise ended
         if ended is None:
-            raise InternalError("the engine ended a job without a result")
+            raise InternalError("the engine ended a stream without a result")
         return dataclasses.replace(ended, load_seconds=held.load_seconds if fresh else None)
 
     def _verify_work(

@@ -35,16 +35,15 @@ async def test_one_peer_holds_its_share_and_unpaid_work_counts_against_it(net: N
     async with hostile_host() as attacker, hostile_host() as honest:
         await attacker.connect(w_addr)
         await honest.connect(w_addr)
-        # Long tasks with a deadline of thirty years: W's default 4 streams and 1 queue place, halved, give the
-        # attacker two places; the third is over its share.
+        # Long tasks with a deadline of thirty years: a peer that has never paid W holds one place (a paying one
+        # half of W's 4 streams and 1 queue place); its second task is over its share.
         held = []
-        for _ in range(2):
-            stream, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
-            assert isinstance(answers[0], Accepted)
-            held.append(stream)
+        stream, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
+        assert isinstance(answers[0], Accepted)
+        held.append(stream)
         _, answers = await attacker.task(w_id, task(attacker.peer_id, 200), until_final=False)
         assert isinstance(answers[0], Busy)
-        assert "share" in answers[0].reason
+        assert "until you have countersigned" in answers[0].reason
         # An honest requester gets a stream beside the attacker's, and is served.
         _, answers = await honest.task(w_id, task(honest.peer_id, 8, deadline_s=120))
         assert isinstance(answers[0], Accepted)

@@ -21,6 +21,7 @@ import openai
 import pytest
 import trio
 
+from hyperion_node.errors import UserError
 from hyperion_node.testing.process import NodeProcess, hyperion_executable
 from runtimes.inference import LlamaCppRuntime
 from runtimes.inference.commitments import PRIME, LogitCommitment, distance, evaluate
@@ -243,3 +244,38 @@ def test_eight_openai_streams_through_one_node_complete_and_their_receipts_verif
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verified.stdout.startswith("ok:"), verified.stdout
     assert "8 receipts" in verified.stdout, verified.stdout
+
+
+def test_the_engine_refuses_a_stream_that_could_outgrow_its_cells(inference_cache_dir: Path) -> None:
+    """llama.cpp aborts the process on a position past a sequence's KV cells: the engine refuses such a stream
+    before it reaches llama_decode (the runtime checks the same before submitting), and serves the next."""
+    import llama_cpp
+
+    from runtimes.inference.batching import BatchEngine, Stream
+    from runtimes.inference.request import GenerationRequest
+
+    llm = llama_cpp.Llama(model_path=str(inference_cache_dir / "models" / f"{MODEL}.gguf"), n_ctx=64, n_threads=1,
+                          n_threads_batch=1, swa_full=False, verbose=False)
+    engine = BatchEngine(llama_cpp, llm, max_streams=2, n_ctx=64, n_threads=1, prompt_chunk=32)
+    try:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        done = threading.Event()
+
+        def finished(result: Any, error: BaseException | None) -> None:
+            outcomes.append((result, error))
+            done.set()
+
+        def stream(prompt: list[int], max_tokens: int) -> Stream:
+            request = GenerationRequest(model=MODEL, prompt="-", messages=None, max_tokens=max_tokens, temperature=0.0)
+            return Stream(request, prompt, 0, on_piece=lambda _text: None, on_done=finished)
+
+        with pytest.raises(UserError, match="exceeds the context of 64 tokens"):
+            engine.submit(stream(llm.tokenize(b"word " * 60), 8))
+        engine.submit(stream(llm.tokenize(b"Hello"), 3))
+        assert done.wait(60), "the engine answered"
+        result, error = outcomes[-1]
+        assert error is None
+        assert result.tokens_out == 3
+    finally:
+        engine.close()
+        llm.close()

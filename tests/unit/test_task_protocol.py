@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperion_node.errors import InternalError
+from hyperion_node.p2p.limits import PaidPeers
 from hyperion_node.p2p.messages import encode_frame
 from hyperion_node.tasks.messages import (
     MAX_TEXT,
@@ -165,3 +166,16 @@ def test_one_peer_holds_at_most_its_share_of_an_offers_places() -> None:
     admission.release(key, "attacker")
     assert admission.try_admit(key, capacity=1, peer="attacker") == 1
     assert admission.share(4) == 2  # with 4 slots and 1 queue place: two at once
+
+
+def test_a_peer_that_has_not_paid_holds_one_place_and_paid_peers_are_bounded() -> None:
+    admission = Admission(queue_depth=1)
+    key = ("inference", "m")
+    assert admission.share(4, paid=False) == 1
+    assert admission.try_admit(key, capacity=4, peer="stranger", paid=False) == 0
+    assert admission.try_admit(key, capacity=4, peer="stranger", paid=False) is None  # one place until it pays
+    assert admission.try_admit(key, capacity=4, peer="stranger", paid=True) == 0  # then half of 4 + 1
+    paid = PaidPeers(max_peers=3)
+    for peer in ("a", "b", "c", "a", "d"):
+        paid.add(peer)
+    assert ("a" in paid, "b" in paid, "c" in paid, "d" in paid, len(paid)) == (True, False, True, True, 3)
