@@ -547,12 +547,14 @@ class _Resident:
 
 
 class ModelPool:
-    """Loaded ``Llama`` objects, one per concurrent generation, with LRU unloading.
+    """Loaded ``Llama`` objects, with LRU unloading: one held by each model's batch engine while it exists
+    (``batching.py``, which decodes all of that model's generations), and one per verification running.
 
     Called from worker threads, hence the ``threading.Lock``; loading happens outside the lock so a
-    slow load does not stall the others. A ``Llama`` is not safe for two generations at once (one KV
-    cache), so each slot gets its own instance; the weights are mmapped and shared through the page
-    cache, so the first instance costs the file size and each one its KV cache.
+    slow load does not stall the others. A ``Llama`` is not safe for two users at once (one KV cache and
+    one seed), so each gets its own instance; the weights are mmapped and shared through the page cache,
+    so the first instance costs the file size and each one its KV cache. The engine's own context (its
+    ``max_streams`` KV caches) is not counted here; the tier choice counts it (``LlamaCppRuntime._footprint``).
 
     Limits (``max_loaded_models``, the memory budget) are met by closing idle instances, least recently
     used model first. A model in use is never unloaded, so while different models serve concurrent

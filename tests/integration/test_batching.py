@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +25,10 @@ from hyperion_node.testing.process import NodeProcess, hyperion_executable
 from runtimes.inference import LlamaCppRuntime
 from runtimes.inference.commitments import PRIME, LogitCommitment, distance, evaluate
 from runtimes.inference.runtime import verify_inference
-from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
+from runtimes.interface import Final, Partial, Task
+from tests.integration.test_inference_runtime import MODEL, started
 
-MODEL = "gemma-3-270m-q4_k_m"
-HW = HardwareSummary(cpu_model="test cpu", cpu_cores=2, ram_total_bytes=8 << 30, ram_available_bytes=4 << 30)
-BASE_SETTINGS: Mapping[str, Any] = {"n_ctx": 256, "n_threads": 1}
+N_CTX = 256  # tokens per stream: these tests' prompts and outputs are short
 PROMPTS = [
     "The history of lighthouses begins",
     "Write a haiku about rain:",
@@ -39,18 +37,6 @@ PROMPTS = [
 ]
 COUNTING = "1, 2, 3, 4,"
 LONG_COUNT = "1, 2, 3, 4, 5, 6, 7, 8,"  # greedy counting goes on without an end of turn (test_inference_runtime.py)
-
-
-@asynccontextmanager
-async def started(cache_dir: Path, data_dir: Path, **settings: Any) -> AsyncIterator[LlamaCppRuntime]:
-    context = RuntimeContext(data_dir=data_dir, cache_dir=cache_dir, settings={**BASE_SETTINGS, **settings},
-                             hardware=HW)
-    runtime = LlamaCppRuntime(context)
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.aclose()
 
 
 def task(payload: Mapping[str, Any]) -> Task:
@@ -115,7 +101,7 @@ async def test_greedy_batched_is_greedy_alone_and_every_batched_result_passes_th
 ) -> None:
     greedy = [{"prompt": p, "max_tokens": 20, "temperature": 0.0} for p in PROMPTS]
     sampled = [{"prompt": p, "max_tokens": 20, "temperature": 0.8, "seed": 40 + n} for n, p in enumerate(PROMPTS[:2])]
-    async with started(inference_cache_dir, tmp_path, max_streams=4) as runtime:
+    async with started(inference_cache_dir, tmp_path, n_ctx=N_CTX, max_streams=4) as runtime:
         alone = [await run(runtime, p) for p in greedy]
         assert engine(runtime).peak_streams == 1
         together = await run_together(runtime, [*greedy, *sampled])  # six requests, four streams: two wait
@@ -148,7 +134,7 @@ async def test_each_stream_keeps_its_own_stop_sequence_and_length(inference_cach
         {"prompt": COUNTING, "max_tokens": 40, "stop": [" 7"], "deterministic": True},
         {"prompt": COUNTING, "max_tokens": 11, "deterministic": True},
     ]
-    async with started(inference_cache_dir, tmp_path, max_streams=4) as runtime:
+    async with started(inference_cache_dir, tmp_path, n_ctx=N_CTX, max_streams=4) as runtime:
         finals = await run_together(runtime, payloads)
     stop9, three, stop7, eleven = (f.output for f in finals)
     assert (stop9["finish_reason"], stop9["text"].strip()) == ("stop", "5, 6, 7, 8")
@@ -165,7 +151,7 @@ async def test_a_request_joins_running_streams_and_a_cancelled_stream_frees_its_
     has no place until then, gets the freed one and ends while the second still runs."""
     first_pieces, second_pieces = Pieces(), Pieces()
     order: list[str] = []
-    async with started(inference_cache_dir, tmp_path, max_streams=2) as runtime:
+    async with started(inference_cache_dir, tmp_path, n_ctx=N_CTX, max_streams=2) as runtime:
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
                 scope = trio.CancelScope()
