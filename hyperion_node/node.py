@@ -19,6 +19,8 @@ import trio
 from hyperion_node import __version__
 from hyperion_node.api.metrics import Family
 from hyperion_node.api.server import ApiServer
+from hyperion_node.blobs.service import BlobService, Pull
+from hyperion_node.blobs.store import BlobStore
 from hyperion_node.config import Config
 from hyperion_node.dashboard.service import Dashboard
 from hyperion_node.datadir import DataDir
@@ -41,6 +43,8 @@ from hyperion_node.tasks.service import Job, Orchestrator
 
 log = structlog.get_logger(__name__)
 
+MANAGED_MODELS_DIR = "models"  # <data dir>/models: what `models add` and `models pull` put there, the runtime reads
+
 
 @dataclass
 class Node:
@@ -58,6 +62,7 @@ class Node:
     orchestrator: Orchestrator | None = None  # started after the P2P layer, whose heartbeats read load()
     renders: RenderJobs | None = None  # render jobs split across workers, each chunk an orchestrator task
     api: ApiServer | None = None
+    blobs: BlobService | None = None  # /hyperion/blob/1: model files served to peers, and model pulls
     dashboard: Dashboard | None = None  # time series for / and `top`, sampled once a second
     started_at: float = field(default_factory=time.time)
 
@@ -91,6 +96,7 @@ class Node:
             "runtimes": self.runtimes.describe(),
             "peers": {"known": len(self.p2p.table.peers), "live": len(self.p2p.table.live_peers()),
                       "connected": self.p2p.status()["connected"]},
+            "blobs": self.blobs.status() if self.blobs is not None else None,
         }
 
     def hardware(self) -> dict[str, Any]:
@@ -332,6 +338,14 @@ class Node:
         families += [receipts, credits]
         return families
 
+    def pull_model(self, model: str, providers: list[str] | None = None) -> Pull:
+        if self.blobs is None:
+            raise InternalError("pull_model() called before the blob service started")
+        return self.blobs.pull(model, providers=providers)
+
+    def pulls(self) -> list[Pull]:
+        return list(self.blobs.pulls.values()) if self.blobs is not None else []
+
     async def events(self, since_id: int, limit: int, since_time: float = 0.0) -> list[dict[str, Any]]:
         events = await self.store.run(lambda: self.store.events(since_id=since_id, limit=limit,
                                                                 since_time=since_time))
@@ -374,6 +388,10 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     await nursery.start(node.sampler.run)
     await nursery.start(node.runtimes.run)
     await nursery.start(node.p2p.run)
+    node.blobs = BlobService(BlobStore(node.data_dir.root), config.blobs, node.p2p,
+                             models_dir=node.data_dir.root / MANAGED_MODELS_DIR,
+                             shared_files=node.runtimes.shared_files)
+    await nursery.start(node.blobs.run)
     node.ledger = LedgerService(store, identity, epoch_receipts=config.ledger.epoch_receipts,
                                 epoch_minutes=config.ledger.epoch_minutes, on_epoch=node._publish_epoch)
     node.orchestrator = Orchestrator(

@@ -189,6 +189,16 @@ class RuntimeRegistry:
         offers = [offer for loaded in self.loaded.values() for offer in loaded.offers()]
         return price_offers(offers, auto_runtimes=self.auto_priced, credits_per_hour=self.auto_credits_per_hour)
 
+    def shared_files(self) -> list[tuple[str, str, Path]]:
+        """(runtime, item, file) for each file a running runtime serves that peers may fetch over
+        ``/hyperion/blob/1`` (a runtime with a ``shared_files()`` method: the inference runtime's models)."""
+        files: list[tuple[str, str, Path]] = []
+        for name, loaded in self.loaded.items():
+            shared = getattr(loaded.runtime, "shared_files", None)
+            if callable(shared):
+                files += [(name, item, Path(path)) for item, path in shared().items()]
+        return files
+
     def describe(self) -> list[dict[str, Any]]:
         """Per runtime: name, version, benchmark and offers; failures too. For ``status`` and the API."""
         described: list[dict[str, Any]] = [

@@ -12,7 +12,7 @@ closed unless ``guard.py`` opens it.
 from __future__ import annotations
 
 import base64
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -26,6 +26,9 @@ from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob
 from hyperion_node.tasks.render_request import RenderJobRequest
 from hyperion_node.tasks.service import Job
+
+if TYPE_CHECKING:
+    from hyperion_node.blobs.service import Pull
 
 
 class NodeView(Protocol):
@@ -50,6 +53,8 @@ class NodeView(Protocol):
     def reputation_of(self, peer_id: str) -> dict[str, Any]: ...
     async def metrics(self) -> list[metrics.Family]: ...
     def dashboard_view(self, since: float) -> dict[str, Any]: ...
+    def pull_model(self, model: str, providers: list[str] | None = None) -> Pull: ...
+    def pulls(self) -> list[Pull]: ...
 
 
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
@@ -178,6 +183,25 @@ def routes(node: NodeView) -> FastAPI:
         if isinstance(parsed, Response):
             return parsed
         return await render_api.answer(node.render(parsed))
+
+    @app.post("/api/models/pull",
+              summary="Fetch a model that peers serve (body: model, optional from: [peer ids]) into <data dir>/models "
+                      "over /hyperion/blob/1; answers at once with the pull (progress: GET /api/models/pulls)")
+    async def pull_model(request: Request) -> Response:
+        body = await openai.read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        model, providers = body.get("model"), body.get("from")
+        if not isinstance(model, str) or not model or len(model) > 200:
+            return JSONResponse({"error": "model must be a model id (text)"}, status_code=400)
+        if providers is not None and (not isinstance(providers, list)
+                                      or not all(isinstance(p, str) and 0 < len(p) < 100 for p in providers)):
+            return JSONResponse({"error": "from must be a list of peer ids"}, status_code=400)
+        return JSONResponse(node.pull_model(model, providers or None).to_json(), status_code=202)
+
+    @app.get("/api/models/pulls", summary="Model pulls since the node started, with their progress")
+    async def pulls() -> list[dict[str, Any]]:
+        return [p.to_json() for p in node.pulls()]
 
     app.include_router(dashboard.build_router(node))  # / open (static, no data); /api/dashboard needs the token
     app.include_router(openai.build_router(node))

@@ -5,15 +5,19 @@ directories in ``[runtimes.inference] models``, and ``<data dir>/models``), grou
 quantizations of one model form a family, of which the node serves the best that fits its memory
 (``runtimes/inference/tiers.py``). With a running node it also says which file the node serves and why.
 ``add PATH`` copies a GGUF file into ``<data dir>/models`` after checking its header; ``remove ID`` deletes one
-from there. The node reads its models when it starts: restart it to serve what was added or removed.
+from there; ``pull ID`` has the running node fetch a model that peers serve, over ``/hyperion/blob/1``
+(``hyperion_node/blobs``), with a progress bar. The node reads its models when it starts: restart it to serve
+what was added, pulled or removed.
 
-Needs no running daemon and imports no llama.cpp: the registry reads file names and GGUF headers only.
+Needs no running daemon (but ``pull``) and imports no llama.cpp: the registry reads file names and GGUF headers.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -30,7 +34,8 @@ from runtimes.inference.tiers import family_name, tier_of
 MANAGED_DIR = "models"  # under the data dir: runtimes/inference/runtime.py MANAGED_MODELS_DIR
 PACKAGED_ID = "gemma-3-270m-q4_k_m"
 
-models_app = typer.Typer(help="The models this node serves: list, add, remove.", no_args_is_help=True)
+models_app = typer.Typer(help="The models this node serves: list, add, remove, pull.", no_args_is_help=True)
+PULL_POLL_S = 0.5
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="User config file (TOML).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", "-d", help="Data directory.")]
@@ -167,3 +172,60 @@ def remove_model(
         raise UserError(f"{model_id} is not in the data dir's models folder ({source}: {entry.path})", hint=how)
     entry.path.unlink()
     typer.echo(f"removed {model_id} ({entry.path}); restart the node to stop serving it")
+
+
+@models_app.command("pull")
+@cli_errors
+def pull_model(
+    model_id: Annotated[str, typer.Argument(help="The model's id, as peers offer it (`hyperion-node providers`).")],
+    from_: Annotated[list[str] | None, typer.Option("--from", help="Fetch only from this peer (repeatable).")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Fetch a model that peers serve into the data dir's models folder, from several of them at once, every
+    chunk checked; run it again after an interruption to go on where it stopped. Needs the node running."""
+    from hyperion_node.cli.client import ApiClient
+
+    cfg = load_config(config_file=config, data_dir=data_dir)
+    client = ApiClient(DataDir(cfg.node.data_dir))
+    body: dict[str, Any] = {"model": model_id, **({"from": list(from_)} if from_ else {})}
+    pull = next(iter(client.post_stream("/api/models/pull", body, timeout_s=30)))
+    shown = -1.0
+    while pull.get("state") not in ("done", "failed"):
+        if not json_:
+            shown = _show_progress(pull, shown)
+        time.sleep(PULL_POLL_S)
+        pull = next((p for p in client.get("/api/models/pulls") if p.get("model") == model_id), pull)
+    if not json_ and shown >= 0 and sys.stderr.isatty():
+        sys.stderr.write("\n")
+    if json_:
+        print_json(pull)
+    if pull["state"] == "failed":
+        raise UserError(f"pull of {model_id} failed: {pull.get('error')}", hint=pull.get("hint") or None)
+    if not json_:
+        fetched = pull["done_bytes"] - pull["resumed_bytes"]
+        resumed = f", {format_bytes(pull['resumed_bytes'])} of it from an earlier pull" if pull["resumed_bytes"] else ""
+        refused = f", {pull['refused_chunks']} bad chunk(s) refused" if pull.get("refused_chunks") else ""
+        typer.echo(f"pulled {model_id} into {pull['path']} ({format_bytes(pull['size'])}{resumed}; "
+                   f"{format_bytes(fetched)} from {len(pull['providers'])} peer(s){refused}); "
+                   "restart the node to serve it")
+
+
+def _show_progress(pull: dict[str, Any], shown: float) -> float:
+    """One progress bar on stderr: redrawn in place on a terminal, a line per 10 % otherwise."""
+    size, done = int(pull.get("size") or 0), int(pull.get("done_bytes") or 0)
+    share = done / size if size else 0.0
+    elapsed = max(1e-3, time.time() - float(pull.get("started_at") or time.time()))
+    rate = (done - int(pull.get("resumed_bytes") or 0)) / elapsed
+    bar = "#" * int(share * 30)
+    line = (f"{pull.get('state', '?'):<9} [{bar:<30}] {share:6.1%} {format_bytes(done)} / {format_bytes(size)} "
+            f"{format_bytes(rate)}/s from {len(pull.get('providers') or [])} peer(s)")
+    if sys.stderr.isatty():
+        sys.stderr.write("\r" + line)
+        sys.stderr.flush()
+        return share
+    if share >= shown + 0.1 or shown < 0:
+        sys.stderr.write(line + "\n")
+        return share
+    return shown

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hyperion_node.api.guard import split_host
+from hyperion_node.blobs.settings import BlobSettings
 from hyperion_node.errors import ConfigError, UserError
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.tasks.settings import TaskSettings
@@ -129,6 +130,7 @@ class Config:
     tasks: TaskSettings
     scheduler: SchedulerSettings
     verify: VerifySettings
+    blobs: BlobSettings
     runtimes_disabled: tuple[str, ...]
     runtime_settings: Mapping[str, Mapping[str, Any]]
     values: Mapping[str, Any] = field(repr=False)  # flat "section.key" -> value
@@ -381,6 +383,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         tasks=TaskSettings.from_values(values, sources),
         scheduler=SchedulerSettings.from_values(values, sources),
         verify=VerifySettings.from_values(values, sources),
+        blobs=BlobSettings.from_values(values, sources),
         runtimes_disabled=tuple(values["runtimes.disabled"]),
         runtime_settings=runtime_settings,
         values=values,

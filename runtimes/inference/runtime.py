@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -274,6 +275,10 @@ class LlamaCppRuntime:
             )
             for entry in self._registry
         ]
+
+    def shared_files(self) -> dict[str, Path]:
+        """The file behind each offered model, which peers may fetch (``hyperion-node models pull``)."""
+        return {entry.model_id: entry.path for entry in self._registry}
 
     def estimate(self, task: Task) -> Estimate:
         try:
