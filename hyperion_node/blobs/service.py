@@ -388,7 +388,7 @@ class BlobService:
         try:
             await self._pull_steps(pull, only_from)
         except UserError as exc:
-            pull.state, pull.error, pull.hint = "failed", str(exc), exc.hint
+            pull.state, pull.error, pull.hint = "failed", exc.message, exc.hint
         except Exception as exc:  # a bug: say so in the pull, keep the node
             log.exception("blob_pull_crashed", model=pull.model)
             pull.state, pull.error = "failed", f"internal error: {type(exc).__name__}: {exc}"
@@ -412,6 +412,8 @@ class BlobService:
 
         async def ask(peer: str) -> None:
             with trio.move_on_after(FIND_TIMEOUT_S):
+                if not await self.p2p.reach(peer):  # the stream may still find it through the peerstore
+                    log.info("blob_provider_not_dialled", peer=peer)
                 try:
                     found = await self.find(peer, "inference", pull.model)
                 except FETCH_ERRORS as exc:
@@ -424,8 +426,9 @@ class BlobService:
             for peer in peers[:FIND_PROVIDERS]:
                 nursery.start_soon(ask, peer)
         if not answers:
-            raise FetchFailed(f"none of the {len(peers)} peers that offer {pull.model!r} shares its file",
-                              hint="they may run with [blobs] share_models = false; try later or another peer")
+            raise FetchFailed(f"none of the {len(peers)} peers asked for {pull.model!r} shares it",
+                              hint="they may not serve it, be unreachable, or run with [blobs] share_models = false; "
+                                   "try later or another peer")
         votes = Counter(a["blob"] for a in answers.values())
         pull.blob = votes.most_common(1)[0][0]
         providers = [p for p, a in answers.items() if a["blob"] == pull.blob]

@@ -215,7 +215,9 @@ def pull_model(
 def _show_progress(pull: dict[str, Any], shown: float) -> float:
     """One progress bar on stderr: redrawn in place on a terminal, a line per 10 % otherwise."""
     size, done = int(pull.get("size") or 0), int(pull.get("done_bytes") or 0)
-    share = done / size if size else 0.0
+    if not size:  # still asking which file the peers serve
+        return shown
+    share = done / size
     elapsed = max(1e-3, time.time() - float(pull.get("started_at") or time.time()))
     rate = (done - int(pull.get("resumed_bytes") or 0)) / elapsed
     bar = "#" * int(share * 30)

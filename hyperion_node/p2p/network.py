@@ -26,10 +26,12 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
+import multiaddr
 import structlog
 import trio
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.utils.address_validation import get_available_interfaces
 
 from hyperion_node.config.loader import P2PSettings
@@ -324,6 +326,23 @@ class P2PNetwork:
             return None
         self.learned_capability(record)
         return record
+
+    async def reach(self, peer_id: str) -> bool:
+        """Connect to ``peer_id`` unless connected, at the addresses of its signed capability record; whether
+        it is connected now. For a peer named by the user (``models pull --from``), not found by a lookup."""
+        if self.host is None or peer_id == self.peer_id:
+            return False
+        try:
+            peer = ID.from_base58(peer_id)
+        except Exception:  # not a peer ID at all
+            return False
+        entry = self.table.get(peer_id)
+        if entry is not None and entry.connected:
+            return True
+        record = await self.capability_of(peer_id)
+        if record is None or not record.addrs:
+            return False
+        return await self.dialer.dial(PeerInfo(peer, [multiaddr.Multiaddr(a) for a in record.addrs]))
 
     async def _closest_peers(self, key: bytes, count: int) -> list[bytes]:
         """The peers closest to ``key`` in the DHT (one Kademlia lookup), as binary peer IDs."""

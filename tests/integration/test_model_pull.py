@@ -26,7 +26,7 @@ from hyperion_node.protocols import blob as blob_protocol
 from hyperion_node.protocols.blob import Request
 from hyperion_node.tasks.messages import FrameReader
 from hyperion_node.tasks.streams import read_frame
-from hyperion_node.testing.hostile import hostile_host
+from hyperion_node.testing.hostile import hostile_host, new_identity
 from hyperion_node.testing.process import NodeProcess, hyperion_executable, wait_until
 from runtimes.inference.registry import ModelHashes, ensure_packaged_model
 
@@ -162,3 +162,19 @@ async def test_a_corrupted_chunk_is_refused_and_fetched_from_another_provider(
         assert c.get("/api/p2p")["stats"]["rejected"].get("blob:bad_chunk", 0) >= 1
     finally:
         c.stop()
+
+
+def test_a_pull_that_cannot_be_made_says_why_in_one_line(provider: NodeProcess, tmp_path: Path) -> None:
+    from tests.integration.test_tiers import one_line_error
+
+    def pull(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([hyperion_executable(), "models", "pull", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    stopped = pull(MODEL, "--data-dir", str(tmp_path / "never-started"))
+    assert stopped.returncode != 0
+    assert "no hyperion-node is running" in one_line_error(stopped.stderr + stopped.stdout)
+    stranger = str(new_identity().peer_id)  # a peer nobody knows: no address, no answer
+    unknown = pull("no-such-model", "--from", stranger, "--data-dir", str(provider.data_dir))
+    assert unknown.returncode != 0
+    assert "none of the 1 peers asked for 'no-such-model' shares it" in one_line_error(unknown.stderr + unknown.stdout)
