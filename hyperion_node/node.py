@@ -397,7 +397,8 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     node.orchestrator = Orchestrator(
         identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
         tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
-        free_memory=node.free_memory, verify=config.verify, dealings_interval_s=config.ledger.dealings_interval_s)
+        free_memory=node.free_memory, verify=config.verify, dealings_interval_s=config.ledger.dealings_interval_s,
+        blobs=node.blobs)
     await nursery.start(node.ledger.run)
     await nursery.start(node.orchestrator.run)
     node.renders = RenderJobs(node.orchestrator)

@@ -164,6 +164,7 @@ class BlobService:
         self.pulls: dict[str, Pull] = {}
         self.stats: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
+        self._fetching: dict[str, trio.Lock] = {}
 
     # -- component ---------------------------------------------------------------------------------------
 
@@ -369,6 +370,62 @@ class BlobService:
         self.stats[f"refused:{reason}"] += 1
         self.p2p.stats.reject("blob", reason)
         self.p2p.table.penalize(peer, reason)
+
+    # -- task inputs by address (hyperion_node/tasks/inputs.py) -------------------------------------------
+
+    @property
+    def inline_max_bytes(self) -> int:
+        return self.settings.inline_max_bytes
+
+    @property
+    def max_input_bytes(self) -> int:
+        return self.settings.max_input_mib * 1024 * 1024
+
+    async def offer(self, data: bytes) -> str:
+        shared = await trio.to_thread.run_sync(self.store.keep, data)
+        await trio.to_thread.run_sync(self.store.evict, self.settings.cache_mib * 1024 * 1024, shared.address)
+        self.stats["inputs_offered"] += 1
+        return shared.address
+
+    async def fetch_input(self, peer: str, address: str, size: int) -> bytes:
+        lock = self._fetching.setdefault(address, trio.Lock())  # two tasks naming one input fetch it once
+        async with lock:
+            path = self.store.cached(address)
+            if path is not None:
+                self.stats["inputs_cached"] += 1
+            else:
+                path = await self._fetch_input(peer, address, size)
+            manifest = self.store.manifest(address)
+            if manifest is not None:
+                await trio.to_thread.run_sync(self.store.share_cached, manifest)  # for spot checks, other workers
+        self._fetching.pop(address, None)
+        data = await trio.to_thread.run_sync(path.read_bytes)
+        if len(data) != size:
+            raise FetchFailed(f"input {address[:16]} is {len(data)} bytes, the task says {size}")
+        return data
+
+    async def _fetch_input(self, peer: str, address: str, size: int) -> Path:
+        manifest = await self.manifest_from([peer], address)
+        if manifest.size != size:
+            self._misbehaved(peer, "input_size_mismatch")
+            raise FetchFailed(f"input {address[:16]} is {manifest.size} bytes, the task says {size}")
+        partial = await trio.to_thread.run_sync(self.store.partial, manifest)
+        try:
+            await self.fetch(partial, [peer], lambda n: self.stats.update(fetched_bytes=n))
+        finally:
+            await trio.to_thread.run_sync(partial.close)
+        target = self.store.cache_dir / address
+
+        def finish() -> None:
+            self.store.partial(manifest).finish(target)
+            self.store.evict(self.settings.cache_mib * 1024 * 1024, address)
+
+        try:
+            await trio.to_thread.run_sync(finish)
+        except BadManifest as exc:
+            raise FetchFailed(f"input {address[:16]} does not match its manifest ({exc})") from exc
+        self.stats["inputs_fetched"] += 1
+        return target
 
     # -- model pulls -------------------------------------------------------------------------------------
 

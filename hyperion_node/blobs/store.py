@@ -22,7 +22,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from hyperion_node.blobs.manifest import BadManifest, Manifest, is_address, manifest_of_file
+from hyperion_node.blobs.manifest import (
+    CHUNK_SIZE,
+    BadManifest,
+    Manifest,
+    is_address,
+    manifest_of_chunks,
+    manifest_of_file,
+)
 from hyperion_node.errors import UserError
 
 BLOBS_DIR = "blobs"
@@ -192,6 +199,41 @@ class BlobStore:
     def cached(self, address: str) -> Path | None:
         path = self.cache_dir / address
         return path if is_address(address) and path.is_file() else None
+
+    def keep(self, data: bytes) -> Shared:
+        """Put ``data`` in the cache under its address and serve it (a task input this node sends by address)."""
+        manifest = manifest_of_chunks(data[i:i + CHUNK_SIZE] for i in range(0, len(data), CHUNK_SIZE))
+        path = self.cache_dir / manifest.address
+        if not path.is_file():
+            _write_atomically(path, data)
+        self._save_manifest(manifest)
+        return self.share_cached(manifest)
+
+    def share_cached(self, manifest: Manifest) -> Shared:
+        path = self.cache_dir / manifest.address
+        os.utime(path)  # the cache forgets the least recently used first
+        shared = Shared(manifest.address, manifest, path, manifest.address)
+        self.shared[shared.address] = shared
+        return shared
+
+    def evict(self, limit_bytes: int, keep: str) -> list[str]:
+        """Delete the least recently used cached blobs until the cache holds at most ``limit_bytes``."""
+        if not self.cache_dir.is_dir():
+            return []
+        files = sorted(((p.stat().st_mtime, p) for p in self.cache_dir.iterdir() if is_address(p.name)),
+                       key=lambda item: item[0])
+        total = sum(p.stat().st_size for _, p in files)
+        gone: list[str] = []
+        for _, path in files:
+            if total <= limit_bytes:
+                break
+            if path.name == keep:
+                continue
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+            self.shared.pop(path.name, None)
+            gone.append(path.name)
+        return gone
 
 
 def safe_model_name(name: str, fallback: str) -> str:

@@ -71,6 +71,9 @@ class TaskRequest:
     deadline_s: float  # seconds left when sent: clocks differ between machines, durations do not
     max_price_per_unit: float | None = None  # credits per unit; None: any
     min_memory_bytes: int = 0
+    # Payload fields sent by content address, not inline (field -> (address, size)): the worker fetches them
+    # over /hyperion/blob/1 from the requester and puts the bytes in the payload before anything reads it.
+    blobs: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,26 @@ def decode_map(data: bytes, max_bytes: int, version: int = PROTOCOL_VERSION) -> 
     return msg_type, value
 
 
+MAX_BLOB_FIELDS = 8
+
+
+def _blob_fields(value: Any, payload: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
+    """A task's payload fields by address: at most MAX_BLOB_FIELDS, each a new field name with a SHA-256
+    address in lower-case hex and a size."""
+    if not isinstance(value, dict) or len(value) > MAX_BLOB_FIELDS:
+        raise MalformedFrame("bad_schema", f"blobs must be a map of at most {MAX_BLOB_FIELDS} fields")
+    fields: dict[str, tuple[str, int]] = {}
+    for name, ref in value.items():
+        if not isinstance(name, str) or not 0 < len(name) <= 64 or name in payload or not isinstance(ref, dict):
+            raise MalformedFrame("bad_schema", "a blob field is a new payload field's name and a map")
+        address, size = ref.get("blob"), ref.get("size")
+        if (not isinstance(address, str) or len(address) != 64 or any(c not in "0123456789abcdef" for c in address)
+                or type(size) is not int or not 0 <= size < 2**63):
+            raise MalformedFrame("bad_schema", "a blob field names a SHA-256 address and a size")
+        fields[name] = (address, size)
+    return fields
+
+
 def _text(body: Mapping[str, Any], key: str, *, optional: bool = False) -> str:
     value = body.get(key, "" if optional else None)
     if not isinstance(value, str) or len(value) > MAX_TEXT or (not optional and not value):
@@ -215,6 +238,8 @@ def encode_request(req: TaskRequest) -> bytes:
     }
     if req.max_price_per_unit is not None:
         body["max_price"] = req.max_price_per_unit
+    if req.blobs:
+        body["blobs"] = {name: {"blob": address, "size": size} for name, (address, size) in req.blobs.items()}
     return encode_map(T_TASK, body)
 
 
@@ -229,12 +254,13 @@ def decode_requester(data: bytes) -> RequesterMessage:
         if isinstance(min_memory, bool) or not isinstance(min_memory, int) or not 0 <= min_memory < 2**63:
             raise MalformedFrame("bad_schema", "min_memory must be an integer >= 0")
         max_price = body.get("max_price")
+        payload = text_keyed_map(body, "payload")
         return TaskRequest(
             task_id=_text(body, "id"), runtime=_text(body, "runtime"), item=_text(body, "item"),
-            payload=text_keyed_map(body, "payload"), requester=_text(body, "requester"),
+            payload=payload, requester=_text(body, "requester"),
             deadline_s=_number(body, "deadline_s"),
             max_price_per_unit=None if max_price is None else _number(body, "max_price"),
-            min_memory_bytes=min_memory,
+            min_memory_bytes=min_memory, blobs=_blob_fields(body.get("blobs", {}), payload),
         )
     if msg_type == T_COUNTERSIGN:
         sig = body.get("sig")

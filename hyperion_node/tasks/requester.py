@@ -41,6 +41,7 @@ from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.events import Assigned, Final, Partial, TaskEvent
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
 from hyperion_node.tasks.history import HistoryWriter, now_ms
+from hyperion_node.tasks.inputs import BlobInputs, by_address, fetch_seconds
 from hyperion_node.tasks.messages import (
     MAX_RESPONSE_BYTES,
     T_COUNTERSIGN,
@@ -127,6 +128,7 @@ class Requester:
         self.history = history
         self.settings = settings
         self.node = node
+        self.blobs: BlobInputs | None = None  # large payload fields by address; None: all inline
 
     def new_record(self, spec: TaskSpec) -> TaskRecord:
         created = now_ms()
@@ -258,10 +260,12 @@ class Requester:
         """``offered_price``: credits per unit in the worker's signed capability record, what its bill may ask."""
         clock = _Clock()
         tally = self.worker.runtimes.tally(request.runtime, request.payload)
+        # Large fields go by address (tasks/inputs.py); ``request`` keeps the whole payload for every check.
+        wire = await by_address(self.blobs, request)
         try:
             with trio.fail_after(self.settings.admission_timeout_s):
                 # The task goes with the stream.
-                stream = await self.node.open_task_stream(peer, encode_request(request))
+                stream = await self.node.open_task_stream(peer, encode_request(wire))
         except STREAM_ERRORS_OR_TIMEOUT as exc:
             return _Try(OutcomeKind.UNREACHABLE, f"cannot open a stream: {_describe(exc)}")
         except Exception as exc:  # py-libp2p's dialler raises assorted types for an unreachable peer
@@ -277,7 +281,7 @@ class Requester:
             return msg
 
         try:
-            with trio.fail_after(self.settings.admission_timeout_s):
+            with trio.fail_after(self.settings.admission_timeout_s + fetch_seconds(wire)):  # inputs come first
                 first = await receive()
             if isinstance(first, Busy):
                 return _Try(OutcomeKind.BUSY, first.reason)

@@ -53,6 +53,7 @@ from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.events import TaskEvent, failed
 from hyperion_node.tasks.history import HistoryWriter, TaskHistory
+from hyperion_node.tasks.inputs import BlobInputs
 from hyperion_node.tasks.messages import TaskRequest
 from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
@@ -99,7 +100,8 @@ class Orchestrator:
     def __init__(self, *, identity: Identity, store: Store, runtimes: RuntimeRegistry, p2p: P2PNetwork,
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
                  hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None],
-                 verify: VerifySettings | None = None, dealings_interval_s: float = 5.0) -> None:
+                 verify: VerifySettings | None = None, dealings_interval_s: float = 5.0,
+                 blobs: BlobInputs | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.store = store
@@ -124,6 +126,7 @@ class Orchestrator:
                                         ledger=ledger, penalize=self.peer_misbehaved, event=self._event)
         self.metrics = TaskMetrics()
         self.worker.metrics = self.metrics
+        self.worker.blobs = self.requester.blobs = blobs  # task inputs too large for a frame go by address
         self.worker.admission.on_change = self.p2p.presence.nudge  # subscribers hear of load changes at once
         self._dealings_interval_s = dealings_interval_s
         self._standing_wanted = trio.Event()  # the ledger's counterparts changed, or a case wants standing now

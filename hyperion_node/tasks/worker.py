@@ -35,6 +35,7 @@ from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import path_fields
 from hyperion_node.tasks.history import HistoryWriter, now_ms
+from hyperion_node.tasks.inputs import BlobInputs, fetch_bytes, resolve
 from hyperion_node.tasks.messages import (
     MAX_COUNTERSIGN_BYTES,
     MAX_REQUEST_BYTES,
@@ -160,6 +161,7 @@ class Worker:
         self._hardware = hardware
         self._on_malformed = on_malformed
         self._on_settled = on_settled
+        self.blobs: BlobInputs | None = None  # fetches task inputs sent by address; None: inline only
         self.admission = Admission(settings.queue_depth)
         self.unpaid = Unpaid(settings.max_unpaid, settings.unpaid_window_s)
         # Requesters that countersigned a result since this node started: a stranger holds one place of an offer
@@ -291,8 +293,19 @@ class Worker:
     async def _serve(self, stream: INetStream, reader: FrameReader, conversation: Conversation,
                      req: TaskRequest) -> None:
         paths = path_fields(req.payload)
-        answer = (Rejected(f"payload fields {', '.join(paths)} name files; a peer must send the bytes")
-                  if paths else self.admit(req))
+        answer: Ticket | Busy | Rejected | None = None
+        if paths:
+            answer = Rejected(f"payload fields {', '.join(paths)} name files; a peer must send the bytes")
+        elif req.blobs and req.requester not in self.paid and fetch_bytes(req) > MAX_REQUEST_BYTES:
+            # Fetched before admission can weigh the task: a peer that never paid gets what a frame could carry.
+            answer = Rejected(f"a requester that has not paid this node sends at most {MAX_REQUEST_BYTES} bytes "
+                              "of inputs")
+        elif req.blobs:
+            try:  # the inputs sent by address, from the requester or this node's cache (tasks/inputs.py)
+                req = await resolve(self.blobs, req)
+            except UserError as exc:
+                answer = Rejected(f"cannot take the task's inputs: {exc.message}")
+        answer = answer or self.admit(req)
         if not isinstance(answer, Ticket):
             refused = "busy" if isinstance(answer, Busy) else "rejected"
             self.served[refused] += 1

@@ -146,3 +146,20 @@ def _body(frame: bytes) -> bytes:
     header = decode_varint(frame)
     assert header is not None
     return frame[header[1]:]
+
+
+def test_a_task_names_its_large_fields_by_address_and_nothing_else() -> None:
+    from hyperion_node.tasks.messages import TaskRequest, decode_requester, encode_request
+
+    address = "cd" * 32
+    request = TaskRequest(task_id="t" * 32, runtime="zk-groth16", item="groth16-bn254", payload={"wtns": b"w"},
+                          requester="peer", deadline_s=60.0, blobs={"zkey": (address, 5_000_000)})
+    assert decode_requester(_body(encode_request(request))) == request
+    for bad in ({"wtns": {"blob": address, "size": 1}},  # a field the payload already has
+                {"zkey": {"blob": "../etc/passwd", "size": 1}}, {"zkey": {"blob": address, "size": -1}},
+                {f"f{i}": {"blob": address, "size": 1} for i in range(9)}):
+        frame = encode_map("task", {"id": "t" * 32, "runtime": "zk-groth16", "item": "groth16-bn254",
+                                    "payload": {"wtns": b"w"}, "requester": "peer", "deadline_s": 60.0,
+                                    "blobs": bad})
+        with pytest.raises(MalformedFrame):
+            decode_requester(_body(frame))

@@ -91,3 +91,41 @@ async def test_the_requester_refuses_a_proof_that_does_not_verify(chain: Circuit
     with pytest.raises(ResultRejected, match="proving key bytes"):
         await check_result(registry, "zk-groth16", {"zkey_path": str(chain.zkey)},
                            {"proof": proof, "public": public}, evidence)
+
+
+@pytest.fixture(scope="module")
+def by_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """A requester that sends every payload field over 1 KiB by address (the default is 1 MiB: the test
+    circuit's key is smaller than that)."""
+    root = tmp_path_factory.mktemp("zkblob")
+    prover = NodeProcess(root / "b", sets=[*FAST, 'runtimes.disabled=["inference", "render-blender"]']).start()
+    asker = NodeProcess(root / "a", sets=[*FAST, 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]',
+                                          f'p2p.bootstrap=["{prover.p2p_addr()}"]',
+                                          "blobs.inline_max_bytes=1024"]).start()
+    try:
+        wait_until(lambda: any(o["runtime"] == "zk-groth16" for p in asker.get("/api/peers") for o in p["offers"]
+                               if p["state"] == "alive"), timeout=60, what="A knows B's Groth16 offer")
+        yield asker, prover
+    finally:
+        asker.stop()
+        prover.stop()
+
+
+def test_a_proving_key_goes_by_address_once_and_serves_every_task_that_names_it(
+        by_address: tuple[NodeProcess, NodeProcess], chain: Circuit, tmp_path: Path) -> None:
+    asker, prover = by_address
+    for n in range(2):
+        out = tmp_path / f"out{n}"
+        result = CliRunner().invoke(app, ["submit", "zk", "--zkey", str(chain.zkey), "--wtns", str(chain.wtns),
+                                          "--out", str(out)], env={"HYPERION_DATA_DIR": str(asker.data_dir)})
+        assert result.exit_code == 0, result.output
+        assert snarkjs_verify(chain.vk, out / "public.json", out / "proof.json")
+        assert asker.get("/api/tasks?limit=1")[0]["worker"] == prover.peer_id
+    sent, fetched = asker.get("/api/status")["blobs"]["stats"], prover.get("/api/status")["blobs"]["stats"]
+    assert sent.get("inputs_offered", 0) >= 2, sent  # each task named its key (and witness) by address
+    zkey_size = chain.zkey.stat().st_size
+    # The first task's fields were fetched; the second task's key came from B's cache.
+    assert fetched.get("inputs_cached", 0) >= 1, fetched
+    assert fetched.get("fetched_bytes", 0) < 2 * zkey_size, fetched
+    cached = {p.name: p.stat().st_size for p in (prover.data_dir / "blobs" / "cache").iterdir()}
+    assert zkey_size in cached.values(), cached
