@@ -185,7 +185,8 @@ class Node:
     def offer_ads(self) -> list[OfferAd]:
         return [
             OfferAd(runtime=o.runtime, item=o.item, unit=o.unit, price_per_unit=o.price_per_unit,
-                    capacity=o.capacity, throughput=o.throughput)
+                    capacity=o.capacity, throughput=o.throughput,
+                    tier=tier if isinstance(tier := o.details.get("tier"), str) else None)
             for o in self.runtimes.offers()
         ]
 

@@ -218,12 +218,17 @@ class OfferAd:
     price_per_unit: float
     capacity: int
     throughput: float | None
+    # The memory tier of what it serves (an inference model's quantization: premium, high, good, emergency),
+    # so that a requester asking for a minimum tier passes over a lower one without trying it.
+    tier: str | None = None
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"runtime": self.runtime, "item": self.item, "unit": self.unit,
                                 "price": self.price_per_unit, "capacity": self.capacity}
         if self.throughput is not None:
             body["throughput"] = self.throughput
+        if self.tier is not None:
+            body["tier"] = self.tier
         return body
 
     @classmethod
@@ -234,6 +239,7 @@ class OfferAd:
             runtime=_text(body, "runtime"), item=_text(body, "item"), unit=_text(body, "unit"),
             price_per_unit=_number(body, "price"), capacity=_integer(body, "capacity"),
             throughput=_optional(_number(body, "throughput", optional=True)),
+            tier=_text(body, "tier", limit=32) if "tier" in body else None,
         )
 
     def capability_key(self) -> str:

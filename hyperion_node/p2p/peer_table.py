@@ -136,7 +136,7 @@ class PeerEntry:
             },
             "offers": [] if self.capability is None else [
                 {"runtime": o.runtime, "item": o.item, "unit": o.unit, "price": o.price_per_unit,
-                 "capacity": o.capacity, "throughput": o.throughput} for o in self.capability.offers
+                 "capacity": o.capacity, "throughput": o.throughput, "tier": o.tier} for o in self.capability.offers
             ],
             "hardware": None if self.capability is None else dict(self.capability.hardware),
         }

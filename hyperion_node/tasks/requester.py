@@ -94,6 +94,10 @@ class RequesterNode(Protocol):
         """The peer could not be reached or failed the task."""
         ...
 
+    def below_tier(self, spec: TaskSpec) -> frozenset[str]:
+        """Peers (this node included) whose advertised tier is below what the task asks for."""
+        ...
+
     def peer_misbehaved(self, peer_id: str, reason: str) -> None:
         """The peer broke the protocol or sent a wrong result or bill: scored down."""
         ...
@@ -155,7 +159,8 @@ class Requester:
             raise
 
     async def _run(self, spec: TaskSpec, record: TaskRecord, send: Send, deadline: float) -> None:
-        tried: set[str] = set()
+        below = self.node.below_tier(spec)  # they would refuse it: passed over without a try
+        tried: set[str] = set(below)
         rejections: list[str] = []
         while True:
             req = TaskRequirements(runtime=spec.runtime, item=spec.item, min_memory_bytes=spec.min_memory_bytes,
@@ -164,6 +169,9 @@ class Requester:
             decision = self.scheduler.choose(req, await self.node.candidates(spec, req))
             self.node.shortlisted(decision)
             fresh = [c for c in decision.ranked if c.peer_id not in tried]
+            if not fresh and below and not record.attempts:
+                raise TaskRejected(f"the {len(below)} peer(s) that serve {spec.item} serve a tier below the "
+                                   f"payload's min_tier {spec.payload.get('min_tier')!r}")
             if not fresh:
                 raise self._no_worker(decision, rejections, record)
             for choice in fresh:

@@ -334,6 +334,21 @@ class Orchestrator:
         self.p2p.stats.reject("task", reason)
         self.p2p.table.penalize(peer_id, reason)
 
+    def below_tier(self, spec: TaskSpec) -> frozenset[str]:
+        """Peers whose offer of the task's item advertises a memory tier below the payload's ``min_tier`` (an
+        inference request's): they would refuse it at admission, so the requester does not try them."""
+        wanted = spec.payload.get("min_tier")
+        if not isinstance(wanted, str) or not wanted:
+            return frozenset()
+        from runtimes.inference.tiers import tier_rank
+
+        floor = tier_rank(wanted)
+        below = {peer_id for peer_id, entry in self.p2p.table.peers.items() if entry.capability is not None
+                 for offer in entry.capability.offers
+                 if offer.runtime == spec.runtime and offer.item == spec.item and offer.tier is not None
+                 and tier_rank(offer.tier) < floor}
+        return frozenset(below)
+
     def peer_failed(self, peer_id: str) -> None:
         self.reputation.observe_failure(peer_id, int(time.time() * 1000))
 

@@ -76,7 +76,7 @@ async def test_a_banned_peer_gets_no_stream_on_any_protocol(net: Net) -> None:
         except Exception:  # refusing the connection outright is as good
             pass
         await polled(lambda: ID.from_base58(w_id) not in again.host.get_connected_peers(),
-                     "W closes a banned peer's connection as soon as it is up")
+                     "W closes a banned peer's connection as soon as it is up", seconds=30)
     after = await call(rejected, net.w)
     assert after.get("stream:banned", 0) + after.get("connection:banned", 0) >= refused_before + 1
     status, _ = await call(ask, net.r)

@@ -33,8 +33,12 @@ pytestmark = pytest.mark.process
 
 TARGET = 3  # p2p.target_connections: a node keeps 3 connections, more for a while after DHT lookups
 MODEL = "gemma-3-270m-q4_k_m"
+# tasks.lookup_timeout_s: a node's first provider lookup in this network takes 3-4 s on a loaded 2-core machine
+# (seen: it found both providers a moment after a task's 3 s lookup gave up), and what these tests check is
+# that the route is found, not in what time: scripts/bench_p2p.py measures that against the 3 s goal.
 FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", "p2p.suspect_after_s=2.0", "p2p.dead_after_s=4.0",
-        "hardware.benchmark_on_start=false", f"p2p.target_connections={TARGET}", "p2p.dht_random_walk=false"]
+        "hardware.benchmark_on_start=false", f"p2p.target_connections={TARGET}", "p2p.dht_random_walk=false",
+        "tasks.lookup_timeout_s=10.0"]
 OFF = '"zk-groth16", "render-blender"'
 PROVIDER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=512"]
 IDLE = [*FAST, f'runtimes.disabled=["inference", {OFF}]']

@@ -85,7 +85,7 @@ def test_a_cheating_worker_is_disputed_and_then_avoided(network: dict[str, NodeP
             break
     assert cheater in workers, "C's low price won it work before anyone knew better"
     assert {b.peer_id, d.peer_id} <= set(workers), f"A never used one of the honest workers: {workers}"
-    wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=120,
+    wait_until(lambda: reputation(a).get(cheater, {}).get("disputed", 0) >= 2, timeout=240,
                what="A's spot checks of C's work are confirmed as disputes")
     # C's receipts are disputed in A's ledger and, through the dispute cases A published, in C's own: B and D
     # signed them, and C's own dealings (it served A, which paid B and D) give them standing there, once C has read

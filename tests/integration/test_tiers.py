@@ -182,3 +182,51 @@ async def test_models_add_list_remove_and_the_runtime_serves_what_was_added(
     removed = runner.invoke(app, ["models", "remove", "gemma-3-270m-q2_k", *where])
     assert removed.exit_code == 0, removed.output
     assert not (data / "models" / "gemma-3-270m-q2_k.gguf").exists()
+
+
+def test_a_requester_passes_over_a_worker_below_the_tier_it_asks_for(
+        inference_cache_dir: Path, family_dir: Path, tmp_path: Path) -> None:
+    """Real daemons: L serves the family at Q2_K (its memory budget), H at Q4_K_M. Offers carry their tier on
+    the wire, so R's request for the high tier goes to H without trying L, and one for the premium tier,
+    which nobody serves, is refused at R without trying anyone."""
+    import httpx
+
+    from hyperion_node.testing.process import NodeProcess, wait_until
+
+    sizes = footprints(inference_cache_dir, tmp_path, family_dir)
+    common = ["p2p.mdns=false", "hardware.benchmark_on_start=false", "runtimes.inference.n_ctx=256",
+              'runtimes.disabled=["zk-groth16", "render-blender"]', "runtimes.inference.include_packaged_model=false",
+              f'runtimes.inference.models=["{family_dir}"]']
+    nodes: list[NodeProcess] = []
+    try:
+        low = NodeProcess(tmp_path / "l", sets=[
+            *common, f"runtimes.inference.memory_budget_bytes={(sizes['Q2_K'] + sizes['Q4_K_M']) // 2}"]).start()
+        nodes.append(low)
+        boot = f'p2p.bootstrap=["{low.p2p_addr()}"]'
+        high = NodeProcess(tmp_path / "h", sets=[*common, boot]).start()
+        nodes.append(high)
+        r = NodeProcess(tmp_path / "r", sets=[*common[:2], 'runtimes.disabled=["inference", "zk-groth16", '
+                                              '"render-blender"]', boot]).start()
+        nodes.append(r)
+        wait_until(lambda: {p["peer_id"]: [o.get("tier") for o in p["offers"]] for p in r.get("/api/peers")
+                            if p["peer_id"] in (low.peer_id, high.peer_id)}
+                   == {low.peer_id: ["emergency"], high.peer_id: ["high"]},
+                   timeout=60, what="R knows both workers' offers and their tiers")
+        for _ in range(3):
+            answer = httpx.post(r.api_url + "/v1/completions", timeout=120,
+                                json={"model": FAMILY, "prompt": "Name a colour.", "max_tokens": 3, "min_tier": "high"},
+                                headers={"Authorization": f"Bearer {r.token}"})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-hyperion-worker"] == high.peer_id
+            newest = r.get("/api/tasks?limit=1")[0]
+            assert [a["peer_id"] for a in newest["attempts"]] == [high.peer_id], newest
+        refused = httpx.post(r.api_url + "/v1/completions", timeout=120,
+                             json={"model": FAMILY, "prompt": "Name a colour.", "max_tokens": 3,
+                                   "min_tier": "premium"},
+                             headers={"Authorization": f"Bearer {r.token}"})
+        assert refused.status_code == 400, refused.text
+        assert "serve a tier below the payload's min_tier 'premium'" in refused.text
+        assert not r.get("/api/tasks?limit=1")[0]["attempts"]
+    finally:
+        for node in nodes:
+            node.stop()
