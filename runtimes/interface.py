@@ -89,6 +89,9 @@ class Task:
     payload: Mapping[str, JSON]
     requirements: Mapping[str, JSON] = field(default_factory=dict)
     deadline: float | None = None  # trio.current_time() value after which the work is worthless
+    # The requester has not paid this node yet (a stranger): a runtime that shares one engine among tasks
+    # serves it behind the others (the inference batcher gives it one step in BACKGROUND_EVERY).
+    background: bool = False
 
 
 @dataclass(frozen=True)

@@ -216,9 +216,11 @@ class Worker:
         return min(req.deadline_s, self.settings.max_deadline_s) if self._peer(req) else req.deadline_s
 
     def _task(self, req: TaskRequest) -> Task:
+        peer = self._peer(req)
         return Task(task_id=req.task_id, runtime=req.runtime, payload=req.payload,
                     requirements={"item": req.item, "min_memory_bytes": req.min_memory_bytes},
-                    deadline=trio.current_time() + self._deadline_s(req))
+                    deadline=trio.current_time() + self._deadline_s(req),
+                    background=bool(peer) and peer not in self.paid)
 
     # -- running -----------------------------------------------------------------------------------------
 

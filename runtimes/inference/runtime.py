@@ -363,7 +363,8 @@ class LlamaCppRuntime:
                     model_sha256, engine, prompt = await trio.to_thread.run_sync(
                         self._prepare, entry, request
                     )
-                    stream = Stream(request, prompt, seed, on_piece=on_piece, on_done=on_done)
+                    stream = Stream(request, prompt, seed, on_piece=on_piece, on_done=on_done,
+                                    background=task.background)
                     engine.submit(stream)
                     try:
                         await done.wait()

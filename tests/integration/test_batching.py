@@ -265,3 +265,53 @@ def test_the_engine_refuses_a_stream_that_could_outgrow_its_cells(inference_cach
     finally:
         engine.close()
         llm.close()
+
+
+def test_a_strangers_stream_yields_to_a_paying_requesters(inference_cache_dir: Path) -> None:
+    """A background stream (its requester has not paid this node) joins one step in BACKGROUND_EVERY while a
+    foreground stream runs, and every step once it runs alone: it still finishes, with its full length."""
+    import llama_cpp
+
+    from runtimes.inference.batching import BACKGROUND_EVERY, BatchEngine, Stream
+    from runtimes.inference.request import GenerationRequest
+
+    llm = llama_cpp.Llama(model_path=str(inference_cache_dir / "models" / f"{MODEL}.gguf"), n_ctx=128, n_threads=1,
+                          n_threads_batch=1, swa_full=False, verbose=False)
+    engine = BatchEngine(llama_cpp, llm, max_streams=2, n_ctx=128, n_threads=1, prompt_chunk=32)
+    try:
+        lock = threading.Lock()
+        pieces = {"stranger": 0, "payer": 0}
+        at_payers_end: dict[str, int] = {}
+        results: dict[str, Any] = {}
+        done = {"stranger": threading.Event(), "payer": threading.Event()}
+
+        def stream(name: str, max_tokens: int, *, background: bool) -> Stream:
+            def piece(_text: str) -> None:
+                with lock:
+                    pieces[name] += 1
+
+            def finished(result: Any, error: BaseException | None) -> None:
+                with lock:
+                    results[name] = error or result
+                    if name == "payer":
+                        at_payers_end.update(pieces)
+                done[name].set()
+
+            request = GenerationRequest(model=MODEL, prompt="-", messages=None, max_tokens=max_tokens,
+                                        temperature=0.0)
+            return Stream(request, llm.tokenize(LONG_COUNT.encode()), 0, on_piece=piece, on_done=finished,
+                          ignore_eog=True, background=background)
+
+        engine.submit(stream("stranger", 48, background=True))
+        engine.submit(stream("payer", 24, background=False))
+        assert done["payer"].wait(120), "the payer's stream ended"
+        assert done["stranger"].wait(120), "the stranger's stream ended"
+        assert results["payer"].tokens_out == 24
+        assert results["stranger"].tokens_out == 48  # it yields, it is not starved
+        # While the payer ran (about 24 steps), the stranger took part in one step in BACKGROUND_EVERY (4): about
+        # 6 tokens; as a stream like any other it would have had 24.
+        assert BACKGROUND_EVERY >= 3
+        assert at_payers_end["stranger"] <= 24 // 3, at_payers_end
+    finally:
+        engine.close()
+        llm.close()
