@@ -66,6 +66,10 @@ PENALTIES = {
 }
 DEFAULT_PENALTY = 5.0
 BAN_SCORE = -100.0
+# A ban holds until the score has faded back above this: at least one half-life (10 minutes) for a peer that
+# just crossed the line. Without it a ban at exactly BAN_SCORE lifted at the next tick's fading (seen in CI: a
+# banned peer reconnected a few seconds later and kept its connection).
+UNBAN_SCORE = BAN_SCORE / 2
 MAX_SCORE = 10.0
 # A penalty halves every ten minutes: a peer one forged signature past the ban line (-120) is back above it
 # after ~2.6 minutes, one that kept offending (-400) after 20; the same offences start it over.
@@ -112,6 +116,7 @@ class PeerEntry:
     clock_skew_s: float | None = None  # their wall clock minus ours, from the last heartbeat
     score: float = 0.0
     score_at: float = 0.0  # when ``score`` was last brought up to date (penalties fade from there)
+    banned: bool = False  # since its score reached BAN_SCORE, until it has faded back above UNBAN_SCORE
     offences: dict[str, int] = field(default_factory=dict)
     connected: bool = False
 
@@ -169,7 +174,7 @@ class PeerTable:
         """Forget the least useful tenth of the table at once (amortised: one sort per many additions)."""
         def worth(e: PeerEntry) -> tuple[bool, bool, bool, float]:
             live = e.state in (PeerState.ALIVE, PeerState.DRAINING) and e.last_alive is not None
-            return e.connected, live, e.score <= BAN_SCORE, e.last_seen
+            return e.connected, live, e.banned, e.last_seen
 
         victims = sorted((e for e in self.peers.values() if e.peer_id != keep), key=worth)
         for entry in victims[: max(1, len(self.peers) - self.max_peers + self.max_peers // 10)]:
@@ -337,11 +342,12 @@ class PeerTable:
             self._added(entry)
         self.last_now = max(self.last_now, now if now is not None else self.last_now)
         self._fade(entry, self.last_now)
-        was_banned = entry.score <= BAN_SCORE
         entry.score -= PENALTIES.get(reason, DEFAULT_PENALTY)
         entry.offences[reason] = entry.offences.get(reason, 0) + 1
-        if entry.score <= BAN_SCORE and not was_banned and self.on_ban is not None:
-            self.on_ban(peer_id)
+        if entry.score <= BAN_SCORE and not entry.banned:
+            entry.banned = True
+            if self.on_ban is not None:
+                self.on_ban(peer_id)
         return entry.score
 
     def _fade(self, entry: PeerEntry, now: float) -> None:
@@ -350,10 +356,12 @@ class PeerTable:
             if entry.score > -0.01:
                 entry.score = 0.0
         entry.score_at = max(entry.score_at, now)
+        if entry.banned and entry.score > UNBAN_SCORE:
+            entry.banned = False
 
     def banned(self, peer_id: str) -> bool:
         entry = self.peers.get(peer_id)
-        return entry is not None and entry.score <= BAN_SCORE
+        return entry is not None and entry.banned
 
     def tick(self, now: float) -> list[PresenceEvent]:
         """Advance liveness (a connected peer that stops proving it is alive turns suspect, then dead) and let

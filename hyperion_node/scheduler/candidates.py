@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd
-from hyperion_node.p2p.peer_table import BAN_SCORE, PeerEntry, PeerState, PeerTable
+from hyperion_node.p2p.peer_table import PeerEntry, PeerState, PeerTable
 from hyperion_node.scheduler.exceptions import InvalidRequirements, WrongCapability
 from hyperion_node.scheduler.scoring import FloatArray
 
@@ -118,7 +118,7 @@ def candidate_from_entry(entry: PeerEntry, offer: OfferAd, *, reliability: float
         price_per_unit=offer.price_per_unit, capacity=offer.capacity, throughput=offer.throughput,
         free_memory_bytes=free_memory_bytes(hb, capability.hardware if capability is not None else None),
         active_tasks=active, queue_depth=queued, rtt_ms=entry.rtt_ms, reliability=reliability,
-        banned=entry.score <= BAN_SCORE,
+        banned=entry.banned,
     )
 
 
@@ -466,7 +466,7 @@ class TableCandidates:
             seen.add(peer_id)
             dead, trust, banned = _silent_dead(table, entry, now), reliability(peer_id), distrusted(peer_id)
             # The offer comes from the capability record, the free memory from it or the heartbeat.
-            key = (entry.heartbeat, entry.capability, entry.state, entry.rtt_ms, entry.score <= BAN_SCORE, dead,
+            key = (entry.heartbeat, entry.capability, entry.state, entry.rtt_ms, entry.banned, dead,
                    trust, banned)
             if built_from.get(peer_id) != key:
                 built_from[peer_id] = key

@@ -113,6 +113,24 @@ def test_penalties_accumulate_to_a_ban(table: PeerTable) -> None:
     assert table.get("rogue").offences == {"bad_signature": 5}  # type: ignore[union-attr]
 
 
+def test_a_ban_at_the_line_holds_until_the_score_has_faded_half_way_back() -> None:
+    """Banned at exactly BAN_SCORE (20 malformed tasks of 5 points), the peer stays banned while its penalty
+    fades, for a half-life, not until the next tick's fading takes it a hair above the line."""
+    table = PeerTable("me", suspect_after=6.0, dead_after=15.0, half_life_s=600.0)
+    table.tick(0.0)
+    for _ in range(20):
+        table.penalize("rogue", "bad_schema", now=0.0)
+    assert table.get("rogue").score == BAN_SCORE  # type: ignore[union-attr]
+    assert table.banned("rogue")
+    table.tick(5.0)
+    assert table.get("rogue").score > BAN_SCORE  # type: ignore[union-attr]
+    assert table.banned("rogue")  # a few seconds of fading lift no ban
+    table.tick(590.0)
+    assert table.banned("rogue")
+    table.tick(610.0)  # past one half-life: -50 and above
+    assert not table.banned("rogue")
+
+
 @pytest.mark.parametrize("error", [BadSignature, BadCountersignature])
 def test_a_forged_receipt_signature_costs_what_any_forged_signature_does(table: PeerTable, error: type) -> None:
     """The ledger's reasons are the peer table's offence names: a forged receipt is a forgery, not bad input."""
