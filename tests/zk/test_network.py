@@ -22,12 +22,11 @@ FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", "p2p.suspect_after_s=2
         "hardware.benchmark_on_start=false"]
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
-    root = tmp_path_factory.mktemp("zknet")
+def asker_and_prover(root: Path, *asker_sets: str) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    """A (no prover, ``asker_sets`` added) bootstrapped to B (the prover), once A knows B's offer."""
     prover = NodeProcess(root / "b", sets=[*FAST, 'runtimes.disabled=["inference", "render-blender"]']).start()
     asker = NodeProcess(root / "a", sets=[*FAST, 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]',
-                                          f'p2p.bootstrap=["{prover.p2p_addr()}"]']).start()
+                                          f'p2p.bootstrap=["{prover.p2p_addr()}"]', *asker_sets]).start()
     try:
         wait_until(lambda: any(o["runtime"] == "zk-groth16" for p in asker.get("/api/peers") for o in p["offers"]
                                if p["state"] == "alive"), timeout=60, what="A knows B's Groth16 offer")
@@ -35,6 +34,11 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess
     finally:
         asker.stop()
         prover.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
+    yield from asker_and_prover(tmp_path_factory.mktemp("zknet"))
 
 
 def test_submit_zk_proves_on_a_peer_and_snarkjs_accepts_it(pair: tuple[NodeProcess, NodeProcess], chain: Circuit,
@@ -97,18 +101,7 @@ async def test_the_requester_refuses_a_proof_that_does_not_verify(chain: Circuit
 def by_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, NodeProcess]]:
     """A requester that sends every payload field over 1 KiB by address (the default is 1 MiB: the test
     circuit's key is smaller than that)."""
-    root = tmp_path_factory.mktemp("zkblob")
-    prover = NodeProcess(root / "b", sets=[*FAST, 'runtimes.disabled=["inference", "render-blender"]']).start()
-    asker = NodeProcess(root / "a", sets=[*FAST, 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]',
-                                          f'p2p.bootstrap=["{prover.p2p_addr()}"]',
-                                          "blobs.inline_max_bytes=1024"]).start()
-    try:
-        wait_until(lambda: any(o["runtime"] == "zk-groth16" for p in asker.get("/api/peers") for o in p["offers"]
-                               if p["state"] == "alive"), timeout=60, what="A knows B's Groth16 offer")
-        yield asker, prover
-    finally:
-        asker.stop()
-        prover.stop()
+    yield from asker_and_prover(tmp_path_factory.mktemp("zkblob"), "blobs.inline_max_bytes=1024")
 
 
 def test_a_proving_key_goes_by_address_once_and_serves_every_task_that_names_it(
