@@ -18,7 +18,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import dashboard, errors, guard, metrics, openai, streaming
+from hyperion_node.api import dashboard, errors, guard, metrics, ollama, openai, streaming
 from hyperion_node.api import render as render_api
 from hyperion_node.config.loader import ApiSettings
 from hyperion_node.tasks.events import TaskEvent
@@ -64,11 +64,11 @@ def build_app(node: NodeView, token: str, settings: ApiSettings, *, token_path: 
     """The routes behind the Host check, the token and the body cap; ``port`` is the one bound (a Host
     header may carry it)."""
     allowed = guard.AllowedHosts.for_api(settings.host, settings.allowed_hosts, port)
-    return guard.guard(routes(node), token=token, token_path=token_path, allowed=allowed,
-                       max_body_bytes=settings.max_body_bytes, metrics_public=settings.metrics_public)
+    return guard.guard(routes(node, max_choices=settings.max_choices), token=token, token_path=token_path,
+                       allowed=allowed, max_body_bytes=settings.max_body_bytes, metrics_public=settings.metrics_public)
 
 
-def routes(node: NodeView) -> FastAPI:
+def routes(node: NodeView, *, max_choices: int = 4) -> FastAPI:
     """The routes alone, with no check of who asks: only ever served through :func:`build_app`."""
     app = FastAPI(
         title="Hyperion Node control API",
@@ -204,7 +204,8 @@ def routes(node: NodeView) -> FastAPI:
         return [p.to_json() for p in node.pulls()]
 
     app.include_router(dashboard.build_router(node))  # / open (static, no data); /api/dashboard needs the token
-    app.include_router(openai.build_router(node))
+    app.include_router(openai.build_router(node, max_choices=max_choices))
+    app.include_router(ollama.build_router(node))  # Ollama's paths under /api; none is one of the routes above
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:

@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import trio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from hyperion_node.api import chat as chat_api
 from hyperion_node.api import errors, streaming
 from hyperion_node.tasks.events import Failed, FailureKind, Final, Partial, TaskEvent
 from hyperion_node.tasks.model import TaskSpec
@@ -30,7 +33,24 @@ RUNTIME = "inference"
 # OpenAI's defaults: 16 tokens for completions; chat has none (until the context ends), which we bound.
 COMPLETION_MAX_TOKENS = 16
 CHAT_MAX_TOKENS = 512
-_PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "min_tier")  # min_tier: an extension (tiers.py)
+# Sent to the worker as they are (request.py checks them); min_tier is an extension (tiers.py).
+_PASSED_THROUGH = ("temperature", "top_p", "seed", "stop", "min_tier", "presence_penalty", "frequency_penalty",
+                   "logit_bias")
+# Accepted and without effect, by design (docs/api.md): the node keeps nothing per end user and no stored
+# completions; there is one service tier.
+_IGNORED = ("user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key")
+# Accepted at these values only: the node's fixed sampler (generation.SAMPLER_DEFAULTS) and text output. Any other
+# value is refused by name; so is any field not named anywhere here.
+_NEUTRAL: Mapping[str, tuple[Any, ...]] = {
+    "top_k": (40,), "min_p": (0.05,), "typical_p": (1.0,), "repeat_penalty": (1.0,),
+    "modalities": (["text"],), "parallel_tool_calls": (True, False), "echo": (False,), "suffix": ("",),
+}
+_COMMON = frozenset({"model", "max_tokens", "n", "stream", "stream_options", "logprobs", "min_tier",
+                     *_PASSED_THROUGH, *_IGNORED, *_NEUTRAL})
+_CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
+                          "tool_choice"}
+_COMPLETION_FIELDS = _COMMON | {"prompt", "best_of"}
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's cap for the completions API's integer logprobs
 
 
 class InferenceNode(Protocol):
@@ -63,33 +83,97 @@ async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
     return data
 
 
-def _payload(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any] | JSONResponse:
+@dataclass(frozen=True)
+class _Asked:
+    """A request read: the payload of its first choice's task, how many choices, and how to shape them."""
+
+    payload: dict[str, Any]
+    n: int
+    tools: chat_api.ToolPlan | None
+
+
+def _refused(body: Mapping[str, Any], known: frozenset[str]) -> JSONResponse | None:
+    for key, value in body.items():
+        if value is None:
+            continue
+        if key not in known:
+            return error(400, f"the field {key!r} is not supported by this node (docs/api.md lists every field)",
+                         "invalid_request_error", param=key, code="unsupported_field")
+        if key in _NEUTRAL and value not in _NEUTRAL[key]:
+            allowed = " or ".join(json.dumps(v) for v in _NEUTRAL[key])
+            return error(400, f"the field {key!r} is supported only as {allowed}: the network's workers use a "
+                              "fixed sampler and answer in text", "invalid_request_error", param=key,
+                         code="unsupported_value")
+    return None
+
+
+def _payload(body: Mapping[str, Any], *, is_chat: bool, max_choices: int) -> _Asked | JSONResponse:
+    refused = _refused(body, _CHAT_FIELDS if is_chat else _COMPLETION_FIELDS)
+    if refused is not None:
+        return refused
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return error(400, "'model' is required: one of GET /v1/models", "invalid_request_error", param="model")
     payload: dict[str, Any] = {"model": model}
-    if chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return error(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
-        payload["messages"] = messages
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            return error(400, "'prompt' must be a string (one prompt per request)", "invalid_request_error",
-                         param="prompt")
-        payload["prompt"] = prompt
+    tools = None
+    try:
+        if is_chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                return error(400, "'messages' must be a non-empty list", "invalid_request_error", param="messages")
+            tools = chat_api.tool_plan(body.get("tools"), body.get("tool_choice"),
+                                       body.get("parallel_tool_calls", True))
+            payload["messages"] = chat_api.plain_messages(messages, tools=tools)
+            schema = chat_api.response_schema(body.get("response_format"))
+            if schema is not None and tools is not None:
+                return error(400, "response_format cannot be combined with tools (unless tool_choice is 'none')",
+                             "invalid_request_error", param="response_format")
+            schema = tools.schema() if tools is not None else schema
+            if schema is not None:
+                payload["json_schema"] = schema
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                return error(400, "'prompt' must be a string (one prompt per request)", "invalid_request_error",
+                             param="prompt")
+            payload["prompt"] = prompt
+    except chat_api.ChatError as exc:
+        return error(400, str(exc), "invalid_request_error", param=exc.param)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    default = CHAT_MAX_TOKENS if chat else COMPLETION_MAX_TOKENS
+    default = CHAT_MAX_TOKENS if is_chat else COMPLETION_MAX_TOKENS
     payload["max_tokens"] = max_tokens if max_tokens is not None else default
     for key in _PASSED_THROUGH:
         if body.get(key) is not None:
             payload[key] = body[key]
-    if body.get("n", 1) != 1:
-        return error(400, "only n = 1 is supported", "invalid_request_error", param="n")
-    return payload
+    logprobs = body.get("logprobs")
+    if is_chat and logprobs is not None:
+        payload["logprobs"] = logprobs
+        if body.get("top_logprobs") is not None:
+            payload["top_logprobs"] = body["top_logprobs"]
+    elif not is_chat and logprobs is not None:  # the completions API's logprobs: how many alternatives, 0-5
+        if isinstance(logprobs, bool) or not isinstance(logprobs, int) or not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
+            return error(400, f"'logprobs' must be an integer from 0 to {MAX_COMPLETION_LOGPROBS}",
+                         "invalid_request_error", param="logprobs")
+        payload["logprobs"], payload["top_logprobs"] = True, logprobs
+    n = body.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_choices:
+        return error(400, f"'n' must be an integer from 1 to {max_choices} on this node (api.max_choices)",
+                     "invalid_request_error", param="n")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != n:
+        return error(400, "'best_of' is supported only equal to n: every choice generated is returned",
+                     "invalid_request_error", param="best_of")
+    return _Asked(payload, n, tools)
+
+
+def _choice_payload(payload: dict[str, Any], index: int) -> dict[str, Any]:
+    """Choice ``index``'s task: the same request; with a seed asked for, the next seeds for the others (so
+    that n choices are n different samples, each reproducible)."""
+    if index == 0 or not isinstance(payload.get("seed"), int):
+        return payload
+    return {**payload, "seed": (payload["seed"] + index) % 2**32}
 
 
 def _job_error(failure: Failed | None, task_id: str, model: str, node: InferenceNode) -> JSONResponse:
@@ -108,65 +192,127 @@ def _job_error(failure: Failed | None, task_id: str, model: str, node: Inference
                  code=failure.reason or failure.kind.value, headers=headers)
 
 
-def build_router(node: InferenceNode) -> APIRouter:
+def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
     router = APIRouter()
+
+    def model_object(model: str, peers: list[str]) -> dict[str, Any]:
+        return {"id": model, "object": "model", "created": 0, "owned_by": "hyperion", "providers": len(peers)}
 
     @router.get("/v1/models", summary="Every model served anywhere in the network this node knows of")
     async def models() -> dict[str, Any]:
-        served = node.served_models()
-        return {"object": "list", "data": [
-            {"id": model, "object": "model", "created": 0, "owned_by": "hyperion", "providers": len(peers)}
-            for model, peers in sorted(served.items())]}
+        return {"object": "list", "data": [model_object(m, p) for m, p in sorted(node.served_models().items())]}
 
-    async def complete(request: Request, *, chat: bool) -> Response:
+    @router.get("/v1/models/{model:path}", summary="One model, if any peer this node knows of serves it")
+    async def model(model: str) -> Response:
+        peers = node.served_models().get(model)
+        if peers is None:
+            return error(404, f"the model {model!r} is not served by any known peer", "invalid_request_error",
+                         param="model", code="model_not_found")
+        return JSONResponse(model_object(model, peers))
+
+    async def complete(request: Request, *, is_chat: bool) -> Response:
         body = await read_json(request)
         if isinstance(body, JSONResponse):
             return body
-        payload = _payload(body, chat=chat)
-        if isinstance(payload, JSONResponse):
-            return payload
-        model = payload["model"]
-        max_tokens = payload["max_tokens"]
-        spec = TaskSpec(runtime=RUNTIME, item=model, payload=payload, timeout_s=node.default_timeout_s(),
-                        expected_units=float(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0 else None)
-        started = await streaming.start(node.submit(spec))
-        if started.error is not None:
-            started.job.cancel()
-            return _job_error(started.error, started.job.task_id, model, node)
-        headers = {"x-hyperion-task-id": started.job.task_id, "x-hyperion-worker": started.worker}
-        shape = _Shape(chat=chat, task_id=started.job.task_id, model=model,
-                       include_usage=bool((body.get("stream_options") or {}).get("include_usage")))
+        asked = _payload(body, is_chat=is_chat, max_choices=max_choices)
+        if isinstance(asked, JSONResponse):
+            return asked
+        model = asked.payload["model"]
+        max_tokens = asked.payload["max_tokens"]
+        starts: list[streaming.Started] = []
+        try:
+            for index in range(asked.n):  # every choice's task is submitted before any is awaited: they run at once
+                spec = TaskSpec(runtime=RUNTIME, item=model, payload=_choice_payload(asked.payload, index),
+                                timeout_s=node.default_timeout_s(),
+                                expected_units=float(max_tokens) if isinstance(max_tokens, int) and max_tokens > 0
+                                else None)
+                starts.append(streaming.Started(node.submit(spec), [], ""))
+            for index, pending in enumerate(starts):
+                starts[index] = started = await streaming.start(pending.job)
+                if started.error is not None:
+                    for other in starts:
+                        other.job.cancel()
+                    return _job_error(started.error, started.job.task_id, model, node)
+        except BaseException:
+            for other in starts:
+                other.job.cancel()
+            raise
+        headers = {"x-hyperion-task-id": ",".join(s.job.task_id for s in starts),
+                   "x-hyperion-worker": ",".join(s.worker for s in starts)}
+        shape = _Shape(chat=is_chat, task_id=starts[0].job.task_id, model=model, tools=asked.tools,
+                       include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
+                       completion_logprobs=not is_chat and asked.payload.get("logprobs") is True)
         if body.get("stream"):
-            return StreamingResponse(streaming.stream_bytes(started, shape.chunks, shape.done),
-                                     media_type="text/event-stream", headers=headers)
-        partials, last = await streaming.collect(started)
-        if not isinstance(last, Final):
-            return _job_error(last, started.job.task_id, model, node)
-        return JSONResponse(shape.whole(partials, last), headers=headers)
+            return StreamingResponse(_streamed(shape, starts), media_type="text/event-stream", headers=headers)
+        choices: list[tuple[list[Partial], Final]] = []
+        try:
+            for started in starts:
+                partials, last = await streaming.collect(started)
+                if not isinstance(last, Final):
+                    return _job_error(last, started.job.task_id, model, node)
+                choices.append((partials, last))
+        finally:
+            for started in starts:
+                started.job.cancel()
+        return JSONResponse(shape.whole(choices), headers=headers)
 
     @router.post("/v1/completions", summary="OpenAI-compatible text completion, routed to the best peer")
     async def completions(request: Request) -> Response:
-        return await complete(request, chat=False)
+        return await complete(request, is_chat=False)
 
     @router.post("/v1/chat/completions", summary="OpenAI-compatible chat completion, routed to the best peer")
     async def chat_completions(request: Request) -> Response:
-        return await complete(request, chat=True)
+        return await complete(request, is_chat=True)
 
     return router
 
 
-class _Shape:
-    """OpenAI's objects for one answer, streamed or whole."""
+async def _streamed(shape: _Shape, starts: list[streaming.Started]) -> AsyncIterator[bytes]:
+    """The server-sent events of n choices: each choice's chunks in turn (all of them run at once, so the
+    later ones are ready when their turn comes), then the usage of all when asked, then ``[DONE]``."""
+    try:
+        usage: dict[str, int] = {}
+        for index, started in enumerate(starts):
+            choice = _Choice(shape, index)
+            async for event in streaming.events(started):
+                for chunk in choice.chunks(event):
+                    yield chunk
+                await trio.lowlevel.checkpoint()
+            usage = _add_usage(usage, choice.usage)
+        if shape.include_usage:
+            yield streaming.sse(shape.object([], chunk=True, usage=usage or _add_usage({}, {})))
+        yield b"data: [DONE]\n\n"
+    finally:
+        for started in starts:
+            started.job.cancel()
 
-    def __init__(self, *, chat: bool, task_id: str, model: str, include_usage: bool) -> None:
+
+def _usage(output: Mapping[str, Any]) -> dict[str, int]:
+    tokens_in, tokens_out = int(output.get("tokens_in", 0)), int(output.get("tokens_out", 0))
+    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+
+
+def _add_usage(total: Mapping[str, int], more: Mapping[str, int]) -> dict[str, int]:
+    """Usage of several choices: one prompt, every choice's completion."""
+    prompt = total.get("prompt_tokens", more.get("prompt_tokens", 0))
+    completion = total.get("completion_tokens", 0) + more.get("completion_tokens", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class _Shape:
+    """What every choice of one answer shares: OpenAI's object around them."""
+
+    def __init__(self, *, chat: bool, task_id: str, model: str, include_usage: bool,
+                 tools: chat_api.ToolPlan | None = None, completion_logprobs: bool = False) -> None:
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + task_id
         self.model = model
         self.created = int(time.time())
         self.include_usage = include_usage
-        self._role_sent = False
+        self.tools = tools
+        self.completion_logprobs = completion_logprobs
 
-    def _object(self, choices: list[dict[str, Any]], *, chunk: bool, usage: Any = None) -> dict[str, Any]:
+    def object(self, choices: list[dict[str, Any]], *, chunk: bool, usage: Any = None) -> dict[str, Any]:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat else "text_completion"
         obj: dict[str, Any] = {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                                "choices": choices}
@@ -174,48 +320,92 @@ class _Shape:
             obj["usage"] = usage
         return obj
 
-    def _choice(self, text: str | None, finish: str | None, *, chunk: bool) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        if not chunk:
-            return {"index": 0, "message": {"role": "assistant", "content": text or ""}, "logprobs": None,
-                    "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if not self._role_sent:
-            delta["role"] = "assistant"
-            self._role_sent = True
-        if text:
-            delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def whole(self, choices: list[tuple[list[Partial], Final]]) -> dict[str, Any]:
+        usage: dict[str, int] = {}
+        out = []
+        for index, (partials, final) in enumerate(choices):
+            out.append(_Choice(self, index).whole(partials, final))
+            usage = _add_usage(usage, _usage(final.output))
+        return self.object(out, chunk=False, usage=usage)
 
-    @staticmethod
-    def _usage(output: Mapping[str, Any]) -> dict[str, int]:
-        tokens_in, tokens_out = int(output.get("tokens_in", 0)), int(output.get("tokens_out", 0))
-        return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+
+class _Choice:
+    """One choice of an answer, streamed or whole."""
+
+    def __init__(self, shape: _Shape, index: int) -> None:
+        self.shape = shape
+        self.index = index
+        self.usage: dict[str, int] = {}
+        self._role_sent = False
+
+    def _logprobs(self, output: Mapping[str, Any]) -> dict[str, Any] | None:
+        entries = output.get("logprobs")
+        if not isinstance(entries, list):
+            return None
+        if self.shape.chat:
+            return {"content": entries, "refusal": None}
+        offsets, at = [], 0
+        for entry in entries:
+            offsets.append(at)
+            at += len(entry.get("token", ""))
+        return {"tokens": [e.get("token") for e in entries], "token_logprobs": [e.get("logprob") for e in entries],
+                "top_logprobs": [{t.get("token"): t.get("logprob") for t in e.get("top_logprobs", [])}
+                                 for e in entries] if self.shape.completion_logprobs else None,
+                "text_offset": offsets}
+
+    def _message(self, text: str, finish: str, task_id: str) -> tuple[dict[str, Any], str]:
+        """The assistant's message (content, or tool calls) and the finish reason."""
+        if self.shape.tools is None:
+            return {"role": "assistant", "content": text, "refusal": None}, finish
+        answer = chat_api.read_tool_answer(text)
+        if not answer.calls:
+            return {"role": "assistant", "content": answer.content, "refusal": None}, finish
+        calls = [{"id": f"call_{task_id[:12]}_{n}", "type": "function", "function": {"name": name, "arguments": args}}
+                 for n, (name, args) in enumerate(answer.calls)]
+        return {"role": "assistant", "content": None, "refusal": None, "tool_calls": calls}, "tool_calls"
+
+    def whole(self, partials: list[Partial], final: Final) -> dict[str, Any]:
+        output = final.output
+        text = str(output.get("text", "".join(str(p.data.get("text", "")) for p in partials)))
+        finish = str(output.get("finish_reason", "stop"))
+        if not self.shape.chat:
+            return {"index": self.index, "text": text, "logprobs": self._logprobs(output), "finish_reason": finish}
+        message, finish = self._message(text, finish, final.task_id)
+        return {"index": self.index, "message": message, "logprobs": self._logprobs(output), "finish_reason": finish}
+
+    def _chunk(self, delta: dict[str, Any] | str | None, finish: str | None,
+               logprobs: dict[str, Any] | None = None) -> bytes:
+        if not self.shape.chat:
+            choice = {"index": self.index, "text": delta or "", "logprobs": logprobs, "finish_reason": finish}
+        else:
+            delta = dict(delta or {}) if not isinstance(delta, str) else {"content": delta}
+            if not self._role_sent:
+                delta = {"role": "assistant", **delta}
+                self._role_sent = True
+            choice = {"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+        return streaming.sse(self.shape.object([choice], chunk=True))
 
     def chunks(self, event: TaskEvent) -> list[bytes]:
         match event:
             case Partial():
-                return [streaming.sse(self._object([self._choice(str(event.data.get("text", "")), None, chunk=True)],
-                                                   chunk=True))]
+                if self.shape.tools is not None:  # the whole answer is needed to tell calls from text
+                    return []
+                return [self._chunk(str(event.data.get("text", "")), None)]
             case Final(output=output):
-                out = [streaming.sse(self._object([self._choice(None, output.get("finish_reason", "stop"),
-                                                                chunk=True)], chunk=True))]
-                if self.include_usage:
-                    out.append(streaming.sse(self._object([], chunk=True, usage=self._usage(output))))
+                self.usage = _usage(output)
+                out = []
+                finish = str(output.get("finish_reason", "stop"))
+                if self.shape.tools is not None:
+                    message, finish = self._message(str(output.get("text", "")), finish, event.task_id)
+                    if message.get("tool_calls"):
+                        calls = [{"index": n, **call} for n, call in enumerate(message["tool_calls"])]
+                        out.append(self._chunk({"tool_calls": calls}, None))
+                    else:
+                        out.append(self._chunk(message.get("content") or "", None))
+                out.append(self._chunk(None, finish, self._logprobs(output)))
                 return out
             case Failed(kind=kind, message=message):
                 return [streaming.sse({"error": {"message": message, "type": kind.value, "param": None,
                                                  "code": kind.value}})]
             case _:
                 return []
-
-    @staticmethod
-    def done() -> list[bytes]:
-        return [b"data: [DONE]\n\n"]
-
-    def whole(self, partials: list[Partial], final: Final) -> dict[str, Any]:
-        output = final.output
-        text = str(output.get("text", "".join(str(p.data.get("text", "")) for p in partials)))
-        return self._object([self._choice(text, output.get("finish_reason", "stop"), chunk=False)], chunk=False,
-                            usage=self._usage(output))

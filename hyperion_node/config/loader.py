@@ -86,6 +86,7 @@ class ApiSettings:
     allowed_hosts: tuple[str, ...] = ()
     max_body_bytes: int = 96 * 1024 * 1024  # default.toml says why
     metrics_public: bool = False
+    max_choices: int = 4  # default.toml says why
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
                "e.g. [\"node.lan\", \"node.lan:8443\", \"[fd00::7]\"]")
     _check(values["api.max_body_bytes"] >= MIN_BODY_BYTES, "api.max_body_bytes", sources, values,
            f"an integer of at least {MIN_BODY_BYTES} (64 KiB)")
+    _check(1 <= values["api.max_choices"] <= 16, "api.max_choices", sources, values, "an integer from 1 to 16")
     for key in ("p2p.bootstrap", "p2p.announce_addrs"):
         for addr in values[key]:
             _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
@@ -361,7 +363,8 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         ),
         api=ApiSettings(host=values["api.host"], port=values["api.port"],
                         allowed_hosts=tuple(h.lower() for h in values["api.allowed_hosts"]),
-                        max_body_bytes=values["api.max_body_bytes"], metrics_public=values["api.metrics_public"]),
+                        max_body_bytes=values["api.max_body_bytes"], metrics_public=values["api.metrics_public"],
+                        max_choices=values["api.max_choices"]),
         logging=LoggingSettings(
             level=values["logging.level"], format=values["logging.format"],
             libp2p_level=values["logging.libp2p_level"],

@@ -45,6 +45,7 @@ from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
 from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams
 from runtimes.inference.generation import DEFAULT_COMMITMENT, SAMPLER_DEFAULTS, Generation
 from runtimes.inference.request import GenerationRequest
+from runtimes.inference.shaping import shaped_chain, token_logprobs
 from runtimes.inference.text import TextAssembler
 
 # Prompt chunks one step may prefill when it carries prompts alone (``BatchEngine._plan``): a burst of requests
@@ -75,6 +76,7 @@ class Stream:
     # A stranger's (its requester has not paid this node): while other streams run, it takes part in one
     # step in BACKGROUND_EVERY, so that it costs them about 1/BACKGROUND_EVERY of a stream, not one.
     background: bool = False
+    grammar: str | None = None  # a shaped request's GBNF (shaping.grammar_for), built before submitting
     cancelled: bool = field(default=False, init=False)
 
     def cancel(self) -> None:
@@ -95,6 +97,7 @@ class _Running:
         self.n_past = 0  # positions in the KV cache
         self.next_token: int | None = None  # sampled, to be decoded at the next step
         self.token_ids: list[int] = []
+        self.logprobs: list[dict[str, Any]] = []  # one per token_ids entry, when the request asks for them
         self.unsent: list[str] = []
         self.pieces: list[str] = []
         self.finish_reason = "length"
@@ -128,6 +131,7 @@ class _Running:
             token_ids=tuple(self.token_ids),
             end_token=self.end_token,
             commitment=self.builder.build() if self.builder is not None else None,
+            logprobs=tuple(self.logprobs),
         )
 
 
@@ -277,6 +281,13 @@ class BatchEngine:
         # request needs none: _sample takes the row's argmax, which is what that chain (neutral penalties, then
         # llama.cpp's greedy sampler, the first of equal maxima) picks, without copying 262,144 candidates.
         request = running.stream.request
+        if request.shaped:
+            try:
+                running.chain = shaped_chain(self._llama, self._llm, request, running.stream.seed,
+                                             running.stream.grammar)
+            except Exception as exc:  # this stream's own grammar: it fails alone, before its first step
+                self._end(running, None, exc)
+            return
         if request.temperature == 0.0:
             return
         self._llm.set_seed(running.stream.seed)
@@ -370,6 +381,9 @@ class BatchEngine:
             running.builder.add(row)
         end = bool(llama.llama_vocab_is_eog(self._vocab, token)) and not stream.ignore_eog
         if not end:
+            if stream.request.logprobs:
+                running.logprobs.append(token_logprobs(row, token, stream.request.top_logprobs,
+                                                       lambda t: self._llm.detokenize([t], special=True)))
             running.token_ids.append(token)
             running.put(running.text.push(self._llm.detokenize([token])))
         if end:

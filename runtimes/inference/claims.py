@@ -8,6 +8,7 @@ wrote is the worker's to get right: a malformed field is a failed verdict, never
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,3 +139,13 @@ def check_text(
         raise ClaimRejected(
             f"finish_reason {finish!r} after {count} of {max_tokens} tokens with neither an end token nor a stop"
         )
+
+
+def check_schema_output(request: Any, output: Mapping[str, Any]) -> None:
+    """A generation under a JSON schema that ended by itself must be JSON: its grammar allows nothing else."""
+    if request.json_schema is None or output.get("finish_reason") != "stop":
+        return
+    try:
+        json.loads(str(output.get("text")))
+    except ValueError as exc:
+        raise ClaimRejected(f"the output of a JSON-schema request is not JSON: {exc}") from None

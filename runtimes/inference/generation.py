@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from runtimes.inference.commitments import CommitmentParams, LogitCommitment
 
@@ -50,3 +51,4 @@ class Generation:
     token_ids: tuple[int, ...] = ()  # the tokens_out generated tokens
     end_token: int | None = None  # the end-of-generation token that ended it, if one did
     commitment: LogitCommitment | None = None  # one position per generated token, end_token included
+    logprobs: tuple[dict[str, Any], ...] = ()  # OpenAI's entry per generated token, when asked (shaping.py)

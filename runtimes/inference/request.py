@@ -7,6 +7,7 @@ worker did.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,12 @@ from runtimes.inference.tiers import check_min_tier
 
 # At most this many stop sequences, as in the OpenAI completions API the payload imitates.
 MAX_STOP_SEQUENCES = 4
+# OpenAI's bounds: logit_bias holds up to 300 tokens, each biased by -100 to 100; top_logprobs up to 20.
+MAX_LOGIT_BIAS = 300
+MAX_TOP_LOGPROBS = 20
+# A JSON schema is turned into a llama.cpp grammar on the worker: bounded so that a requester cannot hand
+# it a schema whose grammar takes long to build or to apply.
+MAX_SCHEMA_BYTES = 16 * 1024
 
 _ROLES = frozenset({"system", "user", "assistant"})
 
@@ -33,6 +40,21 @@ class GenerationRequest:
     seed: int | None = None  # None: a random seed, recorded in the evidence
     stop: tuple[str, ...] = ()
     min_tier: str | None = None  # the lowest quantization tier acceptable (tiers.py); None: any
+    # Shaping (OpenAI's penalties, logit_bias, response_format): applied by the sampler chain to the
+    # candidates, never to the model's logits, so the logit commitments and their checks stand; the
+    # verifier does not replay the tokens of a shaped generation (see ``shaped``).
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), ids checked against the vocabulary
+    json_schema: str | None = None  # canonical JSON of the schema the output must follow (a grammar)
+    logprobs: bool = False  # report each generated token's log-probability
+    top_logprobs: int = 0  # and this many of the likeliest alternatives at each position
+
+    @property
+    def shaped(self) -> bool:
+        """Whether the sampler chain does more than the fixed one (generation.SAMPLER_DEFAULTS): then a
+        verifier checks the committed logits, the text and the finish reason, not each token's choice."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias or self.json_schema)
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> GenerationRequest:
@@ -87,6 +109,13 @@ class GenerationRequest:
         if deterministic:
             # Greedy decoding with a fixed seed: the same task gives the same text on the same build.
             temperature, seed = 0.0, 0
+        logprobs = payload.get("logprobs", False)
+        if not isinstance(logprobs, bool):
+            raise UserError("payload field 'logprobs' must be true or false")
+        top_logprobs = payload.get("top_logprobs", 0)
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) \
+                or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise UserError(f"payload field 'top_logprobs' must be an integer from 0 to {MAX_TOP_LOGPROBS}")
         return cls(
             model=model,
             prompt=prompt,
@@ -97,6 +126,12 @@ class GenerationRequest:
             seed=seed,
             stop=tuple(stops),
             min_tier=check_min_tier(payload.get("min_tier")),
+            presence_penalty=_number(payload, "presence_penalty", 0.0, low=-2.0, high=2.0),
+            frequency_penalty=_number(payload, "frequency_penalty", 0.0, low=-2.0, high=2.0),
+            logit_bias=_logit_bias(payload.get("logit_bias")),
+            json_schema=_json_schema(payload.get("json_schema")),
+            logprobs=logprobs or top_logprobs > 0,
+            top_logprobs=top_logprobs,
         )
 
 
@@ -105,3 +140,34 @@ def _number(payload: Mapping[str, Any], key: str, default: float, *, low: float,
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise UserError(f"payload field {key!r} must be a number in [{low}, {high}], got {value!r}")
     return float(value)
+
+
+def _logit_bias(value: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` as sorted pairs (ids as text, as JSON objects require)."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or len(value) > MAX_LOGIT_BIAS:
+        raise UserError(f"payload field 'logit_bias' must map up to {MAX_LOGIT_BIAS} token ids to biases")
+    pairs: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise UserError(f"payload field 'logit_bias' has a key {key!r} that is not a token id") from None
+        if token < 0 or isinstance(bias, bool) or not isinstance(bias, int | float) or not -100 <= bias <= 100:
+            raise UserError(f"payload field 'logit_bias' needs token ids >= 0 and biases from -100 to 100, got "
+                            f"{key!r}: {bias!r}")
+        pairs[token] = float(bias)
+    return tuple(sorted(pairs.items()))
+
+
+def _json_schema(value: Any) -> str | None:
+    """The schema as canonical JSON text (what the worker turns into a grammar), bounded in size."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise UserError("payload field 'json_schema' must be a JSON schema (an object; {} for any JSON object)")
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_SCHEMA_BYTES:
+        raise UserError(f"payload field 'json_schema' is {len(text)} bytes; at most {MAX_SCHEMA_BYTES}")
+    return text

@@ -38,7 +38,7 @@ import trio
 
 from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
 from runtimes.inference.batching import BatchEngine, Stream
-from runtimes.inference.claims import ClaimRejected, Verdict, check_text, read_claim
+from runtimes.inference.claims import ClaimRejected, Verdict, check_schema_output, check_text, read_claim
 from runtimes.inference.generation import (
     CPU_PROMPT_CHUNK,
     GPU_PROMPT_CHUNK,
@@ -61,6 +61,7 @@ from runtimes.inference.registry import (
     read_gguf_info,
 )
 from runtimes.inference.request import GenerationRequest
+from runtimes.inference.shaping import check_vocabulary, grammar_for
 from runtimes.inference.tiers import tier_of, tier_rank
 from runtimes.inference.verifier import CHECKED_CHUNKS, reject, verify_claim
 from runtimes.interface import (
@@ -363,8 +364,9 @@ class LlamaCppRuntime:
                     model_sha256, engine, prompt = await trio.to_thread.run_sync(
                         self._prepare, entry, request
                     )
+                    grammar = grammar_for(request)
                     stream = Stream(request, prompt, seed, on_piece=on_piece, on_done=on_done,
-                                    background=task.background)
+                                    background=task.background, grammar=grammar)
                     engine.submit(stream)
                     try:
                         await done.wait()
@@ -391,6 +393,7 @@ class LlamaCppRuntime:
                 "model": entry.model_id,
                 # The verifier needs the exact tokens: re-tokenizing the text need not give them back.
                 "token_ids": list(result.token_ids),
+                **({"logprobs": list(result.logprobs)} if request.logprobs else {}),
             },
             evidence={
                 "model": entry.model_id,
@@ -473,6 +476,7 @@ class LlamaCppRuntime:
 
     def _prompt(self, entry: ModelEntry, request: GenerationRequest) -> list[int]:
         held = self._engines[entry.model_id]
+        check_vocabulary(request, int(held.llm.n_vocab()))
         prompt = self._prompts.tokens(held.llm, request)
         if len(prompt) + request.max_tokens > self._settings.n_ctx:
             raise UserError(
@@ -621,6 +625,7 @@ class LlamaCppRuntime:
                     raise ClaimRejected(f"tokens_in {output.get('tokens_in')!r} is not the prompt's {len(prompt)}")
                 if len(prompt) + len(claim.positions) > self._settings.n_ctx:
                     raise ClaimRejected(f"prompt and output exceed this verifier's context of {self._settings.n_ctx}")
+                check_schema_output(request, output)
             except ClaimRejected as exc:
                 return reject(exc)
             return verify_claim(
@@ -633,6 +638,7 @@ class LlamaCppRuntime:
                 chunks=chunks,
                 rng=rng,
                 shortlisted=shortlisted,
+                replay_tokens=not request.shaped,
             )
         finally:
             self._pool.checkin(entry, llm)

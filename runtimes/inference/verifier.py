@@ -481,8 +481,12 @@ def verify_claim(
     median_limit: float = MEDIAN_DEVIATION_LIMIT,
     max_differed: float = MAX_REPLAY_DIFFERED,
     shortlisted: bool = True,
+    replay_tokens: bool = True,
 ) -> Verdict:
     """The forward-pass checks of the module docstring, on a claim that passed ``claims`` checks.
+
+    ``replay_tokens=False`` (a shaped request, ``shaping.py``): the values only; each token's choice
+    followed a grammar or penalties that this check does not rebuild, so the token statistics stay empty.
 
     ``chunks`` of the commitment's chunks are checked (0: all), drawn from ``rng`` (the system's
     unpredictable generator unless a test passes its own). ``shortlisted=False`` reads every row whole
@@ -499,14 +503,14 @@ def verify_claim(
     value_misses: list[int] = []
     token_misses: list[int] = []
     checked = 0
-    replay = SamplerReplay(llm, llama, claim, sampler, shortlisted=shortlisted)
+    replay = SamplerReplay(llm, llama, claim, sampler, shortlisted=shortlisted) if replay_tokens else None
     replayed = 0  # positions the replay has passed, checked or skipped
-    count = max(params.top_k + 1, replay.shortlist_size)
+    count = max(params.top_k + 1, replay.shortlist_size if replay is not None else 0)
 
     def on_rows(at: list[int], batch_rows: list[int], rows: list[npt.NDArray[np.float32]]) -> None:
         nonlocal checked, replayed
         for position, row, logits in zip(at, batch_rows, rows, strict=True):
-            while replayed < position:  # unchecked positions still move the sampler's random stream
+            while replay is not None and replayed < position:  # unchecked positions still move the sampler
                 replay.skip(produced[replayed])
                 replayed += 1
             if shortlisted:
@@ -522,7 +526,7 @@ def verify_claim(
                 deviations.append(result.max_deviation)
             if result.max_deviation > limit:
                 value_misses.append(position)
-            if not replay.step(row, logits, produced[position], token_tolerance, near):
+            if replay is not None and not replay.step(row, logits, produced[position], token_tolerance, near):
                 token_misses.append(position)
             replayed += 1
 
@@ -531,24 +535,27 @@ def verify_claim(
             llm, llama, prompt, claim.token_ids, wanted, on_rows, check_cancelled=check_cancelled
         )
     finally:
-        replay.close()
+        if replay is not None:
+            replay.close()
     stats = CheckStatistics(
         positions=len(wanted),
         deviations=tuple(d / params.scale for d in deviations),
         value_mismatches=tuple(value_misses),
         token_mismatches=tuple(token_misses),
-        replay_differed=replay.differed,
-        replay_less_likely=replay.less_likely,
-        replay_more_likely=replay.more_likely,
-        replay_matched=replay.matched,
-        matched_at_factors=tuple(zip(replay.factors, replay.others_matched, strict=True)),
-        greedy_gaps=tuple(replay.greedy_gaps),
+        replay_differed=replay.differed if replay is not None else 0,
+        replay_less_likely=replay.less_likely if replay is not None else 0,
+        replay_more_likely=replay.more_likely if replay is not None else 0,
+        replay_matched=replay.matched if replay is not None else 0,
+        matched_at_factors=tuple(zip(replay.factors, replay.others_matched, strict=True)) if replay is not None
+        else (),
+        greedy_gaps=tuple(replay.greedy_gaps) if replay is not None else (),
     )
     details: dict[str, JSON] = {
         "positions": len(produced),
         "checked_chunks": list(picked),
         "prefilled_tokens": prefilled,
         "checked_values": checked,
+        "tokens_replayed": replay_tokens,
         **stats.to_details(),
         "tolerance": tolerance,
         "seconds": time.perf_counter() - started,
