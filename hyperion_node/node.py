@@ -237,8 +237,8 @@ class Node:
     def default_timeout_s(self) -> float:
         return self.config.tasks.default_timeout_s
 
-    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
-        return self._tasks.served_models(include_gone=include_gone)
+    def served_models(self, *, include_gone: bool = False, runtime: str = "inference") -> dict[str, list[str]]:
+        return self._tasks.served_models(include_gone=include_gone, runtime=runtime)
 
     async def tasks(self, limit: int, role: str | None, state: str | None) -> list[dict[str, Any]]:
         history = self._tasks.history

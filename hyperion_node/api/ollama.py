@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
 from hyperion_node.api import chat, errors, streaming
+from hyperion_node.api import openai as openai_api
 from hyperion_node.api.openai import CHAT_MAX_TOKENS, RUNTIME, InferenceNode, read_json
 from hyperion_node.tasks.events import Failed, FailureKind, Final, Partial
 from hyperion_node.tasks.model import TaskSpec
@@ -257,23 +258,56 @@ def build_router(node: OllamaNode) -> APIRouter:
     async def chat_route(request: Request) -> Response:
         return await generate(request, chat_api=True)
 
-    @router.post("/api/embed", summary="Ollama: embeddings (not served yet)")
-    async def embed() -> Response:
-        return _fail(501, "embeddings are not served by this node yet (issue #25 tracks them); "
-                          "generation is: /api/generate, /api/chat")
+    async def embedded(request: Request, *, field: str) -> tuple[dict[str, Any], list[list[float]]] | JSONResponse:
+        started_at = time.monotonic()
+        body = await read_json(request)
+        if isinstance(body, JSONResponse):
+            return _fail(400, "the request body must be a JSON object")
+        try:
+            _unknown(body, frozenset({"model", field, "truncate", "options", "keep_alive", "dimensions"}))
+            _options(body)  # refuses what cannot be honoured; the rest says nothing to an embedder
+        except Refused as exc:
+            return _fail(exc.status, str(exc))
+        model, texts = body.get("model"), body.get(field)
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(model, str) or not model or not isinstance(texts, list) or not texts \
+                or not all(isinstance(t, str) and t for t in texts):
+            return _fail(400, f"model and {field} (a text or a list of texts) are required")
+        ended, task_id = await openai_api.embed(node, model, texts)
+        if not isinstance(ended, Final):
+            return _failure(ended, model, node, {"x-hyperion-task-id": task_id}, runtime=openai_api.EMBEDDING_RUNTIME)
+        vectors = list(ended.output.get("embeddings") or [])
+        if body.get("dimensions") not in (None, len(vectors[0]) if vectors else None):
+            return _fail(400, "dimensions must be the model's own: this node does not shorten vectors")
+        return {"model": model, "total_duration": int((time.monotonic() - started_at) * 1e9), "load_duration": 0,
+                "prompt_eval_count": int(ended.output.get("tokens_in", 0))}, vectors
 
-    @router.post("/api/embeddings", summary="Ollama: embeddings, the older route (not served yet)")
-    async def embeddings() -> Response:
-        return await embed()
+    @router.post("/api/embed", summary="Ollama: embeddings of one or more texts, by a peer that offers the model as "
+                                       "an embedder")
+    async def embed(request: Request) -> Response:
+        answer = await embedded(request, field="input")
+        if isinstance(answer, JSONResponse):
+            return answer
+        head, vectors = answer
+        return JSONResponse({**head, "embeddings": vectors})
+
+    @router.post("/api/embeddings", summary="Ollama: the embedding of one text (the older route)")
+    async def embeddings(request: Request) -> Response:
+        answer = await embedded(request, field="prompt")
+        if isinstance(answer, JSONResponse):
+            return answer
+        return JSONResponse({"embedding": answer[1][0]})
 
     return router
 
 
-def _failure(failure: Failed | None, model: str, node: InferenceNode, headers: Mapping[str, str]) -> JSONResponse:
+def _failure(failure: Failed | None, model: str, node: InferenceNode, headers: Mapping[str, str], *,
+             runtime: str = RUNTIME) -> JSONResponse:
     if failure is None:
         return _fail(500, "the task ended without a result", headers)
     if failure.kind is FailureKind.NO_WORKER and failure.reason == "no-provider" \
-            and model not in node.served_models(include_gone=True):
+            and model not in node.served_models(include_gone=True, runtime=runtime):
         return _fail(404, f"model {model!r} not found: no peer this node knows of serves it", headers)
     return _fail(errors.status(failure), failure.message, headers)
 

@@ -13,7 +13,9 @@ node included); the answer names the worker in ``x-hyperion-worker`` and the tas
 
 from __future__ import annotations
 
+import base64
 import json
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -50,12 +52,14 @@ _COMMON = frozenset({"model", "max_tokens", "n", "stream", "stream_options", "lo
 _CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs", "response_format", "tools",
                           "tool_choice"}
 _COMPLETION_FIELDS = _COMMON | {"prompt", "best_of"}
+_EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", *_IGNORED})
+EMBEDDING_RUNTIME = "embedding"
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's cap for the completions API's integer logprobs
 
 
 class InferenceNode(Protocol):
     def submit(self, spec: TaskSpec) -> Job: ...
-    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]: ...
+    def served_models(self, *, include_gone: bool = False, runtime: str = "inference") -> dict[str, list[str]]: ...
     def default_timeout_s(self) -> float: ...
 
 
@@ -176,14 +180,28 @@ def _choice_payload(payload: dict[str, Any], index: int) -> dict[str, Any]:
     return {**payload, "seed": (payload["seed"] + index) % 2**32}
 
 
-def _job_error(failure: Failed | None, task_id: str, model: str, node: InferenceNode) -> JSONResponse:
+async def embed(node: InferenceNode, model: str, texts: list[str]) -> tuple[Final | Failed | None, str]:
+    """One embedding task for ``texts``, run to its end: its final (or failed) event, and its task id."""
+    spec = TaskSpec(runtime=EMBEDDING_RUNTIME, item=model, payload={"model": model, "input": texts},
+                    timeout_s=node.default_timeout_s(), expected_units=float(sum(len(t) // 4 + 2 for t in texts)))
+    started = await streaming.start(node.submit(spec))
+    if started.error is not None:
+        started.job.cancel()
+        return started.error, started.job.task_id
+    _, last = await streaming.collect(started)
+    return last, started.job.task_id
+
+
+def _job_error(failure: Failed | None, task_id: str, model: str, node: InferenceNode, *,
+               runtime: str = RUNTIME) -> JSONResponse:
     """The answer to a job that failed (``None``: it ended without a result)."""
     headers = {"x-hyperion-task-id": task_id}
     if failure is None:  # code "None": what this answer has always said (str() of no reason); kept as it was
         return error(500, "", "error", code="None", headers=headers)
     no_worker = failure.kind is FailureKind.NO_WORKER
-    if no_worker and failure.reason == "no-provider" and model not in node.served_models(include_gone=True):
-        models = ", ".join(sorted(node.served_models())) or "none"
+    if no_worker and failure.reason == "no-provider" and model not in node.served_models(include_gone=True,
+                                                                                          runtime=runtime):
+        models = ", ".join(sorted(node.served_models(runtime=runtime))) or "none"
         return error(404, f"the model {model!r} is not served by any known peer; available: {models}",
                      "invalid_request_error", param="model", code="model_not_found", headers=headers)
     if no_worker and failure.retry_after_s is not None:
@@ -255,6 +273,43 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
             for started in starts:
                 started.job.cancel()
         return JSONResponse(shape.whole(choices), headers=headers)
+
+    @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings, routed to a peer that offers the model as an "
+                                           "embedder ([runtimes.embedding])")
+    async def embeddings(request: Request) -> Response:
+        body = await read_json(request)
+        if isinstance(body, JSONResponse):
+            return body
+        refused = _refused(body, _EMBEDDING_FIELDS)
+        if refused is not None:
+            return refused
+        model, texts, encoding = body.get("model"), body.get("input"), body.get("encoding_format") or "float"
+        if not isinstance(model, str) or not model:
+            return error(400, "'model' is required: a model that a peer offers as an embedder",
+                         "invalid_request_error", param="model")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            return error(400, "'input' must be a non-empty text or a list of them (token arrays are not supported)",
+                         "invalid_request_error", param="input")
+        if encoding not in ("float", "base64"):
+            return error(400, "'encoding_format' must be 'float' or 'base64'", "invalid_request_error",
+                         param="encoding_format")
+        ended, task_id = await embed(node, model, texts)
+        headers = {"x-hyperion-task-id": task_id}
+        if not isinstance(ended, Final):
+            return _job_error(ended, task_id, model, node, runtime=EMBEDDING_RUNTIME)
+        vectors = ended.output.get("embeddings") or []
+        dimensions = body.get("dimensions")
+        if dimensions is not None and vectors and dimensions != len(vectors[0]):
+            return error(400, f"'dimensions' must be the model's own, {len(vectors[0])}: this node does not shorten "
+                              "vectors", "invalid_request_error", param="dimensions")
+        tokens = int(ended.output.get("tokens_in", 0))
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() if encoding == "base64" else v}
+                for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers=headers)
 
     @router.post("/v1/completions", summary="OpenAI-compatible text completion, routed to the best peer")
     async def completions(request: Request) -> Response:

@@ -282,18 +282,19 @@ class Orchestrator:
         found = await self.candidates(spec, TaskRequirements(runtime=runtime, item=item))
         return [c for c in found if c.state.value == "alive" and not c.banned]
 
-    def served_models(self, *, include_gone: bool = False) -> dict[str, list[str]]:
-        """Every inference model this node knows to be served, with who serves it (this node included);
-        with ``include_gone``, also those whose providers are all dead or gone (a 503, not a 404)."""
+    def served_models(self, *, include_gone: bool = False, runtime: str = "inference") -> dict[str, list[str]]:
+        """Every model this node knows to be served by ``runtime`` (generation; or ``embedding``), with who
+        serves it (this node included); with ``include_gone``, also those whose providers are all dead or gone
+        (a 503, not a 404)."""
         models: dict[str, list[str]] = {}
         for offer in self.runtimes.offers():
-            if offer.runtime == "inference":
+            if offer.runtime == runtime:
                 models.setdefault(offer.item, []).append(self.peer_id)
         for entry in self.p2p.table.peers.values():
             if entry.capability is None or (entry.state.value in ("dead", "left") and not include_gone):
                 continue
             for ad in entry.capability.offers:
-                if ad.runtime == "inference":
+                if ad.runtime == runtime:
                     models.setdefault(ad.item, []).append(entry.peer_id)
         return models
 

@@ -9,7 +9,8 @@ the node serves, and a field or option the node cannot honour refused by name, n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ MODEL = "gemma-3-270m-q4_k_m"
 FAST = ["p2p.mdns=false", "hardware.benchmark_on_start=false"]
 OFF = '"zk-groth16", "render-blender"'
 WORKER = [*FAST, f"runtimes.disabled=[{OFF}]", "runtimes.inference.n_ctx=1024", "runtimes.inference.max_streams=4",
-          "runtimes.inference.n_threads=1"]
+          "runtimes.inference.n_threads=1", "runtimes.embedding.include_packaged_model=true",
+          "runtimes.embedding.n_threads=1"]
 GATEWAY = [*FAST, f'runtimes.disabled=["inference", {OFF}]', "api.max_choices=2"]
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city now",
@@ -43,6 +45,8 @@ class Network:
         self.g = NodeProcess(root / "g", sets=[*GATEWAY, f'p2p.bootstrap=["{self.w.p2p_addr()}"]']).start()
         wait_until(lambda: any(m["id"] == MODEL for m in self.g.get("/v1/models")["data"]), timeout=60,
                    what="G knows a provider of the model")
+        wait_until(lambda: any(o["runtime"] == "embedding" for p in self.g.get("/api/peers")
+                               for o in (p.get("offers") or [])), timeout=60, what="G knows W's embedder")
 
     def openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.g.api_url + "/v1", api_key=self.g.token, max_retries=2, timeout=120)
@@ -214,6 +218,33 @@ def test_every_ollama_endpoint(net: Network) -> None:
         client.generate(model=MODEL, prompt="x", options={"mirostat": 2})
     assert refused.value.status_code == 400
     assert "mirostat" in refused.value.error
-    with pytest.raises(ollama.ResponseError) as embed:
-        client.embed(model=MODEL, input=["a", "b"])
-    assert embed.value.status_code == 501
+    vectors = client.embed(model=MODEL, input=["The cat sat on the mat.", "Stock prices fell today."]).embeddings
+    assert len(vectors) == 2
+    assert len(vectors[0]) == len(vectors[1]) == 640
+    assert cosine(vectors[0], vectors[1]) < 0.99
+    assert client.embeddings(model=MODEL, prompt="The cat sat on the mat.").embedding is not None
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+
+
+def test_embeddings_of_two_texts(net: Network) -> None:
+    client = net.openai()
+    texts = ["The cat sat on the mat.", "Stock prices fell today.", "The cat sat on the mat."]
+    answer = client.embeddings.create(model=MODEL, input=texts)  # the client asks for base64 and decodes it
+    vectors = [d.embedding for d in answer.data]
+    assert [d.index for d in answer.data] == [0, 1, 2]
+    assert cosine(vectors[0], vectors[2]) == pytest.approx(1.0, abs=2e-3)  # a text with itself (batch shapes: 0.9986+)
+    assert cosine(vectors[0], vectors[1]) < 0.99  # with a different text
+    assert math.isclose(math.sqrt(sum(x * x for x in vectors[0])), 1.0, abs_tol=1e-4)  # unit length, as OpenAI's
+    assert answer.usage.prompt_tokens >= 3
+    floats = client.embeddings.create(model=MODEL, input="The cat sat on the mat.", encoding_format="float")
+    assert cosine(floats.data[0].embedding, vectors[0]) == pytest.approx(1.0, abs=2e-3)
+    again = client.embeddings.create(model=MODEL, input="The cat sat on the mat.", encoding_format="float")
+    assert cosine(floats.data[0].embedding, again.data[0].embedding) == pytest.approx(1.0, abs=1e-9)  # same batch
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.embeddings.create(model=MODEL, input="x", dimensions=64)
+    assert raised.value.body["param"] == "dimensions"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.embeddings.create(model="no-such-embedder", input="x")
