@@ -45,7 +45,7 @@ from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
 from runtimes.inference.commitments import CommitmentBuilder, CommitmentParams
 from runtimes.inference.generation import DEFAULT_COMMITMENT, SAMPLER_DEFAULTS, Generation
 from runtimes.inference.request import GenerationRequest
-from runtimes.inference.shaping import shaped_chain, token_logprobs
+from runtimes.inference.shaping import ShapedSampler, token_logprobs
 from runtimes.inference.text import TextAssembler
 
 # Prompt chunks one step may prefill when it carries prompts alone (``BatchEngine._plan``): a burst of requests
@@ -91,6 +91,7 @@ class _Running:
         self.stream = stream
         self.seq_id = seq_id
         self.chain = chain
+        self.shaped: ShapedSampler | None = None  # a shaped request's sampler (shaping.py), instead of the chain
         self.text = TextAssembler(stream.request.stop)
         self.builder = CommitmentBuilder(stream.commitment) if stream.commit else None
         self.fed = 0  # prompt tokens in the KV cache
@@ -283,8 +284,8 @@ class BatchEngine:
         request = running.stream.request
         if request.shaped:
             try:
-                running.chain = shaped_chain(self._llama, self._llm, request, running.stream.seed,
-                                             running.stream.grammar)
+                running.shaped = ShapedSampler(self._llama, self._llm, request, running.stream.seed,
+                                               running.stream.grammar)
             except Exception as exc:  # this stream's own grammar: it fails alone, before its first step
                 self._end(running, None, exc)
             return
@@ -373,7 +374,9 @@ class BatchEngine:
             running.prompt_done = time.perf_counter()
         # The row that produced the token: a view of llama.cpp's buffer, read at once (before the next decode).
         row = np.ctypeslib.as_array(llama.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
-        if running.chain is None:
+        if running.shaped is not None:
+            token = running.shaped.sample(row)
+        elif running.chain is None:
             token = int(np.argmax(row))
         else:
             token = int(llama.llama_sampler_sample(running.chain.sampler, self._ctx, index))
@@ -403,6 +406,8 @@ class BatchEngine:
         self._llama.llama_memory_seq_rm(self._memory, running.seq_id, -1, -1)
         if running.chain is not None:
             running.chain.close()
+        if running.shaped is not None:
+            running.shaped.close()
         with self._cond:
             self._running.remove(running)
             self._free_ids.append(running.seq_id)
