@@ -392,11 +392,13 @@ class _Choice:
         self.index = index
         self.usage: dict[str, int] = {}
         self._role_sent = False
+        self._logprobs_sent = 0  # entries already streamed with pieces
 
-    def _logprobs(self, output: Mapping[str, Any]) -> dict[str, Any] | None:
+    def _logprobs(self, output: Mapping[str, Any], start: int = 0) -> dict[str, Any] | None:
         entries = output.get("logprobs")
         if not isinstance(entries, list):
             return None
+        entries = entries[start:]
         if self.shape.chat:
             return {"content": entries, "refusal": None}
         offsets, at = [], 0
@@ -445,7 +447,9 @@ class _Choice:
             case Partial():
                 if self.shape.tools is not None:  # the whole answer is needed to tell calls from text
                     return []
-                return [self._chunk(str(event.data.get("text", "")), None)]
+                logprobs = self._logprobs(event.data)
+                self._logprobs_sent += len(event.data.get("logprobs") or []) if logprobs is not None else 0
+                return [self._chunk(str(event.data.get("text", "")), None, logprobs)]
             case Final(output=output):
                 self.usage = _usage(output)
                 out = []
@@ -457,7 +461,8 @@ class _Choice:
                         out.append(self._chunk({"tool_calls": calls}, None))
                     else:
                         out.append(self._chunk(message.get("content") or "", None))
-                out.append(self._chunk(None, finish, self._logprobs(output)))
+                # The tokens no piece carried (a stop sequence's, the held-back end) come with the last chunk.
+                out.append(self._chunk(None, finish, self._logprobs(output, self._logprobs_sent)))
                 return out
             case Failed(kind=kind, message=message):
                 return [streaming.sse({"error": {"message": message, "type": kind.value, "param": None,

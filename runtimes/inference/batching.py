@@ -77,6 +77,8 @@ class Stream:
     # step in BACKGROUND_EVERY, so that it costs them about 1/BACKGROUND_EVERY of a stream, not one.
     background: bool = False
     grammar: str | None = None  # a shaped request's GBNF (shaping.grammar_for), built before submitting
+    # With logprobs asked for: the entries of the tokens behind the next piece, handed over right before it.
+    on_logprobs: Callable[[list[dict[str, Any]]], None] | None = None
     cancelled: bool = field(default=False, init=False)
 
     def cancel(self) -> None:
@@ -99,7 +101,8 @@ class _Running:
         self.next_token: int | None = None  # sampled, to be decoded at the next step
         self.token_ids: list[int] = []
         self.logprobs: list[dict[str, Any]] = []  # one per token_ids entry, when the request asks for them
-        self.unsent: list[str] = []
+        self.unsent: list[tuple[str, list[dict[str, Any]]]] = []  # pieces, each with its tokens' logprobs
+        self.logprobs_sent = 0
         self.pieces: list[str] = []
         self.finish_reason = "length"
         self.end_token: int | None = None
@@ -113,10 +116,13 @@ class _Running:
     def put(self, text: str) -> None:
         if text:
             self.pieces.append(text)
-            self.unsent.append(text)
+            self.unsent.append((text, self.logprobs[self.logprobs_sent:]))
+            self.logprobs_sent = len(self.logprobs)
 
     def flush(self) -> None:
-        for text in self.unsent:
+        for text, logprobs in self.unsent:
+            if logprobs and self.stream.on_logprobs is not None:
+                self.stream.on_logprobs(logprobs)
             self.stream.on_piece(text)
         self.unsent.clear()
 

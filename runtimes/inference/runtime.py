@@ -332,15 +332,17 @@ class LlamaCppRuntime:
         # them to be sent (module docstring). At most one piece per token and one at the end, so the channel
         # holds at most max_tokens + 1.
         loop = trio.lowlevel.current_trio_token()
-        send_piece, pieces = trio.open_memory_channel[str](math.inf)
+        send_piece, pieces = trio.open_memory_channel[tuple[str, list[dict[str, Any]]]](math.inf)
         done = trio.Event()
         outcome: list[Generation | BaseException] = []
+        logprobs: list[dict[str, Any]] = []  # the next piece's tokens' entries, when the request asks for them
 
         def deliver(text: str) -> None:  # in the event loop, in the order the engine handed them over
             try:
-                send_piece.send_nowait(text)
+                send_piece.send_nowait((text, logprobs[:]))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # the sender failed; its error ends the task and with it the stream
+            logprobs.clear()
 
         def settle(result: Generation | None, error: BaseException | None) -> None:  # in the event loop
             outcome.append(error if error is not None else result)  # type: ignore[arg-type]
@@ -349,13 +351,16 @@ class LlamaCppRuntime:
         def on_piece(text: str) -> None:  # in the engine thread: hand over, do not wait
             _soon(loop, deliver, text)
 
+        def on_logprobs(entries: list[dict[str, Any]]) -> None:  # engine thread, right before the piece's on_piece
+            _soon(loop, logprobs.extend, entries)
+
         def on_done(result: Generation | None, error: BaseException | None) -> None:  # engine thread
             _soon(loop, settle, result, error)
 
         async def forward() -> None:
             async with pieces:
-                async for text in pieces:
-                    await emit(Partial({"text": text}))
+                async for text, entries in pieces:
+                    await emit(Partial({"text": text, "logprobs": entries} if request.logprobs else {"text": text}))
 
         try:
             async with trio.open_nursery() as nursery:
@@ -366,7 +371,8 @@ class LlamaCppRuntime:
                     )
                     grammar = grammar_for(request)
                     stream = Stream(request, prompt, seed, on_piece=on_piece, on_done=on_done,
-                                    background=task.background, grammar=grammar)
+                                    background=task.background, grammar=grammar,
+                                    on_logprobs=on_logprobs if request.logprobs else None)
                     engine.submit(stream)
                     try:
                         await done.wait()

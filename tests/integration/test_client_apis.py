@@ -125,6 +125,11 @@ def test_logprobs_usage_in_the_last_chunk_and_n_choices(net: Network) -> None:
     assert len(content) == answer.usage.completion_tokens
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in content)
     assert "".join(t.token for t in content) == answer.choices[0].message.content
+    carried = [chunk.choices[0].logprobs.content or [] for chunk in client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello."}], max_tokens=6, temperature=0, logprobs=True,
+        top_logprobs=2, stream=True) if chunk.choices and chunk.choices[0].logprobs]
+    assert len(carried) >= 2  # with the pieces as they come, not all at the end
+    assert [(e.token, e.logprob) for c in carried for e in c] == [(e.token, e.logprob) for e in content]
     legacy = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=4, temperature=0, logprobs=2)
     assert len(legacy.choices[0].logprobs.tokens) == 4
     assert len(legacy.choices[0].logprobs.top_logprobs[0]) == 2
