@@ -113,6 +113,7 @@ def test_json_schema_and_json_object_output(net: Network) -> None:
     loose = client.chat.completions.create(model=MODEL, max_tokens=60, temperature=0,
                                            messages=[{"role": "user", "content": "Answer in JSON: what is 2+2?"}],
                                            response_format={"type": "json_object"})
+    assert (loose.choices[0].message.content or "").lstrip().startswith("{")
     if loose.choices[0].finish_reason == "stop":
         assert isinstance(json.loads(loose.choices[0].message.content), dict)
 
@@ -199,6 +200,11 @@ def test_every_ollama_endpoint(net: Network) -> None:
     assert whole.done_reason == "length"
     assert whole.eval_count == 6
     assert whole.response
+    as_json = client.generate(model=MODEL, prompt="Give a colour and its hex code as JSON.", format="json",
+                              options={"temperature": 0, "num_predict": 40})
+    assert as_json.response.lstrip().startswith("{")  # the grammar's first character, however it ends
+    if as_json.done_reason == "stop":
+        assert isinstance(json.loads(as_json.response), dict)
     pieces = list(client.generate(model=MODEL, prompt="Say hi.", stream=True,
                                   options={"temperature": 0, "num_predict": 6, "num_ctx": 4096}))
     assert pieces[-1].done
