@@ -28,8 +28,8 @@ from hyperion_node.testing.process import NodeProcess, wait_until
 
 MODEL = "gemma-3-270m-q4_k_m"
 SETS = ["p2p.mdns=false", "hardware.benchmark_on_start=false", 'runtimes.disabled=["zk-groth16", "render-blender"]',
-        "runtimes.inference.n_ctx=1024", "runtimes.inference.n_threads=1", "runtimes.embedding.include_packaged_model=true",
-        "runtimes.embedding.n_threads=1"]
+        "runtimes.inference.n_ctx=1024", "runtimes.inference.n_threads=1",
+        "runtimes.embedding.include_packaged_model=true", "runtimes.embedding.n_threads=1"]
 PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
                                            "city": {"type": "string"}, "hobbies": {"type": "array",
                                                                                    "items": {"type": "string"}}},
