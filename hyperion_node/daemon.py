@@ -21,6 +21,7 @@ import trio
 from hyperion_node import __version__
 from hyperion_node.config import Config
 from hyperion_node.datadir import DataDir, daemon_lock
+from hyperion_node.errors import UserError
 from hyperion_node.hardware import TelemetrySampler, probe_hardware
 from hyperion_node.identity import load_identity
 from hyperion_node.node import Node, build_node, start_components
@@ -69,6 +70,18 @@ async def _watch_signals(
             os._exit(EXIT_SECOND_SIGNAL)
 
 
+async def _reload_on_hangup(node: Node) -> None:
+    """SIGHUP reads the configuration again, as `hyperion-node config reload` does."""
+    with trio.open_signal_receiver(signal.SIGHUP) as hangups:
+        async for _ in hangups:
+            try:
+                done = await node.operate("reload", {"reason": "SIGHUP"}, "SIGHUP")
+            except UserError as exc:
+                log.warning("reload_refused", error=exc.one_line())
+            else:
+                log.info("reloaded", applied=done.get("applied"), refused=done.get("refused"))
+
+
 def _ready_text(node: Node) -> str:
     lines = [
         f"hyperion-node {__version__} ready",
@@ -80,21 +93,24 @@ def _ready_text(node: Node) -> str:
     return "\n".join(lines)
 
 
-async def run_daemon(config: Config, *, on_ready: Callable[[str], None] | None = None) -> None:
-    """Run the node until a signal arrives. Raises ``HyperionError`` subclasses for start-up problems."""
+async def run_daemon(config: Config, *, on_ready: Callable[[str], None] | None = None,
+                     reload_config: Callable[[], Config] | None = None) -> None:
+    """Run the node until a signal arrives. Raises ``HyperionError`` subclasses for start-up problems.
+    ``reload_config`` reads the configuration again, for ``config reload`` and SIGHUP (``control.py``)."""
     data_dir = DataDir(config.node.data_dir)
     data_dir.ensure()
     with daemon_lock(data_dir):
         store = await trio.to_thread.run_sync(Store.open, data_dir.db_path)
         try:
-            await _run_node(config, data_dir, store, on_ready)
+            await _run_node(config, data_dir, store, on_ready, reload_config)
         finally:
             store.close()
     log.info("stopped")
 
 
 async def _run_node(
-    config: Config, data_dir: DataDir, store: Store, on_ready: Callable[[str], None] | None
+    config: Config, data_dir: DataDir, store: Store, on_ready: Callable[[str], None] | None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> None:
     identity = load_identity(data_dir, create=True)
     token = data_dir.api_token(create=True)
@@ -104,12 +120,13 @@ async def _run_node(
 
     # The same node the demo builds, with the installed runtimes and the machine's real telemetry.
     sampler = TelemetrySampler(config.hardware.telemetry_interval_s, nvml=None)
-    node = build_node(config, data_dir, store, identity, profile, sampler)
+    node = build_node(config, data_dir, store, identity, profile, sampler, reload_config=reload_config)
 
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as root:
             components = trio.CancelScope()
             root.start_soon(_watch_signals, signals, components, node.p2p.announce_leaving)
+            root.start_soon(_reload_on_hangup, node)
             with components:
                 async with trio.open_nursery() as nursery:
                     await start_components(node, nursery, api_token=token)

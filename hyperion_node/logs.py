@@ -79,3 +79,8 @@ def _identity(
     logger: structlog.types.WrappedLogger, name: str, event_dict: structlog.types.EventDict
 ) -> structlog.types.EventDict:
     return event_dict
+
+
+def set_level(level: str) -> None:
+    """Change the node's log level while it runs (``config reload``)."""
+    logging.getLogger().setLevel(_LEVELS[level])

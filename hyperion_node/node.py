@@ -10,6 +10,7 @@ import dataclasses
 import os
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ from hyperion_node.api.server import ApiServer
 from hyperion_node.blobs.service import BlobService, Pull
 from hyperion_node.blobs.store import BlobStore
 from hyperion_node.config import Config
+from hyperion_node.control import ControlError, Controls
 from hyperion_node.dashboard.service import Dashboard
 from hyperion_node.datadir import DataDir
 from hyperion_node.errors import InternalError
@@ -64,6 +66,7 @@ class Node:
     api: ApiServer | None = None
     blobs: BlobService | None = None  # /hyperion/blob/1: model files served to peers, and model pulls
     dashboard: Dashboard | None = None  # time series for / and `top`, sampled once a second
+    controls: Controls = field(init=False)  # the operator's live controls (control.py)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -97,6 +100,7 @@ class Node:
             "peers": {"known": len(self.p2p.table.peers), "live": len(self.p2p.table.live_peers()),
                       "connected": self.p2p.status()["connected"]},
             "blobs": self.blobs.status() if self.blobs is not None else None,
+            "controls": self.controls.state(),
         }
 
     def hardware(self) -> dict[str, Any]:
@@ -336,8 +340,28 @@ class Node:
         earning = [r for r in summaries if r.role == "worker"]
         for status, kind in (("settled", "earned"), ("pending", "pending"), ("disputed", "disputed")):
             credits.add(atto_to_credits(sum(r.total for r in earning if r.status == status)), kind=kind)
-        families += [receipts, credits]
+        families += [receipts, credits, *self.controls.metrics()]
         return families
+
+    async def operate(self, action: str, args: Mapping[str, Any], who: str) -> dict[str, Any]:
+        """Carry out an operator's control (``control.py``); ``ControlError`` when it cannot be done as asked."""
+        controls, why = self.controls, str(args.get("reason") or "")
+        match action:
+            case "drain":
+                return await controls.drain(who, why)
+            case "resume":
+                return await controls.resume(who, why)
+            case "ban":
+                return await controls.ban(str(args["peer_id"]), args.get("for_s"), who, why)
+            case "unban":
+                return await controls.unban(str(args["peer_id"]), who, why)
+            case "runtime":
+                return await controls.switch(str(args["runtime"]), bool(args["enabled"]), who, why)
+            case "price":
+                return await controls.price(str(args["runtime"]), float(args["price_per_unit"]), who, why)
+            case "reload":
+                return await controls.reload(who, why)
+        raise ControlError(f"no control {action!r}")
 
     def pull_model(self, model: str, providers: list[str] | None = None) -> Pull:
         if self.blobs is None:
@@ -355,7 +379,7 @@ class Node:
 
 def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identity, profile: HardwareProfile,
                sampler: TelemetrySampler, registry: RuntimeRegistry | None = None,
-               stack: Stack | None = None) -> Node:
+               stack: Stack | None = None, reload_config: Callable[[], Config] | None = None) -> Node:
     """Wire one node's parts. ``registry`` defaults to the installed runtimes, configured by ``config``; the
     demo passes one built on its simulated runtimes (``RuntimeRegistry(entry_points=...)``), and with
     ``--network memory`` the stack of the in-process fabric its nodes share in place of libp2p
@@ -377,6 +401,8 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
         LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
         name=node.name, stack=stack,
     )
+    node.controls = Controls(registry=runtimes, table=node.p2p.table, store=store, config=config,
+                             reload_config=reload_config)
     return node
 
 

@@ -64,6 +64,12 @@ class RuntimeRegistry:
     auto_credits_per_hour: float = 1.0
     loaded: dict[str, LoadedRuntime] = field(default_factory=dict)
     failures: list[RuntimeFailure] = field(default_factory=list)
+    # The operator's live controls (hyperion_node/control.py): a draining node offers nothing; a runtime switched
+    # off offers nothing; a price set here replaces the configured or automatic one. offers() applies them, so
+    # adverts, admission and receipts follow at once.
+    draining: bool = False
+    switched_off: set[str] = field(default_factory=set)
+    prices: dict[str, float] = field(default_factory=dict)
     _factories: dict[str, Any] = field(default_factory=dict)  # entry point name -> what it names, once loaded
 
     def _entry_points(self) -> list[EntryPoint]:
@@ -186,8 +192,21 @@ class RuntimeRegistry:
     def offers(self) -> list[Offer]:
         """What this node offers, priced as advertised (auto prices filled in): the one source for adverts,
         admission and receipts."""
-        offers = [offer for loaded in self.loaded.values() for offer in loaded.offers()]
-        return price_offers(offers, auto_runtimes=self.auto_priced, credits_per_hour=self.auto_credits_per_hour)
+        if self.draining:
+            return []
+        offers = [offer for name, loaded in self.loaded.items() if name not in self.switched_off
+                  for offer in loaded.offers()]
+        priced = price_offers(offers, auto_runtimes=self.auto_priced, credits_per_hour=self.auto_credits_per_hour)
+        return [dataclasses.replace(o, price_per_unit=self.prices[o.runtime]) if o.runtime in self.prices else o
+                for o in priced]
+
+    def closed(self, runtime: str) -> str | None:
+        """Why this node takes no new task of ``runtime`` now (the operator's controls), or None."""
+        if self.draining:
+            return "this node is draining: it finishes its running work and takes no new work"
+        if runtime in self.switched_off:
+            return f"the operator of this node has switched the {runtime} runtime off"
+        return None
 
     def shared_files(self) -> list[tuple[str, str, Path]]:
         """(runtime, item, file) for each file a running runtime serves that peers may fetch over
@@ -205,7 +224,7 @@ class RuntimeRegistry:
             {
                 "name": name,
                 "version": loaded.runtime.version,
-                "state": "ready",
+                "state": "switched off" if name in self.switched_off else "draining" if self.draining else "ready",
                 "benchmark": dataclasses.asdict(loaded.benchmark) if loaded.benchmark else None,
                 "benchmark_cached": loaded.benchmark_cached,
                 "offers": [dataclasses.asdict(offer) for offer in self.offers() if offer.runtime == name],

@@ -12,13 +12,14 @@ closed unless ``guard.py`` opens it.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node import __version__
-from hyperion_node.api import dashboard, errors, guard, metrics, ollama, openai, streaming
+from hyperion_node.api import control, dashboard, errors, guard, metrics, ollama, openai, streaming
 from hyperion_node.api import render as render_api
 from hyperion_node.config.loader import ApiSettings
 from hyperion_node.tasks.events import TaskEvent
@@ -55,6 +56,7 @@ class NodeView(Protocol):
     def dashboard_view(self, since: float) -> dict[str, Any]: ...
     def pull_model(self, model: str, providers: list[str] | None = None) -> Pull: ...
     def pulls(self) -> list[Pull]: ...
+    async def operate(self, action: str, args: Mapping[str, Any], who: str) -> dict[str, Any]: ...
 
 
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
@@ -205,7 +207,8 @@ def routes(node: NodeView, *, max_choices: int = 4) -> FastAPI:
 
     app.include_router(dashboard.build_router(node))  # / open (static, no data); /api/dashboard needs the token
     app.include_router(openai.build_router(node, max_choices=max_choices))
-    app.include_router(ollama.build_router(node))  # Ollama's paths under /api; none is one of the routes above
+    app.include_router(ollama.build_router(node))
+    app.include_router(control.build_router(node))  # Ollama's paths under /api; none is one of the routes above
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hyperion_node import __version__
 from hyperion_node.cli.client import ApiClient
 from hyperion_node.cli.common import cli_errors
 from hyperion_node.cli.common import print_json as _print_json
+from hyperion_node.cli.control import register as register_controls
 from hyperion_node.cli.events import events_command
 from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.models import models_app
@@ -147,7 +148,10 @@ def start(
         typer.echo(text)
         sys.stdout.flush()
 
-    trio.run(functools.partial(run_daemon, cfg, on_ready=on_ready))
+    def reload() -> Config:  # `config reload` and SIGHUP: the same file, environment and flags, read again
+        return _config(config, data_dir, set_, log_format, log_level)
+
+    trio.run(functools.partial(run_daemon, cfg, on_ready=on_ready, reload_config=reload))
 
 
 @app.command()
@@ -362,6 +366,9 @@ def config_show(
         _print_json({key: {"value": value, "source": source} for key, value, source in rows})
         return
     print_table(["key", "value", "source"], [[k, json.dumps(v), s] for k, v, s in rows])
+
+
+register_controls(app, config_app)  # after the commands above: they come first in --help
 
 
 def main() -> None:

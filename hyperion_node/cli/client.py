@@ -72,6 +72,10 @@ class ApiClient:
             raise EnvironmentProblem(f"the node answered {status}: {text[:200]}")
         return json.loads(text)
 
+    def post(self, path: str, body: dict[str, Any], *, timeout_s: float = REQUEST_TIMEOUT_S) -> Any:
+        """POST a JSON body; the answer's JSON. A 400 is the user's mistake (``UserError``, its message)."""
+        return next(iter(self.post_stream(path, body, timeout_s=timeout_s)))
+
     def post_stream(self, path: str, body: dict[str, Any], *, timeout_s: float) -> Iterator[dict[str, Any]]:
         """POST a JSON body and yield the NDJSON events of the answer as they arrive."""
         try:

@@ -8,10 +8,12 @@ receipts index for the reward totals, at most every ``REWARDS_EVERY_S``.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
@@ -27,12 +29,16 @@ from hyperion_node.store import Event, Store
 from hyperion_node.tasks.service import Orchestrator
 from hyperion_node.trio_types import TaskStatus
 
+if TYPE_CHECKING:
+    from hyperion_node.control import Controls
+
 log = structlog.get_logger(__name__)
 
 SAMPLE_INTERVAL_S = 1.0  # the web page polls every second and `top` redraws twice a second
 # A pass over the receipts index is linear in the ledger; a reward chart that moves every 5 s reads the same.
 REWARDS_EVERY_S = 5.0
 EVENT_PAGE = 1000
+OPERATOR_EVENTS = 10  # the operator's latest controls, on the web page
 
 
 class NodeParts(Protocol):
@@ -52,6 +58,8 @@ class NodeParts(Protocol):
     def telemetry_ad(self) -> dict[str, Any]: ...
     def load(self) -> tuple[int, int]: ...
     def offer_ads(self) -> list[OfferAd]: ...
+    @property
+    def controls(self) -> Controls: ...
 
 
 def reward_totals(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
@@ -80,6 +88,7 @@ class Dashboard:
         self._ledger_head = -1
         self._rewards: dict[str, float] = reward_totals([])
         self._rewards_at = -float("inf")
+        self.operator_events: deque[dict[str, Any]] = deque(maxlen=OPERATOR_EVENTS)  # the latest controls
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self._node.store.run(self._node.store.transaction, self._seed)
@@ -97,6 +106,10 @@ class Dashboard:
         """Tasks routed before this start, and the event ID from which to count on: one transaction, so that
         no task is counted twice or missed between the two reads."""
         self._event_cursor = int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
+        for when, kind, data in reversed(conn.execute(
+                "SELECT time, kind, data FROM events WHERE kind LIKE 'operator.%' ORDER BY id DESC LIMIT ?",
+                (OPERATOR_EVENTS,)).fetchall()):
+            self._operator(float(when), kind, json.loads(data))
         self.distribution.seed(conn.execute(
             "SELECT worker, runtime, state, count(*) FROM tasks WHERE role = 'requester'"
             " AND state IN ('completed', 'failed') GROUP BY worker, runtime, state").fetchall())
@@ -126,6 +139,8 @@ class Dashboard:
         events, rewards = await self._node.store.run(self._read_store, trio.current_time())
         for event in events:
             self.distribution.observe(event.kind, event.data)
+            if event.kind.startswith("operator."):
+                self._operator(event.time, event.kind, event.data)
             self._event_cursor = event.id
         if rewards is not None:
             self._rewards = rewards
@@ -138,6 +153,11 @@ class Dashboard:
             peers_alive=sum(e.state.value == "alive" for e in self._node.p2p.table.peers.values()),
             load=self._node.load()))
 
+    def _operator(self, when: float, kind: str, data: dict[str, Any]) -> None:
+        self.operator_events.append({"time": round(when, 3), "action": kind.removeprefix("operator."),
+                                     "who": data.get("who"), "why": data.get("why"),
+                                     **{k: data[k] for k in ("peer_id", "runtime", "price_per_unit") if k in data}})
+
     def view(self, since: float = 0.0) -> dict[str, Any]:
         node = self._node
         local = local_row(peer_id=self._peer_id, name=node.name, hardware_ad=node.hardware_ad(),
@@ -148,5 +168,6 @@ class Dashboard:
                   "uptime_s": round(time.time() - node.started_at, 1)},
             local=local, peers=node.p2p.table.to_json(trio.current_time()), distribution=self.distribution,
             ring=self.ring, now=time.time(), since=since, interval_s=self.interval_s,
-            last_event_id=self._event_cursor, network=node.p2p.census.to_json())
+            last_event_id=self._event_cursor, network=node.p2p.census.to_json(),
+            operator={**node.controls.state(), "events": list(reversed(self.operator_events))})
 

@@ -112,7 +112,8 @@ _STATE_ORDER = {"alive": 0, "draining": 1, "suspect": 2, "dead": 3, "left": 4}
 def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterable[Mapping[str, Any]],
                distribution: TaskDistribution, ring: SeriesRing, now: float, since: float = 0.0,
                interval_s: float = 1.0, last_event_id: int = 0,
-               network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               network: Mapping[str, Any] | None = None,
+               operator: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the dashboards draw. ``peers``: the peer table, exact for connected peers; ``network``: the census's
     estimate of the whole network (p2p/census.py), or None before its first sample."""
     rows = [peer_row(p) for p in peers]
@@ -147,4 +148,7 @@ def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterabl
         "rewards": dict(latest.rewards) if latest else {},
         "series": ring.points(since),
         "last_event_id": last_event_id,  # where a reader of /api/events (with the token) may start
+        # The operator's controls in force and the latest ones given (control.py), newest first.
+        "operator": dict(operator) if operator else {"draining": False, "switched_off": [], "prices": {},
+                                                     "banned": [], "events": []},
     }

@@ -117,6 +117,10 @@ class PeerEntry:
     score: float = 0.0
     score_at: float = 0.0  # when ``score`` was last brought up to date (penalties fade from there)
     banned: bool = False  # since its score reached BAN_SCORE, until it has faded back above UNBAN_SCORE
+    # The operator's ban (``ban``): held whatever the score, until ``held_until`` (the table's clock; None: until
+    # ``unban``).
+    held: bool = False
+    held_until: float | None = None
     offences: dict[str, int] = field(default_factory=dict)
     connected: bool = False
 
@@ -356,8 +360,33 @@ class PeerTable:
             if entry.score > -0.01:
                 entry.score = 0.0
         entry.score_at = max(entry.score_at, now)
-        if entry.banned and entry.score > UNBAN_SCORE:
+        if entry.held and entry.held_until is not None and now >= entry.held_until:
+            entry.held, entry.held_until = False, None
+        if entry.banned and entry.score > UNBAN_SCORE and not entry.held:
             entry.banned = False
+
+    def ban(self, peer_id: str, duration_s: float | None) -> None:
+        """The operator's ban: closes the peer's connections and refuses its streams, as a score ban does,
+        for ``duration_s`` (None: until ``unban``)."""
+        entry = self.peers.get(peer_id)
+        if entry is None:
+            entry = PeerEntry(peer_id=peer_id, first_seen=0.0, last_seen=0.0, state=PeerState.SUSPECT)
+            self._added(entry)
+        entry.held = True
+        entry.held_until = None if duration_s is None else self.last_now + duration_s
+        if not entry.banned:
+            entry.banned = True
+            if self.on_ban is not None:
+                self.on_ban(peer_id)
+
+    def unban(self, peer_id: str) -> bool:
+        """Lift any ban on the peer, the operator's or its score's (the score starts again from 0); whether
+        it was banned."""
+        entry = self.peers.get(peer_id)
+        if entry is None or not entry.banned:
+            return False
+        entry.held, entry.held_until, entry.banned, entry.score = False, None, False, 0.0
+        return True
 
     def banned(self, peer_id: str) -> bool:
         entry = self.peers.get(peer_id)

@@ -178,6 +178,9 @@ class Worker:
 
     def admit(self, req: TaskRequest) -> Ticket | Busy | Rejected:
         loaded = self.runtimes.loaded.get(req.runtime)
+        closed = self.runtimes.closed(req.runtime) if loaded is not None else None
+        if closed is not None:  # the operator's control (control.py): the requester tries another worker
+            return Busy(closed, retry_after_s=self.settings.busy_retry_after_s)
         offer = next((o for o in self.runtimes.offers() if o.runtime == req.runtime and o.item == req.item), None)
         if loaded is None or offer is None:
             return Rejected(f"this node does not offer {req.runtime}/{req.item}")

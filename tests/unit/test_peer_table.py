@@ -131,6 +131,30 @@ def test_a_ban_at_the_line_holds_until_the_score_has_faded_half_way_back() -> No
     assert not table.banned("rogue")
 
 
+def test_the_operators_ban_holds_whatever_the_score_until_its_time_or_unban() -> None:
+    table = PeerTable("me", suspect_after=6.0, dead_after=15.0, half_life_s=600.0)
+    closed: list[str] = []
+    table.on_ban = closed.append
+    table.tick(100.0)
+    table.ban("honest-looking", 3600.0)  # a clean score: the operator's word is enough
+    assert table.banned("honest-looking")
+    assert closed == ["honest-looking"]  # its connections are closed at once
+    table.tick(3600.0)
+    assert table.banned("honest-looking")
+    table.tick(3701.0)  # an hour after the ban
+    assert not table.banned("honest-looking")
+
+    for _ in range(20):
+        table.penalize("rogue", "bad_schema", now=3701.0)
+    table.ban("rogue", None)  # until unban
+    table.tick(1e6)  # the score has long faded: the operator's ban still holds
+    assert table.banned("rogue")
+    assert table.unban("rogue")
+    assert not table.banned("rogue")
+    assert table.get("rogue").score == 0.0  # type: ignore[union-attr]
+    assert not table.unban("rogue")  # nothing to lift
+
+
 @pytest.mark.parametrize("error", [BadSignature, BadCountersignature])
 def test_a_forged_receipt_signature_costs_what_any_forged_signature_does(table: PeerTable, error: type) -> None:
     """The ledger's reasons are the peer table's offence names: a forged receipt is a forgery, not bad input."""
