@@ -11,7 +11,8 @@ says who (the API token's name, or ``SIGHUP``), when and why; ``/metrics`` count
 - **runtime off** withdraws one runtime's offers and refuses its new tasks the same way; **on** undoes it.
 - **price** replaces one runtime's price per unit in its offers (adverts, admission and new receipts).
 - **reload** reads the configuration again (the same file, environment and flags the node started with) and
-  applies the keys that can change live (``LIVE``); a changed key that needs a restart is refused by name and
+  applies the keys that can change live (``LIVE``: the log level, which runtimes are off, runtime prices, the
+  spending limits); a changed key that needs a restart is refused by name and
   keeps its running value.
 
 Bans, switched-off runtimes, prices and drains last until the node stops; a restart starts from the
@@ -30,16 +31,18 @@ import structlog
 
 from hyperion_node import logs
 from hyperion_node.api.metrics import Family
+from hyperion_node.api.routing import Routing, RoutingPolicies
 from hyperion_node.config.loader import Config
 from hyperion_node.errors import HyperionError, UserError
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store.db import Store
+from hyperion_node.tasks.spending import Spending
 
 log = structlog.get_logger("hyperion_node.control")
 
 # Keys a reload applies to the running node; any other key that changed is refused by name.
-LIVE = ("logging.level", "runtimes.disabled")
+LIVE = ("logging.level", "runtimes.disabled", "spending.*", "api.routing_file")
 LIVE_PREFIXES = ("price_per_",)  # runtimes.<name>.price_per_<unit>: the runtime's price
 
 
@@ -53,7 +56,10 @@ class Controls:
     table: PeerTable
     store: Store
     config: Config
+    spending: Spending  # this node's limits as a requester, which the orchestrator reads on every task
     reload_config: Callable[[], Config] | None = None  # how the node was configured; None: reload refused
+    reload_routing: Callable[[Config], RoutingPolicies] | None = None  # the routing file a config names
+    routing: Routing | None = None
     actions: Counter[str] = field(default_factory=Counter)
 
     async def _record(self, action: str, who: str, why: str, **data: Any) -> dict[str, Any]:
@@ -111,10 +117,15 @@ class Controls:
             raise ControlError("this node was not started from a configuration it can read again")
         try:
             new = self.reload_config()
+            policies = self.reload_routing(new) if self.reload_routing is not None else None
         except HyperionError as exc:
             raise ControlError(f"the configuration does not load: {exc.one_line()}",
                                hint="fix it; the node keeps running on the configuration it has") from exc
         applied, refused = self._apply(new)
+        if policies is not None and self.routing is not None:  # the file is read again, changed or not
+            self.routing.policies = policies
+            if new.values.get("api.routing_file"):
+                applied["routing"] = sorted(policies.aliases)  # the aliases now in force
         return await self._record("reload", who, why, applied=applied, refused=refused)
 
     def _apply(self, new: Config) -> tuple[dict[str, Any], list[str]]:
@@ -134,6 +145,10 @@ class Controls:
                     refused.append(key)
                     continue
                 self.registry.switched_off = set(value)
+            elif key == "api.routing_file":
+                pass  # read again below, whatever changed
+            elif parts[0] == "spending":
+                self.spending.settings = new.spending  # checked by the loader, applied whole
             elif (len(parts) == 3 and parts[0] == "runtimes" and parts[2].startswith(LIVE_PREFIXES)
                   and parts[1] in self.registry.loaded and isinstance(value, int | float)
                   and not isinstance(value, bool) and value >= 0):

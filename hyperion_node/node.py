@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -19,6 +20,7 @@ import trio
 
 from hyperion_node import __version__
 from hyperion_node.api.metrics import Family
+from hyperion_node.api.routing import Routing, RoutingPolicies
 from hyperion_node.api.server import ApiServer
 from hyperion_node.blobs.service import BlobService, Pull
 from hyperion_node.blobs.store import BlobStore
@@ -42,6 +44,7 @@ from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob, RenderJobs
 from hyperion_node.tasks.render_request import RenderJobRequest
 from hyperion_node.tasks.service import Job, Orchestrator
+from hyperion_node.tasks.spending import Spending
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +70,7 @@ class Node:
     blobs: BlobService | None = None  # /hyperion/blob/1: model files served to peers, and model pulls
     dashboard: Dashboard | None = None  # time series for / and `top`, sampled once a second
     controls: Controls = field(init=False)  # the operator's live controls (control.py)
+    routing: Routing = field(init=False)  # the API's routing policies (api/routing.py)
     started_at: float = field(default_factory=time.time)
 
     @property
@@ -340,8 +344,25 @@ class Node:
         earning = [r for r in summaries if r.role == "worker"]
         for status, kind in (("settled", "earned"), ("pending", "pending"), ("disputed", "disputed")):
             credits.add(atto_to_credits(sum(r.total for r in earning if r.status == status)), kind=kind)
-        families += [receipts, credits, *self.controls.metrics()]
+        degraded = Family("hyperion_routing_degraded", "gauge",
+                          "1 while an alias serves its degraded model because its SLA is missed")
+        for name, alias in sorted(self.routing.policies.aliases.items()):
+            if alias.sla is not None:
+                degraded.add(int(name in self.routing.degraded), alias=name)
+        families += [receipts, credits, *self.controls.metrics(), *self.routing.stats.families(), degraded,
+                     *self.routing.inference.families()]
+        if self.orchestrator is not None:
+            checks = Family("hyperion_verify_total", "counter",
+                            "Spot checks and dispute cases by outcome (passed, disputed, case_confirmed...)")
+            for outcome, n in sorted(self.orchestrator.spot_checker.stats.items()):
+                checks.add(n, outcome=outcome)
+            families.append(checks)
         return families
+
+    async def record_event(self, kind: str, data: dict[str, Any]) -> None:
+        """Record an event and log it (the routing policies' SLA changes)."""
+        log.info(kind.replace(".", "_"), **data)
+        await self.store.run(self.store.append_event, kind, data)
 
     async def operate(self, action: str, args: Mapping[str, Any], who: str) -> dict[str, Any]:
         """Carry out an operator's control (``control.py``); ``ControlError`` when it cannot be done as asked."""
@@ -377,6 +398,12 @@ class Node:
         return [dataclasses.asdict(e) for e in events]
 
 
+def load_routing(config: Config, data_dir: DataDir) -> RoutingPolicies:
+    """The routing policies ``api.routing_file`` names (relative to the data dir), or none."""
+    name = config.values.get("api.routing_file") or ""
+    return RoutingPolicies.load(data_dir.root / Path(name).expanduser()) if name else RoutingPolicies()
+
+
 def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identity, profile: HardwareProfile,
                sampler: TelemetrySampler, registry: RuntimeRegistry | None = None,
                stack: Stack | None = None, reload_config: Callable[[], Config] | None = None) -> Node:
@@ -401,8 +428,11 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
         LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
         name=node.name, stack=stack,
     )
+    node.routing = Routing(load_routing(config, data_dir), node.submit, node.default_timeout_s,
+                           on_event=node.record_event)
     node.controls = Controls(registry=runtimes, table=node.p2p.table, store=store, config=config,
-                             reload_config=reload_config)
+                             spending=Spending(config.spending, store), reload_config=reload_config,
+                             reload_routing=lambda cfg: load_routing(cfg, data_dir), routing=node.routing)
     return node
 
 
@@ -425,11 +455,12 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
         identity=identity, store=store, runtimes=node.runtimes, p2p=node.p2p, ledger=node.ledger,
         tasks=config.tasks, scheduler=config.scheduler, hardware=node.hardware_ad,
         free_memory=node.free_memory, verify=config.verify, dealings_interval_s=config.ledger.dealings_interval_s,
-        blobs=node.blobs)
+        blobs=node.blobs, spending=node.controls.spending)
     await nursery.start(node.ledger.run)
     await nursery.start(node.orchestrator.run)
     node.renders = RenderJobs(node.orchestrator)
     await nursery.start(node.renders.run)
+    await nursery.start(node.routing.run)
     if dashboard:
         node.dashboard = Dashboard(node, peer_id=str(identity.peer_id))
         await nursery.start(node.dashboard.run)

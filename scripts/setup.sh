@@ -5,7 +5,8 @@
 # On a fresh Debian machine this adds, only when missing: a C toolchain and headers (llama-cpp-python and
 # fastecdsa compile from source), GMP (fastecdsa), python3-venv (Debian splits ensurepip out), and Blender
 # for the render-blender runtime and its tests (Debian's package: Blender 3.4, Cycles on the CPU headless), and
-# Chromium with chromedriver for the web dashboard's browser test.
+# Chromium with chromedriver for the web dashboard's browser test, and promtool (Debian's prometheus package)
+# for the tests that check /metrics and the alerting rules.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,6 +39,8 @@ system_packages() {
   # Headless Chromium and its WebDriver: the web dashboard test loads / in a real browser.
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+  # promtool (Debian's prometheus package): the tests check /metrics and configs/alerts.yml with it.
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   if [ ${#need[@]} -gt 0 ]; then apt_install "${need[@]}"; fi
 }
 

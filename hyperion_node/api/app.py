@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from hyperion_node import __version__
 from hyperion_node.api import control, dashboard, errors, guard, metrics, ollama, openai, streaming
 from hyperion_node.api import render as render_api
+from hyperion_node.api.routing import Routing
 from hyperion_node.config.loader import ApiSettings
 from hyperion_node.tasks.events import TaskEvent
 from hyperion_node.tasks.model import TaskSpec
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
 
 class NodeView(Protocol):
     """What the API reads from the running node. The daemon implements it; the API never mutates state."""
+
+    routing: Routing  # the requester side's routing policies (aliases, canary, shadow, A/B)
 
     def health(self) -> dict[str, Any]: ...
     def status(self) -> dict[str, Any]: ...
@@ -66,7 +69,8 @@ def build_app(node: NodeView, token: str, settings: ApiSettings, *, token_path: 
     """The routes behind the Host check, the token and the body cap; ``port`` is the one bound (a Host
     header may carry it)."""
     allowed = guard.AllowedHosts.for_api(settings.host, settings.allowed_hosts, port)
-    return guard.guard(routes(node, max_choices=settings.max_choices), token=token, token_path=token_path,
+    app = routes(node, max_choices=settings.max_choices)
+    return guard.guard(app.state.api_metrics.wrap(app), token=token, token_path=token_path,
                        allowed=allowed, max_body_bytes=settings.max_body_bytes, metrics_public=settings.metrics_public)
 
 
@@ -80,9 +84,12 @@ def routes(node: NodeView, *, max_choices: int = 4) -> FastAPI:
         redoc_url=None,
     )
 
+    api_metrics = app.state.api_metrics = metrics.ApiMetrics()  # build_app wraps the routes to count them
+
     @app.get("/metrics", summary="Prometheus text format; needs the token unless api.metrics_public is set")
     async def prometheus() -> Response:
-        return Response(metrics.render(await node.metrics()), media_type=metrics.CONTENT_TYPE)
+        families = [*await node.metrics(), *api_metrics.families()]
+        return Response(metrics.render(families), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/api/health", summary="Liveness; needs no token (a supervisor asks it as it is)")
     async def health() -> dict[str, Any]:

@@ -17,6 +17,7 @@ STATUS: Mapping[FailureKind, int] = {
     FailureKind.NO_WORKER: 503,  # nobody can take it now (a Retry-After when the scheduler knows when)
     FailureKind.WORKER_FAILED: 502,  # a worker failed after its output had started
     FailureKind.DEADLINE: 504,
+    FailureKind.LIMIT: 429,  # a spending limit of this node: Retry-After says when it resets
     FailureKind.INTERNAL: 500,
 }
 
@@ -29,7 +30,7 @@ def fields(failure: Failed) -> dict[str, Any]:
     """``status``, ``type``, ``message``, and a no-worker failure's ``reason`` and ``retry_after_s`` (either
     may be null), in that order: the body of an error event or answer."""
     out: dict[str, Any] = {"status": status(failure), "type": failure.kind.value, "message": failure.message}
-    if failure.kind is FailureKind.NO_WORKER:
+    if failure.kind in (FailureKind.NO_WORKER, FailureKind.LIMIT):
         out["reason"] = failure.reason
         out["retry_after_s"] = failure.retry_after_s
     return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import trio
@@ -235,19 +235,36 @@ def build_router(node: OllamaNode) -> APIRouter:
                 payload = _generate_payload(body)
         except Refused as exc:
             return _fail(exc.status, str(exc))
+        route = node.routing.route(model, None)  # an alias's arm (Ollama's requests name no user), or the model
+        payload["model"] = model = route.model
         spec = TaskSpec(runtime=RUNTIME, item=model, payload=payload, timeout_s=node.default_timeout_s(),
                         expected_units=float(payload["max_tokens"]) if isinstance(payload["max_tokens"], int) else None)
+        began = trio.current_time()
+        first_at: list[float] = []
+
+        def ended(ok: bool, final: Final | None = None) -> None:
+            output = final.output if final is not None else {}
+            node.routing.observe(route, ok, trio.current_time() - began, tokens=int(output.get("tokens_out", 0)),
+                                 ttft_s=first_at[0] - began if first_at else None)
+            if ok and final is not None:
+                node.routing.shadow(route, payload, str(output.get("text", "")))
+
         started = await streaming.start(node.submit(spec))
-        headers = {"x-hyperion-task-id": started.job.task_id, "x-hyperion-worker": started.worker}
+        first_at.append(trio.current_time())
+        headers = {"x-hyperion-task-id": started.job.task_id, "x-hyperion-worker": started.worker,
+                   **({"x-hyperion-route": route.header()} if route.alias else {})}
         if started.error is not None:
             started.job.cancel()
+            ended(False)
             return _failure(started.error, model, node, headers)
-        answer = _Answer(model, chat_api, tools, started_at)
+        answer = _Answer(model, chat_api, tools, started_at, ended)
         if body.get("stream", True):
             return StreamingResponse(answer.stream(started), media_type="application/x-ndjson", headers=headers)
         partials, last = await streaming.collect(started)
         if not isinstance(last, Final):
+            ended(False)
             return _failure(last, model, node, headers)
+        ended(True, last)
         return JSONResponse(answer.whole(partials, last), headers=headers)
 
     @router.post("/api/generate", summary="Ollama: a completion of a prompt (NDJSON stream unless stream is false)")
@@ -315,7 +332,9 @@ def _failure(failure: Failed | None, model: str, node: InferenceNode, headers: M
 class _Answer:
     """Ollama's objects for one generation, streamed or whole."""
 
-    def __init__(self, model: str, chat_api: bool, tools: chat.ToolPlan | None, started_at: float) -> None:
+    def __init__(self, model: str, chat_api: bool, tools: chat.ToolPlan | None, started_at: float,
+                 ended: Callable[[bool, Final | None], None]) -> None:
+        self.ended = ended  # called once a streamed answer is over: (ok, its final event)
         self.model = model
         self.chat = chat_api
         self.tools = tools
@@ -357,15 +376,21 @@ class _Answer:
         return self._done(final, text)
 
     async def stream(self, started: streaming.Started) -> AsyncIterator[bytes]:
-        async for event in streaming.events(started):
-            match event:
-                case Partial():
-                    if self.first_at is None:
-                        self.first_at = time.monotonic()
-                    if self.tools is None:
-                        yield streaming.ndjson(self._piece(str(event.data.get("text", "")), False))
-                case Final():
-                    yield streaming.ndjson(self._done(event, str(event.output.get("text", "")) if self.tools else ""))
-                case Failed():
-                    yield streaming.ndjson({"error": event.message})
-            await trio.lowlevel.checkpoint()
+        final: Final | None = None
+        try:
+            async for event in streaming.events(started):
+                match event:
+                    case Partial():
+                        if self.first_at is None:
+                            self.first_at = time.monotonic()
+                        if self.tools is None:
+                            yield streaming.ndjson(self._piece(str(event.data.get("text", "")), False))
+                    case Final():
+                        final = event
+                        shown = str(event.output.get("text", "")) if self.tools else ""
+                        yield streaming.ndjson(self._done(event, shown))
+                    case Failed():
+                        yield streaming.ndjson({"error": event.message})
+                await trio.lowlevel.checkpoint()
+        finally:
+            self.ended(final is not None, final)

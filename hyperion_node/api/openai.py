@@ -17,7 +17,7 @@ import base64
 import json
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from hyperion_node.api import chat as chat_api
 from hyperion_node.api import errors, streaming
+from hyperion_node.api.routing import Routing
 from hyperion_node.tasks.events import Failed, FailureKind, Final, Partial, TaskEvent
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.service import Job
@@ -58,6 +59,8 @@ MAX_COMPLETION_LOGPROBS = 5  # OpenAI's cap for the completions API's integer lo
 
 
 class InferenceNode(Protocol):
+    routing: Routing
+
     def submit(self, spec: TaskSpec) -> Job: ...
     def served_models(self, *, include_gone: bool = False, runtime: str = "inference") -> dict[str, list[str]]: ...
     def default_timeout_s(self) -> float: ...
@@ -204,7 +207,7 @@ def _job_error(failure: Failed | None, task_id: str, model: str, node: Inference
         models = ", ".join(sorted(node.served_models(runtime=runtime))) or "none"
         return error(404, f"the model {model!r} is not served by any known peer; available: {models}",
                      "invalid_request_error", param="model", code="model_not_found", headers=headers)
-    if no_worker and failure.retry_after_s is not None:
+    if (no_worker or failure.kind is FailureKind.LIMIT) and failure.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(failure.retry_after_s)))
     return error(errors.status(failure), failure.message, failure.kind.value,
                  code=failure.reason or failure.kind.value, headers=headers)
@@ -216,13 +219,20 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
     def model_object(model: str, peers: list[str]) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": 0, "owned_by": "hyperion", "providers": len(peers)}
 
-    @router.get("/v1/models", summary="Every model served anywhere in the network this node knows of")
+    def served() -> dict[str, list[str]]:
+        """Models served, and this node's aliases (routing.py) with the providers of their primary model."""
+        models = node.served_models()
+        for name, alias in node.routing.policies.aliases.items():
+            models.setdefault(name, models.get(alias.model, []))
+        return models
+
+    @router.get("/v1/models", summary="Every model served anywhere in the network this node knows of, and aliases")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_object(m, p) for m, p in sorted(node.served_models().items())]}
+        return {"object": "list", "data": [model_object(m, p) for m, p in sorted(served().items())]}
 
     @router.get("/v1/models/{model:path}", summary="One model, if any peer this node knows of serves it")
     async def model(model: str) -> Response:
-        peers = node.served_models().get(model)
+        peers = served().get(model)
         if peers is None:
             return error(404, f"the model {model!r} is not served by any known peer", "invalid_request_error",
                          param="model", code="model_not_found")
@@ -235,8 +245,19 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
         asked = _payload(body, is_chat=is_chat, max_choices=max_choices)
         if isinstance(asked, JSONResponse):
             return asked
-        model = asked.payload["model"]
+        route = node.routing.route(asked.payload["model"], body.get("user"))  # an alias's arm, or the model itself
+        asked.payload["model"] = model = route.model
         max_tokens = asked.payload["max_tokens"]
+        began = trio.current_time()
+        first_at: list[float] = []
+
+        def ended(ok: bool, final: Final | None = None) -> None:
+            output = final.output if final is not None else {}
+            node.routing.observe(route, ok, trio.current_time() - began, tokens=int(output.get("tokens_out", 0)),
+                                 ttft_s=first_at[0] - began if first_at else None)
+            if ok and final is not None:
+                node.routing.shadow(route, _choice_payload(asked.payload, 0), str(output.get("text", "")))
+
         starts: list[streaming.Started] = []
         try:
             for index in range(asked.n):  # every choice's task is submitted before any is awaited: they run at once
@@ -250,28 +271,34 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
                 if started.error is not None:
                     for other in starts:
                         other.job.cancel()
+                    ended(False)
                     return _job_error(started.error, started.job.task_id, model, node)
         except BaseException:
             for other in starts:
                 other.job.cancel()
             raise
+        first_at.append(trio.current_time())  # every choice has its first output (or ended)
         headers = {"x-hyperion-task-id": ",".join(s.job.task_id for s in starts),
                    "x-hyperion-worker": ",".join(s.worker for s in starts)}
+        if route.alias:
+            headers["x-hyperion-route"] = route.header()
         shape = _Shape(chat=is_chat, task_id=starts[0].job.task_id, model=model, tools=asked.tools,
                        include_usage=bool((body.get("stream_options") or {}).get("include_usage")),
                        completion_logprobs=not is_chat and asked.payload.get("logprobs") is True)
         if body.get("stream"):
-            return StreamingResponse(_streamed(shape, starts), media_type="text/event-stream", headers=headers)
+            return StreamingResponse(_streamed(shape, starts, ended), media_type="text/event-stream", headers=headers)
         choices: list[tuple[list[Partial], Final]] = []
         try:
             for started in starts:
                 partials, last = await streaming.collect(started)
                 if not isinstance(last, Final):
+                    ended(False)
                     return _job_error(last, started.job.task_id, model, node)
                 choices.append((partials, last))
         finally:
             for started in starts:
                 started.job.cancel()
+        ended(True, choices[0][1])
         return JSONResponse(shape.whole(choices), headers=headers)
 
     @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings, routed to a peer that offers the model as an "
@@ -322,14 +349,19 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
     return router
 
 
-async def _streamed(shape: _Shape, starts: list[streaming.Started]) -> AsyncIterator[bytes]:
+async def _streamed(shape: _Shape, starts: list[streaming.Started],
+                    ended: Callable[[bool, Final | None], None]) -> AsyncIterator[bytes]:
     """The server-sent events of n choices: each choice's chunks in turn (all of them run at once, so the
-    later ones are ready when their turn comes), then the usage of all when asked, then ``[DONE]``."""
+    later ones are ready when their turn comes), then the usage of all when asked, then ``[DONE]``;
+    ``ended(ok, first choice's final event)`` once the last choice has ended."""
+    finals: list[Final] = []
     try:
         usage: dict[str, int] = {}
         for index, started in enumerate(starts):
             choice = _Choice(shape, index)
             async for event in streaming.events(started):
+                if isinstance(event, Final):
+                    finals.append(event)
                 for chunk in choice.chunks(event):
                     yield chunk
                 await trio.lowlevel.checkpoint()
@@ -340,6 +372,8 @@ async def _streamed(shape: _Shape, starts: list[streaming.Started]) -> AsyncIter
     finally:
         for started in starts:
             started.job.cancel()
+        ok = len(finals) == len(starts)
+        ended(ok, finals[0] if ok else None)
 
 
 def _usage(output: Mapping[str, Any]) -> dict[str, int]:

@@ -23,7 +23,7 @@ from hyperion_node.api.guard import split_host
 from hyperion_node.blobs.settings import BlobSettings
 from hyperion_node.errors import ConfigError, UserError
 from hyperion_node.scheduler.settings import SchedulerSettings
-from hyperion_node.tasks.settings import TaskSettings
+from hyperion_node.tasks.settings import MAX_PRICE_PREFIX, SpendingSettings, TaskSettings
 from hyperion_node.verify.settings import VerifySettings
 
 DEFAULTS_SOURCE = "defaults (configs/default.toml)"
@@ -129,6 +129,7 @@ class Config:
     ledger: LedgerSettings
     pricing: PricingSettings
     tasks: TaskSettings
+    spending: SpendingSettings
     scheduler: SchedulerSettings
     verify: VerifySettings
     blobs: BlobSettings
@@ -281,7 +282,7 @@ def load_config(
             raise ConfigError(f"this key is now {RENAMED[key]}", source=source, key=key,
                               expected=f"{RENAMED[key]}; the renamed keys and their defaults are in "
                                        "docs/configuration.md")
-        elif _is_open_key(key, defaults):
+        elif _is_open_key(key, defaults) or (key.startswith(MAX_PRICE_PREFIX) and key.count(".") == 2):
             values[key] = value
         else:
             known = ", ".join(sorted(k for k in defaults if k.split(".")[0] == key.split(".")[0])) or "none"
@@ -329,6 +330,12 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
     _check(values["api.max_body_bytes"] >= MIN_BODY_BYTES, "api.max_body_bytes", sources, values,
            f"an integer of at least {MIN_BODY_BYTES} (64 KiB)")
     _check(1 <= values["api.max_choices"] <= 16, "api.max_choices", sources, values, "an integer from 1 to 16")
+    _check(values["spending.daily_budget"] >= 0, "spending.daily_budget", sources, values,
+           "a number of credits >= 0 (0: no budget)")
+    for key in [k for k in values if k.startswith(MAX_PRICE_PREFIX)]:
+        value = values[key]
+        _check(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0, key, sources, values,
+               "a number of credits per work unit, >= 0")
     for key in ("p2p.bootstrap", "p2p.announce_addrs"):
         for addr in values[key]:
             _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
@@ -384,6 +391,7 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
             auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]
         ),
         tasks=TaskSettings.from_values(values, sources),
+        spending=SpendingSettings.from_values(values),
         scheduler=SchedulerSettings.from_values(values, sources),
         verify=VerifySettings.from_values(values, sources),
         blobs=BlobSettings.from_values(values, sources),

@@ -30,6 +30,7 @@ from hyperion_node.tasks.service import Orchestrator
 from hyperion_node.trio_types import TaskStatus
 
 if TYPE_CHECKING:
+    from hyperion_node.api.routing import Routing
     from hyperion_node.control import Controls
 
 log = structlog.get_logger(__name__)
@@ -60,6 +61,8 @@ class NodeParts(Protocol):
     def offer_ads(self) -> list[OfferAd]: ...
     @property
     def controls(self) -> Controls: ...
+    @property
+    def routing(self) -> Routing: ...
 
 
 def reward_totals(rows: Sequence[tuple[str, str, str]]) -> dict[str, float]:
@@ -169,5 +172,6 @@ class Dashboard:
             local=local, peers=node.p2p.table.to_json(trio.current_time()), distribution=self.distribution,
             ring=self.ring, now=time.time(), since=since, interval_s=self.interval_s,
             last_event_id=self._event_cursor, network=node.p2p.census.to_json(),
-            operator={**node.controls.state(), "events": list(reversed(self.operator_events))})
+            operator={**node.controls.state(), "events": list(reversed(self.operator_events))},
+            routing=node.routing.stats.to_json())
 

@@ -113,7 +113,8 @@ def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterabl
                distribution: TaskDistribution, ring: SeriesRing, now: float, since: float = 0.0,
                interval_s: float = 1.0, last_event_id: int = 0,
                network: Mapping[str, Any] | None = None,
-               operator: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               operator: Mapping[str, Any] | None = None,
+               routing: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """What the dashboards draw. ``peers``: the peer table, exact for connected peers; ``network``: the census's
     estimate of the whole network (p2p/census.py), or None before its first sample."""
     rows = [peer_row(p) for p in peers]
@@ -151,4 +152,6 @@ def build_view(*, node: Mapping[str, Any], local: dict[str, Any], peers: Iterabl
         # The operator's controls in force and the latest ones given (control.py), newest first.
         "operator": dict(operator) if operator else {"draining": False, "switched_off": [], "prices": {},
                                                      "banned": [], "events": []},
+        # Requests per alias and arm by outcome, and shadow runs by outcome (api/routing.py).
+        "routing": dict(routing or {}),
     }

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from hyperion_node.errors import HyperionError
-from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
+from hyperion_node.tasks.exceptions import LimitReached, NoWorker, TaskFailed, TaskRejected
 
 
 class FailureKind(StrEnum):
@@ -26,6 +26,7 @@ class FailureKind(StrEnum):
     NO_WORKER = "no_worker"  # NoWorker: nobody can take it now
     WORKER_FAILED = "worker_failed"  # TaskFailed: a worker failed after its output had started
     DEADLINE = "deadline"  # the task's deadline passed
+    LIMIT = "limit_reached"  # LimitReached: a spending limit of this node (its daily budget)
     INTERNAL = "internal"  # anything else: a bug here
 
 
@@ -78,7 +79,9 @@ TaskEvent = Assigned | Partial | Final | Failed
 
 def failed(task_id: str, exc: BaseException) -> Failed:
     """The last event of a job that ended with ``exc``."""
-    if isinstance(exc, TaskRejected):
+    if isinstance(exc, LimitReached):
+        kind = FailureKind.LIMIT
+    elif isinstance(exc, TaskRejected):
         kind = FailureKind.INVALID_REQUEST
     elif isinstance(exc, NoWorker):
         kind = FailureKind.NO_WORKER
@@ -96,4 +99,6 @@ def failed(task_id: str, exc: BaseException) -> Failed:
         message = f"internal error ({type(exc).__name__}); the node's log has the details"
     if isinstance(exc, NoWorker):
         return Failed(task_id, kind, message, reason=exc.status, retry_after_s=exc.retry_after_s)
+    if isinstance(exc, LimitReached):
+        return Failed(task_id, kind, message, reason="daily-budget", retry_after_s=exc.retry_after_s)
     return Failed(task_id, kind, message)

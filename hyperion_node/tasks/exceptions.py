@@ -2,7 +2,8 @@
 
 The control API maps each to an HTTP status: ``TaskRejected`` 400 (no worker can run it as asked),
 ``NoWorker`` 503 (nobody can take it now: the reason says who was excluded and why), ``TaskFailed`` 502 (a
-worker failed after its output had started), a passed deadline 504.
+worker failed after its output had started), ``LimitReached`` 429 (a spending limit of this node), a passed
+deadline 504.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ class NoWorker(EnvironmentProblem):
     def __init__(self, message: str, *, status: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status  # the scheduler's DecisionStatus value, or "all-busy"
+        self.retry_after_s = retry_after_s
+
+
+class LimitReached(UserError):
+    """A spending limit of this node refuses the task (tasks/spending.py); ``retry_after_s``: when it resets."""
+
+    def __init__(self, message: str, *, hint: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message, hint=hint)
         self.retry_after_s = retry_after_s
 
 

@@ -15,19 +15,24 @@ BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0
 
 @dataclass
 class Histogram:
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS_S) + 1))  # last: +Inf
+    bounds: tuple[float, ...] = BUCKETS_S
+    counts: list[int] = field(default_factory=list)  # one per bound, then +Inf
     total: float = 0.0
     n: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * (len(self.bounds) + 1)
+
     def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(BUCKETS_S, seconds)] += 1
+        self.counts[bisect_left(self.bounds, seconds)] += 1
         self.total += seconds
         self.n += 1
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(le, cumulative count) pairs, Prometheus style, +Inf last."""
         out, running = [], 0
-        for bound, count in zip((*(repr(b) for b in BUCKETS_S), "+Inf"), self.counts, strict=True):
+        for bound, count in zip((*(repr(b) for b in self.bounds), "+Inf"), self.counts, strict=True):
             running += count
             out.append((bound, running))
         return out

@@ -52,6 +52,7 @@ from hyperion_node.scheduler.scheduler import Decision, Scheduler, SchedulerEven
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.store import Store
 from hyperion_node.tasks.events import TaskEvent, failed
+from hyperion_node.tasks.exceptions import NoWorker
 from hyperion_node.tasks.history import HistoryWriter, TaskHistory
 from hyperion_node.tasks.inputs import BlobInputs
 from hyperion_node.tasks.messages import TaskRequest
@@ -59,6 +60,7 @@ from hyperion_node.tasks.metrics import TaskMetrics
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.requester import TASK_PROTOCOL, Requester
 from hyperion_node.tasks.settings import TaskSettings
+from hyperion_node.tasks.spending import Spending
 from hyperion_node.tasks.streams import open_with_first_frame, reset_quietly
 from hyperion_node.tasks.worker import Worker
 from hyperion_node.trio_types import TaskStatus
@@ -101,13 +103,14 @@ class Orchestrator:
                  ledger: LedgerService, tasks: TaskSettings, scheduler: SchedulerSettings,
                  hardware: Callable[[], dict[str, Any]], free_memory: Callable[[], int | None],
                  verify: VerifySettings | None = None, dealings_interval_s: float = 5.0,
-                 blobs: BlobInputs | None = None) -> None:
+                 blobs: BlobInputs | None = None, spending: Spending | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.store = store
         self.runtimes = runtimes
         self.p2p = p2p
         self.settings = tasks
+        self.spending = spending  # this node's limits as a requester (spending.py); None: none
         self.history = TaskHistory(store, limit=tasks.history_limit)
         self.history_writer = HistoryWriter(self.history, store.run)
         self.ledger = ledger
@@ -187,7 +190,17 @@ class Orchestrator:
         with job.scope, structlog.contextvars.bound_contextvars(task_id=record.task_id[:12]):
             async with send:
                 try:
-                    await self.requester.run(spec, record, send.send)
+                    binding = None
+                    if self.spending is not None:
+                        await self.spending.check_budget(time.time())
+                        spec, binding = self.spending.limit(spec)
+                    try:
+                        await self.requester.run(spec, record, send.send)
+                    except NoWorker as exc:
+                        if binding is None or exc.status != "no-match":
+                            raise
+                        raise NoWorker(f"{exc}; this node's spending limit {binding} credits per unit",
+                                       status=exc.status, retry_after_s=exc.retry_after_s) from exc
                     self.stats["completed"] += 1
                 except (HyperionError, trio.TooSlowError) as exc:
                     self.stats["failed"] += 1

@@ -10,6 +10,7 @@ routes to it. Every control is given with the CLI, as an operator would, and lea
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import threading
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from hyperion_node.testing.process import NodeProcess, hyperion_executable, stop_all, wait_until
 
@@ -46,8 +48,8 @@ class Network:
     def wait_serving(self) -> None:
         wait_until(lambda: self.complete().status_code == 200, timeout=90, interval=1.0, what="G gets an answer from W")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([hyperion_executable(), *args, "--data-dir", str(self.w.data_dir)],
+    def cli(self, *args: str, node: NodeProcess | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([hyperion_executable(), *args, "--data-dir", str((node or self.w).data_dir)],
                               capture_output=True, text=True, timeout=60)
 
     def operator_events(self) -> list[dict[str, Any]]:
@@ -123,8 +125,10 @@ def test_runtime_off_and_on_and_a_price_above_the_requesters_limit(net: Network)
     answer = httpx.post(net.g.api_url + "/api/tasks", timeout=60, headers={"Authorization": f"Bearer {net.g.token}"},
                         json={"runtime": "inference", "item": MODEL, "max_price_per_unit": 0.01,
                               "payload": {"model": MODEL, "prompt": "hi", "max_tokens": 2}})
-    assert answer.status_code == 400, answer.text
-    assert "price 0.5 per token is above the 0.01 asked for" in answer.json()["error"]
+    # G has W's new price (503: no peer meets the request, for its price) or not yet (W refuses: 400).
+    assert answer.status_code in (400, 503), answer.text
+    refusal = answer.json()["error"]
+    assert "price 0.5 per token is above the 0.01 asked for" in refusal or "meets the request (1 price)" in refusal
     assert net.cli("price", "set", "inference", "0.000002").returncode == 0
 
 
@@ -142,6 +146,30 @@ def test_config_reload_applies_live_keys_and_names_the_others(net: Network) -> N
     hup = next(e for e in net.operator_events() if e["data"]["who"] == "SIGHUP")
     assert hup["data"]["applied"] == {"logging.level": "info"}
     assert net.w.proc.poll() is None  # SIGHUP reloads; it does not stop the node
+
+
+def test_spending_limits_refuse_with_the_limit_and_when_it_resets(net: Network) -> None:
+    """G's own limits as a requester, set and lifted by config reload: its daily budget (spent already by the
+    tests above), then a max price under W's."""
+    config = net.g.data_dir / "config.toml"
+    config.write_text("[spending]\ndaily_budget = 1e-9\n")
+    assert net.cli("config", "reload", node=net.g).returncode == 0
+    over = net.complete()
+    assert over.status_code == 429, over.text
+    assert 0 < int(over.headers["retry-after"]) <= 86400
+    message = over.json()["error"]["message"]
+    assert "daily budget of 1e-09 credits (spending.daily_budget) is spent" in message
+    assert "resets at 00:00 UTC" in message
+
+    config.write_text("[spending.max_price_per_unit]\ninference = 1e-9\n")
+    assert net.cli("config", "reload", node=net.g).returncode == 0
+    dear = net.complete()
+    assert dear.status_code == 503, dear.text
+    assert "spending limit spending.max_price_per_unit.inference = 1e-09" in dear.json()["error"]["message"]
+
+    config.write_text("")
+    assert net.cli("config", "reload", node=net.g).returncode == 0
+    net.wait_serving()
 
 
 def test_every_control_left_an_event_with_who_and_why(net: Network) -> None:
@@ -162,5 +190,43 @@ def test_every_control_left_an_event_with_who_and_why(net: Network) -> None:
     assert shown["events"][0]["who"] == "SIGHUP"
     assert {"drain", "ban", "price"} <= {e["action"] for e in shown["events"]}
     metrics = httpx.get(net.w.api_url + "/metrics", headers={"Authorization": f"Bearer {net.w.token}"}).text
-    assert 'hyperion_operator_actions_total{action="drain"} 1' in metrics
-    assert "hyperion_draining 0" in metrics
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    actions = {s.labels["action"]: s.value for s in families["hyperion_operator_actions"].samples}
+    assert actions["drain"] == 1
+    assert actions["ban"] == 1
+    assert [s.value for s in families["hyperion_draining"].samples] == [0]
+
+
+def test_metrics_an_operator_can_run_on(net: Network) -> None:
+    """What /metrics holds after the requests above, written by prometheus_client and clean to promtool."""
+    texts = {name: httpx.get(node.api_url + "/metrics", headers={"Authorization": f"Bearer {node.token}"}).text
+             for name, node in (("g", net.g), ("w", net.w))}
+    for text in texts.values():
+        checked = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                                 timeout=30)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    families = {f.name: f for f in text_string_to_metric_families(texts["g"])}
+    routes = {(s.labels["route"], s.labels["code"]) for s in families["hyperion_api_requests"].samples}
+    assert ("/v1/completions", "2xx") in routes  # RED per route: requests...
+    assert ("/v1/completions", "4xx") in routes or ("/v1/completions", "5xx") in routes  # ...errors...
+    assert any(s.name.endswith("_count") and s.labels["route"] == "/v1/completions"
+               for s in families["hyperion_api_request_duration_seconds"].samples)  # ...and durations
+    tokens = {s.labels["model"]: s.value for s in families["hyperion_inference_tokens"].samples}
+    assert tokens[MODEL] >= 40
+    assert any(s.name.endswith("_count") and s.value > 0
+               for s in families["hyperion_inference_time_to_first_token_seconds"].samples)
+    assert families["hyperion_build_info"].samples[0].labels["version"]
+    for name in ("process_cpu_seconds", "process_resident_memory_bytes", "process_open_fds", "hyperion_tasks",
+                 "hyperion_p2p_messages", "hyperion_peers"):
+        assert name in families, name
+
+
+def test_the_alerting_rules_check_and_name_only_metrics_the_node_exposes(net: Network) -> None:
+    rules = Path(__file__).parents[2] / "configs" / "alerts.yml"
+    checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    text = httpx.get(net.w.api_url + "/metrics", headers={"Authorization": f"Bearer {net.w.token}"}).text
+    exposed = {f.name for f in text_string_to_metric_families(text)}
+    named = set(re.findall(r"\b(hyperion_[a-z_]+)", rules.read_text()))
+    missing = {n for n in named if n not in exposed and n.removesuffix("_total") not in exposed}
+    assert missing == set()

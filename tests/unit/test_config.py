@@ -107,6 +107,14 @@ def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
     assert cfg.runtime_settings["inference"]["max_streams"] == 3
 
 
+def test_spending_limits_per_runtime(tmp_path: Path) -> None:
+    user = write(tmp_path / "u.toml", "[spending]\ndaily_budget = 2.5\n[spending.max_price_per_unit]\n"
+                                      'inference = 0.00001\n"zk-groth16" = 0\n')
+    spending = load_config(config_file=user, environ={"HOME": str(tmp_path)}).spending
+    assert spending.daily_budget == 2.5
+    assert spending.max_price_per_unit == {"inference": 0.00001, "zk-groth16": 0.0}
+
+
 @pytest.mark.parametrize(
     ("text", "key", "expected"),
     [
@@ -126,6 +134,11 @@ def test_third_party_runtime_tables_pass_through(tmp_path: Path) -> None:
         ("[p2p]\nbootstrap = [1]\n", "p2p.bootstrap", "a list of strings"),
         ("[runtimes.inference]\nslotz = 2\n", "runtimes.inference.slotz", "runtimes.inference.max_streams"),
         ("[verify]\ninference_chunks = -1\n", "verify.inference_chunks", "at least 0"),
+        ("[spending]\ndaily_budget = -1\n", "spending.daily_budget", "credits >= 0"),
+        ('[spending.max_price_per_unit]\ninference = "cheap"\n', "spending.max_price_per_unit.inference",
+         "credits per work unit"),
+        ("[spending]\nbudget = 1\n", "spending.budget", "spending.daily_budget"),
+        ("[api]\nmax_choices = 0\n", "api.max_choices", "from 1 to 16"),
     ],
 )
 def test_validation_errors_name_file_key_and_expectation(tmp_path: Path, text: str, key: str, expected: str) -> None:
