@@ -36,7 +36,7 @@ from hyperion_node.ledger.epochs import SignedEpoch
 from hyperion_node.ledger.money import atto_to_credits
 from hyperion_node.ledger.rewards import StallThresholds, compute_rewards
 from hyperion_node.ledger.service import LedgerService
-from hyperion_node.p2p.messages import OfferAd
+from hyperion_node.p2p.messages import HEALTH_DRAINING, HEALTH_OK, OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork, Stack
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.store import Store
@@ -425,7 +425,8 @@ def build_node(config: Config, data_dir: DataDir, store: Store, identity: Identi
                 sampler=sampler, runtimes=runtimes)
     node.p2p = P2PNetwork(
         identity, config.p2p, store,
-        LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load),
+        LocalState(offers=node.offer_ads, hardware=node.hardware_ad, telemetry=node.telemetry_ad, load=node.load,
+                   health=lambda: HEALTH_DRAINING if runtimes.draining else HEALTH_OK),  # an operator's drain
         name=node.name, stack=stack,
     )
     node.routing = Routing(load_routing(config, data_dir), node.submit, node.default_timeout_s,

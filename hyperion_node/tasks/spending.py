@@ -23,6 +23,8 @@ from hyperion_node.tasks.exceptions import LimitReached
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.settings import MAX_PRICE_PREFIX, SpendingSettings
 
+SPENT_FRESH_S = 1.0  # today's spending is read again at most this often
+
 
 class Spending:
     """The limits in force (``settings`` is replaced by a reload) and how they apply to a task."""
@@ -30,6 +32,7 @@ class Spending:
     def __init__(self, settings: SpendingSettings, store: Store) -> None:
         self.settings = settings
         self._store = store
+        self._spent: tuple[int, float, float] = (-1, 0.0, -SPENT_FRESH_S)  # (day start ms, credits, when read)
 
     def limit(self, spec: TaskSpec) -> tuple[TaskSpec, str | None]:
         """The spec with this node's max price for its runtime applied, and the key of that limit when it is the
@@ -46,7 +49,11 @@ class Spending:
             return
         day = datetime.datetime.fromtimestamp(now, datetime.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         resets = day + datetime.timedelta(days=1)
-        spent = await self._store.run(self._spent_since, int(day.timestamp() * 1000))
+        since_ms = int(day.timestamp() * 1000)
+        cached_day, spent, read_at = self._spent
+        if cached_day != since_ms or now - read_at >= SPENT_FRESH_S:  # one read a second, not one per task
+            spent = await self._store.run(self._spent_since, since_ms)
+            self._spent = (since_ms, spent, now)
         if spent < budget:
             return
         wait = resets.timestamp() - now

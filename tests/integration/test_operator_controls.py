@@ -225,6 +225,8 @@ def test_the_alerting_rules_check_and_name_only_metrics_the_node_exposes(net: Ne
     rules = Path(__file__).parents[2] / "configs" / "alerts.yml"
     checked = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    documented = (rules.parents[1] / "docs" / "operations.md").read_text().split("```yaml\n")[-1].split("```")[0]
+    assert documented == rules.read_text()  # docs/operations.md ships the same rules
     text = httpx.get(net.w.api_url + "/metrics", headers={"Authorization": f"Bearer {net.w.token}"}).text
     exposed = {f.name for f in text_string_to_metric_families(text)}
     named = set(re.findall(r"\b(hyperion_[a-z_]+)", rules.read_text()))
