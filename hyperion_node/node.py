@@ -359,6 +359,10 @@ class Node:
             families.append(checks)
         return families
 
+    async def audit(self, task_id: str) -> dict[str, Any]:
+        """Check one of this node's own recent results here (``SpotChecker.audit``)."""
+        return await self._tasks.spot_checker.audit(task_id)
+
     async def record_event(self, kind: str, data: dict[str, Any]) -> None:
         """Record an event and log it (the routing policies' SLA changes)."""
         log.info(kind.replace(".", "_"), **data)

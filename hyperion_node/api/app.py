@@ -23,6 +23,7 @@ from hyperion_node.api import control, dashboard, errors, guard, metrics, ollama
 from hyperion_node.api import render as render_api
 from hyperion_node.api.routing import Routing
 from hyperion_node.config.loader import ApiSettings
+from hyperion_node.errors import UserError
 from hyperion_node.tasks.events import TaskEvent
 from hyperion_node.tasks.model import TaskSpec
 from hyperion_node.tasks.render_job import RenderJob
@@ -60,6 +61,7 @@ class NodeView(Protocol):
     def pull_model(self, model: str, providers: list[str] | None = None) -> Pull: ...
     def pulls(self) -> list[Pull]: ...
     async def operate(self, action: str, args: Mapping[str, Any], who: str) -> dict[str, Any]: ...
+    async def audit(self, task_id: str) -> dict[str, Any]: ...
 
 
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
@@ -154,6 +156,16 @@ def routes(node: NodeView, *, max_choices: int = 4) -> FastAPI:
         if not found:
             return JSONResponse({"error": f"no task {task_id!r} on this node"}, status_code=404)
         return JSONResponse(found)
+
+    @app.post("/api/tasks/{task_id}/audit",
+              summary="Check one of this node's own recent results on this node, every position the check reads; "
+                      "the verdict with the check's statistics")
+    async def audit(task_id: str) -> Response:
+        try:
+            return JSONResponse(await node.audit(task_id))
+        except UserError as exc:
+            status = 404 if "no recent result" in str(exc) else 400
+            return JSONResponse({"error": exc.one_line()}, status_code=status)
 
     @app.post("/api/tasks",
               summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error. "

@@ -31,6 +31,7 @@ from hyperion_node.cli.events import events_command
 from hyperion_node.cli.ledger import ledger_app, receipts_app
 from hyperion_node.cli.models import models_app
 from hyperion_node.cli.render import format_bytes, print_table
+from hyperion_node.cli.tasks import audit as audit_command
 from hyperion_node.cli.tasks import submit_app
 from hyperion_node.cli.tasks import tasks as tasks_command
 from hyperion_node.cli.top import top_command
@@ -52,6 +53,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(submit_app, name="submit")
 app.add_typer(models_app, name="models")
 app.command("tasks")(cli_errors(tasks_command))
+app.command("audit")(cli_errors(audit_command))
 app.command("events")(events_command)
 app.command("top")(top_command)
 

@@ -98,7 +98,7 @@ def _answer_error(status: int, text: str) -> HyperionError:
         message = str(json.loads(text).get("error") or text)
     except (ValueError, AttributeError):
         message = text
-    if status == 400:
+    if status in (400, 404):
         return UserError(message[:500])
     if status == 401:
         return EnvironmentProblem("the node rejected the API token", hint="restart the node")

@@ -159,6 +159,30 @@ def tasks(
     print_table(["task", "role", "what", "state", "worker", "attempts", "error"], rows)
 
 
+def audit(
+    task_id: Annotated[str, typer.Argument(help="A task this node asked for (`hyperion-node tasks` lists them).")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the verdict and its statistics as JSON.")] = False,
+) -> None:
+    """Check one of this node's own recent results on this node itself: every position the check can read,
+    against this node's own copy of the model; the verdict with the check's statistics."""
+    answer = client(config, data_dir).post(f"/api/tasks/{quote(task_id, safe='')}/audit", {}, timeout_s=3600)
+    if json_:
+        print_json(answer)
+        return
+    verdict = "holds" if answer["ok"] else "does NOT hold"
+    typer.echo(f"task {answer['task_id'][:12]} by {answer['worker'][-12:]} ({answer['runtime']}/{answer['item']}): "
+               f"the result {verdict}: {answer['reason']}  ({answer['seconds']:.2f} s)")
+    stats = answer.get("statistics") or {}
+    shown = {k: v for k, v in stats.items() if isinstance(v, int | float | bool) and not isinstance(v, list)}
+    if shown:
+        print_table(["statistic", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
+                                             for k, v in sorted(shown.items())])
+    if not answer["ok"]:
+        raise typer.Exit(1)
+
+
 def parse_frames(text: str) -> tuple[int, int]:
     """``1-48`` (inclusive) or one frame, ``7``."""
     first, sep, last = text.strip().partition("-")

@@ -87,6 +87,9 @@ from hyperion_node.verify.settings import VerifySettings
 
 log = structlog.get_logger(__name__)
 
+RECENT_RESULTS = 256  # results kept for `audit`, newest last
+
+
 class NotAnswered(Exception):
     """A verifier said BUSY or REFUSED: ask the next one."""
 
@@ -145,6 +148,8 @@ class SpotChecker:
         # Told when a case of this node's own work is contested: standing is worth refreshing then.
         self.on_contested: Callable[[], None] | None = None
         self._weighed: OrderedDict[str, float] = OrderedDict()  # peer -> when its cases were last fetched
+        # This node's latest results as a requester, by task id, for `audit` (each with what a check needs).
+        self.recent: OrderedDict[str, tuple[CheckRequest, SignedReceipt]] = OrderedDict()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -178,6 +183,9 @@ class SpotChecker:
 
     def after_task(self, runtime: str, item: str, payload: Mapping[str, Any], output: Mapping[str, Any],
                    settled: SignedReceipt, sample: Mapping[str, Any] | None = None) -> None:
+        self.recent[settled.receipt.task_id] = (CheckRequest(settled.encode(), payload, output, sample), settled)
+        while len(self.recent) > RECENT_RESULTS:
+            self.recent.popitem(last=False)
         if (self._nursery is None or not self.runtimes.checkable(runtime) or settled.receipt.worker == self.peer_id
                 or self._rng.random() >= self.settings.fraction):
             return
@@ -418,6 +426,38 @@ class SpotChecker:
             await self._event("dispute.shown_wrong", {"receipt_id": checked.receipt.id.hex(),
                                                       "verifiers": list(checked.verifiers)})
         return after_recheck(failed=not answer.ok)
+
+    async def audit(self, task_id: str) -> dict[str, Any]:
+        """Check one of this node's own recent results here, every position the check can read (``chunks=0``),
+        whatever the sampling would have drawn; the verdict with the check's statistics. ``UserError`` when this
+        node cannot (an unknown task, its own work, a runtime or model it does not run)."""
+        found = self.recent.get(task_id)
+        if found is None:
+            raise UserError(f"no recent result of task {task_id!r} on this node",
+                            hint=f"audit works on the last {RECENT_RESULTS} tasks this node asked for since it started")
+        request, settled = found
+        receipt = settled.receipt
+        if receipt.worker == self.peer_id:
+            raise UserError("this node ran that task itself: there is nothing to audit")
+        started = time.perf_counter()
+        details: Mapping[str, Any] = {}
+        if self.runtimes.result_check(receipt.runtime) is not None:
+            reason = await self._runtime_check(receipt.runtime, request, receipt.evidence)
+        else:
+            verifier = self.runtimes.verifier(receipt.runtime)
+            if verifier is None:
+                raise UserError(f"this node does not run {receipt.runtime}: it cannot check that result itself",
+                                hint=f"start a node that serves {receipt.runtime}/{receipt.item} to audit it")
+            async with self._limiter:
+                verdict = await verifier.verify(request.payload, request.output, receipt.evidence,
+                                                sample=request.sample, chunks=0)
+            reason, details = ("" if verdict.ok else str(verdict.reason)), verdict.details
+        answer = {"task_id": task_id, "receipt_id": settled.id.hex(), "worker": receipt.worker,
+                  "runtime": receipt.runtime, "item": receipt.item, "ok": not reason, "reason": reason or "ok",
+                  "seconds": round(time.perf_counter() - started, 3), "statistics": dict(details)}
+        self.stats["audit_passed" if not reason else "audit_failed"] += 1
+        await self._event("verify.audit", {k: v for k, v in answer.items() if k != "statistics"})
+        return answer
 
     def _serves(self, runtime: str, item: str) -> bool:
         return any(o.runtime == runtime and o.item == item for o in self.runtimes.offers())
