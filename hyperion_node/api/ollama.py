@@ -239,18 +239,10 @@ def build_router(node: OllamaNode) -> APIRouter:
         payload["model"] = model = route.model
         spec = TaskSpec(runtime=RUNTIME, item=model, payload=payload, timeout_s=node.default_timeout_s(),
                         expected_units=float(payload["max_tokens"]) if isinstance(payload["max_tokens"], int) else None)
-        began = trio.current_time()
-        first_at: list[float] = []
-
-        def ended(ok: bool, final: Final | None = None) -> None:
-            output = final.output if final is not None else {}
-            node.routing.observe(route, ok, trio.current_time() - began, tokens=int(output.get("tokens_out", 0)),
-                                 ttft_s=first_at[0] - began if first_at else None)
-            if ok and final is not None:
-                node.routing.shadow(route, payload, str(output.get("text", "")))
-
+        served = node.routing.serve(route, payload)
+        ended = served.ended
         started = await streaming.start(node.submit(spec))
-        first_at.append(trio.current_time())
+        served.answering()
         headers = {"x-hyperion-task-id": started.job.task_id, "x-hyperion-worker": started.worker,
                    **({"x-hyperion-route": route.header()} if route.alias else {})}
         if started.error is not None:

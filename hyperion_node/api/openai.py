@@ -248,15 +248,8 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
         route = node.routing.route(asked.payload["model"], body.get("user"))  # an alias's arm, or the model itself
         asked.payload["model"] = model = route.model
         max_tokens = asked.payload["max_tokens"]
-        began = trio.current_time()
-        first_at: list[float] = []
-
-        def ended(ok: bool, final: Final | None = None) -> None:
-            output = final.output if final is not None else {}
-            node.routing.observe(route, ok, trio.current_time() - began, tokens=int(output.get("tokens_out", 0)),
-                                 ttft_s=first_at[0] - began if first_at else None)
-            if ok and final is not None:
-                node.routing.shadow(route, _choice_payload(asked.payload, 0), str(output.get("text", "")))
+        served = node.routing.serve(route, _choice_payload(asked.payload, 0))
+        ended = served.ended
 
         starts: list[streaming.Started] = []
         try:
@@ -277,7 +270,7 @@ def build_router(node: InferenceNode, *, max_choices: int = 4) -> APIRouter:
             for other in starts:
                 other.job.cancel()
             raise
-        first_at.append(trio.current_time())  # every choice has its first output (or ended)
+        served.answering()  # every choice has its first output (or ended)
         headers = {"x-hyperion-task-id": ",".join(s.job.task_id for s in starts),
                    "x-hyperion-worker": ",".join(s.worker for s in starts)}
         if route.alias:

@@ -359,6 +359,10 @@ class Routing:
             self.degraded.discard(alias.name)
             self._event("routing.restored", data)
 
+    def serve(self, route: Route, payload: Mapping[str, Any]) -> Served:
+        """The request starting now on ``route``, asking ``payload`` (what a shadow asks too)."""
+        return Served(self, route, payload)
+
     def _event(self, kind: str, data: dict[str, Any]) -> None:
         if self._on_event is not None and self._nursery is not None:
             self._nursery.start_soon(self._on_event, kind, data)
@@ -390,3 +394,27 @@ class Routing:
         finally:
             self._shadows -= 1
         self.stats.observe_shadow(route, outcome, trio.current_time() - started_at)
+
+
+class Served:
+    """One API request as the routing policies see it: when it began, when its first output came, how it ended
+    (then its latencies are observed and its shadow, if the route has one, runs)."""
+
+    def __init__(self, routing: Routing, route: Route, payload: Mapping[str, Any]) -> None:
+        self._routing = routing
+        self._route = route
+        self._payload = payload
+        self._began = trio.current_time()
+        self._first_at: float | None = None
+
+    def answering(self) -> None:
+        """The first output is here (or the request ended before one)."""
+        self._first_at = trio.current_time()
+
+    def ended(self, ok: bool, final: Final | None = None) -> None:
+        output = final.output if final is not None else {}
+        ttft = self._first_at - self._began if self._first_at is not None else None
+        self._routing.observe(self._route, ok, trio.current_time() - self._began, ttft_s=ttft,
+                              tokens=int(output.get("tokens_out", 0)))
+        if ok and final is not None:
+            self._routing.shadow(self._route, self._payload, str(output.get("text", "")))
