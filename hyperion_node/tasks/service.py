@@ -285,8 +285,11 @@ class Orchestrator:
                                queue_depth=queued)
 
     def _distrusted(self, peer_id: str) -> bool:
-        """A worker with confirmed disputes gets no more work from this node (the scheduler skips banned peers)."""
-        return peer_id != self.peer_id and self.reputation.get(peer_id).disputed >= self.verify.distrust_after_disputes
+        """A worker with confirmed disputes, or whose checked results together failed this node's sequential
+        test, gets no more work from this node (the scheduler skips banned peers)."""
+        return peer_id != self.peer_id and (
+            self.reputation.get(peer_id).disputed >= self.verify.distrust_after_disputes
+            or self.spot_checker.evidence.condemned(peer_id))
 
     async def live_providers(self, runtime: str, item: str) -> list[Candidate]:
         """The live peers (this node included) that offer runtime/item, for a job that splits its work

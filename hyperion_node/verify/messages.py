@@ -5,7 +5,7 @@
     requester (opener)                          verifier (answerer)
     CHECK {receipt, payload, output, sample?} ─▶  asker is the receipt's requester? its payload and output
                                                   are the ones the receipt commits to? then the runtime's check
-                                   ◀───────── VERDICT {ok, reason, dispute?}
+                                   ◀───────── VERDICT {ok, reason, dispute?, statistics?}
                                             | BUSY {reason, retry_after_s}   (before reading: no place free)
                                             | REFUSED {reason}               (the asker's fault: not the
                                                                               requester, or evidence that is
@@ -17,7 +17,9 @@ authenticated remote is the signed ask), a mismatch between the asker's evidence
 asker (REFUSED) instead of the worker, and a verifier with no place free says BUSY before it reads anything.
 Framing and caps as on ``/hyperion/task/1``: the check carries the task's payload and output again.
 ``sample`` is one partial result the requester kept, for runtimes whose final output holds only hashes of what
-was streamed (render: one frame's PNG, which the verifier renders again).
+was streamed (render: one frame's PNG, which the verifier renders again). ``statistics`` (optional, up to
+``MAX_STATISTICS_BYTES``) are the figures the check measured (the runtime's ``Verdict.details``), which the
+requester adds to its evidence over many results when the verifier has standing with it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from hyperion_node.tasks.messages import (
 
 PROTOCOL_VERSION = 2
 MAX_VERDICT_BYTES = 16 * 1024
+MAX_STATISTICS_BYTES = 8 * 1024  # a verdict's statistics beyond this are left out (the verdict still counts)
 T_CHECK, T_VERDICT, T_BUSY, T_REFUSED = "check", "verdict", "busy", "refused"
 
 
@@ -53,6 +56,7 @@ class VerdictAnswer:
     ok: bool
     reason: str
     dispute: bytes | None = None  # Dispute.encode() when not ok
+    statistics: Mapping[str, Any] | None = None  # what the check measured (module docstring)
 
 
 @dataclass(frozen=True)
@@ -80,16 +84,29 @@ def encode_check(msg: CheckRequest) -> bytes:
 
 def encode_answer(msg: VerifierMessage) -> bytes:
     match msg:
-        case VerdictAnswer(ok=ok, reason=reason, dispute=dispute):
+        case VerdictAnswer(ok=ok, reason=reason, dispute=dispute, statistics=statistics):
             body: dict[str, Any] = {"ok": ok, "reason": reason[:MAX_TEXT]}
             if dispute is not None:
                 body["dispute"] = dispute
+            if statistics:
+                body["statistics"] = dict(statistics)
             return encode_map(T_VERDICT, body, PROTOCOL_VERSION)
         case VerifyBusy(reason=reason, retry_after_s=retry):
             return encode_map(T_BUSY, {"reason": reason[:MAX_TEXT], "retry_after_s": retry}, PROTOCOL_VERSION)
         case Refused(reason=reason):
             return encode_map(T_REFUSED, {"reason": reason[:MAX_TEXT] or "refused"}, PROTOCOL_VERSION)
     raise TypeError(f"not a verifier message: {msg!r}")
+
+
+def statistics_for_answer(details: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """A check's details as a verdict carries them: None when they do not fit ``MAX_STATISTICS_BYTES``."""
+    if not details:
+        return None
+    try:
+        size = len(encode_map(T_VERDICT, dict(details), PROTOCOL_VERSION))
+    except (TypeError, ValueError):
+        return None
+    return details if size <= MAX_STATISTICS_BYTES else None
 
 
 def answer_type(msg: VerifierMessage) -> str:
@@ -120,7 +137,8 @@ def decode_answer(data: bytes) -> VerifierMessage:
             raise MalformedFrame("bad_schema", "dispute must be bytes")
         if not ok and dispute is None:
             raise MalformedFrame("bad_schema", "a failed verdict carries the verifier's signed dispute")
-        return VerdictAnswer(ok, reason, dispute)
+        statistics = text_keyed_map(body, "statistics") if "statistics" in body else None
+        return VerdictAnswer(ok, reason, dispute, statistics)
     if msg_type == T_BUSY:
         retry = body.get("retry_after_s")
         if isinstance(retry, bool) or not isinstance(retry, int | float) or not 0 <= retry <= 3600:

@@ -1,10 +1,14 @@
 """Spot checks of other peers' work: ``/hyperion/verify/2``, verdicts, and disputes that carry their proof.
 
-Requester side (``after_task``): with probability ``verify.fraction`` a settled receipt of work a peer did
-for us is checked. The check is decided after the worker has answered, from a random draw, so the worker
-cannot tell checked work from ordinary work while doing it. The first verifier is this node when it serves
-the item (it trusts itself), else the first peer in the protocol's order for this receipt
-(``cases.rendezvous``) among those that serve it -- never the worker.
+Requester side (``after_task``): a settled receipt of work a peer did for us is checked with the probability
+``sampling.SamplingPolicy`` gives it (``verify.budget`` of the compute bought, more for new and drifting
+workers). The check is decided after the worker has answered, from the OS's random source, so the worker
+cannot tell checked work from ordinary work while doing it. Every check this node makes or receives with
+its statistics from a verifier with standing here goes into ``evidence`` (``evidence.EvidenceBook``): a
+worker whose checked results together fail the sequential test gets no more work from this node.
+
+The first verifier is this node when it serves the item (it trusts itself), else the first peer in the
+protocol's order for this receipt (``cases.rendezvous``) among those that serve it -- never the worker.
 
 A failed verdict becomes a :class:`~hyperion_node.ledger.dispute.DisputeCase`: the settled receipt, the
 signed disputes (the requester's own, when it checked the work itself, as the accusation; those of
@@ -69,6 +73,7 @@ from hyperion_node.tasks.streams import (
 )
 from hyperion_node.trio_types import TaskStatus
 from hyperion_node.verify.cases import Judgement, after_recheck, judge
+from hyperion_node.verify.evidence import FAILED_CHECK, Check, Condemnation, EvidenceBook
 from hyperion_node.verify.messages import (
     MAX_VERDICT_BYTES,
     T_CHECK,
@@ -82,7 +87,9 @@ from hyperion_node.verify.messages import (
     decode_check,
     encode_answer,
     encode_check,
+    statistics_for_answer,
 )
+from hyperion_node.verify.sampling import Sampler, SamplingPolicy
 from hyperion_node.verify.settings import VerifySettings
 
 log = structlog.get_logger(__name__)
@@ -136,7 +143,11 @@ class SpotChecker:
         self.network = network
         self._penalize = penalize
         self._event = event
-        self._rng = rng or random.Random()
+        # The draws of which results to check: the OS's random source unless a test passes its own.
+        self.sampler = Sampler(SamplingPolicy(settings.budget, settings.new_worker_results, settings.new_worker_boost,
+                                              settings.drift_boost), rng)
+        self.evidence = EvidenceBook()
+        self._delivered: OrderedDict[tuple[str, str], int] = OrderedDict()  # (worker, item) -> results to us
         # Checks run at once on this node (its own, a peer's ask, a case's re-check): each costs a prefill.
         self._limiter = trio.CapacityLimiter(settings.concurrent)
         # Places for peers' checks, taken when a stream opens: one per peer, running and waiting together.
@@ -186,11 +197,42 @@ class SpotChecker:
         self.recent[settled.receipt.task_id] = (CheckRequest(settled.encode(), payload, output, sample), settled)
         while len(self.recent) > RECENT_RESULTS:
             self.recent.popitem(last=False)
-        if (self._nursery is None or not self.runtimes.checkable(runtime) or settled.receipt.worker == self.peer_id
-                or self._rng.random() >= self.settings.fraction):
+        worker = settled.receipt.worker
+        if self._nursery is None or not self.runtimes.checkable(runtime) or worker == self.peer_id:
+            return
+        key = (worker, item)
+        seen = self._delivered.pop(key, 0)
+        self._delivered[key] = seen + 1
+        while len(self._delivered) > MAX_HELD_WORKERS * 4:
+            self._delivered.popitem(last=False)
+        share = self.runtimes.check_share(runtime, payload, output)
+        if not self.sampler.draw(share, float(settled.receipt.units), results_seen=seen,
+                                 drift=self.evidence.drift(worker, item)):
             return
         self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output, sample),
                                  settled)
+
+    async def _observe(self, settled: SignedReceipt, answer: VerdictAnswer, *, verifier: str) -> None:
+        """One check's verdict and statistics into the evidence (module docstring): this node's own, or a
+        verifier's with standing here (a stranger's statistics could frame a worker). A worker the sequential
+        test disputes gets no more work from this node (``TaskService._distrusted``)."""
+        if verifier != self.peer_id and self.reputation.standing(verifier) < self.settings.standing_floor:
+            if answer.ok:
+                return
+            scores: dict[str, float] = {}  # a confirmed failure counts; a stranger's figures do not
+        else:
+            scores = self.runtimes.check_scores(settled.receipt.runtime, answer.statistics or {})
+        receipt = settled.receipt
+        check = Check(settled.id.hex(), answer.ok, scores, _now_ms(), "" if answer.ok else answer.reason[:200])
+        found = self.evidence.observe(receipt.worker, receipt.item, check)
+        if found is not None and found.statistic != FAILED_CHECK:
+            await self._condemned(found)
+
+    async def _condemned(self, found: Condemnation) -> None:
+        self.stats["condemned"] += 1
+        log.warning("worker_condemned", worker=found.worker[-8:], item=found.item, statistic=found.statistic,
+                    value=round(found.value, 3), checks=len(found.checks))
+        await self._event("verify.condemned", found.to_map())
 
     async def _check(self, runtime: str, item: str, request: CheckRequest, settled: SignedReceipt) -> None:
         worker, receipt_id = settled.receipt.worker, settled.id.hex()
@@ -205,6 +247,7 @@ class SpotChecker:
                           {**facts, "verifier": verifier, "reason": verdict.reason})
         if verdict.ok:
             self.stats["passed"] += 1
+            await self._observe(settled, verdict, verifier=verifier)
             return
         own = verifier == self.peer_id
         independent = [] if own else [verdict]
@@ -229,6 +272,7 @@ class SpotChecker:
             await self._event("verify.unconfirmed", {**facts, "verifier": verifier})
             return
         self.stats["disputed"] += 1
+        await self._observe(settled, verdict, verifier=verifier)
         disputes = [Dispute.decode(a.dispute or b"") for a in ([verdict] if own else []) + independent]
         await self._confirmed(settled, disputes[0])
         log.info("receipt_disputed", receipt=receipt_id[:16], worker=worker[-8:], reason=verdict.reason)
@@ -439,22 +483,23 @@ class SpotChecker:
         receipt = settled.receipt
         if receipt.worker == self.peer_id:
             raise UserError("this node ran that task itself: there is nothing to audit")
+        if self.runtimes.result_check(receipt.runtime) is None and self.runtimes.verifier(receipt.runtime) is None:
+            raise UserError(f"this node does not run {receipt.runtime}: it cannot check that result itself",
+                            hint=f"start a node that serves {receipt.runtime}/{receipt.item} to audit it")
         started = time.perf_counter()
-        details: Mapping[str, Any] = {}
-        if self.runtimes.result_check(receipt.runtime) is not None:
-            reason = await self._runtime_check(receipt.runtime, request, receipt.evidence)
-        else:
-            verifier = self.runtimes.verifier(receipt.runtime)
-            if verifier is None:
-                raise UserError(f"this node does not run {receipt.runtime}: it cannot check that result itself",
-                                hint=f"start a node that serves {receipt.runtime}/{receipt.item} to audit it")
-            async with self._limiter:
-                verdict = await verifier.verify(request.payload, request.output, receipt.evidence,
-                                                sample=request.sample, chunks=0)
-            reason, details = ("" if verdict.ok else str(verdict.reason)), verdict.details
+        async with self._limiter:
+            reason, details = await self._runtime_check(receipt.runtime, request, receipt.evidence, chunks=0)
+        seconds = time.perf_counter() - started
+        # The audit is this node's own check: it counts in the evidence like any other (a failed one is a
+        # finding for the user, who decides; it is not published as a dispute).
+        await self._observe(settled, VerdictAnswer(not reason, reason or "ok", statistics=details),
+                            verifier=self.peer_id)
+        evidence = self.evidence.get(receipt.worker, receipt.item)
         answer = {"task_id": task_id, "receipt_id": settled.id.hex(), "worker": receipt.worker,
                   "runtime": receipt.runtime, "item": receipt.item, "ok": not reason, "reason": reason or "ok",
-                  "seconds": round(time.perf_counter() - started, 3), "statistics": dict(details)}
+                  "seconds": round(seconds, 3), "statistics": dict(details),
+                  "scores": self.runtimes.check_scores(receipt.runtime, details),
+                  "evidence": evidence.to_map() if evidence is not None else None}
         self.stats["audit_passed" if not reason else "audit_failed"] += 1
         await self._event("verify.audit", {k: v for k, v in answer.items() if k != "statistics"})
         return answer
@@ -480,27 +525,30 @@ class SpotChecker:
         if receipt.input_hash != content_hash(request.payload):
             raise Refusal("bad_evidence", "your payload is not the one the receipt commits to")
         async with self._limiter:
-            reason = await self._runtime_check(receipt.runtime, request, receipt.evidence)
+            reason, details = await self._runtime_check(receipt.runtime, request, receipt.evidence)
+        statistics = statistics_for_answer(details)
         if not reason:
-            return VerdictAnswer(True, "checked")
+            return VerdictAnswer(True, "checked", statistics=statistics)
         dispute = sign_dispute(signed.id, receipt.worker, reason[:1000], _now_ms(), self.identity)
-        return VerdictAnswer(False, reason, dispute.encode())
+        return VerdictAnswer(False, reason, dispute.encode(), statistics)
 
-    async def _runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any]) -> str:
-        """Why the result is wrong, or "": the runtime's cheap check where it has one, else its spot check
-        (``runtimes.interface``)."""
+    async def _runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any], *,
+                             chunks: int | None = None) -> tuple[str, Mapping[str, Any]]:
+        """Why the result is wrong, or "", and the check's statistics: the runtime's cheap check where it has
+        one, else its spot check (``runtimes.interface``) of ``chunks`` (``verify.inference_chunks`` unless
+        given)."""
         if self.runtimes.result_check(runtime) is not None:
             try:
                 await check_result(self.runtimes, runtime, request.payload, request.output, evidence)
             except ResultRejected as exc:
-                return exc.one_line()
-            return ""
+                return exc.one_line(), {}
+            return "", {}
         verifier = self.runtimes.verifier(runtime)
         if verifier is None:
             raise UserError(f"this node cannot check {runtime} work")
         verdict = await verifier.verify(request.payload, request.output, evidence, sample=request.sample,
-                                        chunks=self.settings.inference_chunks)
-        return "" if verdict.ok else str(verdict.reason)
+                                        chunks=self.settings.inference_chunks if chunks is None else chunks)
+        return ("" if verdict.ok else str(verdict.reason)), verdict.details
 
     async def handle_stream(self, stream: INetStream) -> None:
         remote = str(stream.muxed_conn.peer_id)

@@ -13,7 +13,10 @@ SECTION = "verify"
 
 @dataclass(frozen=True)
 class VerifySettings:
-    fraction: float = 0.05
+    budget: float = 0.01
+    new_worker_results: int = 20
+    new_worker_boost: float = 10.0
+    drift_boost: float = 10.0
     timeout_s: float = 120.0
     distrust_after_disputes: int = 2
     concurrent: int = 1
@@ -26,7 +29,10 @@ class VerifySettings:
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> VerifySettings:
         checks: dict[str, Check] = {
-            "fraction": (lambda v: 0 <= v <= 1, "a share from 0 to 1"),
+            "budget": (lambda v: 0 <= v <= 1, "a share from 0 to 1"),
+            "new_worker_results": (lambda v: v >= 0, "an integer of at least 0"),
+            "new_worker_boost": (lambda v: v >= 1, "a factor of at least 1"),
+            "drift_boost": (lambda v: v >= 1, "a factor of at least 1"),
             "timeout_s": (lambda v: v > 0, "a number of seconds above 0"),
             "distrust_after_disputes": (lambda v: v >= 1, "an integer of at least 1"),
             "concurrent": (lambda v: v >= 1, "an integer of at least 1"),

@@ -156,6 +156,13 @@ class LlamaEmbeddingRuntime:
     def tally(payload: Mapping[str, Any]) -> Tally:
         return EmbeddingTally(payload)
 
+    @staticmethod
+    def check_share(payload: Mapping[str, Any], output: Mapping[str, Any]) -> float:
+        """A spot check embeds ``CHECKED_INPUTS`` of the texts again: that share of the work."""
+        texts = payload.get("input")
+        count = len(texts) if isinstance(texts, list) else 1
+        return min(1.0, CHECKED_INPUTS / max(1, count))
+
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
         self._settings = EmbeddingSettings.from_mapping(context.settings, base_dir=context.data_dir)

@@ -127,6 +127,20 @@ class LlamaCppRuntime:
 
         return InferenceTally(payload)
 
+    @staticmethod
+    def check_share(payload: Mapping[str, Any], output: Mapping[str, Any]) -> float:
+        """A spot check's cost as a share of the generation (``runtimes.interface``; ``scoring.check_share``)."""
+        from runtimes.inference.scoring import share_of
+
+        return share_of(output)
+
+    @staticmethod
+    def check_scores(details: Mapping[str, Any]) -> Mapping[str, float]:
+        """A spot check's statistics as scores for the evidence over many results (``scoring.check_scores``)."""
+        from runtimes.inference.scoring import check_scores
+
+        return check_scores(details)
+
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
         self._settings = InferenceSettings.from_mapping(context.settings, base_dir=context.data_dir)

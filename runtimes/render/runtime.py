@@ -126,6 +126,12 @@ class BlenderRuntime:
 
         return RenderTally(payload)
 
+    @staticmethod
+    def check_share(payload: Mapping[str, Any], output: Mapping[str, Any]) -> float:
+        """A spot check renders one frame of the job again: one frame's share of the work."""
+        frames = output.get("frames")
+        return 1.0 / max(1, len(frames)) if isinstance(frames, list) else 1.0
+
     def __init__(self, context: RuntimeContext) -> None:
         self._context = context
         self._settings = RenderSettings.from_mapping(context.settings)

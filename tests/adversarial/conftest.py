@@ -21,7 +21,7 @@ MODEL = "gemma-3-270m-q4_k_m"
 # Liveness faster than the defaults (15 s / 30 s), but not so fast that a flood saturating this 2-core machine
 # (every daemon and the attacker share it) reads as a death: pings answered late are not a crash.
 FAST = ["p2p.mdns=false", "p2p.heartbeat_interval_s=0.5", "p2p.suspect_after_s=5.0", "p2p.dead_after_s=10.0",
-        "hardware.benchmark_on_start=false", "runtimes.inference.n_ctx=512", "verify.fraction=0.0",
+        "hardware.benchmark_on_start=false", "runtimes.inference.n_ctx=512", "verify.budget=0.0",
         "tasks.countersign_timeout_s=3.0"]
 
 

@@ -35,7 +35,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodePr
         boot = f'p2p.bootstrap=["{started["w"].p2p_addr()}"]'
         started["c"] = NodeProcess(root / "c", sets=[*FAST, boot, "runtimes.inference.include_packaged_model=false",
                                                      f'runtimes.inference.models=["{cheap}"]']).start()
-        started["a"] = NodeProcess(root / "a", sets=[*FAST, boot, "verify.fraction=0"]).start()
+        started["a"] = NodeProcess(root / "a", sets=[*FAST, boot, "verify.budget=0"]).start()
         drained = cli(started["a"], "drain", "--reason", "asks the network, audits what it gets")
         assert drained.returncode == 0, drained.stderr
         wait_until(lambda: next((m["providers"] for m in started["a"].get("/v1/models")["data"] if m["id"] == MODEL),
@@ -68,6 +68,10 @@ def test_audit_holds_for_honest_work_and_not_for_a_cheaters(nodes: dict[str, Nod
     verdict = json.loads(honest.stdout)
     assert (verdict["ok"], verdict["worker"]) == (True, nodes["w"].peer_id)
     assert verdict["statistics"]["positions"] >= 1  # every position the check read, with its figures
+    # ... its scores, and this node's evidence on W after it: one check, which scores a greedy claim's figures
+    assert set(verdict["scores"]) == {"values", "greedy_gaps"}, verdict["scores"]
+    assert (verdict["evidence"]["checks"], verdict["evidence"]["failed"]) == (1, 0)
+    assert verdict["evidence"]["drift"] < 0.5 and verdict["evidence"]["condemned"] is None
     shown = cli(a, "audit", by_worker[nodes["w"].peer_id])
     assert "the result holds" in shown.stdout
 
@@ -79,6 +83,10 @@ def test_audit_holds_for_honest_work_and_not_for_a_cheaters(nodes: dict[str, Nod
     assert any(why in cheated.stdout for why in ("model_sha256", "quantization", "logits")), cheated.stdout
     events = [e for e in a.get("/api/events?limit=1000") if e["kind"] == "verify.audit"]
     assert [e["data"]["ok"] for e in events] == [True, True, False]
+    book = {(w["worker"], w["item"]): w for w in a.get("/api/verify/evidence")["workers"]}
+    assert (book[(nodes["w"].peer_id, MODEL)]["checks"], book[(nodes["w"].peer_id, MODEL)]["failed"]) == (2, 0)
+    assert (book[(nodes["c"].peer_id, MODEL)]["checks"], book[(nodes["c"].peer_id, MODEL)]["failed"]) == (1, 1)
+    assert a.get("/api/verify/evidence")["sampling"]["budget"] == 0.0  # A samples nothing: these were audits
 
     unknown = cli(a, "audit", "no-such-task")
     assert unknown.returncode != 0

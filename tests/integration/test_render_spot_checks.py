@@ -3,7 +3,7 @@ samples it is paid for (its "Blender" is a wrapper that cuts them, tests/verify/
 A's price.
 
 A's scheduler weighs only price and reliability here (a user's weights), so C gets A's work until it is
-caught. A checks every settled receipt (verify.fraction = 1): it keeps one of the frames as they arrive,
+caught. A checks every settled receipt (verify.budget = 1: every result): it keeps one of the frames as they arrive,
 renders it again itself and compares pixels. C's frames differ, so its receipts are disputed in A's ledger;
 after verify.distrust_after_disputes of them A gives C no more work. A publishes each dispute with its
 evidence; C's own ledger shows them as contested (A is the accuser, and no independent verifier confirmed
@@ -46,7 +46,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProc
     wrapper = cheap_blender(root / "cheat", real)
     nodes: list[NodeProcess] = []
     try:
-        a = NodeProcess(root / "a", sets=[*FAST, *PRICE_ONLY, "verify.fraction=1.0",
+        a = NodeProcess(root / "a", sets=[*FAST, *PRICE_ONLY, "verify.budget=1.0",
                                           "runtimes.render-blender.price_per_pixel_sample=0.000001"]).start()
         nodes.append(a)
         c = NodeProcess(root / "c", sets=[*FAST, f'p2p.bootstrap=["{a.p2p_addr()}"]',

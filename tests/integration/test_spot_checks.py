@@ -3,7 +3,7 @@
 C serves another model under the packaged model's id (the packaged GGUF requantized to Q2_K, a cheaper model
 a dishonest operator could pass off) and undercuts the others' price so that A's scheduler, which weighs price
 most, sends it work.
-A checks every settled receipt (verify.fraction = 1). C's work fails the check, a second verifier confirms
+A checks every settled receipt (verify.budget = 1: every result). C's work fails the check, a second verifier confirms
 it, the receipts are disputed on A and in C's own ledger, C's reputation falls and A stops choosing it. C's
 own verdicts on honest work are contradicted by the second verifier, so B and D get no dispute at all.
 """
@@ -50,7 +50,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node
         # A weighs price above the rest: C's low price wins it work even once A's own receipts with B and D
         # make them more reliable in A's eyes than C, which A has not tried yet.
         nodes["a"] = NodeProcess(root / "a", sets=[*FAST, f'runtimes.disabled=["inference", {OFF}]', boot,
-                                                   "verify.fraction=1.0", "scheduler.weights.price=0.6"]).start()
+                                                   "verify.budget=1.0", "scheduler.weights.price=0.6"]).start()
         wait_until(lambda: next((m["providers"] for m in nodes["a"].get("/v1/models")["data"] if m["id"] == MODEL),
                                 0) >= 3, timeout=60, what="A knows the three providers")
         yield nodes

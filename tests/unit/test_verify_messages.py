@@ -17,6 +17,7 @@ from hyperion_node.verify.messages import (
     decode_check,
     encode_answer,
     encode_check,
+    statistics_for_answer,
 )
 
 maps = st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.binary(max_size=8), max_size=4)
@@ -79,3 +80,18 @@ def test_a_version_1_check_is_refused_by_name() -> None:
     with pytest.raises(MalformedFrame) as caught:
         decode_check(cbor2.dumps(body))
     assert caught.value.reason == "bad_version"
+
+
+def test_a_verdict_carries_its_check_statistics_when_they_fit() -> None:
+    figures = {"checked_positions": 17, "deviations": [0.1, 0.2], "greedy_gaps": []}
+    answer = VerdictAnswer(True, "checked", statistics=statistics_for_answer(figures))
+    assert decode_answer(unframe(encode_answer(answer))) == answer
+    assert statistics_for_answer({"deviations": [0.5] * 4000}) is None  # too large: left out, the verdict counts
+    assert statistics_for_answer({}) is None
+
+
+def test_statistics_must_be_a_map_with_text_keys() -> None:
+    body = cbor2.loads(unframe(encode_answer(VerdictAnswer(True, "x", statistics={"a": 1}))))
+    body["statistics"] = [1]
+    with pytest.raises(MalformedFrame, match="statistics must be a map"):
+        decode_answer(cbor2.dumps(body))
