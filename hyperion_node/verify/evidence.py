@@ -164,6 +164,19 @@ class EvidenceBook:
         evidence.condemned = verdict
         return failed or verdict
 
+    def condemn(self, found: Condemnation) -> bool:
+        """A dispute of the sequential test this node confirmed by its own checks of another node's case
+        (``evidence_case``); False if the worker stood condemned on that item already."""
+        key = (found.worker, found.item)
+        evidence = self._evidence.pop(key, None) or WorkerEvidence()
+        self._evidence[key] = evidence
+        while len(self._evidence) > self._max_workers:
+            self._evidence.popitem(last=False)
+        if evidence.condemned is not None:
+            return False
+        evidence.condemned = found
+        return True
+
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"worker": w, "item": item, **ev.to_map()} for (w, item), ev in self._evidence.items()]
 

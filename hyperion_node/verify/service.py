@@ -31,6 +31,7 @@ failed verdict is answered with a dispute signed by this node.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter, OrderedDict
@@ -74,6 +75,13 @@ from hyperion_node.tasks.streams import (
 from hyperion_node.trio_types import TaskStatus
 from hyperion_node.verify.cases import Judgement, after_recheck, judge
 from hyperion_node.verify.evidence import FAILED_CHECK, Check, Condemnation, EvidenceBook
+from hyperion_node.verify.evidence_case import (
+    EvidenceCase,
+    build,
+    check_evidence_case,
+    is_evidence_case,
+    judge_rechecks,
+)
 from hyperion_node.verify.messages import (
     MAX_VERDICT_BYTES,
     T_CHECK,
@@ -95,6 +103,7 @@ from hyperion_node.verify.settings import VerifySettings
 log = structlog.get_logger(__name__)
 
 RECENT_RESULTS = 256  # results kept for `audit`, newest last
+MAX_KEPT_REQUESTS = 1024  # the work behind this node's latest checks, for the evidence cases it may publish
 
 
 class NotAnswered(Exception):
@@ -148,6 +157,9 @@ class SpotChecker:
                                               settings.drift_boost), rng)
         self.evidence = EvidenceBook()
         self._delivered: OrderedDict[tuple[str, str], int] = OrderedDict()  # (worker, item) -> results to us
+        # The work behind this node's recent checks, by receipt id: what an evidence case carries.
+        self._checked: OrderedDict[str, tuple[SignedReceipt, CheckRequest]] = OrderedDict()
+        self._judged: OrderedDict[bytes, bool] = OrderedDict()  # evidence cases judged here, by hash
         # Checks run at once on this node (its own, a peer's ask, a case's re-check): each costs a prefill.
         self._limiter = trio.CapacityLimiter(settings.concurrent)
         # Places for peers' checks, taken when a stream opens: one per peer, running and waiting together.
@@ -200,6 +212,10 @@ class SpotChecker:
         worker = settled.receipt.worker
         if self._nursery is None or not self.runtimes.checkable(runtime) or worker == self.peer_id:
             return
+        if self.runtimes.result_check(runtime) is not None:
+            # Checked whole before it was countersigned (a ZK proof): a passing check in the evidence. One that
+            # failed was never countersigned, and its worker was scored down for it (``Requester``).
+            self.evidence.observe(worker, item, Check(settled.id.hex(), True, {}, _now_ms()))
         key = (worker, item)
         seen = self._delivered.pop(key, 0)
         self._delivered[key] = seen + 1
@@ -212,7 +228,8 @@ class SpotChecker:
         self._nursery.start_soon(self._check, runtime, item, CheckRequest(settled.encode(), payload, output, sample),
                                  settled)
 
-    async def _observe(self, settled: SignedReceipt, answer: VerdictAnswer, *, verifier: str) -> None:
+    async def _observe(self, settled: SignedReceipt, answer: VerdictAnswer, *, verifier: str,
+                       request: CheckRequest | None = None) -> None:
         """One check's verdict and statistics into the evidence (module docstring): this node's own, or a
         verifier's with standing here (a stranger's statistics could frame a worker). A worker the sequential
         test disputes gets no more work from this node (``TaskService._distrusted``)."""
@@ -224,15 +241,42 @@ class SpotChecker:
             scores = self.runtimes.check_scores(settled.receipt.runtime, answer.statistics or {})
         receipt = settled.receipt
         check = Check(settled.id.hex(), answer.ok, scores, _now_ms(), "" if answer.ok else answer.reason[:200])
+        if request is not None:
+            self._checked[check.receipt_id] = (settled, request)
+            while len(self._checked) > MAX_KEPT_REQUESTS:
+                self._checked.popitem(last=False)
         found = self.evidence.observe(receipt.worker, receipt.item, check)
         if found is not None and found.statistic != FAILED_CHECK:
             await self._condemned(found)
 
     async def _condemned(self, found: Condemnation) -> None:
+        """The sequential test disputed a worker here: an event, and a case of the checks it rests on (newest
+        first, as many as fit) for whoever routes to the worker (``evidence_case``)."""
         self.stats["condemned"] += 1
         log.warning("worker_condemned", worker=found.worker[-8:], item=found.item, statistic=found.statistic,
                     value=round(found.value, 3), checks=len(found.checks))
         await self._event("verify.condemned", found.to_map())
+        work = []
+        for check in reversed(found.checks):
+            kept = self._checked.get(check.receipt_id)
+            if kept is not None:
+                settled, request = kept
+                work.append((settled, Evidence(dict(request.payload), dict(request.output),
+                                               dict(request.sample) if request.sample is not None else None),
+                             check.scores))
+        if not work or not self.settings.case_evidence:
+            return
+        case = build(found.statistic, work)
+        held = self._held.pop(found.worker, [])
+        self._held[found.worker] = [case.encode(), *held][:cases_protocol.MAX_CASES]
+        while len(self._held) > MAX_HELD_WORKERS:
+            self._held.popitem(last=False)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._announce, found.worker)
+
+    async def _announce(self, worker: str) -> None:
+        with trio.move_on_after(30):
+            await self.network.provide_key(cases_protocol.case_key(worker))
 
     async def _check(self, runtime: str, item: str, request: CheckRequest, settled: SignedReceipt) -> None:
         worker, receipt_id = settled.receipt.worker, settled.id.hex()
@@ -247,7 +291,7 @@ class SpotChecker:
                           {**facts, "verifier": verifier, "reason": verdict.reason})
         if verdict.ok:
             self.stats["passed"] += 1
-            await self._observe(settled, verdict, verifier=verifier)
+            await self._observe(settled, verdict, verifier=verifier, request=request)
             return
         own = verifier == self.peer_id
         independent = [] if own else [verdict]
@@ -272,7 +316,7 @@ class SpotChecker:
             await self._event("verify.unconfirmed", {**facts, "verifier": verifier})
             return
         self.stats["disputed"] += 1
-        await self._observe(settled, verdict, verifier=verifier)
+        await self._observe(settled, verdict, verifier=verifier, request=request)
         disputes = [Dispute.decode(a.dispute or b"") for a in ([verdict] if own else []) + independent]
         await self._confirmed(settled, disputes[0])
         log.info("receipt_disputed", receipt=receipt_id[:16], worker=worker[-8:], reason=verdict.reason)
@@ -348,7 +392,10 @@ class SpotChecker:
 
     async def on_case(self, sender: str, data: bytes) -> None:
         """A dispute case pushed to this node or fetched from a holder: believed only as ``cases.judge`` says
-        (module docstring)."""
+        (module docstring); an evidence case only as this node's own checks of its work say."""
+        if is_evidence_case(data):
+            await self._on_evidence_case(sender, data)
+            return
         try:
             checked = check_case(DisputeCase.decode(data))
         except ReceiptRejected as exc:
@@ -375,6 +422,55 @@ class SpotChecker:
             await self.ledger.contest(checked.receipt.id, data, checked.verifiers)
             if self.on_contested is not None:
                 self.on_contested()
+
+    async def _on_evidence_case(self, sender: str, data: bytes) -> None:
+        """The sequential test's dispute from another node (``evidence_case``): this node checks every result
+        it carries itself and believes it only when its own sequential test disputes the worker too. It does so
+        only where it can check the work (it serves the item, it is not the worker) and the case's requester has
+        standing here (each re-check costs a prefill); otherwise the case has no effect."""
+        digest = hashlib.sha256(data).digest()
+        if digest in self._judged:
+            return
+        self._judged[digest] = True
+        while len(self._judged) > MAX_HELD_WORKERS:
+            self._judged.popitem(last=False)
+        try:
+            checked = check_evidence_case(EvidenceCase.decode(data))
+        except ReceiptRejected as exc:
+            self.stats["case_malformed"] += 1
+            self._penalize(sender, "bad_case")
+            log.info("evidence_case_rejected", sender=sender[-8:], why=str(exc)[:200])
+            return
+        facts = {"worker": checked.worker, "item": checked.item, "requester": checked.requester,
+                 "statistic": checked.case.statistic, "checks": len(checked.receipts)}
+        can_recheck = (checked.worker != self.peer_id and self.runtimes.checkable(checked.runtime)
+                       and checked.runtime in self.runtimes.loaded and self._serves(checked.runtime, checked.item))
+        if (not can_recheck or self.evidence.condemned(checked.worker)
+                or self.reputation.standing(checked.requester) < self.settings.standing_floor):
+            self.stats["evidence_case_unconfirmed"] += 1
+            await self._event("dispute.unconfirmed", {**facts, "judgement": "not rechecked"})
+            return
+        rechecks: list[Check] = []
+        for signed, item in zip(checked.receipts, checked.case.items, strict=True):
+            request = CheckRequest(item.receipt, item.evidence.payload, item.evidence.output, item.evidence.sample)
+            try:
+                with trio.fail_after(self.settings.timeout_s):
+                    async with self._limiter:
+                        reason, details = await self._runtime_check(checked.runtime, request,
+                                                                    signed.receipt.evidence)
+            except (UserError, ReceiptRejected, trio.TooSlowError) as exc:
+                log.info("evidence_recheck_failed", why=str(exc)[:200] or type(exc).__name__)
+                continue
+            rechecks.append(Check(signed.id.hex(), not reason, self.runtimes.check_scores(checked.runtime, details),
+                                  _now_ms(), reason[:200]))
+        statistic = judge_rechecks(rechecks)
+        if statistic is None:
+            self.stats["evidence_case_unconfirmed"] += 1
+            await self._event("dispute.unconfirmed", {**facts, "judgement": "rechecked", "rechecked": len(rechecks)})
+            return
+        self.stats["evidence_case_confirmed"] += 1
+        self.evidence.condemn(Condemnation(checked.worker, checked.item, f"case:{statistic}", 0.0, tuple(rechecks)))
+        await self._event("dispute.confirmed", {**facts, "judgement": "rechecked", "by": statistic})
 
     def weigh_soon(self, peers: list[str]) -> None:
         """Fetch and judge the cases about peers this node is about to route work to, unless it did lately."""
@@ -493,7 +589,7 @@ class SpotChecker:
         # The audit is this node's own check: it counts in the evidence like any other (a failed one is a
         # finding for the user, who decides; it is not published as a dispute).
         await self._observe(settled, VerdictAnswer(not reason, reason or "ok", statistics=details),
-                            verifier=self.peer_id)
+                            verifier=self.peer_id, request=request)
         evidence = self.evidence.get(receipt.worker, receipt.item)
         answer = {"task_id": task_id, "receipt_id": settled.id.hex(), "worker": receipt.worker,
                   "runtime": receipt.runtime, "item": receipt.item, "ok": not reason, "reason": reason or "ok",
@@ -609,6 +705,8 @@ class Refusal(HyperionError):
 def _case_worker(data: bytes) -> str | None:
     """The worker a case accuses, read without checking a signature; None when the case does not decode."""
     try:
+        if is_evidence_case(data):
+            return SignedReceipt.decode(EvidenceCase.decode(data).items[0].receipt).receipt.worker
         return SignedReceipt.decode(DisputeCase.decode(data).receipt).receipt.worker
     except ReceiptRejected:
         return None

@@ -71,7 +71,8 @@ def test_audit_holds_for_honest_work_and_not_for_a_cheaters(nodes: dict[str, Nod
     # ... its scores, and this node's evidence on W after it: one check, which scores a greedy claim's figures
     assert set(verdict["scores"]) == {"values", "greedy_gaps"}, verdict["scores"]
     assert (verdict["evidence"]["checks"], verdict["evidence"]["failed"]) == (1, 0)
-    assert verdict["evidence"]["drift"] < 0.5 and verdict["evidence"]["condemned"] is None
+    assert verdict["evidence"]["drift"] < 0.5
+    assert verdict["evidence"]["condemned"] is None
     shown = cli(a, "audit", by_worker[nodes["w"].peer_id])
     assert "the result holds" in shown.stdout
 

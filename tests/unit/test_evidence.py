@@ -24,21 +24,22 @@ def checks(scores: list[float], name: str = "values") -> list[Check]:
 def test_results_that_each_look_honest_never_add_up_to_a_dispute() -> None:
     rng = random.Random(7)
     disputed, peak = replay(checks([rng.uniform(0.0, 0.99) for _ in range(20_000)]))
-    assert disputed is None and peak < 1.0
+    assert disputed is None
+    assert peak < 1.0
 
 
 def test_a_small_excess_in_every_result_adds_up_and_the_dispute_names_the_checks_it_rests_on() -> None:
     book = EvidenceBook()
-    found = None
-    for i, check in enumerate(checks([0.2, 0.1, *[1.5] * 20])):  # honest twice, then 0.5 over the reference
-        found = book.observe("w", "m", check)
-        if found is not None:
-            break
-    assert found is not None and found.statistic == "values"
-    assert i == 2 + math.ceil(THRESHOLD / 0.5) - 1  # the eighth leaning check reaches the threshold
-    assert [c.receipt_id for c in found.checks] == [f"r{j}" for j in range(2, i + 1)]  # not the honest ones
-    assert book.condemned("w") and not book.condemned("other")
-    assert book.observe("w", "m", Check("again", True, {"values": 9.0})) is None  # once per worker and item
+    found = [book.observe("w", "m", c) for c in checks([0.2, 0.1, *[1.5] * 20])]  # honest twice, then 0.5 over
+    at = next(i for i, f in enumerate(found) if f is not None)
+    assert at == 2 + math.ceil(THRESHOLD / 0.5) - 1  # the eighth leaning check reaches the threshold
+    dispute = found[at]
+    assert dispute is not None
+    assert dispute.statistic == "values"
+    assert [c.receipt_id for c in dispute.checks] == [f"r{j}" for j in range(2, at + 1)]  # not the honest ones
+    assert book.condemned("w")
+    assert not book.condemned("other")
+    assert all(f is None for f in found[at + 1:])  # once per worker and item
 
 
 def test_honest_results_between_cheats_pull_the_sum_back() -> None:
@@ -50,9 +51,13 @@ def test_honest_results_between_cheats_pull_the_sum_back() -> None:
 def test_a_failed_check_is_a_dispute_at_once_that_the_book_counts_without_condemning() -> None:
     book = EvidenceBook()
     found = book.observe("w", "m", Check("bad", False, {"values": 0.3}, reason="other model"))
-    assert found is not None and found.statistic == FAILED_CHECK and found.checks[0].receipt_id == "bad"
+    assert found is not None
+    assert found.statistic == FAILED_CHECK
+    assert found.checks[0].receipt_id == "bad"
     evidence = book.get("w", "m")
-    assert evidence is not None and evidence.failed == 1 and evidence.checks == 1
+    assert evidence is not None
+    assert evidence.failed == 1
+    assert evidence.checks == 1
     assert not book.condemned("w")  # the spot checks' own dispute path acts on it
     assert replay([Check("a", True, {}), Check("b", False, {})])[0] == 1
 
@@ -67,14 +72,17 @@ def test_drift_is_the_way_to_a_dispute() -> None:
     for check in checks([2.0, 2.0]):
         book.observe("w", "m", check)
     assert book.drift("w", "m") == pytest.approx(2.0 / THRESHOLD)
-    assert book.drift("w", "other") == 0.0 and book.checked("w", "m") == 2
+    assert book.drift("w", "other") == 0.0
+    assert book.checked("w", "m") == 2
 
 
 def test_the_book_forgets_the_least_recently_checked_worker_first() -> None:
     book = EvidenceBook(max_workers=2)
     for worker in ("a", "b", "a", "c"):
         book.observe(worker, "m", Check("r", True, {}))
-    assert book.get("a", "m") is not None and book.get("c", "m") is not None and book.get("b", "m") is None
+    assert book.get("a", "m") is not None
+    assert book.get("c", "m") is not None
+    assert book.get("b", "m") is None
 
 
 def test_false_dispute_bounds() -> None:
@@ -115,8 +123,11 @@ def test_scores_of_a_sampled_and_a_greedy_check() -> None:
                "greedy_gaps": []}
     scores = check_scores(details)
     assert scores["values"] == pytest.approx(0.2 / VALUES_SCALE)
-    assert scores["temperature"] > 0 and scores["hotter"] > 0 and scores["colder"] == 0
+    assert scores["temperature"] > 0
+    assert scores["hotter"] > 0
+    assert scores["colder"] == 0
     greedy = {**details, "replay_matched_at_factors": [], "greedy_gaps": [0.1, 0.7, 0.9]}
-    assert check_scores(greedy)["greedy_gaps"] > 0 and "temperature" not in check_scores(greedy)
+    assert check_scores(greedy)["greedy_gaps"] > 0
+    assert "temperature" not in check_scores(greedy)
     assert check_scores({"tokens_replayed": False, **details}).keys() == {"values"}  # a shaped result
     assert check_scores({"reason": "refused before the forward pass"}) == {}
