@@ -25,6 +25,7 @@ greedy gaps, ...) as JSON, the data the bounds in verifier.py are calibrated fro
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -42,7 +43,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hyperion_node.verify import evidence, sampling
-from runtimes.inference import LlamaCppRuntime, scoring
+from runtimes.inference import LlamaCppRuntime, scoring, verifier
 from runtimes.inference.registry import ModelHashes, ensure_packaged_model
 from runtimes.inference.request import GenerationRequest
 from runtimes.inference.verifier import CHECKED_CHUNKS
@@ -309,8 +310,17 @@ def _share_of_record(trial: Mapping[str, Any]) -> float:
     return scoring.check_share(tokens_in, positions)
 
 
+def _ok_now(trial: Mapping[str, Any]) -> bool:
+    """The recorded check judged again under the bounds in verifier.py now (as scripts/calibrate_verify.py
+    does); a claim refused before the forward pass keeps its recorded verdict."""
+    details = trial["details"]
+    if "deviations" not in details:
+        return bool(trial["ok"])
+    return verifier.judge(verifier.CheckStatistics.from_details(details), trial["claimed_temperature"])[0]
+
+
 def _check_of_record(trial: Mapping[str, Any], index: int) -> evidence.Check:
-    return evidence.Check(f"{trial['kind']}-{index}", bool(trial["ok"]), scoring.check_scores(trial["details"]))
+    return evidence.Check(f"{trial['kind']}-{index}", _ok_now(trial), scoring.check_scores(trial["details"]))
 
 
 def _results_until_dispute(rng: np.random.Generator, policy: sampling.SamplingPolicy, honest: Record,
@@ -331,7 +341,7 @@ def _results_until_dispute(rng: np.random.Generator, policy: sampling.SamplingPo
     return None, checked
 
 
-def bench_sequential(paths: list[str], workers: int, seed: int) -> None:
+def bench_sequential(paths: list[str], workers: int, seed: int, budgets: list[float]) -> None:
     records: Record = [t for path in paths for t in json.loads(Path(path).read_text())]
     honest = [t for t in records if t["kind"] == "honest"]
     cheats: dict[str, Record] = {}
@@ -340,13 +350,14 @@ def bench_sequential(paths: list[str], workers: int, seed: int) -> None:
             cheats.setdefault(t["kind"], []).append(t)
     policy = sampling.SamplingPolicy()
     rng = np.random.default_rng(seed)
+    other_budgets = [b for b in budgets if b != policy.budget]
     lengths = sorted({t["tokens"] for t in honest})
     print(f"sequential: {len(honest)} honest checks ({', '.join(str(n) for n in lengths)} tokens), "
           f"{sum(len(v) for v in cheats.values())} forged; default sampling: budget {policy.budget}, first "
           f"{policy.new_worker_results} results x{policy.new_worker_boost}, drift x{policy.drift_boost}; "
           f"threshold {evidence.THRESHOLD}")
     # Honest: every recorded check as one worker's, in recorded order and in shuffled orders.
-    single = sum(not t["ok"] for t in honest)
+    single = sum(not _ok_now(t) for t in honest)
     disputed, peak = evidence.replay(_check_of_record(t, i) for i, t in enumerate(honest))
     per_score: dict[str, float] = {}
     book = evidence.EvidenceBook(threshold=math.inf)
@@ -387,8 +398,15 @@ def bench_sequential(paths: list[str], workers: int, seed: int) -> None:
             print(f"  verification CPU / generation CPU at the default sampling, {lifetime} results per worker and "
                   f"requester: {spent / bought:.4f}")
     for name, forged in cheats.items():
-        caught_alone = sum(not t["ok"] for t in forged) / len(forged)
+        caught_alone = sum(not _ok_now(t) for t in forged) / len(forged)
         for share, horizon, goal in ((1.0, 5000, 50), (0.1, 5000, 500)):
+            for budget in other_budgets:  # the same cheat at another budget, for comparison
+                other = dataclasses.replace(policy, budget=budget)
+                runs = [_results_until_dispute(rng, other, honest, forged, share, horizon) for _ in range(workers)]
+                until = [r if r is not None else horizon + 1 for r, _ in runs]
+                print(f"  {name:34s} cheating in {int(share * 100):3d}%, budget {budget}: results until dispute median"
+                      f" {np.median(until):6.0f}, p99 {np.quantile(until, 0.99):6.0f}; within {goal}: "
+                      f"{100 * sum(u <= goal for u in until) / workers:5.1f}%")
             runs = [_results_until_dispute(rng, policy, honest, forged, share, horizon) for _ in range(workers)]
             until = [r if r is not None else horizon + 1 for r, _ in runs]
             within = sum(u <= goal for u in until) / workers
@@ -401,7 +419,8 @@ def bench_sequential(paths: list[str], workers: int, seed: int) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     if "sequential" in args.parts:
-        bench_sequential([p for p in args.records.split(",") if p], args.workers, args.seed)
+        bench_sequential([p for p in args.records.split(",") if p], args.workers, args.seed,
+                         [float(b) for b in args.budgets.split(",") if b])
         if args.parts == "sequential":
             return
     cache = Path(args.cache)
@@ -452,5 +471,7 @@ if __name__ == "__main__":
     parser.add_argument("--records", default="", help="sequential: comma-separated --record files to replay")
     parser.add_argument("--workers", type=int, default=1000, help="sequential: simulated workers per strategy")
     parser.add_argument("--seed", type=int, default=1, help="sequential: the simulation's random seed")
+    parser.add_argument("--budgets", default="", help="sequential: comma-separated other verify.budget values to "
+                        "compare with the default")
     parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))
     trio.run(main, parser.parse_args())

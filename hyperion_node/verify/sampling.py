@@ -30,7 +30,7 @@ MIN_SHARE = 1e-4  # a check is never free: a share below this is taken as this (
 @dataclass(frozen=True)
 class SamplingPolicy:
     budget: float = 0.01
-    new_worker_results: int = 20
+    new_worker_results: int = 32
     new_worker_boost: float = 10.0
     drift_boost: float = 10.0
 

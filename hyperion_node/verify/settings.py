@@ -14,7 +14,7 @@ SECTION = "verify"
 @dataclass(frozen=True)
 class VerifySettings:
     budget: float = 0.01
-    new_worker_results: int = 20
+    new_worker_results: int = 32
     new_worker_boost: float = 10.0
     drift_boost: float = 10.0
     timeout_s: float = 120.0

@@ -36,11 +36,17 @@ ROW_PER_DECODE = 0.04
 CHECK_OVERHEAD = 2.0  # decode steps' worth: loading the claim, hashing, the call (measured on short results)
 CHUNK_TOKENS = 32
 
-# Scales of the scores (module docstring), from recorded honest results.
+# Scales of the scores (module docstring), from recorded results (bench_verify --record, 2026-12-07: 1,000 honest
+# 16-token results at temperatures 0-1.4, 100 per cheat). Per check, honest | close cheats (means):
+#   values (median deviation / 0.3): honest mean 0.56, p99 1.17, max 1.61 | Q3_K_M 3.5-3.8 (94% fail alone)
+#   temperature (excess / sqrt(n) / 0.5): honest max 1.0 | temperature lies 1.6-2.0
+#   hotter / colder (z / 1.2): honest mean 0.3, max 1.9 | sampling at 1.2-1.4 claimed 0.8: hotter 1.8-2.0;
+#     at 0.4-0.5 claimed 0.8: colder 1.7
+#   greedy_gaps (gaps over 0.5, / 0.5): honest never one | sampled at 0.8 claimed greedy: 9.4 (93% fail alone)
 VALUES_SCALE = 0.3
-TEMPERATURE_SCALE = 1.0
-SIGN_SCALE = 2.0
-GREEDY_GAPS_SCALE = 1.0
+TEMPERATURE_SCALE = 0.5
+SIGN_SCALE = 1.2
+GREEDY_GAPS_SCALE = 0.5
 
 
 def check_share(tokens_in: int, tokens_out: int, *, chunks: int = CHECKED_CHUNKS) -> float:
