@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gzip
 import json
 import math
 import statistics
@@ -342,7 +343,7 @@ def _results_until_dispute(rng: np.random.Generator, policy: sampling.SamplingPo
 
 
 def bench_sequential(paths: list[str], workers: int, seed: int, budgets: list[float]) -> None:
-    records: Record = [t for path in paths for t in json.loads(Path(path).read_text())]
+    records: Record = [t for path in paths for t in _load(path)]
     honest = [t for t in records if t["kind"] == "honest"]
     cheats: dict[str, Record] = {}
     for t in records:
@@ -417,7 +418,47 @@ def bench_sequential(paths: list[str], workers: int, seed: int, budgets: list[fl
                   f"check catches {100 * caught_alone:.0f}%)")
 
 
+# What a compact record keeps of a check's details: what the scores and the single-result judgement read
+# (``verifier.CheckStatistics``) and what the cost estimate reads.
+COMPACT_DETAILS = ("checked_positions", "deviations", "value_mismatch_positions", "token_mismatch_positions",
+                   "replay_differed", "replay_less_likely", "replay_more_likely", "replay_matched",
+                   "replay_matched_at_factors", "greedy_gaps", "tokens_replayed", "positions", "checked_chunks",
+                   "prefilled_tokens")
+
+
+def compact(paths: list[str], out: str) -> None:
+    """The records of ``paths`` in one gzipped JSON file, each check's details cut to ``COMPACT_DETAILS`` with
+    numbers rounded to 4 decimals (tests/data/verify_records.json.gz is made this way)."""
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        return value
+
+    kept = []
+    for path in paths:
+        for trial in json.loads(Path(path).read_text()):
+            details = {k: rounded(v) for k, v in trial["details"].items() if k in COMPACT_DETAILS}
+            entry = {k: trial[k] for k in ("kind", "tokens", "claimed_temperature", "ok", "reason")}
+            entry["details"] = details
+            for key in ("generation_cpu_s", "check_cpu_s"):
+                if key in trial:
+                    entry[key] = round(trial[key], 4)
+            kept.append(entry)
+    Path(out).write_bytes(gzip.compress(json.dumps(kept, separators=(",", ":")).encode(), mtime=0))
+    print(f"wrote {len(kept)} records to {out}")
+
+
+def _load(path: str) -> Record:
+    data = Path(path).read_bytes()
+    return list(json.loads(gzip.decompress(data) if path.endswith(".gz") else data))
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.compact:
+        compact([p for p in args.records.split(",") if p], args.compact)
+        return
     if "sequential" in args.parts:
         bench_sequential([p for p in args.records.split(",") if p], args.workers, args.seed,
                          [float(b) for b in args.budgets.split(",") if b])
@@ -471,6 +512,7 @@ if __name__ == "__main__":
     parser.add_argument("--records", default="", help="sequential: comma-separated --record files to replay")
     parser.add_argument("--workers", type=int, default=1000, help="sequential: simulated workers per strategy")
     parser.add_argument("--seed", type=int, default=1, help="sequential: the simulation's random seed")
+    parser.add_argument("--compact", default="", help="write the --records files as one compact gzipped file here")
     parser.add_argument("--budgets", default="", help="sequential: comma-separated other verify.budget values to "
                         "compare with the default")
     parser.add_argument("--cache", default=str(Path(".pytest_cache/d/hyperion-verify")))

@@ -1,0 +1,67 @@
+"""The sequential test against recorded checks of real llama.cpp results (``tests/data/verify_records.json.gz``).
+
+The records are what ``scripts/bench_verify.py --record`` wrote on 2026-12-07 with the packaged model: the
+statistics of 2,000 honest checks (16-, 32- and 64-token results at temperatures 0 to 1.4) and of 100 forged
+results for each of the ten cheating strategies of ``cheaters.py`` (16 tokens), kept compact. These tests replay
+them through the scores (``runtimes/inference/scoring.py``), the single-result judgement (``verifier.judge``) and
+the evidence (``hyperion_node/verify/evidence.py``) as they are now, so that a change to any bound is checked
+against every recorded result. ``bench_verify.py --parts sequential`` adds the sampling and the figures.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hyperion_node.verify.evidence import THRESHOLD, Check, replay
+from runtimes.inference import scoring, verifier
+
+RECORDS = Path(__file__).resolve().parent.parent / "data" / "verify_records.json.gz"
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for trial in json.loads(gzip.decompress(RECORDS.read_bytes())):
+        grouped[trial["kind"]].append(trial)
+    return grouped
+
+
+def as_check(trial: dict[str, Any], n: int) -> Check:
+    details = trial["details"]
+    ok = (verifier.judge(verifier.CheckStatistics.from_details(details), trial["claimed_temperature"])[0]
+          if "deviations" in details else bool(trial["ok"]))
+    return Check(f"{trial['kind']}-{n}", ok, scoring.check_scores(details))
+
+
+def test_no_honest_result_is_disputed_alone_or_together(records: dict[str, list[dict[str, Any]]]) -> None:
+    honest = records["honest"]
+    assert len(honest) == 2000
+    checks = [as_check(t, n) for n, t in enumerate(honest)]
+    assert [c.receipt_id for c in checks if not c.ok] == []
+    disputed, peak = replay(checks)
+    assert disputed is None, f"honest checks disputed together at check {disputed}"
+    assert peak < THRESHOLD / 2  # margin: the highest honest CUSUM stays under half the threshold
+    rng = random.Random(11)
+    for _ in range(20):  # other orders of the same checks
+        rng.shuffle(checks)
+        assert replay(checks)[0] is None
+
+
+def test_every_cheat_is_disputed_within_a_few_checks_of_its_results(
+        records: dict[str, list[dict[str, Any]]]) -> None:
+    cheats = {kind: trials for kind, trials in records.items() if kind != "honest"}
+    assert len(cheats) == 10
+    rng = random.Random(12)
+    for kind, trials in cheats.items():
+        for _ in range(50):  # a worker cheating in every result, every result checked
+            order = rng.sample(trials, len(trials))
+            disputed, _ = replay(as_check(t, n) for n, t in enumerate(order))
+            assert disputed is not None, kind
+            assert disputed < 10, kind
