@@ -33,19 +33,24 @@ from runtimes.inference.verifier import CHECKED_CHUNKS, GREEDY_GAP, CheckStatist
 # and reading a checked row (shortlist, certified ids, sampler replays) ~0.4-0.7 ms.
 PREFILL_PER_DECODE = 0.16
 ROW_PER_DECODE = 0.04
-CHECK_OVERHEAD = 2.0  # decode steps' worth: loading the claim, hashing, the call (measured on short results)
+# Decode steps' worth of fixed cost per check (reading the claim, the calls). Fitted on recorded honest results
+# (bench_verify --record, 2026-12-07, process CPU): a check cost 0.29 of a 16-token generation and 0.25 of a
+# 32-token one, which this model gives within 5 % with 0.5; for 256 tokens it gives 0.11 (0.128 measured).
+CHECK_OVERHEAD = 0.5
 CHUNK_TOKENS = 32
 
 # Scales of the scores (module docstring), from recorded results (bench_verify --record, 2026-12-07: 1,000 honest
 # 16-token results at temperatures 0-1.4, 100 per cheat). Per check, honest | close cheats (means):
 #   values (median deviation / 0.3): honest mean 0.56, p99 1.17, max 1.61 | Q3_K_M 3.5-3.8 (94% fail alone)
 #   temperature (excess / sqrt(n) / 0.5): honest max 1.0 | temperature lies 1.6-2.0
-#   hotter / colder (z / 1.2): honest mean 0.3, max 1.9 | sampling at 1.2-1.4 claimed 0.8: hotter 1.8-2.0;
-#     at 0.4-0.5 claimed 0.8: colder 1.7
+#   hotter / colder (z / 1.5): the sign test's z is about standard normal for honest results (max 2.8 over 500
+#     32-token ones), so a CUSUM of max(0, z) / 1.5 raised no alarm in 2 million simulated honest checks (at
+#     1.2: 2.5 per million) | sampling at 1.2-1.4 claimed 0.8: z 2.0-2.4 at 16 tokens, growing with sqrt(n);
+#     at 0.4-0.5 claimed 0.8: colder, the same
 #   greedy_gaps (gaps over 0.5, / 0.5): honest never one | sampled at 0.8 claimed greedy: 9.4 (93% fail alone)
 VALUES_SCALE = 0.3
 TEMPERATURE_SCALE = 0.5
-SIGN_SCALE = 1.2
+SIGN_SCALE = 1.5
 GREEDY_GAPS_SCALE = 0.5
 
 
