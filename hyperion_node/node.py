@@ -356,7 +356,11 @@ class Node:
                             "Spot checks and dispute cases by outcome (passed, disputed, case_confirmed...)")
             for outcome, n in sorted(self.orchestrator.spot_checker.stats.items()):
                 checks.add(n, outcome=outcome)
-            families.append(checks)
+            sampled = self.orchestrator.spot_checker.sampler.to_map()
+            spent = Family("hyperion_verify_spent_share", "gauge",
+                           "Checks drawn so far, as a share of the compute bought (goal: verify.budget)")
+            spent.add(sampled["spent_share"])
+            families += [checks, spent]
         return families
 
     async def audit(self, task_id: str) -> dict[str, Any]:
