@@ -150,13 +150,19 @@ SIGN_TEST_P = 1e-3
 # claimed tokens more often than the claimed temperature's in 10 honest results, by 1 (6 of 16 positions, 3
 # of 32) or 2 (once, 32 positions). Honest noise in that difference grows like the square root of the
 # positions, a lie's offset like their number, so a result is disputed when another factor matches
-# temperature_margin(n) = max(3, ceil(0.75 sqrt(n))) more positions: 3 at 16 (2 above the honest maximum),
-# 5 at 32 (3 above). Against 40 16-token results sampled at 1.4 and claimed 0.8 this alone caught 31,
-# against 0.4 claimed as 0.8 27 (the sign test alone: 7 and 6; everything together: README). 1.75 and 0.5
-# are those cheats' exact factors; without them the rule caught 29 and 7 of 40, so a lie between grid
-# points is caught less (README: 1.2 and 0.5 claimed as 0.8).
+# temperature_margin(n) more positions: 3 at 16 (2 above the honest maximum), and more beyond 16 positions
+# (below: first 0.75 sqrt(n), 5 at 32; since 2026-12-07 1.25 sqrt(n)). Against 40 16-token results sampled at
+# 1.4 and claimed 0.8 this alone caught 31, against 0.4 claimed as 0.8 27 (the sign test alone: 7 and 6;
+# everything together: README). 1.75 and 0.5 are those cheats' exact factors; without them the rule caught 29
+# and 7 of 40, so a lie between grid points is caught less (README: 1.2 and 0.5 claimed as 0.8).
 TEMPERATURE_FACTORS = (0.5, 0.7, 1.4, 1.75, 2.0)
 TEMPERATURE_MARGIN = 3  # at 16 positions or fewer
+# Beyond 16 positions: 1.25 sqrt(n) (8 at 32, 10 at 64, 20 at 256), no longer 0.75 sqrt(n). Recorded on
+# 2026-12-07 (bench_verify --record): over 1,000 honest 16-token results the excess was 2 at most, but over 733
+# honest 32-position checks (32- and 64-token results) it reached 6 once (then 4 and 3), which 5 disputed: a
+# chunk late in a generation holds flatter distributions than the first 16 tokens do. A lie's offset grows
+# like n (3-5 at 16 positions), so longer checks still show it; the sequential test sums what each misses.
+TEMPERATURE_MARGIN_SCALE = 1.25
 # Greedy claims: where the verifier's argmax is not the claimed token, honest gaps were near-ties (at most
 # 0.22 over 52 greedy results, 16 and 64 tokens; 5 of 160 positions differed before, all near-ties), while a
 # worker that sampled at 0.8 and claims greedy left a median of 5 gaps over 0.5 in 16 positions. Two such gaps
@@ -380,7 +386,9 @@ class SamplerReplay:
 
 def temperature_margin(positions: int) -> int:
     """How many more positions another temperature's replay must match to dispute (constants above)."""
-    return max(TEMPERATURE_MARGIN, math.ceil(0.75 * math.sqrt(positions)))
+    if positions <= 16:
+        return TEMPERATURE_MARGIN
+    return math.ceil(TEMPERATURE_MARGIN_SCALE * math.sqrt(positions))
 
 
 def sign_test_fails(less: int, more: int, p: float = SIGN_TEST_P) -> bool:

@@ -83,8 +83,9 @@ def test_greedy_claim_with_real_gaps_fails_and_near_ties_pass() -> None:
 
 def test_the_temperature_margin_grows_like_the_square_root_of_the_positions() -> None:
     assert temperature_margin(16) == 3
-    assert temperature_margin(32) == 5
-    assert temperature_margin(256) == 12
+    assert temperature_margin(32) == 8
+    assert temperature_margin(64) == 10
+    assert temperature_margin(256) == 20
 
 
 def test_too_few_positions_skip_the_replay_tests() -> None:
