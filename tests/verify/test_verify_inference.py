@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from runtimes.inference import LlamaCppRuntime, Verdict, verify_inference
+from hyperion_node.verify.evidence import Check, replay
+from runtimes.inference import LlamaCppRuntime, Verdict, scoring, verify_inference
 from runtimes.inference.commitments import LogitCommitment
 from runtimes.interface import Final, HardwareSummary, Partial, RuntimeContext, Task
 from tests.verify import cheaters
@@ -149,10 +150,13 @@ async def test_sampling_at_another_temperature_fails(verify_cache_dir: Path, tmp
             greedy_claim = {**claimed, "temperature": 0.0}
             sampled = await run(runtime, {**claimed, "temperature": 1.0})
             verdicts.append(await check(runtime, greedy_claim, cheaters.claim_temperature(sampled, 0.0)))
-    # Statistical at this model's noise level (verifier.py, MAX_REPLAY_DIFFERED): most, not all, short
-    # results are caught; bench_verify prints the rates over 40+ trials.
+    # Statistical at this model's noise level (verifier.py): some, not all, short results are caught alone
+    # (bench_verify prints the rates over 100 trials), and the worker's results together are disputed by the
+    # sequential test (hyperion_node/verify/evidence.py), as a requester checking each of them would.
     hotter, greedy_claimed = verdicts[0::2], verdicts[1::2]
-    assert sum(not v.ok for v in hotter) >= len(hotter) // 2
+    assert sum(not v.ok for v in hotter) >= 1
+    together, _ = replay(Check(str(n), v.ok, scoring.check_scores(v.details)) for n, v in enumerate(hotter))
+    assert together is not None, [scoring.check_scores(v.details) for v in hotter]
     assert sum(not v.ok for v in greedy_claimed) >= 3 * len(greedy_claimed) // 4
 
 
