@@ -139,8 +139,8 @@ class EvidenceBook:
         return found.checks if found is not None else 0
 
     def observe(self, worker: str, item: str, check: Check) -> Condemnation | None:
-        """Add one check; the dispute it completes, if any: a failed check's (``FAILED_CHECK``, each time),
-        else the sequential test's (once per worker and item, then ``condemned``)."""
+        """Add one check; the dispute it completes, if any: the sequential test's (once per worker and item, then
+        ``condemned``), else a failed check's (``FAILED_CHECK``, each time)."""
         key = (worker, item)
         evidence = self._evidence.pop(key, None) or WorkerEvidence()
         self._evidence[key] = evidence
@@ -159,10 +159,10 @@ class EvidenceBook:
             if verdict is None and value >= self.threshold:
                 rests_on = tuple(c for i, c in evidence.kept if i >= cusum.since)
                 verdict = Condemnation(worker, item, name, value, rests_on)
-        if verdict is None or evidence.condemned is not None:
-            return failed
-        evidence.condemned = verdict
-        return failed or verdict
+        if verdict is not None and evidence.condemned is None:
+            evidence.condemned = verdict  # the sequential test's dispute, even on a check that also failed alone
+            return verdict
+        return failed
 
     def condemn(self, found: Condemnation) -> bool:
         """A dispute of the sequential test this node confirmed by its own checks of another node's case

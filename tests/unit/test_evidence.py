@@ -131,3 +131,13 @@ def test_scores_of_a_sampled_and_a_greedy_check() -> None:
     assert "temperature" not in check_scores(greedy)
     assert check_scores({"tokens_replayed": False, **details}).keys() == {"values"}  # a shaped result
     assert check_scores({"reason": "refused before the forward pass"}) == {}
+
+
+def test_a_check_that_fails_alone_and_completes_the_sequential_dispute_reports_the_sequential_one() -> None:
+    book = EvidenceBook()
+    for check in checks([2.0, 2.0, 2.0]):
+        assert book.observe("w", "m", check) is None
+    found = book.observe("w", "m", Check("both", False, {"values": 3.0}))
+    assert found is not None
+    assert found.statistic == "values"  # the caller acts on it (event, case); the failure has its own path
+    assert book.condemned("w")
