@@ -266,15 +266,19 @@ class SpotChecker:
                              check.scores))
         if not work or not self.settings.case_evidence:
             return
-        case = build(found.statistic, work)
-        held = self._held.pop(found.worker, [])
-        self._held[found.worker] = [case.encode(), *held][:cases_protocol.MAX_CASES]
-        while len(self._held) > MAX_HELD_WORKERS:
-            self._held.popitem(last=False)
+        self._hold(found.worker, build(found.statistic, work).encode())
         if self._nursery is not None:
             self._nursery.start_soon(self._announce, found.worker)
 
+    def _hold(self, worker: str, data: bytes) -> None:
+        """Keep a case against ``worker`` for whoever asks (newest first, bounded per worker and in workers)."""
+        held = self._held.pop(worker, [])
+        self._held[worker] = [data, *held][:cases_protocol.MAX_CASES]
+        while len(self._held) > MAX_HELD_WORKERS:
+            self._held.popitem(last=False)
+
     async def _announce(self, worker: str) -> None:
+        """Say in the DHT that this node holds cases against ``worker``."""
         with trio.move_on_after(30):
             await self.network.provide_key(cases_protocol.case_key(worker))
 
@@ -329,17 +333,13 @@ class SpotChecker:
         """Hand a confirmed case to its worker, keep it for whoever asks, and say so in the DHT."""
         data = case.encode()
         worker = SignedReceipt.decode(case.receipt).receipt.worker
-        held = self._held.pop(worker, [])
-        self._held[worker] = [data, *held][:cases_protocol.MAX_CASES]
-        while len(self._held) > MAX_HELD_WORKERS:
-            self._held.popitem(last=False)
+        self._hold(worker, data)
         with trio.move_on_after(self.settings.timeout_s):
             try:
                 await self._ask_cases(worker, cases_protocol.Push(data))
             except _UNANSWERED as exc:
                 log.info("case_not_delivered", worker=worker[-8:], error=str(exc)[:200] or type(exc).__name__)
-        with trio.move_on_after(30):
-            await self.network.provide_key(cases_protocol.case_key(worker))
+        await self._announce(worker)
 
     async def _next_verdict(self, runtime: str, item: str, request: CheckRequest,
                             tried: set[str]) -> tuple[str, VerdictAnswer] | None:
@@ -405,10 +405,9 @@ class SpotChecker:
             return
         receipt = checked.receipt.receipt
         mine = checked.worker == self.peer_id
-        can_recheck = (not mine and self.runtimes.checkable(receipt.runtime) and receipt.runtime in self.runtimes.loaded
-                       and self._serves(receipt.runtime, receipt.item))
         verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
-                        floor=self.settings.standing_floor, can_recheck=can_recheck)
+                        floor=self.settings.standing_floor,
+                        can_recheck=self._can_recheck(checked.worker, receipt.runtime, receipt.item))
         if verdict is Judgement.RECHECK:
             verdict = await self._recheck(checked)
         facts = {"receipt_id": checked.receipt.id.hex(), "worker": checked.worker, "verifiers": list(checked.verifiers),
@@ -443,9 +442,8 @@ class SpotChecker:
             return
         facts = {"worker": checked.worker, "item": checked.item, "requester": checked.requester,
                  "statistic": checked.case.statistic, "checks": len(checked.receipts)}
-        can_recheck = (checked.worker != self.peer_id and self.runtimes.checkable(checked.runtime)
-                       and checked.runtime in self.runtimes.loaded and self._serves(checked.runtime, checked.item))
-        if (not can_recheck or self.evidence.condemned(checked.worker)
+        if (not self._can_recheck(checked.worker, checked.runtime, checked.item)
+                or self.evidence.condemned(checked.worker)
                 or self.reputation.standing(checked.requester) < self.settings.standing_floor):
             self.stats["evidence_case_unconfirmed"] += 1
             await self._event("dispute.unconfirmed", {**facts, "judgement": "not rechecked"})
@@ -599,6 +597,12 @@ class SpotChecker:
         self.stats["audit_passed" if not reason else "audit_failed"] += 1
         await self._event("verify.audit", {k: v for k, v in answer.items() if k != "statistics"})
         return answer
+
+    def _can_recheck(self, worker: str, runtime: str, item: str) -> bool:
+        """Whether this node can check another worker's result of ``item`` itself (a case against its own work
+        it never judges by re-checking)."""
+        return (worker != self.peer_id and self.runtimes.checkable(runtime) and runtime in self.runtimes.loaded
+                and self._serves(runtime, item))
 
     def _serves(self, runtime: str, item: str) -> bool:
         return any(o.runtime == runtime and o.item == item for o in self.runtimes.offers())
