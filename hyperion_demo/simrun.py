@@ -65,11 +65,11 @@ from libp2p.peer.id import ID
 
 from hyperion_demo.simnet import SimFabric
 from hyperion_node.config import load_config
-from hyperion_node.config.loader import P2PSettings
 from hyperion_node.identity import Identity
 from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import LocalState, P2PNetwork
 from hyperion_node.p2p.peer_table import PeerState
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.scheduler.candidates import UNKNOWN_RELIABILITY, CandidateSet, TableCandidates, TaskRequirements
 from hyperion_node.scheduler.scheduler import Outcome, OutcomeKind, Scheduler
 from hyperion_node.scheduler.settings import SchedulerSettings

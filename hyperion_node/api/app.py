@@ -22,7 +22,7 @@ from hyperion_node import __version__
 from hyperion_node.api import control, dashboard, errors, guard, metrics, ollama, openai, streaming
 from hyperion_node.api import render as render_api
 from hyperion_node.api.routing import Routing
-from hyperion_node.config.loader import ApiSettings
+from hyperion_node.api.settings import ApiSettings
 from hyperion_node.errors import UserError
 from hyperion_node.tasks.events import TaskEvent
 from hyperion_node.tasks.model import TaskSpec

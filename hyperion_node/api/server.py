@@ -22,7 +22,7 @@ from hypercorn.utils import wrap_app
 
 from hyperion_node.api.app import NodeView, build_app
 from hyperion_node.api.guard import WILDCARDS, dashboard_url
-from hyperion_node.config.loader import ApiSettings
+from hyperion_node.api.settings import ApiSettings
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.trio_types import TaskStatus
 

@@ -17,12 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from hyperion_node.api.guard import split_host
+from hyperion_node.api.settings import ApiSettings
 from hyperion_node.blobs.settings import BlobSettings
 from hyperion_node.errors import ConfigError, UserError
+from hyperion_node.ledger.settings import LedgerSettings
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.scheduler.settings import SchedulerSettings
+from hyperion_node.settings import POSITIVE, Section, above, one_of, setting
 from hyperion_node.tasks.settings import MAX_PRICE_PREFIX, SpendingSettings, TaskSettings
 from hyperion_node.verify.settings import VerifySettings
 
@@ -30,8 +33,6 @@ DEFAULTS_SOURCE = "defaults (configs/default.toml)"
 ENV_PREFIX = "HYPERION_"
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _LOG_FORMATS = ("auto", "console", "json")
-# api.max_body_bytes below this would refuse the CLI's own requests (a task with a prompt, a small scene).
-MIN_BODY_BYTES = 64 * 1024
 # Keys that a release renamed: a file that still sets one is refused with the new name (issue #22 removed
 # gossipsub and, with it, these).
 RENAMED = {"p2p.gossip_degree": "p2p.target_connections",
@@ -51,70 +52,43 @@ def xdg_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(base) / "hyperion"
 
 
+# The daemon's own sections; every other component declares its section in its ``settings`` module.
 @dataclass(frozen=True)
-class NodeSettings:
+class NodeSettings(Section):
+    SECTION: ClassVar[str] = "node"
+
     data_dir: Path
     name: str
 
 
 @dataclass(frozen=True)
-class P2PSettings:
-    listen_host: str
-    tcp_port: int
-    announce_addrs: tuple[str, ...]
-    bootstrap: tuple[str, ...]
-    quic: bool = False
-    quic_port: int = 4001
-    mdns: bool = True
-    dht_random_walk: bool = True
-    heartbeat_interval_s: float = 5.0
-    suspect_after_s: float = 15.0
-    dead_after_s: float = 30.0
-    record_ttl_s: float = 600.0
-    target_connections: int = 8
-    heartbeat_rate_per_peer: float = 5.0
-    census_interval_s: float = 300.0
-    dial_timeout_s: float = 5.0
-    peer_cache_size: int = 64
-    max_connections: int = 64
+class LoggingSettings(Section):
+    SECTION: ClassVar[str] = "logging"
+
+    level: str = setting(rule=one_of(*_LOG_LEVELS))
+    format: str = setting(rule=one_of(*_LOG_FORMATS))
+    libp2p_level: str = setting(rule=one_of(*_LOG_LEVELS))
+
+    def __post_init__(self) -> None:
+        for name in ("level", "libp2p_level"):  # "INFO" as well as "info"
+            object.__setattr__(self, name, str(getattr(self, name)).lower())
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
-class ApiSettings:
-    host: str
-    port: int
-    allowed_hosts: tuple[str, ...] = ()
-    max_body_bytes: int = 96 * 1024 * 1024  # default.toml says why
-    metrics_public: bool = False
-    max_choices: int = 4  # default.toml says why
+class HardwareSettings(Section):
+    SECTION: ClassVar[str] = "hardware"
+
+    telemetry_interval_s: float = setting(rule=above(0, "a number of seconds above 0"))
+    benchmark_on_start: bool = setting()
 
 
 @dataclass(frozen=True)
-class LoggingSettings:
-    level: str
-    format: str
-    libp2p_level: str
+class PricingSettings(Section):
+    SECTION: ClassVar[str] = "pricing"
 
-
-@dataclass(frozen=True)
-class HardwareSettings:
-    telemetry_interval_s: float
-    benchmark_on_start: bool
-
-
-@dataclass(frozen=True)
-class LedgerSettings:
-    epoch_receipts: int
-    epoch_minutes: float
-    idle_warning_minutes: float
-    unsettled_warning_minutes: float
-    dealings_interval_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class PricingSettings:
     auto: tuple[str, ...]
-    auto_credits_per_hour: float
+    auto_credits_per_hour: float = setting(rule=POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -291,55 +265,7 @@ def load_config(
     return _build(values, sources, env)
 
 
-def _check(ok: bool, key: str, sources: Mapping[str, str], values: Mapping[str, Any], expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"got {values[key]!r}", source=sources[key], key=key, expected=expected)
-
-
 def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str, str]) -> Config:
-    for key in ("p2p.tcp_port", "p2p.quic_port", "api.port"):
-        _check(0 <= values[key] <= 65535, key, sources, values, "a port from 0 to 65535 (0: any free port)")
-    for key in ("logging.level", "logging.libp2p_level"):
-        values[key] = values[key].lower()
-        _check(values[key] in _LOG_LEVELS, key, sources, values, "one of " + ", ".join(_LOG_LEVELS))
-    _check(values["logging.format"] in _LOG_FORMATS, "logging.format", sources, values,
-           "one of " + ", ".join(_LOG_FORMATS))
-    _check(values["hardware.telemetry_interval_s"] > 0, "hardware.telemetry_interval_s", sources, values,
-           "a number of seconds above 0")
-    for key in ("p2p.heartbeat_interval_s", "p2p.record_ttl_s", "p2p.heartbeat_rate_per_peer", "p2p.dial_timeout_s",
-                "p2p.census_interval_s"):
-        _check(values[key] > 0, key, sources, values, "a number above 0")
-    _check(values["p2p.suspect_after_s"] > values["p2p.heartbeat_interval_s"], "p2p.suspect_after_s", sources,
-           values, "more seconds than p2p.heartbeat_interval_s")
-    _check(values["p2p.dead_after_s"] > values["p2p.suspect_after_s"], "p2p.dead_after_s", sources, values,
-           "more seconds than p2p.suspect_after_s")
-    _check(values["p2p.target_connections"] >= 2, "p2p.target_connections", sources, values,
-           "an integer of at least 2")
-    _check(values["p2p.max_connections"] >= 1, "p2p.max_connections", sources, values, "an integer of at least 1")
-    _check(values["p2p.peer_cache_size"] >= 1, "p2p.peer_cache_size", sources, values, "an integer of at least 1")
-    _check(values["ledger.epoch_receipts"] >= 1, "ledger.epoch_receipts", sources, values, "an integer of at least 1")
-    _check(values["ledger.dealings_interval_s"] >= 0, "ledger.dealings_interval_s", sources, values,
-           "a number of seconds, 0 or more")
-    for key in ("ledger.epoch_minutes", "ledger.idle_warning_minutes", "ledger.unsettled_warning_minutes",
-                "pricing.auto_credits_per_hour"):
-        _check(values[key] > 0, key, sources, values, "a number above 0")
-    for entry in values["api.allowed_hosts"]:
-        _check(split_host(entry) is not None, "api.allowed_hosts", sources, values,
-               "host names or addresses as a Host header carries them, each with an optional :port, "
-               "e.g. [\"node.lan\", \"node.lan:8443\", \"[fd00::7]\"]")
-    _check(values["api.max_body_bytes"] >= MIN_BODY_BYTES, "api.max_body_bytes", sources, values,
-           f"an integer of at least {MIN_BODY_BYTES} (64 KiB)")
-    _check(1 <= values["api.max_choices"] <= 16, "api.max_choices", sources, values, "an integer from 1 to 16")
-    _check(values["spending.daily_budget"] >= 0, "spending.daily_budget", sources, values,
-           "a number of credits >= 0 (0: no budget)")
-    for key in [k for k in values if k.startswith(MAX_PRICE_PREFIX)]:
-        value = values[key]
-        _check(isinstance(value, int | float) and not isinstance(value, bool) and value >= 0, key, sources, values,
-               "a number of credits per work unit, >= 0")
-    for key in ("p2p.bootstrap", "p2p.announce_addrs"):
-        for addr in values[key]:
-            _check(addr.startswith("/"), key, sources, values, "multiaddrs such as /ip4/1.2.3.4/tcp/4001/p2p/<id>")
-
     data_dir = Path(values["node.data_dir"]).expanduser() if values["node.data_dir"] else xdg_data_dir(environ)
     runtime_settings: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
@@ -347,51 +273,15 @@ def _build(values: dict[str, Any], sources: dict[str, str], environ: Mapping[str
         if parts[0] == "runtimes" and len(parts) >= 3:
             runtime_settings.setdefault(parts[1], {})[".".join(parts[2:])] = value
     return Config(
-        node=NodeSettings(data_dir=data_dir.absolute(), name=values["node.name"]),
-        p2p=P2PSettings(
-            listen_host=values["p2p.listen_host"],
-            tcp_port=values["p2p.tcp_port"],
-            announce_addrs=tuple(values["p2p.announce_addrs"]),
-            bootstrap=tuple(values["p2p.bootstrap"]),
-            quic=values["p2p.quic"],
-            quic_port=values["p2p.quic_port"],
-            mdns=values["p2p.mdns"],
-            dht_random_walk=values["p2p.dht_random_walk"],
-            heartbeat_interval_s=values["p2p.heartbeat_interval_s"],
-            suspect_after_s=values["p2p.suspect_after_s"],
-            dead_after_s=values["p2p.dead_after_s"],
-            record_ttl_s=values["p2p.record_ttl_s"],
-            target_connections=values["p2p.target_connections"],
-            heartbeat_rate_per_peer=values["p2p.heartbeat_rate_per_peer"],
-            census_interval_s=values["p2p.census_interval_s"],
-            dial_timeout_s=values["p2p.dial_timeout_s"],
-            peer_cache_size=values["p2p.peer_cache_size"],
-            max_connections=values["p2p.max_connections"],
-        ),
-        api=ApiSettings(host=values["api.host"], port=values["api.port"],
-                        allowed_hosts=tuple(h.lower() for h in values["api.allowed_hosts"]),
-                        max_body_bytes=values["api.max_body_bytes"], metrics_public=values["api.metrics_public"],
-                        max_choices=values["api.max_choices"]),
-        logging=LoggingSettings(
-            level=values["logging.level"], format=values["logging.format"],
-            libp2p_level=values["logging.libp2p_level"],
-        ),
-        hardware=HardwareSettings(
-            telemetry_interval_s=values["hardware.telemetry_interval_s"],
-            benchmark_on_start=values["hardware.benchmark_on_start"],
-        ),
-        ledger=LedgerSettings(
-            epoch_receipts=values["ledger.epoch_receipts"],
-            epoch_minutes=values["ledger.epoch_minutes"],
-            idle_warning_minutes=values["ledger.idle_warning_minutes"],
-            unsettled_warning_minutes=values["ledger.unsettled_warning_minutes"],
-            dealings_interval_s=values["ledger.dealings_interval_s"],
-        ),
-        pricing=PricingSettings(
-            auto=tuple(values["pricing.auto"]), auto_credits_per_hour=values["pricing.auto_credits_per_hour"]
-        ),
+        node=NodeSettings.from_values(values, sources, data_dir=data_dir.absolute()),
+        p2p=P2PSettings.from_values(values, sources),
+        api=ApiSettings.from_values(values, sources),
+        logging=LoggingSettings.from_values(values, sources),
+        hardware=HardwareSettings.from_values(values, sources),
+        ledger=LedgerSettings.from_values(values, sources),
+        pricing=PricingSettings.from_values(values, sources),
         tasks=TaskSettings.from_values(values, sources),
-        spending=SpendingSettings.from_values(values),
+        spending=SpendingSettings.from_values(values, sources),
         scheduler=SchedulerSettings.from_values(values, sources),
         verify=VerifySettings.from_values(values, sources),
         blobs=BlobSettings.from_values(values, sources),

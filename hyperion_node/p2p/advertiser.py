@@ -17,10 +17,10 @@ import structlog
 import trio
 
 from hyperion_node import __version__
-from hyperion_node.config.loader import P2PSettings
 from hyperion_node.identity import Identity
 from hyperion_node.p2p.local import LocalState
 from hyperion_node.p2p.messages import CapabilityRecord, OfferAd, record_key
+from hyperion_node.p2p.settings import P2PSettings
 
 log = structlog.get_logger(__name__)
 

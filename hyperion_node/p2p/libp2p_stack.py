@@ -42,12 +42,12 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
-from hyperion_node.config.loader import P2PSettings
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
 from hyperion_node.p2p import libp2p_costs
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.p2p.records import SENDER
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.trio_types import run_sync_abandoning
 
 if TYPE_CHECKING:

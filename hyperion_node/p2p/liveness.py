@@ -25,8 +25,8 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
-from hyperion_node.config.loader import P2PSettings
 from hyperion_node.p2p.peer_table import PeerEntry, PeerTable, PresenceEvent
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.store import Store
 
 log = structlog.get_logger(__name__)

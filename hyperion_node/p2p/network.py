@@ -34,7 +34,6 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.utils.address_validation import get_available_interfaces
 
-from hyperion_node.config.loader import P2PSettings
 from hyperion_node.identity import Identity
 from hyperion_node.p2p.advertiser import Advertiser
 from hyperion_node.p2p.census import Census
@@ -56,6 +55,7 @@ from hyperion_node.p2p.messages import (
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.p2p.presence import PRESENCE_PROTOCOL, Presence
 from hyperion_node.p2p.records import RecordValidator, dealings_key, epoch_key
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
 

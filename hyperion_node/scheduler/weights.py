@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hyperion_node.scheduler.exceptions import InvalidSetting
+from hyperion_node.settings import InvalidSetting
 
 # Column order of every criteria matrix in the scheduler.
 CRITERIA: tuple[str, ...] = ("memory", "jobs", "rtt", "throughput", "price", "reliability")

@@ -4,34 +4,28 @@ values (see configs/default.toml)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
-from hyperion_node.config_section import Check, section_kwargs
-
-SECTION = "tasks"
+from hyperion_node.settings import POSITIVE, Section, at_least, count, is_number, need, setting
 
 
 @dataclass(frozen=True)
-class TaskSettings:
-    queue_depth: int = 1
-    default_timeout_s: float = 120.0
-    request_timeout_s: float = 10.0
-    countersign_timeout_s: float = 10.0
-    busy_retry_after_s: float = 2.0
-    admission_timeout_s: float = 5.0
-    lookup_timeout_s: float = 3.0
-    history_limit: int = 10000
-    max_deadline_s: float = 600.0
-    max_streams_per_peer: int = 4
-    max_unpaid: int = 3
-    unpaid_window_s: float = 3600.0
+class TaskSettings(Section):
+    SECTION: ClassVar[str] = "tasks"
 
-    @classmethod
-    def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str]) -> TaskSettings:
-        checks: dict[str, Check] = {f.name: (lambda v: v > 0, "a number above 0") for f in fields(cls)}
-        checks["queue_depth"] = (lambda v: v >= 0, "an integer >= 0")
-        return cls(**section_kwargs(cls, SECTION, values, sources, checks))
+    queue_depth: int = setting(1, count(0, "an integer >= 0"))
+    default_timeout_s: float = setting(120.0, POSITIVE)
+    request_timeout_s: float = setting(10.0, POSITIVE)
+    countersign_timeout_s: float = setting(10.0, POSITIVE)
+    busy_retry_after_s: float = setting(2.0, POSITIVE)
+    admission_timeout_s: float = setting(5.0, POSITIVE)
+    lookup_timeout_s: float = setting(3.0, POSITIVE)
+    history_limit: int = setting(10000, POSITIVE)
+    max_deadline_s: float = setting(600.0, POSITIVE)
+    max_streams_per_peer: int = setting(4, POSITIVE)
+    max_unpaid: int = setting(3, POSITIVE)
+    unpaid_window_s: float = setting(3600.0, POSITIVE)
 
 
 # ``[spending]`` (tasks/spending.py): a requester's limits. Its max prices are an open table, one key per runtime.
@@ -39,13 +33,20 @@ MAX_PRICE_PREFIX = "spending.max_price_per_unit."
 
 
 @dataclass(frozen=True)
-class SpendingSettings:
-    daily_budget: float = 0.0  # credits per UTC day; 0: none
+class SpendingSettings(Section):
+    SECTION: ClassVar[str] = "spending"
+
+    daily_budget: float = setting(0.0, at_least(0, "a number of credits >= 0 (0: no budget)"))  # per UTC day
     max_price_per_unit: Mapping[str, float] = field(default_factory=dict)  # runtime -> credits per unit
 
+    def check(self) -> None:
+        for runtime, price in self.max_price_per_unit.items():
+            need(is_number(price) and price >= 0, MAX_PRICE_PREFIX + runtime, price,
+                 "a number of credits per work unit, >= 0")
+
     @classmethod
-    def from_values(cls, values: Mapping[str, Any]) -> SpendingSettings:
-        """From the loader's flat values (checked there)."""
-        prices = {key.removeprefix(MAX_PRICE_PREFIX): float(value) for key, value in values.items()
+    def from_values(cls, values: Mapping[str, Any], sources: Mapping[str, str] | None = None,
+                    **given: Any) -> Self:
+        prices = {key.removeprefix(MAX_PRICE_PREFIX): value for key, value in values.items()
                   if key.startswith(MAX_PRICE_PREFIX)}
-        return cls(daily_budget=float(values.get("spending.daily_budget", 0.0)), max_price_per_unit=prices)
+        return super().from_values(values, sources, **{"max_price_per_unit": prices, **given})

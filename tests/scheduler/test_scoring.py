@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from hyperion_node.errors import ConfigError
 from hyperion_node.scheduler.candidates import TaskRequirements
-from hyperion_node.scheduler.exceptions import InvalidSetting
 from hyperion_node.scheduler.scoring import normalise, score
 from hyperion_node.scheduler.settings import SchedulerSettings
 from hyperion_node.scheduler.weights import BENEFIT, CRITERIA, Weights
+from hyperion_node.settings import InvalidSetting
 from tests.scheduler.factories import MODEL, RUNTIME, candidate, scheduler
 
 # Realistic ranges per criterion (memory bytes, jobs per slot, RTT ms, units/s, price, reliability): wide

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from hyperion_node.api.settings import ApiSettings
 from hyperion_node.config import load_config
 from hyperion_node.config.loader import DEFAULTS_SOURCE, default_toml_text
 from hyperion_node.errors import ConfigError, UserError
+from hyperion_node.p2p.settings import P2PSettings
+from hyperion_node.settings import InvalidSetting
 from hyperion_node.tasks.messages import MAX_REQUEST_BYTES
+from hyperion_node.verify.settings import VerifySettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -139,6 +143,15 @@ def test_spending_limits_per_runtime(tmp_path: Path) -> None:
          "credits per work unit"),
         ("[spending]\nbudget = 1\n", "spending.budget", "spending.daily_budget"),
         ("[api]\nmax_choices = 0\n", "api.max_choices", "from 1 to 16"),
+        ("[p2p]\nsuspect_after_s = 1.0\n", "p2p.suspect_after_s", "more seconds than p2p.heartbeat_interval_s"),
+        ("[p2p]\ntarget_connections = 1\n", "p2p.target_connections", "an integer of at least 2"),
+        ("[ledger]\nepoch_receipts = 0\n", "ledger.epoch_receipts", "an integer of at least 1"),
+        ("[blobs]\nfetch_streams = 17\n", "blobs.fetch_streams", "from 1 to 16"),
+        ("[tasks]\nqueue_depth = -1\n", "tasks.queue_depth", "an integer >= 0"),
+        ("[scheduler.breaker]\nmax_cooldown_s = 1.0\n", "scheduler.breaker.max_cooldown_s",
+         "at least scheduler.breaker.cooldown_s"),
+        ("[scheduler.weights]\nmemory = 0\njobs = 0\nrtt = 0\nthroughput = 0\nprice = 0\nreliability = 0\n",
+         "scheduler.weights", "at least one weight above 0"),
     ],
 )
 def test_validation_errors_name_file_key_and_expectation(tmp_path: Path, text: str, key: str, expected: str) -> None:
@@ -189,3 +202,13 @@ def test_missing_config_file(tmp_path: Path) -> None:
 def test_a_renamed_key_is_refused_with_its_new_name(old: str, new: str) -> None:
     with pytest.raises(ConfigError, match=rf"{old}: this key is now {new}"):
         load_config(data_dir=Path("/nonexistent/hyperion-test"), environ={}, sets=[f"{old}=1"])
+
+
+def test_a_section_checks_its_bounds_wherever_it_is_made() -> None:
+    """The bounds live with the section, not in the loader: a section made in code is held to them too."""
+    with pytest.raises(InvalidSetting) as caught:
+        VerifySettings(budget=1.5)
+    assert (caught.value.key, caught.value.expected) == ("verify.budget", "a share from 0 to 1")
+    with pytest.raises(InvalidSetting, match=r"p2p\.dead_after_s"):
+        P2PSettings(listen_host="127.0.0.1", tcp_port=0, announce_addrs=(), bootstrap=(), dead_after_s=10.0)
+    assert ApiSettings(host="127.0.0.1", port=0, allowed_hosts=("Node.LAN",)).allowed_hosts == ("node.lan",)

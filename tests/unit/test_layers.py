@@ -17,8 +17,7 @@ import hyperion_node
 
 PACKAGE = Path(hyperion_node.__file__).parent
 # What config/ may import from the rest of the package: settings and the plain data they are made of.
-CONFIG_MAY_IMPORT = {"hyperion_node.errors", "hyperion_node.config_section", "hyperion_node.api.guard",
-                     "hyperion_node.scheduler.weights", "hyperion_node.scheduler.exceptions"}
+CONFIG_MAY_IMPORT = {"hyperion_node.errors", "hyperion_node.settings", "hyperion_node.scheduler.weights"}
 
 
 def _modules() -> dict[str, Path]:
