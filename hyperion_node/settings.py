@@ -26,6 +26,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import PurePath
 from typing import Any, ClassVar, Self
 
 from hyperion_node.errors import ConfigError, UserError
@@ -84,6 +85,8 @@ def each(ok: Callable[[Any], bool], expected: str) -> Rule:
     return Rule(lambda v: all(ok(x) for x in v), expected)
 
 
+BOOL = Rule(lambda v: isinstance(v, bool), "true or false")
+PATHS = Rule(lambda v: isinstance(v, tuple) and all(isinstance(p, str | PurePath) for p in v), "a list of paths")
 POSITIVE = above(0)
 NON_NEGATIVE = at_least(0)
 COUNT = count(1)
@@ -134,6 +137,24 @@ class Section:
         with config_errors(sources or {}):
             return cls(**{**kwargs, **given})
 
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], *, source: str, **given: Any) -> Self:
+        """The section from its own table, keys bare (a runtime's ``[runtimes.<name>]``, which the loader passes
+        through unchecked, since it cannot know a third-party runtime's keys): a key the section does not have
+        is refused (``n_thread = 2`` for ``n_threads`` would otherwise be dropped in silence), an integer is
+        taken where a number is expected, and a refusal names ``source`` and the bare key."""
+        names = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(table) - set(names))
+        if unknown:
+            raise ConfigError("unknown key", source=source, key=unknown[0],
+                              expected="one of: " + ", ".join(sorted(names)))
+        kwargs = {name: _as_default(_frozen(value), names[name].default) for name, value in table.items()}
+        try:
+            return cls(**{**kwargs, **given})
+        except InvalidSetting as exc:
+            key = exc.key.removeprefix(cls.SECTION + ".")
+            raise ConfigError(f"got {exc.value!r}", source=source, key=key, expected=exc.expected) from exc
+
 
 @contextmanager
 def config_errors(sources: Mapping[str, str]) -> Iterator[None]:
@@ -154,3 +175,8 @@ def _source_under(sources: Mapping[str, str], key: str) -> str:
 
 def _frozen(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def _as_default(value: Any, default: Any) -> Any:
+    """An integer where the default is a float, as a float (``price = 0`` means 0.0)."""
+    return float(value) if isinstance(default, float) and is_integer(value) else value

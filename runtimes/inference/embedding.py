@@ -15,6 +15,7 @@ does not (<= 0.70 measured), nor one from another model's space.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -23,12 +24,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 import trio
 
-from hyperion_node.errors import ConfigError, InternalError, RuntimeUnavailable, UserError
+from hyperion_node.errors import InternalError, RuntimeUnavailable, UserError
+from hyperion_node.settings import BOOL, PATHS, Section, at_least, count, setting
 from runtimes.inference.registry import ModelEntry, ModelHashes, ModelRegistry, ensure_packaged_model
 from runtimes.interface import (
     BenchmarkResult,
@@ -41,7 +43,6 @@ from runtimes.interface import (
     Task,
     Verdict,
 )
-from runtimes.settings import reject_unknown_keys
 
 RUNTIME_NAME = "embedding"
 RUNTIME_REVISION = "1"
@@ -57,41 +58,22 @@ BENCHMARK_TEXTS = ["The lighthouse keeper climbed the stairs at dusk."] * 8
 
 
 @dataclass(frozen=True)
-class EmbeddingSettings:
+class EmbeddingSettings(Section):
     """The ``[runtimes.embedding]`` table, validated."""
 
-    models: tuple[Path, ...] = ()
-    include_packaged_model: bool = False
-    n_ctx: int = 512  # tokens per text at most
-    n_threads: int = 0  # 0: one less than the CPUs this process may use (at least 1)
-    max_inputs: int = 32  # texts per request
-    price_per_token: float = 0.0000005
+    SECTION: ClassVar[str] = "runtimes.embedding"
+
+    models: tuple[Path, ...] = setting((), PATHS)
+    include_packaged_model: bool = setting(False, BOOL)
+    n_ctx: int = setting(512, count(16, "an integer >= 16"))  # tokens per text at most
+    n_threads: int = setting(0, count(0, "an integer >= 0"))  # 0: one less than the CPUs this process may use
+    max_inputs: int = setting(32, count(1, "an integer >= 1"))  # texts per request
+    price_per_token: float = setting(0.0000005, at_least(0))
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any], *, base_dir: Path) -> EmbeddingSettings:
-        reject_unknown_keys(settings, cls.__dataclass_fields__, source=SETTINGS_SOURCE)
-        defaults = cls()
-        models = settings.get("models", [])
-        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
-            raise ConfigError(f"got {models!r}", source=SETTINGS_SOURCE, key="models", expected="a list of paths")
-        include = settings.get("include_packaged_model", defaults.include_packaged_model)
-        if not isinstance(include, bool):
-            raise ConfigError(f"got {include!r}", source=SETTINGS_SOURCE, key="include_packaged_model",
-                              expected="true or false")
-        price = settings.get("price_per_token", defaults.price_per_token)
-        if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
-            raise ConfigError(f"got {price!r}", source=SETTINGS_SOURCE, key="price_per_token", expected="a number >= 0")
-
-        def integer(key: str, minimum: int) -> int:
-            value = settings.get(key, getattr(defaults, key))
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"got {value!r}", source=SETTINGS_SOURCE, key=key,
-                                  expected=f"an integer >= {minimum}")
-            return value
-
-        return cls(models=tuple(base_dir / Path(m).expanduser() for m in models), include_packaged_model=include,
-                   n_ctx=integer("n_ctx", 16), n_threads=integer("n_threads", 0),
-                   max_inputs=integer("max_inputs", 1), price_per_token=float(price))
+        table = cls.from_table(settings, source=SETTINGS_SOURCE)
+        return dataclasses.replace(table, models=tuple(base_dir / Path(m).expanduser() for m in table.models))
 
 
 @dataclass(frozen=True)

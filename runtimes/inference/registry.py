@@ -23,10 +23,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 from hyperion_node.errors import ConfigError, InternalError, RuntimeUnavailable
-from runtimes.settings import reject_unknown_keys
+from hyperion_node.settings import BOOL, PATHS, Section, at_least, count, setting
 
 SETTINGS_SOURCE = "[runtimes.inference]"
 
@@ -426,66 +426,26 @@ def _read_value(file: BinaryIO, value_type: int) -> object:
 
 
 @dataclass(frozen=True)
-class InferenceSettings:
+class InferenceSettings(Section):
     """The ``[runtimes.inference]`` table, validated."""
 
-    models: tuple[Path, ...] = ()
-    include_packaged_model: bool = True
-    max_streams: int = 4  # generations decoded together per model, in one llama context (batching.py)
-    price_per_token: float = 0.000002
-    n_ctx: int = 2048
-    n_threads: int = 0  # 0: one less than the CPUs this process may use (at least 1)
-    max_loaded_models: int = 1
-    memory_budget_bytes: int = 0  # 0: 60% of the RAM available at start
+    SECTION: ClassVar[str] = "runtimes.inference"
+
+    models: tuple[Path, ...] = setting((), PATHS)
+    include_packaged_model: bool = setting(True, BOOL)
+    # Generations decoded together per model, in one llama context (batching.py).
+    max_streams: int = setting(4, count(1, "an integer >= 1"))
+    price_per_token: float = setting(0.000002, at_least(0))
+    n_ctx: int = setting(2048, count(16, "an integer >= 16"))
+    n_threads: int = setting(0, count(0, "an integer >= 0"))  # 0: one less than the CPUs this process may use
+    max_loaded_models: int = setting(1, count(1, "an integer >= 1"))
+    memory_budget_bytes: int = setting(0, count(0, "an integer >= 0"))  # 0: 60% of the RAM available at start
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any], *, base_dir: Path) -> InferenceSettings:
         """Validate the table; relative model paths are taken relative to ``base_dir`` (the data dir)."""
-        reject_unknown_keys(settings, cls.__dataclass_fields__, source=SETTINGS_SOURCE)
-        defaults = cls()
-        raw_models = settings.get("models", [])
-        if not isinstance(raw_models, list) or not all(isinstance(m, str) for m in raw_models):
-            raise ConfigError(
-                f"got {raw_models!r}", source=SETTINGS_SOURCE, key="models", expected="a list of paths"
-            )
-        models = tuple(base_dir / Path(m).expanduser() for m in raw_models)
-        include = settings.get("include_packaged_model", defaults.include_packaged_model)
-        if not isinstance(include, bool):
-            raise ConfigError(
-                f"got {include!r}",
-                source=SETTINGS_SOURCE,
-                key="include_packaged_model",
-                expected="true or false",
-            )
-        price = settings.get("price_per_token", defaults.price_per_token)
-        if isinstance(price, bool) or not isinstance(price, int | float) or not price >= 0:
-            raise ConfigError(
-                f"got {price!r}", source=SETTINGS_SOURCE, key="price_per_token", expected="a number >= 0"
-            )
-        return cls(
-            models=models,
-            include_packaged_model=include,
-            max_streams=_int_setting(settings, "max_streams", defaults.max_streams, minimum=1),
-            price_per_token=float(price),
-            n_ctx=_int_setting(settings, "n_ctx", defaults.n_ctx, minimum=16),
-            n_threads=_int_setting(settings, "n_threads", defaults.n_threads, minimum=0),
-            max_loaded_models=_int_setting(
-                settings, "max_loaded_models", defaults.max_loaded_models, minimum=1
-            ),
-            memory_budget_bytes=_int_setting(
-                settings, "memory_budget_bytes", defaults.memory_budget_bytes, minimum=0
-            ),
-        )
-
-
-def _int_setting(settings: Mapping[str, Any], key: str, default: int, *, minimum: int) -> int:
-    value = settings.get(key, default)
-    # bool is an int subclass; `max_streams = true` is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"got {value!r}", source=SETTINGS_SOURCE, key=key, expected=f"an integer >= {minimum}"
-        )
-    return value
+        table = cls.from_table(settings, source=SETTINGS_SOURCE)
+        return dataclasses.replace(table, models=tuple(base_dir / Path(m).expanduser() for m in table.models))
 
 
 # --- GPU offload -------------------------------------------------------------------------------------

@@ -21,11 +21,10 @@ import hashlib
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from hyperion_node.errors import ConfigError
+from hyperion_node.settings import Rule, Section, at_least, count, setting
 from runtimes.render.exceptions import BadRenderRequest, FrameRangeError, MalformedScene
-from runtimes.settings import reject_unknown_keys
 
 RUNTIME_NAME = "render-blender"
 # How a .blend file starts: "BLENDER", then pointer size and endianness (blender/source/blender/blenloader,
@@ -41,41 +40,26 @@ SEED_LIMIT = 1 << 31  # Cycles' seed is a signed 32-bit int
 
 
 @dataclass(frozen=True)
-class RenderSettings:
+class RenderSettings(Section):
     """``[runtimes.render-blender]`` from configs/default.toml, where every key is documented."""
 
-    blender: str = "blender"
-    max_scene_bytes: int = 64 << 20
-    price_per_pixel_sample: float = 0.0
-    threads: int = 0
-    engines: tuple[str, ...] = ("CYCLES",)
-    load_timeout_s: float = 60.0
-    frame_timeout_s: float = 600.0
-    max_pixels: int = 3840 * 2160
+    SECTION: ClassVar[str] = f"runtimes.{RUNTIME_NAME}"
+
+    blender: str = setting("blender", Rule(lambda v: isinstance(v, str) and bool(v),
+                                           "a command name on PATH or a path to the Blender binary"))
+    max_scene_bytes: int = setting(64 << 20, count(0, "an integer >= 0"))
+    price_per_pixel_sample: float = setting(0.0, at_least(0.0, "a number >= 0.0"))
+    threads: int = setting(0, count(0, "an integer >= 0"))
+    engines: tuple[str, ...] = setting(("CYCLES",), Rule(
+        lambda v: isinstance(v, tuple) and bool(v) and all(isinstance(e, str) and e for e in v),
+        'a non-empty list of Blender engine ids, e.g. ["CYCLES"]'))
+    load_timeout_s: float = setting(60.0, at_least(1.0, "a number >= 1.0"))
+    frame_timeout_s: float = setting(600.0, at_least(1.0, "a number >= 1.0"))
+    max_pixels: int = setting(3840 * 2160, count(0, "an integer >= 0"))
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> RenderSettings:
-        source = f"[runtimes.{RUNTIME_NAME}]"
-        reject_unknown_keys(settings, cls.__dataclass_fields__, source=source)
-        values = {**cls().__dict__, **settings}
-        if not isinstance(values["blender"], str) or not values["blender"]:
-            raise ConfigError(f"got {values['blender']!r}", source=source, key="blender",
-                              expected="a command name on PATH or a path to the Blender binary")
-        for key in ("max_scene_bytes", "threads", "max_pixels"):
-            value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"got {value!r}", source=source, key=key, expected="an integer >= 0")
-        for key, low in (("price_per_pixel_sample", 0.0), ("load_timeout_s", 1.0), ("frame_timeout_s", 1.0)):
-            value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < low:
-                raise ConfigError(f"got {value!r}", source=source, key=key, expected=f"a number >= {low}")
-            values[key] = float(value)
-        engines = values["engines"]
-        if isinstance(engines, str) or not all(isinstance(e, str) and e for e in engines) or not engines:
-            raise ConfigError(f"got {engines!r}", source=source, key="engines",
-                              expected='a non-empty list of Blender engine ids, e.g. ["CYCLES"]')
-        values["engines"] = tuple(engines)
-        return cls(**values)
+        return cls.from_table(settings, source=f"[runtimes.{RUNTIME_NAME}]")
 
 
 def check_scene_bytes(scene: bytes, *, limit: int, expected_sha256: str | None = None) -> str:

@@ -23,14 +23,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import structlog
 import trio
 
-from hyperion_node.errors import ConfigError, InternalError
+from hyperion_node.errors import InternalError
+from hyperion_node.settings import Rule, Section, at_least, count, is_integer, setting
 from runtimes.interface import BenchmarkResult, Emit, Estimate, Final, Offer, Partial, RuntimeContext, Tally, Task
-from runtimes.settings import reject_unknown_keys
 from runtimes.zk.async_pool import TrioProcessPool
 from runtimes.zk.exceptions import MalformedInput
 from runtimes.zk.field import BACKENDS, Backend, backend_name
@@ -51,37 +51,21 @@ PROGRESS_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
-class ZkSettings:
+class ZkSettings(Section):
     """``[runtimes.zk-groth16]``: workers (0 = one per core), the largest circuit accepted, price, backend."""
 
-    workers: int = 0
-    max_constraints: int = 1 << 20
-    price_per_constraint: float = 0.0
-    backend: Backend = "auto"
-    benchmark_power: int = 10  # the benchmark proves a 2^10-constraint circuit (about 1 s on 2 cores)
+    SECTION: ClassVar[str] = f"runtimes.{RUNTIME_NAME}"
+
+    workers: int = setting(0, count(0, "an integer >= 0"))
+    max_constraints: int = setting(1 << 20, count(0, "an integer >= 0"))
+    price_per_constraint: float = setting(0.0, at_least(0))
+    backend: Backend = setting("auto", Rule(lambda v: v in BACKENDS, "auto, python, gmpy2 or native"))
+    # The benchmark proves a 2^10-constraint circuit (about 1 s on 2 cores).
+    benchmark_power: int = setting(10, Rule(lambda v: is_integer(v) and 2 <= v <= 16, "2 to 16"))
 
     @classmethod
     def from_mapping(cls, settings: Mapping[str, Any]) -> ZkSettings:
-        source = f"[runtimes.{RUNTIME_NAME}]"
-        reject_unknown_keys(settings, cls.__dataclass_fields__, source=source)
-        values = {**cls().__dict__, **settings}
-        for key in ("workers", "max_constraints", "benchmark_power"):
-            value = values[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"got {value!r}", source=source, key=key, expected="an integer >= 0")
-        price = values["price_per_constraint"]
-        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-            raise ConfigError(f"got {price!r}", source=source, key="price_per_constraint", expected="a number >= 0")
-        if values["backend"] not in BACKENDS:
-            raise ConfigError(
-                f"got {values['backend']!r}", source=source, key="backend", expected="auto, python, gmpy2 or native"
-            )
-        if not 2 <= values["benchmark_power"] <= 16:
-            raise ConfigError(
-                f"got {values['benchmark_power']!r}", source=source, key="benchmark_power", expected="2 to 16"
-            )
-        values["price_per_constraint"] = float(price)
-        return cls(**values)
+        return cls.from_table(settings, source=f"[runtimes.{RUNTIME_NAME}]")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
-"""The sequential test against recorded checks of real llama.cpp results (``tests/data/verify_records.json.gz``).
+"""The sequential test against recorded checks of real llama.cpp results (``tests/data/verify_records*.json.gz``).
 
-The records are what ``scripts/bench_verify.py --record`` wrote on 2026-12-07 with the packaged model: the
-statistics of 2,000 honest checks (16-, 32- and 64-token results at temperatures 0 to 1.4) and of 100 forged
-results for each of the ten cheating strategies of ``cheaters.py`` (16 tokens), kept compact. These tests replay
+The records are what ``scripts/bench_verify.py --record`` wrote on 2026-12-07 with the packaged model, kept
+compact: ``verify_records.json.gz``, the statistics of 2,000 honest checks (16-, 32- and 64-token results at
+temperatures 0 to 1.4) and of 100 forged results for each of the ten cheating strategies of ``cheaters.py``
+(16 tokens); ``verify_records_256.json.gz``, 100 honest and 30 forged per strategy, all of 256 tokens (a chat
+answer's length, where one check reads one chunk of 32 of the 256 positions). These tests replay
 them through the scores (``runtimes/inference/scoring.py``), the single-result judgement (``verifier.judge``) and
 the evidence (``hyperion_node/verify/evidence.py``) as they are now, so that a change to any bound is checked
 against every recorded result. ``bench_verify.py --parts sequential`` adds the sampling and the figures.
@@ -22,14 +24,17 @@ import pytest
 from hyperion_node.verify.evidence import THRESHOLD, Check, replay
 from runtimes.inference import scoring, verifier
 
-RECORDS = Path(__file__).resolve().parent.parent / "data" / "verify_records.json.gz"
+DATA = Path(__file__).resolve().parent.parent / "data"
+# file -> honest checks it holds
+RECORDS = {"verify_records.json.gz": 2000, "verify_records_256.json.gz": 100}
 
 
-@pytest.fixture(scope="module")
-def records() -> dict[str, list[dict[str, Any]]]:
+@pytest.fixture(scope="module", params=sorted(RECORDS))
+def records(request: pytest.FixtureRequest) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for trial in json.loads(gzip.decompress(RECORDS.read_bytes())):
+    for trial in json.loads(gzip.decompress((DATA / request.param).read_bytes())):
         grouped[trial["kind"]].append(trial)
+    assert len(grouped["honest"]) == RECORDS[request.param]
     return grouped
 
 
@@ -42,7 +47,6 @@ def as_check(trial: dict[str, Any], n: int) -> Check:
 
 def test_no_honest_result_is_disputed_alone_or_together(records: dict[str, list[dict[str, Any]]]) -> None:
     honest = records["honest"]
-    assert len(honest) == 2000
     checks = [as_check(t, n) for n, t in enumerate(honest)]
     assert [c.receipt_id for c in checks if not c.ok] == []
     disputed, peak = replay(checks)
