@@ -16,6 +16,7 @@ import gzip
 import json
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +28,27 @@ from runtimes.inference import scoring, verifier
 DATA = Path(__file__).resolve().parent.parent / "data"
 # file -> honest checks it holds
 RECORDS = {"verify_records.json.gz": 2000, "verify_records_256.json.gz": 100}
+# Checks until dispute, every result cheating and every one checked: a few for every cheat, but for a colder
+# temperature lie in 256-token results, whose 32 checked positions change few tokens (most positions are
+# near-certain, where 0.4 or 0.5 picks what 0.8 picks): 17-21 of its 30 recorded checks at worst
+# (docs/performance.md, "Verification over many results").
+WITHIN = 10
+WITHIN_COLDER_LONG = 30
+
+
+@dataclass
+class Records:
+    by_kind: dict[str, list[dict[str, Any]]]  # "honest" or a cheat's name -> its recorded checks
+    longest: int  # tokens of the longest recorded result
 
 
 @pytest.fixture(scope="module", params=sorted(RECORDS))
-def records(request: pytest.FixtureRequest) -> dict[str, list[dict[str, Any]]]:
+def records(request: pytest.FixtureRequest) -> Records:
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for trial in json.loads(gzip.decompress((DATA / request.param).read_bytes())):
         grouped[trial["kind"]].append(trial)
     assert len(grouped["honest"]) == RECORDS[request.param]
-    return grouped
+    return Records(dict(grouped), max(t["tokens"] for t in grouped["honest"]))
 
 
 def as_check(trial: dict[str, Any], n: int) -> Check:
@@ -45,8 +58,8 @@ def as_check(trial: dict[str, Any], n: int) -> Check:
     return Check(f"{trial['kind']}-{n}", ok, scoring.check_scores(details))
 
 
-def test_no_honest_result_is_disputed_alone_or_together(records: dict[str, list[dict[str, Any]]]) -> None:
-    honest = records["honest"]
+def test_no_honest_result_is_disputed_alone_or_together(records: Records) -> None:
+    honest = records.by_kind["honest"]
     checks = [as_check(t, n) for n, t in enumerate(honest)]
     assert [c.receipt_id for c in checks if not c.ok] == []
     disputed, peak = replay(checks)
@@ -58,14 +71,16 @@ def test_no_honest_result_is_disputed_alone_or_together(records: dict[str, list[
         assert replay(checks)[0] is None
 
 
-def test_every_cheat_is_disputed_within_a_few_checks_of_its_results(
-        records: dict[str, list[dict[str, Any]]]) -> None:
-    cheats = {kind: trials for kind, trials in records.items() if kind != "honest"}
+def test_every_cheat_is_disputed_within_a_few_checks_of_its_results(records: Records) -> None:
+    cheats = {kind: trials for kind, trials in records.by_kind.items() if kind != "honest"}
     assert len(cheats) == 10
+    long_results = records.longest >= 256
     rng = random.Random(12)
     for kind, trials in cheats.items():
+        colder = kind in ("sampled at 0.5, claimed 0.8", "sampled at 0.4, claimed 0.8")
+        within = WITHIN_COLDER_LONG if colder and long_results else WITHIN
         for _ in range(50):  # a worker cheating in every result, every result checked
             order = rng.sample(trials, len(trials))
             disputed, _ = replay(as_check(t, n) for n, t in enumerate(order))
             assert disputed is not None, kind
-            assert disputed < 10, kind
+            assert disputed < within, kind
