@@ -138,7 +138,7 @@ class Controls:
             value = new_values.get(key)
             parts = key.split(".")
             if key == "logging.level" and isinstance(value, str):
-                logs.set_level(value)
+                logs.set_level(new.logging.level)  # lower-cased by its section
             elif key == "runtimes.disabled" and isinstance(value, list | tuple):
                 unknown = [n for n in value if n not in self.registry.loaded]
                 if unknown:  # a runtime that did not start cannot be switched on without a restart

@@ -133,10 +133,11 @@ def test_runtime_off_and_on_and_a_price_above_the_requesters_limit(net: Network)
 
 
 def test_config_reload_applies_live_keys_and_names_the_others(net: Network) -> None:
-    (net.w.data_dir / "config.toml").write_text('[logging]\nlevel = "debug"\n[p2p]\ntarget_connections = 5\n')
+    # Written in capitals, as operators do: applied as written, the level set lower-cased.
+    (net.w.data_dir / "config.toml").write_text('[logging]\nlevel = "DEBUG"\n[p2p]\ntarget_connections = 5\n')
     reloaded = net.cli("config", "reload", "--reason", "new settings")
     assert reloaded.returncode == 1, reloaded.stdout + reloaded.stderr
-    assert "applied  logging.level = 'debug'" in reloaded.stdout
+    assert "applied  logging.level = 'DEBUG'" in reloaded.stdout
     assert "refused  p2p.target_connections: needs a restart" in reloaded.stdout
     (net.w.data_dir / "config.toml").write_text('[logging]\nlevel = "info"\n')
     assert net.w.proc is not None
