@@ -134,7 +134,14 @@ async def test_a_ring_of_fresh_keys_mints_no_more_than_its_sponsors_own_dealings
         def lent() -> list[dict[str, Any]]:
             return [net.w.get(f"/api/reputation/{p}") for p in sorted(ids)]
 
-        await until(lambda: all(v["vouchers"] for v in lent()), "W read the attacker's summary",
+        def read() -> bool:
+            # The ring's own summaries vouch for each member before the attacker's may be read, and W's trust
+            # is recomputed at most every few seconds: wait for the attacker's word and the credit it lends.
+            views = lent()
+            return (all(attacker.peer_id in v["vouchers"] for v in views)
+                    and sum(v["credited"] for v in views) > 0)
+
+        await until(read, "W read the attacker's summary and lent on it",
                     seconds=150)  # W's standing loop reads it again each minute when the first reads came early
         views = lent()
     total = sum(v["credited"] for v in views)
