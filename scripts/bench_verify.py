@@ -423,7 +423,7 @@ def bench_sequential(paths: list[str], workers: int, seed: int, budgets: list[fl
 COMPACT_DETAILS = ("checked_positions", "deviations", "value_mismatch_positions", "token_mismatch_positions",
                    "replay_differed", "replay_less_likely", "replay_more_likely", "replay_matched",
                    "replay_matched_at_factors", "greedy_gaps", "tokens_replayed", "positions", "checked_chunks",
-                   "prefilled_tokens", "replay_nudges")
+                   "prefilled_tokens")
 
 
 def compact(paths: list[str], out: str) -> None:

@@ -28,15 +28,17 @@ from typing import Any
 
 from runtimes.inference.verifier import CHECKED_CHUNKS, GREEDY_GAP, CheckStatistics
 
-# Cost model of one check against its generation, per token of a decode step (bench_verify --parts cost, this
-# CPU, 1 thread, the packaged model): the prefill runs ~2.2 ms per token against ~14 ms per decoded token,
-# and reading a checked row (shortlist, certified ids, sampler replays) ~0.4-0.7 ms.
-PREFILL_PER_DECODE = 0.16
-ROW_PER_DECODE = 0.04
-# Decode steps' worth of fixed cost per check (reading the claim, the calls). Fitted on recorded honest results
-# (bench_verify --record, 2026-12-07, process CPU): a check cost 0.29 of a 16-token generation and 0.25 of a
-# 32-token one, which this model gives within 5 % with 0.5; for 256 tokens it gives 0.11 (0.128 measured).
-CHECK_OVERHEAD = 0.5
+# Cost model of one check against its generation, in units of one generated token's CPU on the worker (its
+# decode step and its logit commitment: ~40 ms here, 1 thread, the packaged model). Fitted on recorded honest
+# results (bench_verify --record, process CPU; 2026-12-07): a check cost 0.293 of a 16-token generation, 0.252
+# of a 32-token, 0.150 of a 64-token and 0.053 of a 256-token one (median of 1,000 / 600 / 400 / 100), which
+# this model gives within 7 %: a fixed 0.75, 0.05 per prefilled token (~2 ms) and 0.185 per checked row (~7 ms:
+# the row's 262,144 logits, its shortlist, certified ids and sampler replays). The first fit (0.5, 0.16, 0.04)
+# matched the short results but priced a 256-token check at twice its cost, so long results were checked half
+# as often as the budget pays for.
+PREFILL_PER_DECODE = 0.05
+ROW_PER_DECODE = 0.185
+CHECK_OVERHEAD = 0.75
 CHUNK_TOKENS = 32
 
 # Scales of the scores (module docstring), from recorded results (bench_verify --record, 2026-12-07: 1,000 honest

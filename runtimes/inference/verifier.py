@@ -117,11 +117,6 @@ CERTIFY_TOLERANCE = 1.0
 # Token replay: how far one logit may honestly be off when explaining a token the verifier's own replay
 # did not pick (greedy: gap to the argmax <= 2 x this; sampled: the nudge of the module docstring).
 TOKEN_TOLERANCE = 1.0
-# Nudges tried, smallest first, on a sampled position whose replay picked another token: the claimed token's logit
-# raised and the pick's lowered by this much, the same uniform draw. An honest difference is a near-tie moved by
-# numerical noise (a small nudge explains it); a temperature lie's is a draw away from any tie. Recorded in the
-# check's details (``replay_nudges``) to calibrate a score from; no verdict rests on it yet (docs/performance.md).
-NUDGES = (0.125, 0.25, 0.5, 1.0, 2.0)
 # Sampled tokens. Noise of that size moves the boundaries of the sampler's cumulative distribution, and
 # near-tied candidates swap places in its sorted order, so the verifier's replay of an honest sampled
 # generation picks another token than the worker at ~12% of positions (bench_verify: 1.98 of 16 on
@@ -234,9 +229,6 @@ class SamplerReplay:
         self.differed = 0  # positions where the replay picked another token, plausible or not
         self.less_likely = 0  # ... of which the claimed token was less likely than the replay's pick
         self.more_likely = 0
-        # ... and per such position the smallest of NUDGES that explains the claimed token (inf: none does);
-        # measured where the chain splits (the shortlisted path), else not
-        self.nudges: list[float] = []
         self._top_k = int(sampler["top_k"])
         self._min_p = float(sampler["min_p"])
         self._skip_data = (llama.llama_token_data * 1)()
@@ -339,35 +331,6 @@ class SamplerReplay:
         self._llama.llama_sampler_accept(chain.sampler, token)
         return token
 
-    def _nudge(self, survivors: Any, saved: list[Any], claimed: int, picked: int) -> float:
-        """The smallest of ``NUDGES`` under which the claimed chain, drawing the same uniform number (``saved``:
-        its members before the draw), picks ``claimed`` instead of ``picked``; inf when none does or the claimed
-        token was not among the candidates."""
-        data, size, _selected, _sorted = survivors
-        ids = data["id"][:size]
-        at_claimed, at_picked = np.flatnonzero(ids == claimed), np.flatnonzero(ids == picked)
-        if at_claimed.size == 0 or at_picked.size == 0:
-            return math.inf
-        for nudge in NUDGES:
-            moved = data.copy()
-            moved["logit"][at_claimed[0]] += nudge
-            moved["logit"][at_picked[0]] -= nudge
-            moved = np.sort(moved[:size], order="logit")[::-1]  # as top-k would have left the moved row
-            moved["p"] = 0.0
-            self._pick[:size] = moved
-            array = self._pick_array
-            array.size, array.selected, array.sorted = size, -1, True
-            members = [self._llama.llama_sampler_clone(m) for m in saved]
-            try:
-                for member in members:
-                    self._llama.llama_sampler_apply(member, ctypes.byref(array))
-            finally:
-                for member in members:
-                    self._llama.llama_sampler_free(member)
-            if 0 <= array.selected < array.size and int(self._pick[array.selected]["id"]) == claimed:
-                return nudge
-        return math.inf
-
     def step(
         self,
         row: int,
@@ -394,14 +357,7 @@ class SamplerReplay:
             for i, chain in enumerate(self._others):
                 if self._sample(chain, rests[i + 1], survivors) == claimed:
                     self.others_matched[i] += 1
-            saved = [self._llama.llama_sampler_clone(m) for m in rests[0]]  # the draw before it is made
-            try:
-                picked = self._sample(self._chain, rests[0], survivors)
-                if picked != claimed:
-                    self.nudges.append(self._nudge(survivors, saved, claimed, picked))
-            finally:
-                for member in saved:
-                    self._llama.llama_sampler_free(member)
+            picked = self._sample(self._chain, rests[0], survivors)
         else:
             for i, chain in enumerate(self._others):
                 if int(self._llama.llama_sampler_sample(chain.sampler, self._llm.ctx, row)) == claimed:
@@ -605,7 +561,6 @@ def verify_claim(
         matched_at_factors=tuple(zip(replay.factors, replay.others_matched, strict=True)) if replay is not None
         else (),
         greedy_gaps=tuple(replay.greedy_gaps) if replay is not None else (),
-        nudges=tuple(replay.nudges) if replay is not None else (),
     )
     details: dict[str, JSON] = {
         "positions": len(produced),
@@ -640,8 +595,6 @@ class CheckStatistics:
     replay_matched: int  # sampled: positions where the claimed temperature's replay picked the claimed token
     matched_at_factors: tuple[tuple[float, int], ...]  # the same at claimed temperature x factor
     greedy_gaps: tuple[float, ...]  # greedy: our argmax logit - the claimed token's, where they differ
-    # sampled: per differing position, the smallest nudge that explains the claimed token (NUDGES; inf: none)
-    nudges: tuple[float, ...] = ()
 
     def to_details(self) -> dict[str, JSON]:
         return {
@@ -659,7 +612,6 @@ class CheckStatistics:
             "replay_matched": self.replay_matched,
             "replay_matched_at_factors": [[f, m] for f, m in self.matched_at_factors],
             "greedy_gaps": list(self.greedy_gaps),
-            "replay_nudges": [n if math.isfinite(n) else -1.0 for n in self.nudges],  # -1: no nudge explains it
         }
 
     @classmethod
@@ -675,7 +627,6 @@ class CheckStatistics:
             replay_matched=int(details["replay_matched"]),
             matched_at_factors=tuple((float(f), int(m)) for f, m in details["replay_matched_at_factors"]),
             greedy_gaps=tuple(float(g) for g in details["greedy_gaps"]),
-            nudges=tuple(float(n) if n >= 0 else math.inf for n in details.get("replay_nudges", ())),
         )
 
 

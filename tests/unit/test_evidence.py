@@ -112,8 +112,10 @@ def test_checks_drawn_by_the_budget_cost_the_budget() -> None:
 def test_an_inference_checks_share_falls_with_the_length_of_the_generation() -> None:
     shares = [check_share(20, n) for n in (16, 64, 256, 1024)]
     assert shares == sorted(shares, reverse=True)
-    assert 0.05 < check_share(20, 256) < 0.2  # bench_verify --parts cost: 0.128 measured here
-    assert check_share(20, 256, chunks=0) > check_share(20, 256)  # every chunk: about half the generation
+    # The model against what was recorded (scoring.py): one chunk of a 256-token result cost 0.053 of its
+    # generation (bench_verify --record), every chunk 0.21 (bench_audit).
+    assert 0.04 < check_share(20, 256) < 0.07
+    assert 0.15 < check_share(20, 256, chunks=0) < 0.3
 
 
 def test_scores_of_a_sampled_and_a_greedy_check() -> None:
@@ -131,6 +133,7 @@ def test_scores_of_a_sampled_and_a_greedy_check() -> None:
     assert "temperature" not in check_scores(greedy)
     assert check_scores({"tokens_replayed": False, **details}).keys() == {"values"}  # a shaped result
     assert check_scores({"reason": "refused before the forward pass"}) == {}
+
 
 
 def test_a_check_that_fails_alone_and_completes_the_sequential_dispute_reports_the_sequential_one() -> None:

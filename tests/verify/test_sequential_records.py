@@ -3,8 +3,9 @@
 The records are what ``scripts/bench_verify.py --record`` wrote on 2026-12-07 with the packaged model, kept
 compact: ``verify_records.json.gz``, the statistics of 2,000 honest checks (16-, 32- and 64-token results at
 temperatures 0 to 1.4) and of 100 forged results for each of the ten cheating strategies of ``cheaters.py``
-(16 tokens); ``verify_records_256.json.gz``, 100 honest and 30 forged per strategy, all of 256 tokens (a chat
-answer's length, where one check reads one chunk of 32 of the 256 positions). These tests replay
+(16 tokens); ``verify_records_256.json.gz``, 100 honest and 30 forged per strategy (60 for the four temperature
+lies, recorded twice), all of 256 tokens (a chat answer's length, where one check reads one chunk of 32 of the
+256 positions). These tests replay
 them through the scores (``runtimes/inference/scoring.py``), the single-result judgement (``verifier.judge``) and
 the evidence (``hyperion_node/verify/evidence.py``) as they are now, so that a change to any bound is checked
 against every recorded result. ``bench_verify.py --parts sequential`` adds the sampling and the figures.
@@ -30,10 +31,10 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 RECORDS = {"verify_records.json.gz": 2000, "verify_records_256.json.gz": 100}
 # Checks until dispute, every result cheating and every one checked: a few for every cheat, but for a colder
 # temperature lie in 256-token results, whose 32 checked positions change few tokens (most positions are
-# near-certain, where 0.4 or 0.5 picks what 0.8 picks): 17-21 of its 30 recorded checks at worst
-# (docs/performance.md, "Verification over many results").
+# near-certain, where 0.4 or 0.5 picks what 0.8 picks): median 7-10 of its 60 recorded checks, 39-50 at worst
+# over 1,000 orders (docs/performance.md, "Verification over many results").
 WITHIN = 10
-WITHIN_COLDER_LONG = 30
+WITHIN_COLDER_LONG = 60
 
 
 @dataclass
