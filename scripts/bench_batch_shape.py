@@ -91,8 +91,8 @@ class Shapes:
 
 def compare(name: str, rows: Rows, reference: Rows) -> None:
     whole = [float(np.max(np.abs(a - b))) for a, b in zip(reference, rows, strict=True)]
-    top = [float(np.median(np.abs(a[np.argsort(a)[-8:]] - b[np.argsort(a)[-8:]])))
-           for a, b in zip(reference, rows, strict=True)]
+    top = [float(np.median(np.abs(a[ids] - b[ids])))
+           for a, b in zip(reference, rows, strict=True) for ids in [np.argsort(a)[-8:]]]
     same = sum(int(np.argmax(a) == np.argmax(b)) for a, b in zip(reference, rows, strict=True))
     print(f"  {name:44s} top-8 median {np.median(top):.4f}; whole row max: median {np.median(whole):.3f}, "
           f"largest {max(whole):.3f}; same argmax {same}/{len(rows)}")

@@ -135,7 +135,6 @@ def test_scores_of_a_sampled_and_a_greedy_check() -> None:
     assert check_scores({"reason": "refused before the forward pass"}) == {}
 
 
-
 def test_a_check_that_fails_alone_and_completes_the_sequential_dispute_reports_the_sequential_one() -> None:
     book = EvidenceBook()
     for check in checks([2.0, 2.0, 2.0]):

@@ -32,9 +32,9 @@ RECORDS = {"verify_records.json.gz": 2000, "verify_records_256.json.gz": 100}
 # Checks until dispute, every result cheating and every one checked: a few for every cheat, but for a colder
 # temperature lie in 256-token results, whose 32 checked positions change few tokens (most positions are
 # near-certain, where 0.4 or 0.5 picks what 0.8 picks): median 7-10 of its 60 recorded checks, 39-50 at worst
-# over 1,000 orders (docs/performance.md, "Verification over many results").
+# over 1,000 orders, so under 55 (docs/performance.md, "Verification over many results").
 WITHIN = 10
-WITHIN_COLDER_LONG = 60
+WITHIN_COLDER_LONG = 55
 
 
 @dataclass

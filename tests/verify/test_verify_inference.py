@@ -160,8 +160,6 @@ async def test_sampling_at_another_temperature_fails(verify_cache_dir: Path, tmp
     assert sum(not v.ok for v in greedy_claimed) >= 3 * len(greedy_claimed) // 4
 
 
-
-
 async def test_truncated_or_padded_output_fails(verify_cache_dir: Path, tmp_path: Path) -> None:
     async with started(verify_cache_dir, tmp_path) as runtime:
         llm_detok = await _detokenizer(runtime)
