@@ -249,7 +249,7 @@ class Simulation:
         if busy:
             return
         node.active += 1
-        node.p2p.presence.nudge()  # as the worker's admission does (Orchestrator: admission.on_change)
+        node.p2p.presence.nudge()  # as the worker's admission does (Worker: on_load_change)
         try:
             await trio.sleep(self.config.task_s)
         finally:
@@ -343,8 +343,7 @@ class SimRequester:
         self.sim, self.node, self.model, self.rng = sim, node, model, rng
         self.p2p = node.p2p
         self.scheduler = Scheduler(sim.scheduler_settings, rng=rng)
-        self.p2p.on_heartbeat = self.scheduler.observe_heartbeat
-        self.p2p.on_rtt = self.scheduler.observe_rtt
+        self.p2p.add_observer(self.scheduler)
         self.kept = TableCandidates(RUNTIME, model)
         self.looked_up = -math.inf
         self._nursery: trio.Nursery | None = None

@@ -44,12 +44,12 @@ EVENT_BUFFER = 1000  # presence events waiting for the store; past it they are l
 
 class Liveness:
     def __init__(self, table: PeerTable, settings: P2PSettings, store: Store,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_rtt: Callable[[str, float], None] | None = None) -> None:
         self.table = table
         self._rng = rng or random.Random()
         self.settings = settings
         self.store = store
-        self.on_rtt: Callable[[str, float], None] | None = None  # the scheduler reads round trips
+        self._on_rtt = on_rtt  # round trips in ms, for the scheduler's trends (P2PNetwork's observers)
         self._events_out: trio.MemorySendChannel[PresenceEvent] | None = None
 
     def emit(self, events: list[PresenceEvent]) -> None:
@@ -150,8 +150,8 @@ class Liveness:
                     return
                 if rtts:
                     self.emit(self.table.pinged(str(peer_id), float(rtts[0]), trio.current_time()))
-                    if self.on_rtt is not None:
-                        self.on_rtt(str(peer_id), float(rtts[0]))
+                    if self._on_rtt is not None:
+                        self._on_rtt(str(peer_id), float(rtts[0]))
             # The peer's listen addresses (identify put them in the peerstore) go to the peer cache, so that
             # a restarted node can redial the peers it held connections to.
             if self.table.learned_addrs(str(peer_id), host.peer_addrs(peer_id)):

@@ -24,7 +24,7 @@ import itertools
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import multiaddr
 import structlog
@@ -75,6 +75,17 @@ Stack = Callable[[Identity, P2PSettings, RecordValidator, P2PStats, PeerTable, C
                  AbstractAsyncContextManager[tuple[Any, Any]]]
 
 
+class PeerObserver(Protocol):
+    """What the P2P layer tells the parts of a node that follow peers' health (the scheduler's trends), each
+    added with :meth:`P2PNetwork.add_observer`, as libp2p's ``Notifee`` is registered with its network."""
+
+    def observe_heartbeat(self, heartbeat: Heartbeat) -> None:
+        """A checked heartbeat of a provider this node subscribes to."""
+
+    def observe_rtt(self, peer_id: str, rtt_ms: float) -> None:
+        """A ping to a connected peer came back after ``rtt_ms``."""
+
+
 class P2PNetwork:
     """The node's P2P layer for the daemon's lifetime (a trio component): its components, and what the rest of
     the node asks of the network."""
@@ -93,7 +104,8 @@ class P2PNetwork:
         self.stats = P2PStats()
         self.host: Any = None  # the host (streams by protocol, connections, ping) while running
         self.dht: Any = None  # the Kademlia DHT while running
-        self.liveness = Liveness(self.table, settings, store)
+        self._observers: list[PeerObserver] = []
+        self.liveness = Liveness(self.table, settings, store, on_rtt=self._on_rtt)
         rate = settings.heartbeat_rate_per_peer
         # Heartbeats older than the dead timeout say nothing of a peer now (and must not revive a dead one).
         gate = HeartbeatGate(rate=rate, burst=2 * rate, max_age=max(settings.dead_after_s, 60.0),
@@ -113,16 +125,14 @@ class P2PNetwork:
         self._nursery: trio.Nursery | None = None  # the running component's, for work a handler starts
         self._up_since = 0.0
         self._heard = trio.Event()  # set (and replaced) at each heartbeat taken
-        # Set by the orchestrator: the scheduler's health trends read heartbeats.
-        self.on_heartbeat: Callable[[Heartbeat], None] | None = None
 
-    @property
-    def on_rtt(self) -> Callable[[str, float], None] | None:
-        return self.liveness.on_rtt
+    def add_observer(self, observer: PeerObserver) -> None:
+        """Tell ``observer`` of every heartbeat taken and every round trip measured from now on."""
+        self._observers.append(observer)
 
-    @on_rtt.setter
-    def on_rtt(self, listener: Callable[[str, float], None] | None) -> None:
-        self.liveness.on_rtt = listener
+    def _on_rtt(self, peer_id: str, rtt_ms: float) -> None:
+        for observer in self._observers:
+            observer.observe_rtt(peer_id, rtt_ms)
 
     # -- the component -------------------------------------------------------------------------------------
 
@@ -234,8 +244,8 @@ class P2PNetwork:
         self._heard = trio.Event()
         self.stats.latencies_ms.append((time.monotonic(), max(0.0, (time.time() - hb.time) * 1000)))
         self.liveness.emit(self.table.heartbeat(hb, trio.current_time(), wall_now=time.time()))
-        if self.on_heartbeat is not None:
-            self.on_heartbeat(hb)
+        for observer in self._observers:
+            observer.observe_heartbeat(hb)
         # A peer first seen as a bare connection joined without addresses; its heartbeats bring them. Cache
         # them now, or a restarted node could not redial the peers that dialled it.
         entry = self.table.get(hb.peer_id)

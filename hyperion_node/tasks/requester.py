@@ -123,7 +123,8 @@ class _Try:
 
 class Requester:
     def __init__(self, *, identity: Identity, scheduler: Scheduler, worker: Worker, ledger: LedgerService,
-                 history: HistoryWriter, settings: TaskSettings, node: RequesterNode) -> None:
+                 history: HistoryWriter, settings: TaskSettings, node: RequesterNode,
+                 blobs: BlobInputs | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.scheduler = scheduler
@@ -132,7 +133,7 @@ class Requester:
         self.history = history
         self.settings = settings
         self.node = node
-        self.blobs: BlobInputs | None = None  # large payload fields by address; None: all inline
+        self.blobs = blobs  # large payload fields by address; None: all inline
 
     def new_record(self, spec: TaskSpec) -> TaskRecord:
         created = now_ms()

@@ -35,7 +35,7 @@ from hyperion_node.ledger.exceptions import ReceiptRejected, Replayed
 from hyperion_node.ledger.receipt import SignedReceipt
 from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.service import LedgerService
-from hyperion_node.p2p.messages import Heartbeat, OfferAd
+from hyperion_node.p2p.messages import OfferAd
 from hyperion_node.p2p.network import P2PNetwork, dealings_key, epoch_key
 from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.protocols import verify as verify_protocol
@@ -118,19 +118,20 @@ class Orchestrator:
         self.scheduler = Scheduler(scheduler, on_event=self._scheduler_event)
         self._free_memory = free_memory
         self.stats: Counter[str] = Counter()
+        self.metrics = TaskMetrics()
+        # Task inputs too large for a frame go by address (blobs); subscribers hear of load changes at once.
         self.worker = Worker(identity=identity, runtimes=runtimes, ledger=ledger, history=self.history_writer,
                              settings=tasks, hardware=hardware,
-                             on_malformed=self.peer_misbehaved, on_settled=self._settled)
+                             on_malformed=self.peer_misbehaved, on_settled=self._settled, metrics=self.metrics,
+                             blobs=blobs, on_load_change=self.p2p.presence.nudge)
         self.requester = Requester(identity=identity, scheduler=self.scheduler, worker=self.worker, ledger=ledger,
-                                   history=self.history_writer, settings=tasks, node=self)
+                                   history=self.history_writer, settings=tasks, node=self, blobs=blobs)
         self.verify = verify or VerifySettings()
         self.spot_checker = SpotChecker(identity=identity, runtimes=runtimes, settings=self.verify,
                                         verifiers=self._verifiers, network=self.p2p, reputation=self.reputation,
-                                        ledger=ledger, penalize=self.peer_misbehaved, event=self._event)
-        self.metrics = TaskMetrics()
-        self.worker.metrics = self.metrics
-        self.worker.blobs = self.requester.blobs = blobs  # task inputs too large for a frame go by address
-        self.worker.admission.on_change = self.p2p.presence.nudge  # subscribers hear of load changes at once
+                                        ledger=ledger, penalize=self.peer_misbehaved, event=self._event,
+                                        on_contested=self._want_standing)
+        self.p2p.add_observer(self.scheduler)  # the scheduler's health trends read heartbeats and round trips
         self._dealings_interval_s = dealings_interval_s
         self._standing_wanted = trio.Event()  # the ledger's counterparts changed, or a case wants standing now
         self._nursery: trio.Nursery | None = None
@@ -152,9 +153,6 @@ class Orchestrator:
         self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
         self.p2p.host.set_stream_handler(VERIFY_PROTOCOL, self.spot_checker.handle_stream)
         self.p2p.host.set_stream_handler(TProtocol(cases_protocol.PROTOCOL_ID), self.spot_checker.handle_cases_stream)
-        self.p2p.on_heartbeat = self._heartbeat
-        self.p2p.on_rtt = self.scheduler.observe_rtt
-        self.spot_checker.on_contested = self._want_standing
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -339,9 +337,6 @@ class Orchestrator:
 
     async def _event(self, kind: str, data: dict[str, Any]) -> None:
         await self.store.run(self.store.append_event, kind, data)
-
-    def _heartbeat(self, heartbeat: Heartbeat) -> None:
-        self.scheduler.observe_heartbeat(heartbeat)
 
     def _scheduler_event(self, event: SchedulerEvent) -> None:
         log.info("scheduler_" + type(event).__name__.lower(), **event.to_json())

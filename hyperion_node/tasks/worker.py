@@ -151,7 +151,8 @@ class Worker:
     def __init__(self, *, identity: Identity, runtimes: RuntimeRegistry, ledger: LedgerService,
                  history: HistoryWriter, settings: TaskSettings, hardware: Callable[[], dict[str, Any]],
                  on_malformed: Callable[[str, str], None],
-                 on_settled: Callable[[SignedReceipt], Awaitable[None]]) -> None:
+                 on_settled: Callable[[SignedReceipt], Awaitable[None]], metrics: TaskMetrics | None = None,
+                 blobs: BlobInputs | None = None, on_load_change: Callable[[], None] | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.runtimes = runtimes
@@ -161,8 +162,9 @@ class Worker:
         self._hardware = hardware
         self._on_malformed = on_malformed
         self._on_settled = on_settled
-        self.blobs: BlobInputs | None = None  # fetches task inputs sent by address; None: inline only
-        self.admission = Admission(settings.queue_depth)
+        self.blobs = blobs  # fetches task inputs sent by address; None: inline only
+        # on_load_change: the load changed (presence pushes it to the requesters that subscribe at once)
+        self.admission = Admission(settings.queue_depth, on_change=on_load_change)
         self.unpaid = Unpaid(settings.max_unpaid, settings.unpaid_window_s)
         # Requesters that countersigned a result since this node started: a stranger holds one place of an offer
         # until it has paid once (a flood of a fresh key's tasks then takes one stream, not half of them).
@@ -172,7 +174,7 @@ class Worker:
         self.streams = PeerSlots(settings.max_streams_per_peer, total=256)
         self.big_frames = BigFrames(2)
         self.served: Counter[str] = Counter()  # outcome -> count, for /api/tasks/stats
-        self.metrics = TaskMetrics()  # the orchestrator shares its own, for /metrics
+        self.metrics = metrics or TaskMetrics()  # the orchestrator shares its own, for /metrics
 
     # -- admission -------------------------------------------------------------------------------------
 

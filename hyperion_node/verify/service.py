@@ -141,7 +141,7 @@ class SpotChecker:
     def __init__(self, *, identity: Identity, runtimes: RuntimeRegistry, settings: VerifySettings,
                  verifiers: Verifiers, network: CaseNetwork, reputation: ReputationView, ledger: LedgerService,
                  penalize: Callable[[str, str], None], event: Callable[[str, dict[str, Any]], Awaitable[None]],
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, on_contested: Callable[[], None] | None = None) -> None:
         self.identity = identity
         self.peer_id = str(identity.peer_id)
         self.runtimes = runtimes
@@ -169,7 +169,7 @@ class SpotChecker:
         self.stats: Counter[str] = Counter()
         self._held: OrderedDict[str, list[bytes]] = OrderedDict()  # worker -> cases this node confirmed
         # Told when a case of this node's own work is contested: standing is worth refreshing then.
-        self.on_contested: Callable[[], None] | None = None
+        self._on_contested = on_contested
         self._weighed: OrderedDict[str, float] = OrderedDict()  # peer -> when its cases were last fetched
         # This node's latest results as a requester, by task id, for `audit` (each with what a check needs).
         self.recent: OrderedDict[str, tuple[CheckRequest, SignedReceipt]] = OrderedDict()
@@ -192,8 +192,8 @@ class SpotChecker:
         while True:
             await trio.sleep(REJUDGE_S)
             contests = await self.ledger.contests()
-            if contests and self.on_contested is not None:
-                self.on_contested()
+            if contests and self._on_contested is not None:
+                self._on_contested()
             for data in contests:
                 checked = check_case(DisputeCase.decode(data))  # it passed these checks when it came in
                 verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
@@ -419,8 +419,8 @@ class SpotChecker:
         await self._event("dispute.unconfirmed", facts)
         if mine:  # an accusation of our own work that we cannot dismiss: shown, not counted as lost
             await self.ledger.contest(checked.receipt.id, data, checked.verifiers)
-            if self.on_contested is not None:
-                self.on_contested()
+            if self._on_contested is not None:
+                self._on_contested()
 
     async def _on_evidence_case(self, sender: str, data: bytes) -> None:
         """The sequential test's dispute from another node (``evidence_case``): this node checks every result

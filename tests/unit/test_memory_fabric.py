@@ -140,11 +140,27 @@ def _network(tmp_path: Path, name: str, fabric: MemoryFabric, offers: tuple[Offe
                       stack=fabric.stack)
 
 
+class _Observer:
+    """A ``PeerObserver`` (what the scheduler is to a node's P2P layer) that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.heartbeats: list[Heartbeat] = []
+        self.rtts: list[tuple[str, float]] = []
+
+    def observe_heartbeat(self, heartbeat: Heartbeat) -> None:
+        self.heartbeats.append(heartbeat)
+
+    def observe_rtt(self, peer_id: str, rtt_ms: float) -> None:
+        self.rtts.append((peer_id, rtt_ms))
+
+
 async def test_p2p_layers_on_a_fabric_find_providers_subscribe_and_refuse_a_bad_heartbeat(tmp_path: Path) -> None:
     fabric = MemoryFabric()
     offer = OfferAd(runtime="inference", item="tiny-model", unit="token", price_per_unit=1e-6, capacity=1,
                     throughput=50.0)
     a, b = _network(tmp_path, "a", fabric), _network(tmp_path, "b", fabric, (offer,))
+    observer = _Observer()
+    a.add_observer(observer)
     async with trio.open_nursery() as nursery:
         with trio.fail_after(20):
             await nursery.start(a.run)
@@ -167,6 +183,12 @@ async def test_p2p_layers_on_a_fabric_find_providers_subscribe_and_refuse_a_bad_
             assert b.presence.subscribers() == [a.peer_id]
             assert a.table.get(b.peer_id).heartbeat is not None
             assert b.presence.received == 0  # b routes nowhere: it hears no heartbeat at all
+            # What a heard and measured reached its observer: every heartbeat taken, and b's round trips.
+            assert len(observer.heartbeats) == a.presence.received
+            assert {hb.peer_id for hb in observer.heartbeats} == {b.peer_id}
+            while not observer.rtts:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            assert {peer for peer, _ in observer.rtts} == {b.peer_id}
         nursery.cancel_scope.cancel()
     a.store.close()
     b.store.close()
