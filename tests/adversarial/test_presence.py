@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
 from hyperion_node.ledger.dealings import Dealings, sign_dealings
 from hyperion_node.ledger.signing import DOMAIN_DEALINGS, sign
@@ -88,6 +89,44 @@ async def test_a_poisoned_record_or_heartbeat_is_refused_at_decode(net: Net) -> 
         for _ in range(3):
             status, _ = await call(ask, net.r)
             assert status == 200
+
+
+async def test_records_a_stranger_stores_for_fresh_keys_list_no_provider(net: Net) -> None:
+    """A stranger storing valid records of fresh keys (each offering the model for nothing, at the attacker's
+    address) does not list them as providers: X keeps the records for the DHT, but only its own lookups and a
+    peer's own record reach its peer table. Before, each such record was a live peer at X (3,822 after one 12 s
+    flood of W), a `joined` event written to the store, and a provider the scheduler could pick."""
+    x_id = await call(lambda: net.x.peer_id)
+    before = await call(rejected, net.x)
+    fresh = [new_identity() for _ in range(12)]
+    async with hostile_host(dht=True) as attacker:
+        await attacker.connect(await call(net.x.p2p_addr))
+        offer = OfferAd(runtime="inference", item=MODEL, unit="token", price_per_unit=0.0, capacity=8,
+                        throughput=1000.0)
+        hardware = {"cpu": "x", "cores": 8, "gpus": []}
+
+        def record(identity: Any) -> bytes:
+            return CapabilityRecord(peer_id=str(identity.peer_id), seq=now_ms(), expires_at=time.time() + 600,
+                                    name="sybil", addrs=(attacker.addr(),), offers=(offer,),
+                                    hardware=hardware).seal(identity)
+
+        for identity in fresh:
+            assert await attacker.store_at(x_id, record_key(str(identity.peer_id)), record(identity))
+        assert await attacker.store_at(x_id, record_key(attacker.peer_id), record(attacker.identity))
+        await until(lambda: peer(net.x, attacker.peer_id).get("name") == "sybil", "X took the attacker's own record")
+        # X keeps what it was given, as a DHT server does: the records read back from it.
+        assert attacker.dht is not None
+        kept = await attacker.dht.value_store._get_from_peer(ID.from_base58(x_id),
+                                                             record_key(str(fresh[0].peer_id)).encode())
+        assert isinstance(kept, bytes)
+        assert CapabilityRecord.decode(kept).peer_id == str(fresh[0].peer_id)
+    listed = {p["peer_id"] for p in await call(lambda: net.x.get("/api/peers"))}
+    assert not listed & {str(identity.peer_id) for identity in fresh}
+    after = await call(rejected, net.x)
+    assert {k: v for k, v in after.items() if k.startswith("dht:")} == {
+        k: v for k, v in before.items() if k.startswith("dht:")}  # valid records: refused nothing
+    status, _ = await call(ask, net.r)
+    assert status == 200
 
 
 async def test_a_forged_record_in_anothers_name_frames_no_one(net: Net) -> None:
