@@ -14,7 +14,9 @@ Size caps are checked before decoding: anything above them is the sender's fault
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -248,8 +250,6 @@ class OfferAd:
 
 def capability_key(runtime: str, item: str) -> str:
     """The DHT provider key for one capability (e.g. a model): a sha2-256 multihash, hex-encoded."""
-    import hashlib
-
     digest = hashlib.sha256(f"hyperion/capability/{runtime}/{item}".encode()).digest()
     return (b"\x12\x20" + digest).hex()
 
@@ -318,9 +318,22 @@ def _hardware(value: Any) -> dict[str, Any]:
     return value
 
 
+# A DHT value key is looked up by FIND_NODE queries that carry the key itself, and py-libp2p 0.8.1 answers a
+# FIND_NODE whose key is over 50 bytes (and no multihash) by resetting the stream. "/hyperion/" and a 52-character
+# peer ID is 62 bytes: every hop of every lookup of a record not already held failed (seen: a node that joined a
+# network of 20 could not read its providers' records within the 3 s lookup budget, while every node logged the
+# refusals). So a key names the peer by a digest of its ID: 26 characters, 128 bits.
+MAX_DHT_KEY_BYTES = 50
+
+
+def peer_digest(peer_id: str) -> str:
+    """A peer ID in a DHT key: the first 16 bytes of its SHA-256, base32, lower case, unpadded."""
+    return base64.b32encode(hashlib.sha256(peer_id.encode()).digest()[:16]).decode().rstrip("=").lower()
+
+
 def record_key(peer_id: str) -> str:
     """The DHT value key of a peer's capability record."""
-    return f"/hyperion/{peer_id}"
+    return f"/hyperion/{peer_digest(peer_id)}"
 
 
 # -- heartbeat -----------------------------------------------------------------------------------------------

@@ -2,10 +2,13 @@
 
 Under our namespace (``/hyperion/...``; the DHT refuses every other):
 
-* ``/hyperion/<peer ID>``: its CapabilityRecord (what it offers, at what price; p2p/messages.py), highest
+* ``/hyperion/<digest>``: its CapabilityRecord (what it offers, at what price; p2p/messages.py), highest
   sequence number wins, an expired or replayed one refused;
-* ``/hyperion/epoch/<peer ID>``: its latest signed epoch root (ledger/epochs.py), highest number wins;
-* ``/hyperion/dealings/<peer ID>``: its signed dealings summary (ledger/dealings.py), newest wins.
+* ``/hyperion/epoch/<digest>``: its latest signed epoch root (ledger/epochs.py), highest number wins;
+* ``/hyperion/dealings/<digest>``: its signed dealings summary (ledger/dealings.py), newest wins.
+
+``<digest>`` names the peer: 26 characters of the SHA-256 of its ID (``messages.peer_digest``), so that every
+key stays within the 50 bytes py-libp2p's FIND_NODE takes.
 
 Each must be signed by the peer its key names. What fails is counted and charged to the peer that sent it to
 this node (a PUT_VALUE's remote, authenticated by Noise: ``SENDER``), never to the peer the record names: a
@@ -33,7 +36,7 @@ from libp2p.records.validator import Validator
 from hyperion_node.ledger.dealings import Dealings, verify_dealings
 from hyperion_node.ledger.epochs import SignedEpoch, verify_epoch
 from hyperion_node.ledger.exceptions import ReceiptRejected
-from hyperion_node.p2p.messages import CapabilityRecord, MalformedMessage, record_key
+from hyperion_node.p2p.messages import CapabilityRecord, MalformedMessage, peer_digest, record_key
 
 
 class Observer(Protocol):
@@ -54,12 +57,12 @@ DEALINGS_KEY_PREFIX = "/hyperion/dealings/"
 def epoch_key(peer_id: str) -> str:
     """The DHT value key of a peer's latest signed epoch root: what others read its settled history by, in
     place of every settled receipt gossiped to every node."""
-    return EPOCH_KEY_PREFIX + peer_id
+    return EPOCH_KEY_PREFIX + peer_digest(peer_id)
 
 
 def dealings_key(peer_id: str) -> str:
     """The DHT value key of a peer's signed dealings summary (ledger/dealings.py)."""
-    return DEALINGS_KEY_PREFIX + peer_id
+    return DEALINGS_KEY_PREFIX + peer_digest(peer_id)
 
 
 class RecordValidator(Validator):

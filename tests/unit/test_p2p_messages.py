@@ -12,6 +12,7 @@ from libp2p.peer.id import ID
 
 from hyperion_node.identity import Identity
 from hyperion_node.p2p.messages import (
+    MAX_DHT_KEY_BYTES,
     MAX_HEARTBEAT_BYTES,
     CapabilityRecord,
     DialbackRequest,
@@ -23,8 +24,10 @@ from hyperion_node.p2p.messages import (
     capability_key,
     decode_varint,
     encode_frame,
+    record_key,
     seal,
 )
+from hyperion_node.p2p.records import dealings_key, epoch_key
 
 
 def make_identity() -> Identity:
@@ -211,3 +214,15 @@ def test_capability_keys_are_sha256_multihashes_per_item() -> None:
     assert len(key) == 68
     assert key != capability_key("inference", "other-model")
     assert key == capability_key("inference", "gemma-3-270m-q4_k_m")
+
+
+def test_every_dht_value_key_fits_find_node_and_names_one_peer() -> None:
+    """py-libp2p resets a FIND_NODE whose key is over 50 bytes and no multihash: a value key longer than that
+    could not be looked up over the network. Keys name the peer by a digest: distinct peers, distinct keys."""
+    peers = [str(ID.from_pubkey(create_new_key_pair().public_key)) for _ in range(50)]
+    for make in (record_key, epoch_key, dealings_key):
+        keys = [make(peer) for peer in peers]
+        assert max(len(key.encode()) for key in keys) <= MAX_DHT_KEY_BYTES
+        assert len(set(keys)) == len(peers)
+        assert all(key.startswith("/hyperion/") for key in keys)
+    assert len({record_key(peers[0]), epoch_key(peers[0]), dealings_key(peers[0])}) == 3
