@@ -152,7 +152,8 @@ class Orchestrator:
                 self.reputation.trust.dealt(summary.requester, summary.worker)
         self.p2p.host.set_stream_handler(TASK_PROTOCOL, self._handle_stream)
         self.p2p.host.set_stream_handler(VERIFY_PROTOCOL, self.spot_checker.handle_stream)
-        self.p2p.host.set_stream_handler(TProtocol(cases_protocol.PROTOCOL_ID), self.spot_checker.handle_cases_stream)
+        cases = TProtocol(cases_protocol.PROTOCOL_ID)
+        self.p2p.host.set_stream_handler(cases, self.spot_checker.cases.handle_cases_stream)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -268,7 +269,7 @@ class Orchestrator:
         """The scheduler's shortlist for a request: the providers whose load this node needs fresh."""
         peers = [c.peer_id for c in decision.ranked if not c.candidate.local]
         self.p2p.presence.want(peers, trio.current_time())
-        self.spot_checker.weigh_soon(peers)  # what others proved against them, fetched once in a while
+        self.spot_checker.cases.weigh_soon(peers)  # what others proved against them, fetched once in a while
 
     def _local_candidate(self, spec: TaskSpec) -> Candidate | None:
         offer = next((o for o in self.runtimes.offers() if o.runtime == spec.runtime and o.item == spec.item), None)

@@ -19,7 +19,9 @@ no effect, an event). Its own failed check confirms it for this node.
 
 Every node that receives a case judges it by ``cases.judge``: its own re-check where it can make one, else
 two verifiers with standing here, else nothing happens. The accused worker's own ledger shows a case it
-cannot dismiss as *contested* (still earned) until it is confirmed there; a node never distrusts itself.
+cannot dismiss as *contested* (still earned) until it is confirmed there; a node never distrusts itself. How
+cases are held, announced, fetched and judged is ``case_exchange.CaseExchange`` (``cases``); the checks it
+calls for are this class's (``check_here``, ``runtime_check``).
 
 Verifier side (``handle_stream``): a place for the check first (one per peer, ``verify.concurrent`` running
 and as many waiting in all), else BUSY before reading; then the asker must be the receipt's requester (the
@@ -31,12 +33,11 @@ failed verdict is answered with a dispute signed by this node.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 import trio
@@ -46,11 +47,9 @@ from hyperion_node.errors import HyperionError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.dispute import (
     MAX_CASE_BYTES,
-    CheckedCase,
     Dispute,
     DisputeCase,
     Evidence,
-    check_case,
     sign_dispute,
 )
 from hyperion_node.ledger.exceptions import ReceiptRejected
@@ -58,7 +57,6 @@ from hyperion_node.ledger.receipt import SignedReceipt, content_hash, verify_rec
 from hyperion_node.ledger.reputation import ReputationView
 from hyperion_node.ledger.service import LedgerService
 from hyperion_node.p2p.limits import PeerSlots
-from hyperion_node.protocols import cases as cases_protocol
 from hyperion_node.protocols import verify as verify_protocol
 from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
@@ -73,14 +71,17 @@ from hyperion_node.tasks.streams import (
     reset_quietly,
 )
 from hyperion_node.trio_types import TaskStatus
-from hyperion_node.verify.cases import Judgement, after_recheck, judge
+from hyperion_node.verify.case_exchange import (
+    MAX_HELD_WORKERS,
+    UNANSWERED,
+    CaseExchange,
+    CaseNetwork,
+    NotAnswered,
+    now_ms,
+)
 from hyperion_node.verify.evidence import FAILED_CHECK, Check, Condemnation, EvidenceBook
 from hyperion_node.verify.evidence_case import (
-    EvidenceCase,
     build,
-    check_evidence_case,
-    is_evidence_case,
-    judge_rechecks,
 )
 from hyperion_node.verify.messages import (
     MAX_VERDICT_BYTES,
@@ -106,35 +107,11 @@ RECENT_RESULTS = 256  # results kept for `audit`, newest last
 MAX_KEPT_REQUESTS = 1024  # the work behind this node's latest checks, for the evidence cases it may publish
 
 
-class NotAnswered(Exception):
-    """A verifier said BUSY or REFUSED: ask the next one."""
-
-
-# A verifier that cannot give an answer (gone, slow, busy, broken frames, cannot judge): ask the next one.
-_UNANSWERED: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, ProtocolViolation,
-                                                UserError, ReceiptRejected, NotAnswered)
 _NOT_JUDGED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
 BUSY_RETRY_S = 5.0
-# A contested case of this node's own work is judged again this often: the standing of its verifiers grows as
-# this node learns of their dealings (a case often arrives before the receipts that vouch for its signers).
-REJUDGE_S = 15.0
-
 
 # runtime, item, receipt id, exclude -> who may check it, in the protocol's order
 Verifiers = Callable[[str, str, bytes, frozenset[str]], Awaitable[list[str]]]
-# Workers whose cases this node keeps (and whose cases it fetched lately), least recent forgotten first.
-MAX_HELD_WORKERS = 1024
-# Cases about a peer are fetched again after this long: a confirmed case changes slowly, and each fetch is a
-# provider lookup and a stream.
-WEIGH_EVERY_S = 600.0
-
-
-class CaseNetwork(Protocol):
-    """What the spot checker needs of the P2P layer (``P2PNetwork`` implements it)."""
-
-    async def open_stream(self, peer_id: str, protocol: str) -> INetStream: ...
-    async def provide_key(self, key: str) -> None: ...
-    async def providers_of(self, key: str, count: int) -> list[str]: ...
 
 
 class SpotChecker:
@@ -159,18 +136,17 @@ class SpotChecker:
         self._delivered: OrderedDict[tuple[str, str], int] = OrderedDict()  # (worker, item) -> results to us
         # The work behind this node's recent checks, by receipt id: what an evidence case carries.
         self._checked: OrderedDict[str, tuple[SignedReceipt, CheckRequest]] = OrderedDict()
-        self._judged: OrderedDict[bytes, bool] = OrderedDict()  # evidence cases judged here, by hash
         # Checks run at once on this node (its own, a peer's ask, a case's re-check): each costs a prefill.
-        self._limiter = trio.CapacityLimiter(settings.concurrent)
+        self.limiter = trio.CapacityLimiter(settings.concurrent)
         # Places for peers' checks, taken when a stream opens: one per peer, running and waiting together.
         self.asks = PeerSlots(per_peer=1, total=2 * settings.concurrent)
         self._big_frames = BigFrames(2)
         self._nursery: trio.Nursery | None = None
         self.stats: Counter[str] = Counter()
-        self._held: OrderedDict[str, list[bytes]] = OrderedDict()  # worker -> cases this node confirmed
-        # Told when a case of this node's own work is contested: standing is worth refreshing then.
-        self._on_contested = on_contested
-        self._weighed: OrderedDict[str, float] = OrderedDict()  # peer -> when its cases were last fetched
+        # Cases: those this node makes, holds and announces, and those it receives and judges.
+        self.cases = CaseExchange(peer_id=self.peer_id, settings=settings, network=network, ledger=ledger,
+                                  reputation=reputation, evidence=self.evidence, runtimes=runtimes, checks=self,
+                                  penalize=penalize, event=event, stats=self.stats, on_contested=on_contested)
         # This node's latest results as a requester, by task id, for `audit` (each with what a check needs).
         self.recent: OrderedDict[str, tuple[CheckRequest, SignedReceipt]] = OrderedDict()
 
@@ -178,29 +154,11 @@ class SpotChecker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._rejudge_contests)
+                await nursery.start(self.cases.run)
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-
-    async def _rejudge_contests(self) -> None:
-        """Judge this node's contested cases again until each is confirmed (then a dispute in the ledger,
-        which ends the contest) or stays contested for as long as the ledger keeps it. While one stays
-        contested, standing is refreshed (``on_contested``): its verifiers may gain it from counterparts'
-        newer summaries."""
-        while True:
-            await trio.sleep(REJUDGE_S)
-            contests = await self.ledger.contests()
-            if contests and self._on_contested is not None:
-                self._on_contested()
-            for data in contests:
-                checked = check_case(DisputeCase.decode(data))  # it passed these checks when it came in
-                verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
-                                floor=self.settings.standing_floor, can_recheck=False)
-                if verdict is Judgement.CONFIRMED:
-                    self.stats["case_confirmed_later"] += 1
-                    await self._confirmed(checked.receipt, checked.disputes[0])
 
     # -- requester side ------------------------------------------------------------------------------------
 
@@ -215,7 +173,7 @@ class SpotChecker:
         if self.runtimes.result_check(runtime) is not None:
             # Checked whole before it was countersigned (a ZK proof): a passing check in the evidence. One that
             # failed was never countersigned, and its worker was scored down for it (``Requester``).
-            self.evidence.observe(worker, item, Check(settled.id.hex(), True, {}, _now_ms()))
+            self.evidence.observe(worker, item, Check(settled.id.hex(), True, {}, now_ms()))
         key = (worker, item)
         seen = self._delivered.pop(key, 0)
         self._delivered[key] = seen + 1
@@ -240,7 +198,7 @@ class SpotChecker:
         else:
             scores = self.runtimes.check_scores(settled.receipt.runtime, answer.statistics or {})
         receipt = settled.receipt
-        check = Check(settled.id.hex(), answer.ok, scores, _now_ms(), "" if answer.ok else answer.reason[:200])
+        check = Check(settled.id.hex(), answer.ok, scores, now_ms(), "" if answer.ok else answer.reason[:200])
         if request is not None:
             self._checked[check.receipt_id] = (settled, request)
             while len(self._checked) > MAX_KEPT_REQUESTS:
@@ -266,21 +224,8 @@ class SpotChecker:
                              check.scores))
         if not work or not self.settings.case_evidence:
             return
-        self._hold(found.worker, build(found.statistic, work).encode())
-        if self._nursery is not None:
-            self._nursery.start_soon(self._announce, found.worker)
-
-    def _hold(self, worker: str, data: bytes) -> None:
-        """Keep a case against ``worker`` for whoever asks (newest first, bounded per worker and in workers)."""
-        held = self._held.pop(worker, [])
-        self._held[worker] = [data, *held][:cases_protocol.MAX_CASES]
-        while len(self._held) > MAX_HELD_WORKERS:
-            self._held.popitem(last=False)
-
-    async def _announce(self, worker: str) -> None:
-        """Say in the DHT that this node holds cases against ``worker``."""
-        with trio.move_on_after(30):
-            await self.network.provide_key(cases_protocol.case_key(worker))
+        self.cases.hold(found.worker, build(found.statistic, work).encode())
+        self.cases.announce_soon(found.worker)
 
     async def _check(self, runtime: str, item: str, request: CheckRequest, settled: SignedReceipt) -> None:
         worker, receipt_id = settled.receipt.worker, settled.id.hex()
@@ -311,7 +256,7 @@ class SpotChecker:
                     continue
                 self.stats["contradicted"] += 1
                 self._penalize(verifier, "false_dispute")
-                self.reputation.observe_false_dispute(verifier, _now_ms())
+                self.reputation.observe_false_dispute(verifier, now_ms())
                 await self._event("verify.contradicted", {**facts, "verifier": verifier, "by": found[0]})
                 return
             independent.append(found[1])
@@ -322,24 +267,12 @@ class SpotChecker:
         self.stats["disputed"] += 1
         await self._observe(settled, verdict, verifier=verifier, request=request)
         disputes = [Dispute.decode(a.dispute or b"") for a in ([verdict] if own else []) + independent]
-        await self._confirmed(settled, disputes[0])
+        await self.cases.confirmed(settled, disputes[0])
         log.info("receipt_disputed", receipt=receipt_id[:16], worker=worker[-8:], reason=verdict.reason)
         # Published with this node's own dispute as the accusation (it confirms nothing elsewhere, but tells the
         # worker, and lets nodes that serve the item check the work themselves) and the independent ones.
         signed = tuple(d.encode() for d in disputes)
-        await self._publish(_case(settled, signed, request, with_evidence=self.settings.case_evidence))
-
-    async def _publish(self, case: DisputeCase) -> None:
-        """Hand a confirmed case to its worker, keep it for whoever asks, and say so in the DHT."""
-        data = case.encode()
-        worker = SignedReceipt.decode(case.receipt).receipt.worker
-        self._hold(worker, data)
-        with trio.move_on_after(self.settings.timeout_s):
-            try:
-                await self._ask_cases(worker, cases_protocol.Push(data))
-            except _UNANSWERED as exc:
-                log.info("case_not_delivered", worker=worker[-8:], error=str(exc)[:200] or type(exc).__name__)
-        await self._announce(worker)
+        await self.cases.publish(_case(settled, signed, request, with_evidence=self.settings.case_evidence))
 
     async def _next_verdict(self, runtime: str, item: str, request: CheckRequest,
                             tried: set[str]) -> tuple[str, VerdictAnswer] | None:
@@ -352,7 +285,7 @@ class SpotChecker:
                     if verifier == self.peer_id:
                         return verifier, await self.check_here(request, asker=self.peer_id)
                     return verifier, await self._ask(verifier, request)
-            except _UNANSWERED as exc:
+            except UNANSWERED as exc:
                 log.info("verifier_unavailable", verifier=verifier[-8:], error=str(exc)[:200] or type(exc).__name__)
                 continue
         return None
@@ -378,192 +311,7 @@ class SpotChecker:
                 raise MalformedFrame("bad_dispute", "the dispute is not the verifier's, or not of this receipt")
         return answer
 
-    async def _confirmed(self, settled: SignedReceipt, dispute: Dispute) -> None:
-        """A dispute this node believes: its ledger (where it holds the receipt), its reputation view."""
-        if self.reputation.observe_confirmed_dispute(settled.receipt.worker, settled.id, _now_ms(), dispute.at_ms):
-            await self._event("dispute.confirmed", {"receipt_id": settled.id.hex(), "worker": settled.receipt.worker,
-                                                    "verifier": dispute.verifier})
-        try:
-            await self.ledger.dispute(dispute)
-        except (ReceiptRejected, UserError) as exc:  # not ours, or already disputed
-            log.debug("dispute_not_recorded", why=str(exc)[:200])
-
-    # -- cases from the network ----------------------------------------------------------------------------
-
-    async def on_case(self, sender: str, data: bytes) -> None:
-        """A dispute case pushed to this node or fetched from a holder: believed only as ``cases.judge`` says
-        (module docstring); an evidence case only as this node's own checks of its work say."""
-        if is_evidence_case(data):
-            await self._on_evidence_case(sender, data)
-            return
-        try:
-            checked = check_case(DisputeCase.decode(data))
-        except ReceiptRejected as exc:
-            self.stats["case_malformed"] += 1
-            self._penalize(sender, "bad_case")
-            log.info("case_rejected", sender=sender[-8:], why=str(exc)[:200])
-            return
-        receipt = checked.receipt.receipt
-        mine = checked.worker == self.peer_id
-        verdict = judge(checked, me=self.peer_id, standing=self.reputation.standing,
-                        floor=self.settings.standing_floor,
-                        can_recheck=self._can_recheck(checked.worker, receipt.runtime, receipt.item))
-        if verdict is Judgement.RECHECK:
-            verdict = await self._recheck(checked)
-        facts = {"receipt_id": checked.receipt.id.hex(), "worker": checked.worker, "verifiers": list(checked.verifiers),
-                 "judgement": verdict.value}
-        self.stats[f"case_{verdict.value}"] += 1
-        if verdict is Judgement.CONFIRMED:
-            await self._confirmed(checked.receipt, checked.disputes[0])
-            return
-        await self._event("dispute.unconfirmed", facts)
-        if mine:  # an accusation of our own work that we cannot dismiss: shown, not counted as lost
-            await self.ledger.contest(checked.receipt.id, data, checked.verifiers)
-            if self._on_contested is not None:
-                self._on_contested()
-
-    async def _on_evidence_case(self, sender: str, data: bytes) -> None:
-        """The sequential test's dispute from another node (``evidence_case``): this node checks every result
-        it carries itself and believes it only when its own sequential test disputes the worker too. It does so
-        only where it can check the work (it serves the item, it is not the worker) and the case's requester has
-        standing here (each re-check costs a prefill); otherwise the case has no effect."""
-        digest = hashlib.sha256(data).digest()
-        if digest in self._judged:
-            return
-        self._judged[digest] = True
-        while len(self._judged) > MAX_HELD_WORKERS:
-            self._judged.popitem(last=False)
-        try:
-            checked = check_evidence_case(EvidenceCase.decode(data))
-        except ReceiptRejected as exc:
-            self.stats["case_malformed"] += 1
-            self._penalize(sender, "bad_case")
-            log.info("evidence_case_rejected", sender=sender[-8:], why=str(exc)[:200])
-            return
-        facts = {"worker": checked.worker, "item": checked.item, "requester": checked.requester,
-                 "statistic": checked.case.statistic, "checks": len(checked.receipts)}
-        if (not self._can_recheck(checked.worker, checked.runtime, checked.item)
-                or self.evidence.condemned(checked.worker)
-                or self.reputation.standing(checked.requester) < self.settings.standing_floor):
-            self.stats["evidence_case_unconfirmed"] += 1
-            await self._event("dispute.unconfirmed", {**facts, "judgement": "not rechecked"})
-            return
-        rechecks: list[Check] = []
-        for signed, item in zip(checked.receipts, checked.case.items, strict=True):
-            request = CheckRequest(item.receipt, item.evidence.payload, item.evidence.output, item.evidence.sample)
-            try:
-                with trio.fail_after(self.settings.timeout_s):
-                    async with self._limiter:
-                        reason, details = await self._runtime_check(checked.runtime, request,
-                                                                    signed.receipt.evidence)
-            except (UserError, ReceiptRejected, trio.TooSlowError) as exc:
-                log.info("evidence_recheck_failed", why=str(exc)[:200] or type(exc).__name__)
-                continue
-            rechecks.append(Check(signed.id.hex(), not reason, self.runtimes.check_scores(checked.runtime, details),
-                                  _now_ms(), reason[:200]))
-        statistic = judge_rechecks(rechecks)
-        if statistic is None:
-            self.stats["evidence_case_unconfirmed"] += 1
-            await self._event("dispute.unconfirmed", {**facts, "judgement": "rechecked", "rechecked": len(rechecks)})
-            return
-        self.stats["evidence_case_confirmed"] += 1
-        self.evidence.condemn(Condemnation(checked.worker, checked.item, f"case:{statistic}", 0.0, tuple(rechecks)))
-        await self._event("dispute.confirmed", {**facts, "judgement": "rechecked", "by": statistic})
-
-    def weigh_soon(self, peers: list[str]) -> None:
-        """Fetch and judge the cases about peers this node is about to route work to, unless it did lately."""
-        now = trio.current_time()
-        for peer in peers:
-            last = self._weighed.get(peer)
-            if self._nursery is None or peer == self.peer_id or (last is not None and now - last < WEIGH_EVERY_S):
-                continue
-            self._weighed.pop(peer, None)
-            self._weighed[peer] = now
-            while len(self._weighed) > MAX_HELD_WORKERS:
-                self._weighed.popitem(last=False)
-            self._nursery.start_soon(self._weigh, peer)
-
-    async def _weigh(self, peer: str) -> None:
-        with trio.move_on_after(self.settings.timeout_s):
-            holders = await self.network.providers_of(cases_protocol.case_key(peer), 5)
-            for holder in holders:
-                if holder in (self.peer_id, peer):
-                    continue
-                try:
-                    answer = await self._ask_cases(holder, cases_protocol.Get(peer))
-                except _UNANSWERED as exc:
-                    log.debug("cases_not_fetched", holder=holder[-8:], error=type(exc).__name__)
-                    continue
-                assert isinstance(answer, cases_protocol.Cases)
-                for data in answer.cases:
-                    await self.on_case(holder, data)
-
-    async def _ask_cases(self, peer: str, msg: cases_protocol.Message) -> cases_protocol.Message:
-        conversation = cases_protocol.opener_side()
-        stream = await self.network.open_stream(peer, cases_protocol.PROTOCOL_ID)
-        try:
-            conversation.sending(cases_protocol.message_type(msg))
-            await stream.write(cases_protocol.encode(msg))
-            with trio.fail_after(10):
-                answer = cases_protocol.decode(await read_frame(stream, FrameReader(cases_protocol.MAX_FRAME)),
-                                               cases_protocol.MAX_FRAME)
-            conversation.received(cases_protocol.message_type(answer), peer_id=peer)
-            return answer
-        finally:
-            with trio.CancelScope(shield=True):
-                await reset_quietly(stream)
-
-    async def handle_cases_stream(self, stream: INetStream) -> None:
-        """``/hyperion/cases/1``: a case pushed to this node about its own work, or a GET of the cases it holds."""
-        remote = str(stream.muxed_conn.peer_id)
-        conversation = cases_protocol.answerer_side()
-        cap = cases_protocol.CASES.max_frame[cases_protocol.OPENER]
-        try:
-            with trio.fail_after(10):
-                msg = cases_protocol.decode(await read_frame(stream, FrameReader(cap)), cap)
-            conversation.received(cases_protocol.message_type(msg), peer_id=remote)
-            if isinstance(msg, cases_protocol.Push):
-                worker = _case_worker(msg.case)  # None: malformed, refused by on_case below
-                if worker is not None and worker != self.peer_id:
-                    # A PUSH tells a worker of a case about its own work; a case about anyone else is fetched by
-                    # whoever routes to that worker (GET). Judging it could cost a re-check: refused unread.
-                    self._penalize(remote, "not_yours")
-                    self.stats["case_not_ours"] += 1
-                    await reset_quietly(stream)
-                    return
-                answer: cases_protocol.Message = cases_protocol.Ok()
-                conversation.sending(cases_protocol.T_OK)
-                await stream.write(cases_protocol.encode(answer))
-                await self.on_case(remote, msg.case)
-            else:
-                assert isinstance(msg, cases_protocol.Get)
-                conversation.sending(cases_protocol.T_CASES)
-                await stream.write(cases_protocol.encode(cases_protocol.Cases(tuple(self._held.get(msg.worker, ())))))
-            await stream.close()
-        except (MalformedFrame, ProtocolViolation) as exc:
-            self._penalize(remote, exc.reason)
-            await reset_quietly(stream)
-        except STREAM_ERRORS_OR_TIMEOUT:
-            await reset_quietly(stream)
-
-    async def _recheck(self, checked: CheckedCase) -> Judgement:
-        """This node checks the case's work itself (within the verify budget); a pass shows its signers wrong."""
-        evidence = checked.case.evidence
-        assert evidence is not None  # judge() asks for a re-check only of a case with its evidence
-        request = CheckRequest(checked.case.receipt, evidence.payload, evidence.output, evidence.sample)
-        try:
-            with trio.fail_after(self.settings.timeout_s):
-                answer = await self.check_here(request, asker=checked.requester)
-        except (UserError, ReceiptRejected, trio.TooSlowError) as exc:
-            log.info("case_recheck_failed", why=str(exc)[:200] or type(exc).__name__)
-            return Judgement.UNCONFIRMED
-        if answer.ok:
-            for signer in checked.verifiers:
-                self._penalize(signer, "false_dispute")
-                self.reputation.observe_false_dispute(signer, _now_ms())
-            await self._event("dispute.shown_wrong", {"receipt_id": checked.receipt.id.hex(),
-                                                      "verifiers": list(checked.verifiers)})
-        return after_recheck(failed=not answer.ok)
+    # -- audits -------------------------------------------------------------------------------------------
 
     async def audit(self, task_id: str) -> dict[str, Any]:
         """Check one of this node's own recent results here, every position the check can read (``chunks=0``),
@@ -581,8 +329,8 @@ class SpotChecker:
             raise UserError(f"this node does not run {receipt.runtime}: it cannot check that result itself",
                             hint=f"start a node that serves {receipt.runtime}/{receipt.item} to audit it")
         started = time.perf_counter()
-        async with self._limiter:
-            reason, details = await self._runtime_check(receipt.runtime, request, receipt.evidence, chunks=0)
+        async with self.limiter:
+            reason, details = await self.runtime_check(receipt.runtime, request, receipt.evidence, chunks=0)
         seconds = time.perf_counter() - started
         # The audit is this node's own check: it counts in the evidence like any other (a failed one is a
         # finding for the user, who decides; it is not published as a dispute).
@@ -598,7 +346,7 @@ class SpotChecker:
         await self._event("verify.audit", {k: v for k, v in answer.items() if k != "statistics"})
         return answer
 
-    def _can_recheck(self, worker: str, runtime: str, item: str) -> bool:
+    def can_recheck(self, worker: str, runtime: str, item: str) -> bool:
         """Whether this node can check another worker's result of ``item`` itself (a case against its own work
         it never judges by re-checking)."""
         return (worker != self.peer_id and self.runtimes.checkable(runtime) and runtime in self.runtimes.loaded
@@ -624,15 +372,15 @@ class SpotChecker:
             raise Refusal("bad_evidence", "your output is not the one the receipt commits to")
         if receipt.input_hash != content_hash(request.payload):
             raise Refusal("bad_evidence", "your payload is not the one the receipt commits to")
-        async with self._limiter:
-            reason, details = await self._runtime_check(receipt.runtime, request, receipt.evidence)
+        async with self.limiter:
+            reason, details = await self.runtime_check(receipt.runtime, request, receipt.evidence)
         statistics = statistics_for_answer(details)
         if not reason:
             return VerdictAnswer(True, "checked", statistics=statistics)
-        dispute = sign_dispute(signed.id, receipt.worker, reason[:1000], _now_ms(), self.identity)
+        dispute = sign_dispute(signed.id, receipt.worker, reason[:1000], now_ms(), self.identity)
         return VerdictAnswer(False, reason, dispute.encode(), statistics)
 
-    async def _runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any], *,
+    async def runtime_check(self, runtime: str, request: CheckRequest, evidence: Mapping[str, Any], *,
                              chunks: int | None = None) -> tuple[str, Mapping[str, Any]]:
         """Why the result is wrong, or "", and the check's statistics: the runtime's cheap check where it has
         one, else its spot check (``runtimes.interface``) of ``chunks`` (``verify.inference_chunks`` unless
@@ -706,16 +454,6 @@ class Refusal(HyperionError):
         self.reason = reason
 
 
-def _case_worker(data: bytes) -> str | None:
-    """The worker a case accuses, read without checking a signature; None when the case does not decode."""
-    try:
-        if is_evidence_case(data):
-            return SignedReceipt.decode(EvidenceCase.decode(data).items[0].receipt).receipt.worker
-        return SignedReceipt.decode(DisputeCase.decode(data).receipt).receipt.worker
-    except ReceiptRejected:
-        return None
-
-
 def _case(settled: SignedReceipt, disputes: tuple[bytes, ...], request: CheckRequest, *,
           with_evidence: bool) -> DisputeCase:
     """The case of a confirmed dispute, with its evidence when the whole case fits in a case frame (and
@@ -727,6 +465,3 @@ def _case(settled: SignedReceipt, disputes: tuple[bytes, ...], request: CheckReq
         return case
     return DisputeCase(settled.encode(), disputes, None)
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
