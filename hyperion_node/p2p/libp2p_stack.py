@@ -75,7 +75,7 @@ def adjust_py_libp2p() -> None:
         libp2p_costs.install()
 
 
-TRIM_EVERY_S = 10.0  # connections past twice p2p.target_connections are closed this often ...
+TRIM_EVERY_S = 10.0  # connections past 1.5 times p2p.target_connections are closed this often ...
 GRACE_S = 20.0  # ... once they are this old
 
 class ConnectionEvents(INotifee):
@@ -324,9 +324,12 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
         listen.append(multiaddr.Multiaddr(f"/{proto}/{settings.listen_host}/udp/{settings.quic_port}/quic-v1"))
     announce = [multiaddr.Multiaddr(a) for a in settings.announce_addrs] or None
     # py-libp2p's defaults aim at ~200 connections and dial every peer learned of. Ours keep each node between
-    # p2p.target_connections and twice that, whatever the network's size: a node's liveness pings, and the DHT's
-    # routing, are then set by this constant. Below the target, Liveness dials peers it knows; above twice the
-    # target, ``trim_connections`` closes the excess (DHT lookups and tasks to peers outside the set open more).
+    # p2p.target_connections and 1.5 times that, whatever the network's size: a node's liveness pings, and the
+    # DHT's routing, are then set by this constant. Below the target, Liveness dials peers it knows; above 1.5
+    # times the target, ``trim_connections`` closes the excess (DHT lookups and tasks to peers outside the set
+    # open more). Nodes settle at the top of the band, so its top is what idle CPU pays for: at 2 times, 16
+    # connections at N = 20 cost 1.0-1.7 % of a core per idle daemon here; at 1.5 times, 10-12 cost 0.71x that
+    # (median of 4 paired runs, docs/performance.md).
     # py-libp2p's own pruner and auto-connector are kept out of it (watermarks at the hard cap; the connector
     # stopped): its pruner trims to the low watermark and its connector dials towards the midpoint, and since the
     # two ends of a connection prune independently, a node trimmed to its target pushed its peers below theirs;
@@ -369,7 +372,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
             swarm: Any = raw.get_network()
             swarm.auto_connector._started = False  # its periodic loop ends; Liveness dials instead
             async with background_trio_service(dht), trio.open_nursery() as nursery:
-                nursery.start_soon(trim_connections, raw, min(2 * target, most))
+                nursery.start_soon(trim_connections, raw, min(target + target // 2, most))
                 yield host, dht
                 nursery.cancel_scope.cancel()
     except OSError as exc:
