@@ -20,8 +20,7 @@ faith: those are counted and charged to nobody.
 A capability record that one peer stores here for another is kept for the DHT (serving it is a DHT server's
 duty) but does not enter the peer table: only a record this node looked up itself, or one its own peer
 stored, does. A stranger storing records of fresh keys would otherwise have listed them as live providers
-here, each a `joined` event written to the store, at ~4 ms of this node's CPU a record (seen: 3,822 peers
-after one 12 s flood, 80 % of a core, while an honest request waited twice as long; issue #21).
+here, each a `joined` event written to the store (seen: 3,822 listed after one 12 s flood; issue #21).
 """
 
 from __future__ import annotations

@@ -183,9 +183,7 @@ class CaseExchange:
         try:
             checked = check_case(DisputeCase.decode(data))
         except ReceiptRejected as exc:
-            self.stats["case_malformed"] += 1
-            self._penalize(sender, "bad_case")
-            log.info("case_rejected", sender=sender[-8:], why=str(exc)[:200])
+            self._malformed(sender, "case_rejected", exc)
             return
         receipt = checked.receipt.receipt
         mine = checked.worker == self.peer_id
@@ -206,6 +204,12 @@ class CaseExchange:
             if self._on_contested is not None:
                 self._on_contested()
 
+    def _malformed(self, sender: str, event: str, exc: ReceiptRejected) -> None:
+        """A case that does not decode or check: counted, and charged to the peer that sent it."""
+        self.stats["case_malformed"] += 1
+        self._penalize(sender, "bad_case")
+        log.info(event, sender=sender[-8:], why=str(exc)[:200])
+
     async def _on_evidence_case(self, sender: str, data: bytes) -> None:
         """The sequential test's dispute from another node (``evidence_case``): this node checks every result
         it carries itself and believes it only when its own sequential test disputes the worker too. It does so
@@ -220,9 +224,7 @@ class CaseExchange:
         try:
             checked = check_evidence_case(EvidenceCase.decode(data))
         except ReceiptRejected as exc:
-            self.stats["case_malformed"] += 1
-            self._penalize(sender, "bad_case")
-            log.info("evidence_case_rejected", sender=sender[-8:], why=str(exc)[:200])
+            self._malformed(sender, "evidence_case_rejected", exc)
             return
         facts = {"worker": checked.worker, "item": checked.item, "requester": checked.requester,
                  "statistic": checked.case.statistic, "checks": len(checked.receipts)}
