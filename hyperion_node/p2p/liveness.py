@@ -6,6 +6,9 @@ dead) and each connected peer is pinged (libp2p ping, in parallel, each under PI
 proof of life and a round trip the scheduler reads. The cost is the connection count, which the connection
 watermarks (p2p.target_connections) bound, whatever the size of the network.
 
+A connection on which the peer stays dead for ``p2p.suspect_after_s`` longer is closed and dialled again at once
+(``PeerTable.wedged``): a connection can wedge while both peers run.
+
 A provider found dead (a dial failed, or it fell silent while connected) is dialled again in the background
 now and then, with backoff (``_probe_loop``): a loaded machine or a connection lost under a healthy peer
 must not take it out of the scheduler's candidates until its record expires, and user tasks must not pay
@@ -51,6 +54,7 @@ class Liveness:
         self.store = store
         self._on_rtt = on_rtt  # round trips in ms, for the scheduler's trends (P2PNetwork's observers)
         self._events_out: trio.MemorySendChannel[PresenceEvent] | None = None
+        self._redialling: set[str] = set()  # peers whose dead connection is being closed and dialled again
 
     def emit(self, events: list[PresenceEvent]) -> None:
         for event in events:
@@ -128,6 +132,25 @@ class Liveness:
                 log.debug("dial_failed", peer=entry.peer_id, error=type(exc).__name__)
         return False
 
+    async def _redial(self, host: Any, entry: PeerEntry) -> None:
+        """Close a connection on which the peer has been dead a while, and dial it again at once (a failed
+        dial backs off as the probe loop's do)."""
+        try:
+            log.info("peer_connection_closed_dead", peer=entry.peer_id,
+                     dead_s=round(trio.current_time() - (entry.dead_since or trio.current_time()), 1))
+            disconnect = getattr(host, "disconnect", None)
+            if disconnect is not None:
+                with trio.move_on_after(self.settings.dial_timeout_s):
+                    try:
+                        await disconnect(ID.from_base58(entry.peer_id))
+                    except Exception as exc:  # already gone, or a connection py-libp2p is tearing down itself
+                        log.debug("dead_peer_close_failed", peer=entry.peer_id, error=type(exc).__name__)
+            self.emit(self.table.set_connected(entry.peer_id, False, trio.current_time()))
+            if not await self._dial(host, entry):
+                self.table.probed(entry, trio.current_time(), PROBE_MIN_S, PROBE_MAX_S)
+        finally:
+            self._redialling.discard(entry.peer_id)
+
     async def _ping_loop(self, host: Any, nursery: trio.Nursery) -> None:
         """Each interval: the table's timers advance, and every connected peer without a ping in flight is
         pinged, each on its own (a ping that hangs on one connection must not delay the others': a round that
@@ -163,9 +186,14 @@ class Liveness:
 
         while True:
             await trio.sleep(interval)
-            # A connected peer found dead keeps its connection: a ping that succeeds later (a loaded machine, a
-            # flood it was under) brings it back at once, and the pruner trims connections that stay useless.
+            # A connected peer found dead keeps its connection for a while: a ping that succeeds later (a
+            # loaded machine, a flood it was under) brings it back at once. Dead for suspect_after longer, its
+            # connection is closed and dialled afresh (``PeerTable.wedged``).
             self.emit(self.table.tick(trio.current_time()))
+            for entry in self.table.wedged(trio.current_time()):
+                if entry.peer_id not in self._redialling:
+                    self._redialling.add(entry.peer_id)
+                    nursery.start_soon(self._redial, host, entry)
             for peer_id in list(host.get_connected_peers()):
                 if peer_id not in pinging:
                     pinging.add(peer_id)

@@ -12,6 +12,7 @@ been in touch with; a peer known only from its DHT record is *alive* until a dia
     any   --(heartbeat says draining)--> draining            any --(heartbeat or goodbye says leaving)--> left
     suspect / dead / left --(connection, ping or heartbeat)--> alive (event "rejoined" after dead or left)
     dead  --(a capability record newer than the one held: the peer signed it since)--> alive
+    dead and connected, for suspect_after more --> listed by ``wedged``: liveness closes the connection and dials
 
 A connection that closes is no proof of death: the pruner may have closed it, on either side, and a pruned
 peer must stay a candidate. So the timers run only while the peer is connected (pinged); a peer that is not
@@ -410,6 +411,16 @@ class PeerTable:
                 events.append(PresenceEvent(entry.peer_id, "suspect", now, {"silent_s": round(silent, 3)}))
                 entry.state = PeerState.SUSPECT
         return events
+
+    def wedged(self, now: float) -> list[PeerEntry]:
+        """Connected peers dead for ``suspect_after`` longer: the connection itself may be stuck. Seen on
+        real daemons: after a burst of DHT streams opened and cancelled, both ends of a connection stopped
+        hearing each other's pings, marked each other dead, and kept the connection (so neither dialled
+        again) for over a minute. Closing it lets liveness dial a fresh one; a peer that is alive but only
+        slow answers that dial and is alive again."""
+        return [e for e in self.peers.values()
+                if e.connected and e.state is PeerState.DEAD and e.dead_since is not None
+                and now - e.dead_since >= self.suspect_after and not e.banned]
 
     def live_peers(self) -> list[PeerEntry]:
         return [e for e in self.peers.values() if e.state in (PeerState.ALIVE, PeerState.DRAINING)]

@@ -7,6 +7,8 @@ took R's tasks for W, prompts included.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
@@ -18,6 +20,7 @@ from hyperion_node.testing.hostile import DIALBACK, TASK, VERIFY, hostile_host, 
 from tests.adversarial.conftest import Net, ask, call, peer, polled, rejected, until
 
 pytestmark = pytest.mark.process
+PING = TProtocol("/ipfs/ping/1.0.0")
 
 
 def claiming(peer_id: str) -> KeyPair:
@@ -82,3 +85,56 @@ async def test_a_banned_peer_gets_no_stream_on_any_protocol(net: Net) -> None:
     status, _ = await call(ask, net.r)
     assert status == 200
     await until(lambda: w_id in net.r.live_peers(), "W still alive at R")
+
+
+class _Connections:
+    """A notifee on the silent peer's host: each connection to it opened or closed, in order."""
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str]] = []
+
+    async def opened_stream(self, network: object, stream: object) -> None:
+        return None
+
+    async def closed_stream(self, network: object, stream: object) -> None:
+        return None
+
+    async def connected(self, network: object, conn: Any) -> None:
+        self.changes.append(("opened", str(conn.muxed_conn.peer_id)))
+
+    async def disconnected(self, network: object, conn: Any) -> None:
+        self.changes.append(("closed", str(conn.muxed_conn.peer_id)))
+
+    async def listen(self, network: object, multiaddr: object) -> None:
+        return None
+
+    async def listen_close(self, network: object, multiaddr: object) -> None:
+        return None
+
+
+async def test_a_connection_that_carries_no_answer_is_closed_and_dialled_again(net: Net) -> None:
+    """A peer that reads W's pings and never answers, on a connection kept open: a wedged connection, as seen
+    between two honest daemons after a burst of DHT streams. W marks the peer dead after p2p.dead_after_s,
+    closes the connection p2p.suspect_after_s later, and dials the peer again at once; the fresh connection
+    is W's own dial."""
+    w_addr = await call(net.w.p2p_addr)
+    connections = _Connections()
+
+    async def unanswered(stream: Any) -> None:
+        try:
+            while await stream.read(64):
+                pass
+        except Exception:  # W gives up on the ping and resets the stream
+            return
+
+    async with hostile_host(kind="noise") as silent:
+        silent.host.get_network().register_notifee(connections)
+        silent.host.set_stream_handler(PING, unanswered)
+        w_id = await silent.connect(w_addr)
+        await until(lambda: peer(net.w, silent.peer_id).get("state") == "dead", "the silent peer dead at W")
+        await polled(lambda: ("closed", w_id) in connections.changes,
+                     "W closes a connection on which the peer stays silent", seconds=20)
+        closed_at = connections.changes.index(("closed", w_id))
+        await polled(lambda: ("opened", w_id) in connections.changes[closed_at:],
+                     "W dials the peer again", seconds=20)
+        assert ID.from_base58(w_id) in silent.host.get_connected_peers()

@@ -69,6 +69,22 @@ def test_a_silent_connected_peer_dies_and_a_pruned_one_stays_a_candidate(table: 
     assert kinds(table.capability(dataclasses.replace(record, seq=2), 3.0)) == ["rejoined"]
 
 
+def test_a_connection_dead_a_while_longer_is_to_be_closed_and_dialled_again(table: PeerTable) -> None:
+    """A connected peer dead for suspect_after (6 s here) longer is listed as wedged; one that proved it is
+    alive, one not connected, and one banned are not."""
+    for peer in ("a", "b", "c"):
+        table.set_connected(peer, True, 0.0)
+    assert kinds(table.tick(15.0)) == ["dead"] * 3
+    table.set_connected("b", False, 16.0)
+    for _ in range(20):
+        table.penalize("c", "bad_signature", 16.0)
+    assert table.banned("c")
+    assert table.wedged(20.9) == []
+    assert [e.peer_id for e in table.wedged(21.0)] == ["a"]
+    table.pinged("a", 1.0, 21.5)
+    assert table.wedged(22.0) == []
+
+
 def test_draining_and_leaving_come_from_the_peer(table: PeerTable) -> None:
     table.heartbeat(hb("a", 1), 0.0, wall_now=0.0)
     assert kinds(table.heartbeat(hb("a", 2, "draining"), 1.0, wall_now=0.0)) == ["draining"]
