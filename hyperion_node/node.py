@@ -24,6 +24,7 @@ from hyperion_node.api.routing import Routing, RoutingPolicies
 from hyperion_node.api.server import ApiServer
 from hyperion_node.blobs.service import BlobService, Pull
 from hyperion_node.blobs.store import BlobStore
+from hyperion_node.clock import now_ms
 from hyperion_node.config import Config
 from hyperion_node.control import ControlError, Controls
 from hyperion_node.dashboard.service import Dashboard
@@ -288,7 +289,7 @@ class Node:
         settings = self.config.ledger
         return compute_rewards(
             summaries,
-            now_ms=int(time.time() * 1000),
+            now_ms=now_ms(),
             available_since_ms=int(self.started_at * 1000),
             failed_tasks=int(failed[0][0]),
             thresholds=StallThresholds(settings.idle_warning_minutes, settings.unsettled_warning_minutes),

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from hyperion_node.clock import now_ms
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.chain import Entry, Ledger
 from hyperion_node.ledger.dispute import Dispute
@@ -101,7 +102,7 @@ class LedgerService:
 
     async def contest(self, receipt_id: bytes, case: bytes, verifiers: Sequence[str]) -> bool:
         return bool(await self._store.run(self.ledger.contest, receipt_id, case, list(verifiers),
-                                          int(time.time() * 1000)))
+                                          now_ms()))
 
     async def _write(self) -> None:
         try:

@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from hyperion_node.clock import now_ms
 from hyperion_node.store import Store
 from hyperion_node.tasks.model import FINAL_STATES, Attempt, TaskRecord, TaskState
 from hyperion_node.trio_types import TaskStatus
@@ -43,9 +44,6 @@ FLUSH_DELAY_S = 0.25
 _FINAL_VALUES = tuple(sorted(state.value for state in FINAL_STATES))
 _COLUMNS = "task_id, role, runtime, item, requester, worker, state, created_ms, updated_ms, error, attempts, result"
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _row(record: TaskRecord) -> tuple[Any, ...]:

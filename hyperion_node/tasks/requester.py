@@ -28,6 +28,7 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 
+from hyperion_node.clock import now_ms
 from hyperion_node.errors import HyperionError, RemoteError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.exceptions import ReceiptRejected
@@ -40,7 +41,7 @@ from hyperion_node.scheduler.scheduler import Decision, DecisionStatus, Outcome,
 from hyperion_node.tasks.checks import check_result
 from hyperion_node.tasks.events import Assigned, Final, Partial, TaskEvent
 from hyperion_node.tasks.exceptions import NoWorker, TaskFailed, TaskRejected
-from hyperion_node.tasks.history import HistoryWriter, now_ms
+from hyperion_node.tasks.history import HistoryWriter
 from hyperion_node.tasks.inputs import BlobInputs, by_address, fetch_seconds
 from hyperion_node.tasks.messages import (
     MAX_RESPONSE_BYTES,

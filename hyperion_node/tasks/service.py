@@ -26,6 +26,7 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from hyperion_node.clock import now_ms
 from hyperion_node.errors import HyperionError, InternalError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.chain import Ledger
@@ -317,7 +318,7 @@ class Orchestrator:
 
     def task_settled(self, request: TaskRequest, output: dict[str, Any], settled: SignedReceipt,
                    sample: dict[str, Any] | None) -> None:
-        self.reputation.observe_own(settled, int(time.time() * 1000))
+        self.reputation.observe_own(settled, now_ms())
         self._standing_wanted.set()  # this node's dealings changed: its summary is signed again soon
         self.spot_checker.after_task(request.runtime, request.item, request.payload, output, settled, sample)
 
@@ -363,7 +364,7 @@ class Orchestrator:
         return frozenset(below)
 
     def peer_failed(self, peer_id: str) -> None:
-        self.reputation.observe_failure(peer_id, int(time.time() * 1000))
+        self.reputation.observe_failure(peer_id, now_ms())
 
     # -- streams ---------------------------------------------------------------------------------------------
 
@@ -389,7 +390,7 @@ class Orchestrator:
         self._standing_wanted.set()  # the loop replaces the event each round: set the current one
 
     async def _settled(self, settled: SignedReceipt) -> None:
-        self.reputation.observe_own(settled, int(time.time() * 1000))
+        self.reputation.observe_own(settled, now_ms())
         self._standing_wanted.set()  # this node's dealings changed: its summary is signed again soon
 
     async def publish_epoch(self, epoch: SignedEpoch) -> None:
@@ -411,7 +412,7 @@ class Orchestrator:
             self._standing_wanted = trio.Event()
             counterparts = await self.store.run(ledger.counterparts)
             if counterparts != published:
-                dealings = sign_dealings(counterparts, int(time.time() * 1000), self.identity)
+                dealings = sign_dealings(counterparts, now_ms(), self.identity)
                 await self.p2p.put_record(dealings_key(self.peer_id), dealings.encode())
                 published = counterparts
             found = [await self._read_counterpart(peer) for peer, _ in counterparts]
@@ -442,7 +443,7 @@ class Orchestrator:
             try:
                 epoch = SignedEpoch.decode(data)
                 if epoch.header.signer == peer:
-                    self.reputation.observe_epoch(epoch, int(time.time() * 1000))
+                    self.reputation.observe_epoch(epoch, now_ms())
                     self.stats["epochs_read"] += 1
             except Replayed:
                 pass  # the root we read last time: nothing new

@@ -23,6 +23,7 @@ import structlog
 import trio
 from libp2p.abc import INetStream
 
+from hyperion_node.clock import now_ms
 from hyperion_node.errors import HyperionError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.exceptions import ReceiptRejected
@@ -34,7 +35,7 @@ from hyperion_node.protocols import task as task_protocol
 from hyperion_node.protocols.machine import Conversation, ProtocolViolation
 from hyperion_node.runtime_registry import RuntimeRegistry
 from hyperion_node.tasks.checks import path_fields
-from hyperion_node.tasks.history import HistoryWriter, now_ms
+from hyperion_node.tasks.history import HistoryWriter
 from hyperion_node.tasks.inputs import BlobInputs, fetch_bytes, resolve
 from hyperion_node.tasks.messages import (
     MAX_COUNTERSIGN_BYTES,

@@ -17,7 +17,6 @@ the exchange shares its counters, its penalties and its events.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -26,6 +25,7 @@ import structlog
 import trio
 from libp2p.abc import INetStream
 
+from hyperion_node.clock import now_ms
 from hyperion_node.errors import UserError
 from hyperion_node.ledger.dispute import CheckedCase, Dispute, DisputeCase, check_case
 from hyperion_node.ledger.exceptions import ReceiptRejected
@@ -361,6 +361,3 @@ def _case_worker(data: bytes) -> str | None:
     except ReceiptRejected:
         return None
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

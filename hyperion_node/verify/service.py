@@ -43,6 +43,7 @@ import structlog
 import trio
 from libp2p.abc import INetStream
 
+from hyperion_node.clock import now_ms
 from hyperion_node.errors import HyperionError, UserError
 from hyperion_node.identity import Identity
 from hyperion_node.ledger.dispute import (
@@ -72,12 +73,10 @@ from hyperion_node.tasks.streams import (
 )
 from hyperion_node.trio_types import TaskStatus
 from hyperion_node.verify.case_exchange import (
-    MAX_HELD_WORKERS,
     UNANSWERED,
     CaseExchange,
     CaseNetwork,
     NotAnswered,
-    now_ms,
 )
 from hyperion_node.verify.evidence import FAILED_CHECK, Check, Condemnation, EvidenceBook
 from hyperion_node.verify.evidence_case import (
@@ -105,6 +104,9 @@ log = structlog.get_logger(__name__)
 
 RECENT_RESULTS = 256  # results kept for `audit`, newest last
 MAX_KEPT_REQUESTS = 1024  # the work behind this node's latest checks, for the evidence cases it may publish
+# (worker, item) pairs whose results to this node are counted for the sampler (a new worker is checked more);
+# past it the least recently served pair is forgotten, and counts again from 0.
+MAX_DELIVERED = 4096
 
 
 _NOT_JUDGED: tuple[type[BaseException], ...] = (HyperionError, *STREAM_ERRORS_OR_TIMEOUT)
@@ -177,7 +179,7 @@ class SpotChecker:
         key = (worker, item)
         seen = self._delivered.pop(key, 0)
         self._delivered[key] = seen + 1
-        while len(self._delivered) > MAX_HELD_WORKERS * 4:
+        while len(self._delivered) > MAX_DELIVERED:
             self._delivered.popitem(last=False)
         share = self.runtimes.check_share(runtime, payload, output)
         if not self.sampler.draw(share, float(settled.receipt.units), results_seen=seen,
