@@ -127,7 +127,9 @@ def joining(root: Path, idle_nodes: list[NodeProcess], joiners: int, rng: random
             answer = complete(node, f"Hello {j}.")
             took.append(time.perf_counter() - t0 if answer.status_code == 200 else float("inf"))
             if answer.status_code != 200:
-                failures.append(f"{answer.status_code} after {time.perf_counter() - t0:.1f} s: {answer.text[:200]}")
+                lookups = node.get("/api/p2p")["stats"].get("lookups")  # what answered its lookups, if any did
+                failures.append(f"{answer.status_code} after {time.perf_counter() - t0:.1f} s: {answer.text[:120]}"
+                                f" lookups {lookups}")
         finally:
             node.stop()
     return {"join_first_task_p50_s": pct(took, 0.5), "join_first_task_p95_s": pct(took, 0.95),

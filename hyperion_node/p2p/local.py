@@ -30,6 +30,9 @@ class P2PStats:
     received: Counter[str] = field(default_factory=Counter)  # accepted messages, by protocol
     sent: Counter[str] = field(default_factory=Counter)  # messages this node sent, by protocol
     rejected: Counter[str] = field(default_factory=Counter)  # "<where>:<reason>" -> count
+    # Provider lookups by what answered them: "walk" (provider_walk.py), "dht" (py-libp2p's own lookup, after a
+    # walk that found no valid record), "none" (neither found one).
+    lookups: Counter[str] = field(default_factory=Counter)
     # Heartbeat delay from the provider's clock to ours: (local monotonic time, ms), over the last
     # LATENCY_WINDOW_S only, so start-up fades out.
     latencies_ms: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=5000))
@@ -45,6 +48,6 @@ class P2PStats:
             return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
 
         return {"received": dict(self.received), "sent": dict(self.sent), "rejected": dict(self.rejected),
-                "rejected_total": sum(self.rejected.values()),
+                "rejected_total": sum(self.rejected.values()), "lookups": dict(self.lookups),
                 "heartbeat_latency_ms": {"p50": pct(0.5), "p95": pct(0.95), "n": len(lat),
                                          "window_s": LATENCY_WINDOW_S}}

@@ -35,6 +35,7 @@ from libp2p.peer.peerinfo import PeerInfo
 from libp2p.utils.address_validation import get_available_interfaces
 
 from hyperion_node.identity import Identity
+from hyperion_node.p2p import provider_walk
 from hyperion_node.p2p.advertiser import Advertiser
 from hyperion_node.p2p.census import Census
 from hyperion_node.p2p.dialback import DIALBACK_PROTOCOL, Dialback
@@ -54,7 +55,8 @@ from hyperion_node.p2p.messages import (
 )
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.p2p.presence import PRESENCE_PROTOCOL, Presence
-from hyperion_node.p2p.records import RecordValidator, dealings_key, epoch_key
+from hyperion_node.p2p.provider_walk import ProviderWalk
+from hyperion_node.p2p.records import SENDER, RecordValidator, dealings_key, epoch_key
 from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.store import Store
 from hyperion_node.trio_types import TaskStatus
@@ -104,6 +106,8 @@ class P2PNetwork:
         self.stats = P2PStats()
         self.host: Any = None  # the host (streams by protocol, connections, ping) while running
         self.dht: Any = None  # the Kademlia DHT while running
+        self._walk: ProviderWalk | None = None  # provider lookups that stop at an answer (py-libp2p's DHT)
+        self._validator: RecordValidator | None = None
         self._observers: list[PeerObserver] = []
         self.liveness = Liveness(self.table, settings, store, on_rtt=self._on_rtt)
         rate = settings.heartbeat_rate_per_peer
@@ -137,12 +141,13 @@ class P2PNetwork:
     # -- the component -------------------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        validator = RecordValidator(self)
+        validator = self._validator = RecordValidator(self)
         try:
             async with self._stack(self.identity, self.settings, validator, self.stats, self.table,
                                    self.connection_changed) as (host, dht):
                 host.set_stream_handler(DIALBACK_PROTOCOL, self.dialback.handle)
                 self.host, self.dht, self.dialback.host = host, dht, host
+                self._walk = ProviderWalk(dht) if provider_walk.supports(dht) else None
                 self._up_since = trio.current_time()
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -157,7 +162,7 @@ class P2PNetwork:
                     task_status.started()
                     await trio.sleep_forever()
         finally:
-            self.host = self.dht = self._nursery = None
+            self.host = self.dht = self._nursery = self._walk = None
 
     # -- addresses ---------------------------------------------------------------------------------------
 
@@ -298,9 +303,11 @@ class P2PNetwork:
             return value
         return None
 
-    async def find_providers(self, runtime: str, item: str, *, count: int = 20) -> list[CapabilityRecord]:
-        """Peers offering ``runtime/item``, found through DHT provider records, with their capability records.
-        A lookup that finds none is tried again (after FIND_AGAIN_S, then twice that, ...): FIND_TRIES times in
+    async def find_providers(self, runtime: str, item: str, *, count: int = 20,
+                             enough: int | None = None) -> list[CapabilityRecord]:
+        """Peers offering ``runtime/item``, found through DHT provider records, with their capability records:
+        as soon as ``enough`` (default ``count``) records are checked, for a task that waits on the answer. A
+        lookup that finds none is tried again (after FIND_AGAIN_S, then twice that, ...): FIND_TRIES times in
         all, and until the 10 s bound in a node's first JOINING_S. py-libp2p's lookup counts a peer whose stream
         failed as one that knows nothing, and a node that has just joined sends its first lookups while its new
         connections, and the peers' answers to its start-up lookups, still compete (seen on a 2-core machine
@@ -312,14 +319,73 @@ class P2PNetwork:
                     break
                 if attempt:
                     await trio.sleep(FIND_AGAIN_S * min(attempt, 4))
-                records: list[CapabilityRecord] = []
-                for peer_id in await self.providers_of(capability_key(runtime, item), count):
-                    record = await self.capability_of(peer_id)
-                    if record is not None and any(o.runtime == runtime and o.item == item for o in record.offers):
-                        records.append(record)
+                records = await self._lookup(runtime, item, count, enough or count)
                 if records:
                     return records
         return []
+
+    async def _lookup(self, runtime: str, item: str, count: int, enough: int) -> list[CapabilityRecord]:
+        """One provider lookup: the walk that stops at an answer (``provider_walk``), each provider's record
+        asked of the provider itself; then, if that found no valid record (no provider named, or only peers
+        whose records do not check: a peer may name anyone), py-libp2p's own lookup."""
+        key = capability_key(runtime, item)
+
+        def offers(record: CapabilityRecord | None) -> bool:
+            return record is not None and any(o.runtime == runtime and o.item == item for o in record.offers)
+
+        records: list[CapabilityRecord] = []
+        started = trio.current_time()
+        if self._walk is not None:
+            walk = self._walk
+            infos = await walk.providers(key, min(enough, count))
+            log.debug("provider_walk", item=item, named=len(infos), ms=round((trio.current_time() - started) * 1000),
+                      first_ms=None if walk.first_ms is None else round(walk.first_ms))
+            async with trio.open_nursery() as nursery:
+
+                async def resolve(info: PeerInfo) -> None:
+                    record = await self._provider_record(walk, info.peer_id)
+                    if offers(record):
+                        assert record is not None
+                        records.append(record)
+                        if len(records) >= enough:
+                            nursery.cancel_scope.cancel()
+
+                for info in infos[:count]:
+                    nursery.start_soon(resolve, info)
+            log.debug("provider_records", item=item, valid=len(records),
+                      ms=round((trio.current_time() - started) * 1000))
+            if records:
+                self.stats.lookups["walk"] += 1
+                return records
+        for peer_id in await self.providers_of(key, count):
+            record = await self.capability_of(peer_id)
+            if offers(record):
+                assert record is not None
+                records.append(record)
+        self.stats.lookups["dht" if records else "none"] += 1
+        return records
+
+    async def _provider_record(self, walk: ProviderWalk, peer: ID) -> CapabilityRecord | None:
+        """A provider's capability record: the peer table's while fresh, else asked of the provider and checked
+        by the DHT's validator (signature, key, expiry, replay), which also files it in the peer table."""
+        peer_id = str(peer)
+        if peer_id == self.peer_id:
+            return self.advertiser.record()
+        entry = self.table.get(peer_id)
+        if entry is not None and entry.capability is not None and entry.capability.expires_at > time.time():
+            return entry.capability
+        key = record_key(peer_id)
+        value = await walk.record_from(peer, key)
+        if value is None or self._validator is None:
+            return None
+        sender = SENDER.set(peer_id)  # the provider answered (Noise authenticated it): charged for a bad record
+        try:
+            self._validator.validate(key, value)
+            return CapabilityRecord.decode(value)
+        except MalformedMessage:  # counted and charged by the validator
+            return None
+        finally:
+            SENDER.reset(sender)
 
     async def capability_of(self, peer_id: str) -> CapabilityRecord | None:
         if peer_id == self.peer_id:

@@ -79,6 +79,9 @@ EVENT_BUFFER = 64  # partial results a job holds for a client that reads slowly
 # itself, or knows one other provider, would otherwise never learn of the rest: in a 16-node demo every task
 # then ran on its own requester. Half the heartbeat-driven health trend's default window (30 s).
 PROVIDER_REFRESH_S = 15.0
+# A task that waits on a provider lookup goes ahead with this many providers found; the background refresh finds
+# the rest for the tasks after it.
+FIRST_PROVIDERS = 3
 # Dealings summaries (this node's, signed; its counterparts', read) are refreshed at least this often.
 STANDING_EVERY_S = 60.0
 
@@ -234,7 +237,7 @@ class Orchestrator:
             # Nobody known serves it: ask the DHT (O(log N) hops) and wait; what it finds lands in the peer table.
             self._looked_up[key] = now
             with trio.move_on_after(self.settings.lookup_timeout_s):
-                await self.p2p.find_providers(spec.runtime, spec.item)
+                await self.p2p.find_providers(spec.runtime, spec.item, enough=FIRST_PROVIDERS)
             found = self._known_candidates(spec)
         elif now - self._looked_up.get(key, -PROVIDER_REFRESH_S) >= PROVIDER_REFRESH_S and self._nursery is not None:
             # Someone can take it now (maybe only this node); who else serves it is for the next tasks to use,

@@ -163,6 +163,11 @@ def test_a_new_node_routes_to_a_provider_it_never_heard_of(grown: Growing) -> No
     took = time.monotonic() - started
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-hyperion-worker"] in providers
+    # Found by the walk that stops at an answer, each provider's record asked of the provider itself
+    # (provider_walk.py), not by py-libp2p's whole lookup.
+    lookups = joiner.get("/api/p2p")["stats"]["lookups"]
+    assert lookups.get("walk", 0) >= 1, lookups
+    assert not lookups.get("dht"), lookups
     print(f"first task from a new node: {took:.2f} s")  # the figure: scripts/bench_p2p.py measures its p95
 
 
