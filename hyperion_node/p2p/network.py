@@ -198,7 +198,10 @@ class P2PNetwork:
         """A peer that dialled us told us no address (identify runs on our own dials): its signed capability
         record says where it listens, for the peer cache, so that a restarted node can dial it back."""
         with trio.move_on_after(10):
-            await self.capability_of(peer_id)
+            if self._walk is not None:  # asked of the peer itself: one request on the connection just opened
+                await self._provider_record(self._walk, ID.from_base58(peer_id))
+            else:
+                await self.capability_of(peer_id)
         entry = self.table.get(peer_id)
         if entry is not None and entry.addrs:
             await self.dialer.remember(entry)
@@ -366,8 +369,10 @@ class P2PNetwork:
         return records
 
     async def _provider_record(self, walk: ProviderWalk, peer: ID) -> CapabilityRecord | None:
-        """A provider's capability record: the peer table's while fresh, else asked of the provider and checked
-        by the DHT's validator (signature, key, expiry, replay), which also files it in the peer table."""
+        """A peer's capability record: the peer table's while fresh, else asked of the peer itself (one GET_VALUE,
+        not a DHT walk) and checked by the DHT's validator (signature, key, expiry, replay), which also files it
+        in the peer table. Seen before: every new connection's record looked up by a whole walk, a dozen walks
+        at once on a node that had just joined, and its first task's lookup starved behind them."""
         peer_id = str(peer)
         if peer_id == self.peer_id:
             return self.advertiser.record()

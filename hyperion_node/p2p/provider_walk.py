@@ -11,8 +11,10 @@ every peer answers with the peers it knows closer to the key. So the walk here:
 
 * starts from the routing table's peers closest to the key, and the peers this node is connected to (a new
   node's bootstrap peer is both);
-* asks GET_PROVIDERS of ALPHA peers at a time, closest first, a new query as each one ends, each under
-  QUERY_TIMEOUT_S, adding the closer peers each answer names (with their addresses, so they can be dialled);
+* asks GET_PROVIDERS of ALPHA peers at a time (at the start, of up to START_WAVE connected peers), connected
+  peers first, then closest first, a new query as each one ends, each under QUERY_TIMEOUT_S, and ALPHA more
+  whenever HEDGE_S passes without an answer; adding the closer peers each answer names (with their addresses,
+  so they can be dialled);
 * stops once ``enough`` providers are named, MAX_QUERIES peers were asked, or no peer is left to ask; and
   GRACE_S after the first provider is named, starting no query in between (in a network with fewer providers
   than ``enough``, the walk would otherwise ask every peer).
@@ -44,7 +46,11 @@ from multiaddr import Multiaddr
 
 log = structlog.get_logger(__name__)
 
-ALPHA = 3  # queries in flight at once (Kademlia's alpha)
+ALPHA = 3  # queries in flight at once (Kademlia's alpha) ...
+START_WAVE = 8  # ... or as many of the connected peers, up to this, at the start (no dial to wait for)
+# Without any answer for this long, ALPHA more queries may start beside the ones in flight (a hedge: on a loaded
+# machine one GET_PROVIDERS took over 1 s, and the closest peers are not always the quickest).
+HEDGE_S = 0.4
 QUERY_TIMEOUT_S = 1.5  # one peer's answer; py-libp2p waits 10 s
 MAX_QUERIES = 20  # peers asked in one walk, at most
 # Once a provider is named, the queries in flight have this long to name more, and no new one starts: a task
@@ -83,9 +89,12 @@ class ProviderWalk:
             found.setdefault(info.peer_id, info)
         if found:  # as py-libp2p's lookup does: the advertiser keeps provider records at their closest peers
             return list(found.values())
-        start = set(self._dht.routing_table.find_local_closest_peers(target, START_PEERS))
-        start.update(self._host.get_connected_peers())
-        candidates = sort_peer_ids_by_distance(target, [p for p in start if p != local_id])
+        connected = [p for p in self._host.get_connected_peers() if p != local_id]
+        known = [p for p in self._dht.routing_table.find_local_closest_peers(target, START_PEERS)
+                 if p != local_id and p not in set(connected)]
+        # The connected peers closest to the key first (no dial to wait for), then the rest, closest first.
+        candidates = sort_peer_ids_by_distance(target, connected) + sort_peer_ids_by_distance(target, known)
+        limit = max(ALPHA, min(START_WAVE, len(connected)))  # queries in flight at once
         asked: set[ID] = set()
         answers_in, answers_out = trio.open_memory_channel[tuple[list[PeerInfo], list[PeerInfo]]](math.inf)
 
@@ -104,7 +113,7 @@ class ProviderWalk:
             in_flight = 0
             grace: float | None = None  # from the first provider named: GRACE_S for the queries in flight
             while True:
-                while (in_flight < ALPHA and candidates and len(asked) < MAX_QUERIES and len(found) < enough
+                while (in_flight < limit and candidates and len(asked) < MAX_QUERIES and len(found) < enough
                        and grace is None):
                     peer = candidates.pop(0)
                     asked.add(peer)
@@ -116,10 +125,13 @@ class ProviderWalk:
                 if found and grace is None:
                     grace = trio.current_time() + GRACE_S
                     self.first_ms = (trio.current_time() - started) * 1000
-                with trio.move_on_at(math.inf if grace is None else grace) as waited:
+                with trio.move_on_at(trio.current_time() + HEDGE_S if grace is None else grace) as waited:
                     providers, closer = await answers_out.receive()
                 if waited.cancelled_caught:
-                    break
+                    if grace is not None:
+                        break
+                    limit += ALPHA  # no answer for HEDGE_S: ask more peers beside the slow ones
+                    continue
                 in_flight -= 1
                 for info in providers:
                     if info.peer_id not in found:
