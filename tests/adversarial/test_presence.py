@@ -14,16 +14,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import cbor2
 import pytest
 import trio
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from multiaddr import Multiaddr
 
 from hyperion_node.ledger.dealings import Dealings, sign_dealings
 from hyperion_node.ledger.signing import DOMAIN_DEALINGS, sign
-from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd, record_key
+from hyperion_node.p2p.messages import CapabilityRecord, Heartbeat, OfferAd, capability_key, record_key
+from hyperion_node.p2p.provider_walk import dht_key
 from hyperion_node.p2p.records import dealings_key
 from hyperion_node.testing.hostile import Hostile, hostile_host, new_identity
-from tests.adversarial.conftest import MODEL, Net, ask, call, now_ms, peer, polled, rejected, until
+from hyperion_node.testing.process import NodeProcess
+from tests.adversarial.conftest import FAST, MODEL, Net, ask, call, now_ms, peer, polled, rejected, until
 
 pytestmark = pytest.mark.process
 
@@ -188,3 +193,42 @@ async def test_a_ring_of_fresh_keys_mints_no_more_than_its_sponsors_own_dealings
     status, worker = await call(ask, net.r)
     assert status == 200
     assert worker not in ids
+
+
+async def test_a_peer_naming_itself_a_provider_with_a_forged_record_is_charged_and_skipped(net: Net) -> None:
+    """A new node J whose first peers are W and an attacker looks the model up by the provider walk
+    (p2p/provider_walk.py): the attacker names itself a provider and answers J's request for its record with
+    a record whose signature does not check. J charges the attacker (the provider answered it: Noise
+    authenticated the answer), lists no offer from it, and its first task goes to W or X, whose records it
+    asked of them and checked."""
+    w_addr = await call(net.w.p2p_addr)
+    providers = {await call(lambda: net.w.peer_id), await call(lambda: net.x.peer_id)}
+    async with hostile_host(dht=True) as attacker:
+        assert attacker.dht is not None
+        offer = OfferAd(runtime="inference", item=MODEL, unit="token", price_per_unit=0.0, capacity=8,
+                        throughput=1000.0)
+        sealed = CapabilityRecord(peer_id=attacker.peer_id, seq=now_ms(), expires_at=time.time() + 600,
+                                  name="forger", addrs=(attacker.addr(),), offers=(offer,),
+                                  hardware={"cpu": "x", "cores": 8, "gpus": []}).seal(attacker.identity)
+        envelope = cbor2.loads(sealed)
+        envelope["s"] = bytes(b ^ 0xFF for b in envelope["s"])  # the attacker's own record, signature broken
+        attacker.dht.value_store.put(record_key(attacker.peer_id).encode(), cbor2.dumps(envelope))
+        listen = [Multiaddr(str(a)) for a in attacker.host.get_transport_addrs()]
+        attacker.dht.provider_store.add_provider(dht_key(capability_key("inference", MODEL)),
+                                                 PeerInfo(attacker.identity.peer_id, listen))
+        boot = f'p2p.bootstrap=["{attacker.addr()}", "{w_addr}"]'
+        joiner = NodeProcess(net.root / "j-forged", sets=[*FAST, boot, 'runtimes.disabled=["inference", '
+                                                           '"zk-groth16", "render-blender"]'])
+        try:
+            await call(joiner.start)
+            status, worker = await call(ask, joiner)
+            assert status == 200
+            assert worker in providers
+            stats = await call(lambda: joiner.get("/api/p2p")["stats"])
+            assert stats["lookups"].get("walk", 0) >= 1, stats["lookups"]
+            assert stats["rejected"].get("dht:bad_signature", 0) >= 1, stats["rejected"]
+            charged = await call(peer, joiner, attacker.peer_id)
+            assert charged["offences"].get("bad_signature", 0) >= 1, charged
+            assert MODEL not in {o.get("item") for o in (charged.get("offers") or [])}
+        finally:
+            await call(joiner.stop)
