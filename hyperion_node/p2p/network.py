@@ -195,8 +195,16 @@ class P2PNetwork:
             self._nursery.start_soon(self._learn_addrs, str(peer_id))
 
     async def _learn_addrs(self, peer_id: str) -> None:
-        """A peer that dialled us told us no address (identify runs on our own dials): its signed capability
-        record says where it listens, for the peer cache, so that a restarted node can dial it back."""
+        """Where a newly connected peer listens, for the peer cache, so that a restarted node can dial it back:
+        the peerstore's addresses for a peer this node dialled (and identify's); for a peer that dialled us, which
+        told us none, its signed capability record."""
+        known = self.host.peer_addrs(ID.from_base58(peer_id)) if self.host is not None else ()
+        if known:
+            if self.table.learned_addrs(peer_id, known):
+                entry = self.table.get(peer_id)
+                if entry is not None:
+                    await self.dialer.remember(entry)
+            return
         with trio.move_on_after(10):
             if self._walk is not None:  # asked of the peer itself: one request on the connection just opened
                 await self._provider_record(self._walk, ID.from_base58(peer_id))
@@ -341,8 +349,6 @@ class P2PNetwork:
         if self._walk is not None:
             walk = self._walk
             infos = await walk.providers(key, min(enough, count))
-            log.debug("provider_walk", item=item, named=len(infos), ms=round((trio.current_time() - started) * 1000),
-                      first_ms=None if walk.first_ms is None else round(walk.first_ms))
             async with trio.open_nursery() as nursery:
 
                 async def resolve(info: PeerInfo) -> None:
@@ -374,30 +380,34 @@ class P2PNetwork:
         in the peer table. Seen before: every new connection's record looked up by a whole walk, a dozen walks
         at once on a node that had just joined, and its first task's lookup starved behind them."""
         peer_id = str(peer)
-        if peer_id == self.peer_id:
-            return self.advertiser.record()
-        entry = self.table.get(peer_id)
-        if entry is not None and entry.capability is not None and entry.capability.expires_at > time.time():
-            return entry.capability
+        held = self._held_capability(peer_id)
+        if held is not None:
+            return held
         key = record_key(peer_id)
         value = await walk.record_from(peer, key)
         if value is None or self._validator is None:
             return None
         sender = SENDER.set(peer_id)  # the provider answered (Noise authenticated it): charged for a bad record
         try:
-            self._validator.validate(key, value)
-            return CapabilityRecord.decode(value)
+            return self._validator.capability(key, value)
         except MalformedMessage:  # counted and charged by the validator
             return None
         finally:
             SENDER.reset(sender)
 
-    async def capability_of(self, peer_id: str) -> CapabilityRecord | None:
+    def _held_capability(self, peer_id: str) -> CapabilityRecord | None:
+        """This node's own record, or a peer's that the peer table holds unexpired."""
         if peer_id == self.peer_id:
             return self.advertiser.record()
         entry = self.table.get(peer_id)
         if entry is not None and entry.capability is not None and entry.capability.expires_at > time.time():
             return entry.capability
+        return None
+
+    async def capability_of(self, peer_id: str) -> CapabilityRecord | None:
+        held = self._held_capability(peer_id)
+        if held is not None:
+            return held
         value = await self.get_record(record_key(peer_id))
         if value is None:
             return None

@@ -74,14 +74,11 @@ class ProviderWalk:
     def __init__(self, dht: Any) -> None:
         self._dht = dht
         self._host = dht.host
-        self.queries = 0  # GET_PROVIDERS sent, for /api/p2p and the benches
-        self.first_ms: float | None = None  # in the last walk, when the first provider was named
 
     async def providers(self, key: str, enough: int) -> list[PeerInfo]:
         """Providers of ``key`` (each once, with the addresses their provider records gave), as soon as
         ``enough`` are named or the walk ends; those this node stores itself, if it stores any."""
         started = trio.current_time()
-        self.first_ms = None
         target = dht_key(key)
         local_id = self._host.get_id()
         found: dict[ID, PeerInfo] = {}
@@ -90,8 +87,8 @@ class ProviderWalk:
         if found:  # as py-libp2p's lookup does: the advertiser keeps provider records at their closest peers
             return list(found.values())
         connected = [p for p in self._host.get_connected_peers() if p != local_id]
-        known = [p for p in self._dht.routing_table.find_local_closest_peers(target, START_PEERS)
-                 if p != local_id and p not in set(connected)]
+        skip = {local_id, *connected}
+        known = [p for p in self._dht.routing_table.find_local_closest_peers(target, START_PEERS) if p not in skip]
         # The connected peers closest to the key first (no dial to wait for), then the rest, closest first.
         candidates = sort_peer_ids_by_distance(target, connected) + sort_peer_ids_by_distance(target, known)
         limit = max(ALPHA, min(START_WAVE, len(connected)))  # queries in flight at once
@@ -112,19 +109,19 @@ class ProviderWalk:
         async with trio.open_nursery() as nursery:
             in_flight = 0
             grace: float | None = None  # from the first provider named: GRACE_S for the queries in flight
+            first_ms: float | None = None
             while True:
                 while (in_flight < limit and candidates and len(asked) < MAX_QUERIES and len(found) < enough
                        and grace is None):
                     peer = candidates.pop(0)
                     asked.add(peer)
                     in_flight += 1
-                    self.queries += 1
                     nursery.start_soon(ask, peer)
                 if in_flight == 0 or len(found) >= enough:
                     break
                 if found and grace is None:
                     grace = trio.current_time() + GRACE_S
-                    self.first_ms = (trio.current_time() - started) * 1000
+                    first_ms = (trio.current_time() - started) * 1000
                 with trio.move_on_at(trio.current_time() + HEDGE_S if grace is None else grace) as waited:
                     providers, closer = await answers_out.receive()
                 if waited.cancelled_caught:
@@ -144,6 +141,8 @@ class ProviderWalk:
                 if fresh:
                     candidates = sort_peer_ids_by_distance(target, candidates + fresh)
             nursery.cancel_scope.cancel()
+        log.debug("provider_walk", key=key[:16], named=len(found), asked=len(asked),
+                  ms=round((trio.current_time() - started) * 1000), first_ms=first_ms and round(first_ms))
         return list(found.values())
 
     async def record_from(self, peer: ID, key: str) -> bytes | None:

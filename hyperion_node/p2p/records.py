@@ -86,6 +86,11 @@ class RecordValidator(Validator):
         if key.startswith(DEALINGS_KEY_PREFIX):
             self._validate_dealings(key, value)
             return
+        self.capability(key, value)
+
+    def capability(self, key: str, value: bytes) -> CapabilityRecord:
+        """A capability record checked as ``validate`` checks one (and filed in the peer table when first-hand):
+        the record, or MalformedMessage."""
         try:
             record = CapabilityRecord.decode(value)
         except MalformedMessage as exc:
@@ -108,6 +113,7 @@ class RecordValidator(Validator):
         sender = SENDER.get()
         if sender is None or sender == record.peer_id:  # first-hand: our own lookup's answer, or the peer itself
             self._observer.learned_capability(record)
+        return record
 
     def _validate_epoch(self, key: str, value: bytes) -> None:
         """A peer's latest signed epoch root (``epoch_key``): its signature, and signed by the key's peer."""
