@@ -22,6 +22,10 @@ from hyperion_node.store import Store
 
 log = structlog.get_logger(__name__)
 
+# A node with no connection dials its bootstrap peers and peer cache again after this long, doubling up to the max.
+REJOIN_MIN_S = 1.0
+REJOIN_MAX_S = 60.0
+
 
 class Dialer:
     def __init__(self, peer_id: str, settings: P2PSettings, store: Store, table: PeerTable,
@@ -51,8 +55,10 @@ class Dialer:
         log.info("dial_timeout", peer=str(info.peer_id))
         return False
 
-    async def dial_known_peers(self, host: Any, dht: Any) -> None:
-        """Bootstrap peers and the peer cache, in parallel; each bounded by dial_timeout_s."""
+    async def dial_known_peers(self, host: Any, dht: Any, *, again: bool = False) -> None:
+        """Bootstrap peers and the peer cache, in parallel; each bounded by dial_timeout_s. ``again``: a retry
+        while this node is alone, past py-libp2p's negative cache (a peer whose addresses all failed is not
+        dialled for 60 s): the caller's backoff paces these dials."""
         self.host, self.dht = host, dht
         infos: dict[str, PeerInfo] = {}
         for addr in self.settings.bootstrap:
@@ -74,13 +80,31 @@ class Dialer:
             return
         results: dict[str, bool] = {}
 
+        unblock = getattr(host.get_network(), "unblock_peer", None) if again and hasattr(host, "get_network") else None
+
         async def dial(key: str, info: PeerInfo) -> None:
+            if unblock is not None:
+                unblock(info.peer_id)
             results[key] = await self.dial(info)
 
         async with trio.open_nursery() as nursery:
             for key, info in infos.items():
                 nursery.start_soon(dial, key, info)
         log.info("dialled_known_peers", reached=sum(results.values()), tried=len(results))
+
+    async def rejoin_loop(self, host: Any) -> None:
+        """While this node holds no connection, dial the bootstrap peers and the peer cache again, after
+        REJOIN_MIN_S, doubling to REJOIN_MAX_S. Seen: a node whose one bootstrap peer was too loaded to answer at
+        start stayed alone for good (nothing else dials a peer the table does not know), and every task it was
+        asked for failed."""
+        wait = REJOIN_MIN_S
+        while True:
+            await trio.sleep(wait)
+            if host.get_connected_peers():
+                wait = REJOIN_MIN_S
+                continue
+            await self.dial_known_peers(host, self.dht, again=True)
+            wait = min(2 * wait, REJOIN_MAX_S)
 
     def addresses_changed(self, peer_id: str, addrs: tuple[str, ...]) -> bool:
         """Whether a peer's addresses (from its heartbeat) are new to the cache this run, remembering them."""

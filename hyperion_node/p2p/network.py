@@ -155,6 +155,7 @@ class P2PNetwork:
                     if self.settings.mdns and self.network == "libp2p":
                         nursery.start_soon(run_mdns, host)
                     await self.dialer.dial_known_peers(host, dht)
+                    nursery.start_soon(self.dialer.rejoin_loop, host)
                     await nursery.start(self.presence.run, host)
                     await nursery.start(self.advertiser.run, dht)
                     await nursery.start(self.census.run)
@@ -346,6 +347,10 @@ class P2PNetwork:
 
         records: list[CapabilityRecord] = []
         started = trio.current_time()
+        if self.host is not None and not self.host.get_connected_peers():
+            # Alone (its bootstrap peers did not answer yet): a task waiting on this lookup does not wait for
+            # the dialler's next try.
+            await self.dialer.dial_known_peers(self.host, self.dht, again=True)
         if self._walk is not None:
             walk = self._walk
             infos = await walk.providers(key, min(enough, count))

@@ -8,11 +8,14 @@ every wait is a poll under a deadline, never a fixed sleep.
 from __future__ import annotations
 
 import signal
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hyperion_node.datadir import DataDir
+from hyperion_node.identity import load_identity
 from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
 
 pytestmark = pytest.mark.process
@@ -79,6 +82,24 @@ def test_provider_found_by_a_node_that_never_connected_to_it(tmp_path: Path, nod
     # the stream of a FIND_NODE whose key is over 50 bytes (our keys were 62-71 before they named peers by digest).
     for node in (seed, worker, asker):
         assert "FIND_NODE key is not a valid PeerId" not in node.stderr_text(), node.data_dir.name
+
+
+def test_a_node_whose_bootstrap_peer_is_down_at_start_joins_when_it_comes_up(tmp_path: Path,
+                                                                             nodes: list[NodeProcess]) -> None:
+    """The bootstrap peer is not up yet when the node starts (nothing listens on its address): the node starts
+    alone, keeps dialling its bootstrap list with backoff while it holds no connection, and joins once the
+    bootstrap peer listens. Before, nothing dialled it again: the node stayed alone until restarted."""
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    seed_id = str(load_identity(DataDir(seed_dir), create=True).peer_id)
+    with socket.socket() as probe:  # a port nothing listens on, for the seed to take later
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    alone = start(nodes, tmp_path / "alone", NO_MODEL, [f"/ip4/127.0.0.1/tcp/{port}/p2p/{seed_id}"])
+    assert alone.get("/api/p2p")["connected"] == 0
+    seed = start(nodes, seed_dir, [*NO_MODEL, f"p2p.tcp_port={port}"])
+    assert seed.peer_id == seed_id
+    wait_until(lambda: seed_id in alone.live_peers(), timeout=60, what="the node dialled its bootstrap peer again")
 
 
 def test_sigkill_drops_the_connections_and_restart_rejoins_from_the_peer_cache(
