@@ -16,6 +16,7 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 
+from hyperion_node.p2p.liveness import cache_peer
 from hyperion_node.p2p.peer_table import PeerEntry, PeerTable, PresenceEvent
 from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.store import Store
@@ -117,6 +118,4 @@ class Dialer:
         return True
 
     async def remember(self, entry: PeerEntry) -> None:
-        await self.store.run(lambda: self.store.remember_peer(
-            entry.peer_id, list(entry.addrs), state=entry.state.value, score=entry.score,
-            keep=self.settings.peer_cache_size))
+        await cache_peer(self.store, entry, self.settings.peer_cache_size)

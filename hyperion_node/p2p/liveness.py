@@ -45,6 +45,25 @@ KEEP_EVERY_S = 5.0  # a node below its connection target dials peers it knows th
 EVENT_BUFFER = 1000  # presence events waiting for the store; past it they are logged, not stored
 
 
+async def cache_peer(store: Store, entry: PeerEntry, keep: int) -> None:
+    """Write a peer's addresses, state and score to the peer cache (``peer_cache_size`` entries kept), so that a
+    restarted node can dial it again."""
+    await store.run(lambda: store.remember_peer(entry.peer_id, list(entry.addrs), state=entry.state.value,
+                                                score=entry.score, keep=keep))
+
+
+async def close_connection(host: Any, peer_id: str, timeout_s: float, why: str) -> None:
+    """Close our connections to ``peer_id`` (a host without ``disconnect``, the memory fabric's, keeps them)."""
+    disconnect = getattr(host, "disconnect", None)
+    if disconnect is None:
+        return
+    with trio.move_on_after(timeout_s):
+        try:
+            await disconnect(ID.from_base58(peer_id))
+        except Exception as exc:  # already gone, or a connection py-libp2p is tearing down itself
+            log.debug("connection_close_failed", peer=peer_id, why=why, error=type(exc).__name__)
+
+
 class Liveness:
     def __init__(self, table: PeerTable, settings: P2PSettings, store: Store,
                  rng: random.Random | None = None, on_rtt: Callable[[str, float], None] | None = None) -> None:
@@ -85,9 +104,7 @@ class Liveness:
                                  {"peer_id": event.peer_id, **event.detail})
             entry = self.table.get(event.peer_id)
             if entry is not None and entry.addrs and event.kind in ("joined", "rejoined", "alive"):
-                await self.store.run(
-                    lambda e=entry: self.store.remember_peer(e.peer_id, list(e.addrs), state=e.state.value,
-                                                             score=e.score, keep=self.settings.peer_cache_size))
+                await cache_peer(self.store, entry, self.settings.peer_cache_size)
 
     async def _probe_loop(self, host: Any) -> None:
         """Dial dead providers again now and then (``PeerTable.to_probe``): one that answers is connected, and
@@ -138,13 +155,7 @@ class Liveness:
         try:
             log.info("peer_connection_closed_dead", peer=entry.peer_id,
                      dead_s=round(trio.current_time() - (entry.dead_since or trio.current_time()), 1))
-            disconnect = getattr(host, "disconnect", None)
-            if disconnect is not None:
-                with trio.move_on_after(self.settings.dial_timeout_s):
-                    try:
-                        await disconnect(ID.from_base58(entry.peer_id))
-                    except Exception as exc:  # already gone, or a connection py-libp2p is tearing down itself
-                        log.debug("dead_peer_close_failed", peer=entry.peer_id, error=type(exc).__name__)
+            await close_connection(host, entry.peer_id, self.settings.dial_timeout_s, "dead")
             self.emit(self.table.set_connected(entry.peer_id, False, trio.current_time()))
             if not await self._dial(host, entry):
                 self.table.probed(entry, trio.current_time(), PROBE_MIN_S, PROBE_MAX_S)
@@ -180,9 +191,7 @@ class Liveness:
             if self.table.learned_addrs(str(peer_id), host.peer_addrs(peer_id)):
                 entry = self.table.get(str(peer_id))
                 if entry is not None:
-                    await self.store.run(lambda e=entry: self.store.remember_peer(
-                        e.peer_id, list(e.addrs), state=e.state.value, score=e.score,
-                        keep=self.settings.peer_cache_size))
+                    await cache_peer(self.store, entry, self.settings.peer_cache_size)
 
         while True:
             await trio.sleep(interval)

@@ -42,7 +42,7 @@ from hyperion_node.p2p.dialback import DIALBACK_PROTOCOL, Dialback
 from hyperion_node.p2p.dialer import Dialer
 from hyperion_node.p2p.libp2p_stack import libp2p_stack, run_mdns
 from hyperion_node.p2p.limits import HeartbeatGate
-from hyperion_node.p2p.liveness import Liveness
+from hyperion_node.p2p.liveness import Liveness, close_connection
 from hyperion_node.p2p.local import LATENCY_WINDOW_S, LocalState, P2PStats
 from hyperion_node.p2p.messages import (
     HEALTH_LEAVING,
@@ -229,16 +229,8 @@ class P2PNetwork:
     def _banned(self, peer_id: str) -> None:
         """A peer just crossed the ban line: close its connections now (new ones are refused as they open)."""
         log.info("peer_banned", peer=peer_id, offences=dict(self.table.peers[peer_id].offences))
-        disconnect = getattr(self.host, "disconnect", None)
-        if self._nursery is not None and disconnect is not None:
-            self._nursery.start_soon(self._disconnect, disconnect, peer_id)
-
-    async def _disconnect(self, disconnect: Callable[[ID], Any], peer_id: str) -> None:
-        with trio.move_on_after(self.settings.dial_timeout_s):
-            try:
-                await disconnect(ID.from_base58(peer_id))
-            except Exception as exc:  # already gone, or a connection py-libp2p is tearing down itself
-                log.debug("banned_peer_close_failed", peer=peer_id, error=type(exc).__name__)
+        if self._nursery is not None:
+            self._nursery.start_soon(close_connection, self.host, peer_id, self.settings.dial_timeout_s, "banned")
 
     # -- presence ----------------------------------------------------------------------------------------
 
