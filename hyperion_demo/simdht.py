@@ -15,7 +15,7 @@ answered by per-node routing tables and iterative lookups over the simulated lin
   lookup's rounds ("hops"), RPCs and virtual time are recorded in ``DHTStats``.
 * records: a value, or a provider record, is stored at the k closest nodes to its key (a lookup, then one
   STORE / ADD_PROVIDER RPC to each, in parallel); each storing node checks a value with its own registered
-  validator (``records.SENDER`` names the sender, as ``libp2p_stack.name_dht_senders`` does), keeps the
+  validator (``records.SENDER`` names the sender, as ``libp2p_stack.guard_dht_streams`` does), keeps the
   better of old and new (``select``) and at most ``MAX_DHT_VALUES``. A node with providers of the key
   answers from its own store without a lookup (py-libp2p does so: ``advertiser.py`` says why).
 

@@ -10,8 +10,9 @@ in-memory fabric under the same interfaces instead), and what we change in how p
   ``ipns`` records: nothing of ours reads them, and each would be memory a stranger fills);
 * no gossipsub: no topic carries per-node traffic any more (presence.py, ledger/dealings.py, protocols/cases.py);
 * mDNS, started in a worker thread;
-* process-wide, when the host is built: yamux's receive-window setting and ``libp2p_costs``
-  (``adjust_py_libp2p``).
+* inbound DHT streams bounded per peer and in time (``guard_dht_streams``);
+* process-wide, when the host is built: yamux's receive-window setting, ``libp2p_costs`` and
+  ``libp2p_fixes`` (``adjust_py_libp2p``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from hyperion_node.errors import EnvironmentProblem
 from hyperion_node.identity import Identity
-from hyperion_node.p2p import libp2p_costs
+from hyperion_node.p2p import libp2p_costs, libp2p_fixes
 from hyperion_node.p2p.peer_table import PeerTable
 from hyperion_node.p2p.records import SENDER
 from hyperion_node.p2p.settings import P2PSettings
@@ -70,6 +71,7 @@ def adjust_py_libp2p() -> None:
     credit frame after about every other small read) is ``libp2p_costs``. HYPERION_LIBP2P_AS_SHIPPED=1 leaves
     py-libp2p as it is (to compare side by side, or should a py-libp2p release disagree with it).
     """
+    libp2p_fixes.install()  # faults, not costs: mended whatever the setting below
     os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     if os.environ.get("HYPERION_LIBP2P_AS_SHIPPED", "") not in ("1", "true", "yes"):
         libp2p_costs.install()
@@ -350,7 +352,7 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     namespaces = NamespacedValidator({"hyperion": validator}, strict_validation=True)
     dht = KadDHT(raw, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk, validator=namespaces,
                  validator_changed=True, strict_validation=True)
-    name_dht_senders(raw, dht)
+    guard_dht_streams(raw, dht, lambda peer: stats.reject("stream", "dht_streams"))
     bound_value_store(dht)
     raw.set_stream_handler(PING_PROTOCOL_ID, PingAnswerer(lambda: stats.received.update(("pings_in",))).handle)
     host = Libp2pHost(raw)
@@ -417,16 +419,52 @@ def _in_use(conn: Any) -> bool:
     return any(str(stream.get_protocol()) not in _TRANSIENT for stream in conn.get_streams())
 
 
-def name_dht_senders(host: Any, dht: KadDHT) -> None:
-    """Run the DHT's stream handler with ``records.SENDER`` set to the stream's remote, so that a record our
-    validator refuses is charged to the peer that sent it, not to the peer it names (records.py)."""
+# Inbound Kademlia streams. py-libp2p's handler serves 12 at once and resets any stream beyond them at once, and
+# each holds its place until the remote closes the stream: py-libp2p's own clients leave some open for good, and
+# a stranger may open twelve and send nothing. Seen at N = 30: a new node's only peer, its bootstrap node, reset
+# the new node's first GET_PROVIDERS, and the node's first task failed. So a stream has DHT_STREAM_S for its
+# requests and answers (each takes milliseconds), one peer holds at most DHT_STREAMS_PER_PEER at once (more are
+# reset and counted), and the handlers' places are DHT_STREAMS (an idle handler costs a little memory, nothing
+# else).
+DHT_STREAM_S = 5.0
+DHT_STREAMS_PER_PEER = 4
+DHT_STREAMS = 48
+
+
+def guard_dht_streams(host: Any, dht: KadDHT, on_refused: Callable[[str], None]) -> None:
+    """Serve the DHT's inbound streams under the bounds above, with ``records.SENDER`` set to the stream's
+    remote, so that a record our validator refuses is charged to the peer that sent it, not to the peer it
+    names (records.py)."""
     handle = dht.handle_stream
+    dht._inbound_limiter = trio.CapacityLimiter(DHT_STREAMS)
+    held: dict[str, int] = {}
 
-    async def named(stream: INetStream) -> None:
-        SENDER.set(str(stream.muxed_conn.peer_id))  # this handler's own task: its context ends with it
-        await handle(stream)
+    async def guarded(stream: INetStream) -> None:
+        peer = str(stream.muxed_conn.peer_id)
+        if held.get(peer, 0) >= DHT_STREAMS_PER_PEER:
+            on_refused(peer)
+            await _reset(stream)
+            return
+        held[peer] = held.get(peer, 0) + 1
+        SENDER.set(peer)  # this handler's own task: its context ends with it
+        try:
+            with trio.move_on_after(DHT_STREAM_S) as deadline:
+                await handle(stream)
+            if deadline.cancelled_caught:
+                await _reset(stream)
+        finally:
+            held[peer] -= 1
+            if not held[peer]:
+                del held[peer]
 
-    host.set_stream_handler(KAD_PROTOCOL_ID, named)
+    host.set_stream_handler(KAD_PROTOCOL_ID, guarded)
+
+
+async def _reset(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception:  # already gone
+        pass
 
 
 async def run_mdns(host: Any) -> None:

@@ -12,7 +12,12 @@ import threading
 import psutil
 import pytest
 import trio
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD
+from libp2p.peer.id import ID
 
+from hyperion_node.p2p.libp2p_stack import DHT_STREAM_S, DHT_STREAMS_PER_PEER
+from hyperion_node.p2p.messages import capability_key
+from hyperion_node.p2p.provider_walk import ProviderWalk, dht_key
 from hyperion_node.tasks.messages import Accepted, Busy, FinalResult, Rejected, TaskRequest
 from hyperion_node.tasks.model import new_task_id
 from hyperion_node.testing.hostile import TASK, VERIFY, Hostile, hostile_host, raw_frame
@@ -156,3 +161,39 @@ async def test_a_countersignature_frame_is_bounded_by_what_a_countersignature_is
     assert offences.get("oversized", 0) >= 1, offences
     status, _ = await call(ask, net.r)
     assert status == 200
+
+
+async def test_idle_dht_streams_hold_no_place_an_honest_lookup_needs(net: Net) -> None:
+    """A stranger opens DHT streams to W and sends nothing. py-libp2p serves 12 inbound DHT streams at once and
+    resets the rest, each held until its remote closes it, so sixteen such streams left W resetting every other
+    peer's DHT request (a new node's provider lookup among them). Now one peer holds at most
+    ``DHT_STREAMS_PER_PEER`` (the rest are reset and counted), each stream lives ``DHT_STREAM_S``, and an honest
+    peer's GET_PROVIDERS is answered meanwhile."""
+    w_id = await call(lambda: net.w.peer_id)
+    w_addr = await call(net.w.p2p_addr)
+    before = (await call(rejected, net.w)).get("stream:dht_streams", 0)
+    target = dht_key(capability_key("inference", MODEL))
+    async with hostile_host() as attacker, hostile_host(dht=True) as honest:
+        await attacker.connect(w_addr)
+        idle = []
+        for _ in range(16):
+            try:
+                idle.append(await attacker.stream(w_id, KAD))
+            except Exception:  # refused at the negotiation: W is already resetting them
+                continue
+        opened = trio.current_time()
+        await honest.connect(w_addr)
+        assert honest.dht is not None
+        with trio.fail_after(10):
+            providers, closer = await ProviderWalk(honest.dht)._get_providers(ID.from_base58(w_id), target)
+        assert providers or closer, "W answered with no peer at all"
+        # The streams past the attacker's share were reset at once, and counted.
+        assert (await call(rejected, net.w)).get("stream:dht_streams", 0) - before >= len(idle) - DHT_STREAMS_PER_PEER
+        # The ones W kept are closed after DHT_STREAM_S, though the attacker never closes them.
+        with trio.fail_after(DHT_STREAM_S + 10):
+            for stream in idle:
+                try:
+                    await stream.read(1)
+                except Exception:  # reset: closed by W, as it should be
+                    pass
+        assert trio.current_time() - opened >= DHT_STREAM_S - 1
