@@ -7,6 +7,7 @@ took R's tasks for W, prompts included.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
 from libp2p.peer.id import ID
 
+from hyperion_node.p2p.settings import P2PSettings
 from hyperion_node.testing.hostile import DIALBACK, TASK, VERIFY, hostile_host, raw_frame
 from tests.adversarial.conftest import Net, ask, call, peer, polled, rejected, until
 
@@ -138,3 +140,19 @@ async def test_a_connection_that_carries_no_answer_is_closed_and_dialled_again(n
         await polled(lambda: ("opened", w_id) in connections.changes[closed_at:],
                      "W dials the peer again", seconds=20)
         assert ID.from_base58(w_id) in silent.host.get_connected_peers()
+
+
+async def test_connections_that_came_and_went_leave_room_for_the_next(net: Net) -> None:
+    """A stranger connects to W and leaves, again and again, more times than W holds connections. py-libp2p held
+    an inbound connection's place until the whole host stopped, not until the connection closed: W refused
+    every connection after the 56th, honest peers' included (``libp2p_fixes``). Now each place is freed as its
+    connection ends, and a new peer still gets in."""
+    w_addr = await call(net.w.p2p_addr)
+    most = next(f.default for f in dataclasses.fields(P2PSettings) if f.name == "max_connections")
+    for _ in range(int(most) + 4):  # W runs on the default (64): py-libp2p's cap was 64 - 8
+        async with hostile_host() as stranger:
+            await stranger.connect(w_addr)
+    async with hostile_host() as newcomer:
+        assert await newcomer.connect(w_addr) == await call(lambda: net.w.peer_id)
+    status, _ = await call(ask, net.r)
+    assert status == 200
