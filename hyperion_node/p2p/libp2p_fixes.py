@@ -21,7 +21,6 @@ from typing import Any
 import trio
 from libp2p.network.swarm import Swarm
 
-_installed = False
 _original_handle = Swarm._do_handle_inbound_connection
 _original_add_conn = Swarm.add_conn
 # The nursery around the inbound handler running in this task: a connection it registers ends the handler.
@@ -52,9 +51,6 @@ async def _end_with(conn: Any, handler: trio.CancelScope) -> None:
 
 
 def install() -> None:
-    global _installed
-    if _installed:
-        return
-    _installed = True
+    """Idempotent: the originals were taken at import."""
     Swarm._do_handle_inbound_connection = _handle_inbound_until_closed  # type: ignore[method-assign]
     Swarm.add_conn = _add_conn_watched  # type: ignore[method-assign]

@@ -463,8 +463,8 @@ def guard_dht_streams(host: Any, dht: KadDHT, on_refused: Callable[[str], None])
 async def _reset(stream: INetStream) -> None:
     try:
         await stream.reset()
-    except Exception:  # already gone
-        pass
+    except Exception as exc:  # already gone: nothing left to refuse
+        log.debug("dht_stream_reset_failed", error=type(exc).__name__)
 
 
 async def run_mdns(host: Any) -> None:
