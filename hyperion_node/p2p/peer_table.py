@@ -138,6 +138,7 @@ class PeerEntry:
             "rtt_ms": self.rtt_ms,
             "clock_skew_s": self.clock_skew_s,
             "score": round(self.score, 3),
+            "banned": self.banned,  # held until the score fades above -50 (the score itself fades from -100 at once)
             "offences": dict(self.offences),
             "telemetry": None if hb is None else {
                 "queue_depth": hb.queue_depth, "active_tasks": hb.active_tasks,

@@ -58,7 +58,9 @@ async def test_a_banned_peer_gets_no_stream_on_any_protocol(net: Net) -> None:
             except Exception:  # once banned, opening a stream fails: the point of the test
                 break
         view = await call(peer, net.w, attacker.peer_id)
-        assert view["score"] <= -100, view
+        # Banned at -100; the score starts fading at once (it was -99.94 when read once), the ban holds.
+        assert view["banned"], view
+        assert view["score"] <= -90, view
         before = await call(rejected, net.w)
         refused_before = before.get("stream:banned", 0) + before.get("connection:banned", 0)
         protocols = [TASK, VERIFY, DIALBACK, TProtocol("/ipfs/kad/1.0.0"), TProtocol("/meshsub/1.1.0"),
