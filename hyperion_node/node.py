@@ -462,7 +462,7 @@ async def start_components(node: Node, nursery: trio.Nursery, *, api_token: str 
     await nursery.start(node.p2p.run)
     node.blobs = BlobService(BlobStore(node.data_dir.root), config.blobs, node.p2p,
                              models_dir=node.data_dir.root / MANAGED_MODELS_DIR,
-                             shared_files=node.runtimes.shared_files)
+                             shared_files=node.runtimes.shared_files, lane_host=config.p2p.listen_host)
     await nursery.start(node.blobs.run)
     node.ledger = LedgerService(store, identity, epoch_receipts=config.ledger.epoch_receipts,
                                 epoch_minutes=config.ledger.epoch_minutes, on_epoch=node._publish_epoch)

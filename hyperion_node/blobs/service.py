@@ -27,6 +27,7 @@ from libp2p.abc import INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
+from hyperion_node.blobs.lane import Lane, LaneBroken, LaneServer
 from hyperion_node.blobs.manifest import BadManifest, Manifest
 from hyperion_node.blobs.settings import BlobSettings
 from hyperion_node.blobs.store import BlobStore, Partial, Shared, safe_model_name
@@ -54,6 +55,7 @@ FLUSH_EVERY_S = 1.0  # a download's bitmap reaches the disk at least this often
 FAILURES_TO_DROP = 3  # failed requests after which a provider is left out of this fetch
 # What a request to a provider may end with besides an answer: it went away or timed out, or broke the protocol.
 FETCH_ERRORS: tuple[type[BaseException], ...] = (*STREAM_ERRORS_OR_TIMEOUT, MalformedFrame, ProtocolViolation)
+LANE_ERRORS: tuple[type[BaseException], ...] = (*FETCH_ERRORS, LaneBroken)  # a lane not to be had
 
 
 class FetchFailed(UserError):
@@ -90,6 +92,7 @@ class Pull:
     done_bytes: int = 0
     resumed_bytes: int = 0  # verified before this pull started (an earlier, interrupted one)
     providers: list[str] = field(default_factory=list)
+    lanes: list[str] = field(default_factory=list)  # providers that sent chunks over their lane (blobs/lane.py)
     refused_chunks: int = 0
     dropped: dict[str, str] = field(default_factory=dict)  # provider -> why it was left out
     path: str | None = None
@@ -114,6 +117,7 @@ class _Fetch:
     dropped: dict[str, str] = field(default_factory=dict)
     pull: Pull | None = None
     flushed_at: float = 0.0
+    no_lane: set[str] = field(default_factory=set)  # providers whose lane is off, unreachable or broke
 
 
 class _RunTaker:
@@ -124,6 +128,7 @@ class _RunTaker:
         self.received: set[int] = set()
 
     async def take(self, kind: str, body: dict[str, Any]) -> bool:
+        """One answer frame over the stream."""
         if kind != blob_protocol.T_CHUNK:
             return False  # NONE: it does not have the chunk after all
         job, index, data = self.job, body["index"], body["data"]
@@ -131,12 +136,17 @@ class _RunTaker:
         ok = index == expected and await trio.to_thread.run_sync(_check_and_write, job.partial, index, data)
         if not ok:
             raise BadManifest("bad_chunk", f"chunk {index} does not match its hash")
+        await self.took(index)
+        return len(self.received) < len(self.run)  # all asked for: done, whatever else comes
+
+    async def took(self, index: int) -> None:
+        """Chunk ``index`` is checked and written (over the stream or the lane)."""
+        job = self.job
         self.received.add(index)
         job.on_progress(job.partial.manifest.chunk_length(index))
         if trio.current_time() - job.flushed_at >= FLUSH_EVERY_S:
             job.flushed_at = trio.current_time()
             await trio.to_thread.run_sync(job.partial.flush)
-        return len(self.received) < len(self.run)  # all asked for: done, whatever else comes
 
 
 def _check_and_write(partial: Partial, index: int, data: bytes) -> bool:
@@ -150,7 +160,7 @@ class BlobService:
     """A trio component: serves ``/hyperion/blob/1`` and runs pulls."""
 
     def __init__(self, store: BlobStore, settings: BlobSettings, p2p: Any, *, models_dir: Path,
-                 shared_files: Callable[[], list[tuple[str, str, Path]]]) -> None:
+                 shared_files: Callable[[], list[tuple[str, str, Path]]], lane_host: str = "127.0.0.1") -> None:
         self.store = store
         self.settings = settings
         self.p2p = p2p
@@ -165,6 +175,11 @@ class BlobService:
         self.stats: Counter[str] = Counter()
         self._nursery: trio.Nursery | None = None
         self._fetching: dict[str, trio.Lock] = {}
+        self.lane: LaneServer | None = None
+        if settings.lane and p2p.host is not None:
+            self.lane = LaneServer(store, host=lane_host, port=settings.lane_port, take_place=self._slots.take,
+                                   give_place=self._slots.give, pace=self._upload.take, refuse=self._refuse_lane,
+                                   penalize=p2p.table.penalize, stats=self.stats)
 
     # -- component ---------------------------------------------------------------------------------------
 
@@ -173,6 +188,13 @@ class BlobService:
             self._nursery = nursery
             if self.p2p.host is not None:
                 self.p2p.host.set_stream_handler(BLOB_PROTOCOL, self.handle)
+            if self.lane is not None:
+                try:
+                    await nursery.start(self.lane.run)
+                except OSError as exc:  # the port is taken: fetchers use the stream, as from a node behind a NAT
+                    log.warning("blob_lane_off", port=self.settings.lane_port, error=str(exc),
+                                hint="set [blobs] lane_port to a free port, or 0 for any")
+                    self.lane = None
             if self.settings.share_models:
                 self._files = {(runtime, item): path for runtime, item, path in self._shared_files()}
             task_status.started()
@@ -199,7 +221,8 @@ class BlobService:
         return {"shared": [{"runtime": r, "item": i, "path": str(p),
                             "blob": self._by_item[(r, i)].address if (r, i) in self._by_item else None}
                            for (r, i), p in self._files.items()],
-                "stats": dict(self.stats), "streams": self._slots.held()}
+                "stats": dict(self.stats), "streams": self._slots.held(),
+                "lane": {"port": self.lane.port} if self.lane is not None else None}
 
     # -- provider side -----------------------------------------------------------------------------------
 
@@ -244,6 +267,17 @@ class BlobService:
             else:
                 conversation.sending(blob_protocol.T_MANIFEST)
                 await stream.write(blob_protocol.encode_manifest(shared.manifest.encode()))
+        elif request.kind == blob_protocol.T_LANE:
+            grant = None
+            if self.lane is not None and request.blob in self.store.shared:
+                grant = self.lane.grant(remote, request.blob)
+            if grant is None:
+                conversation.sending(blob_protocol.T_NONE)
+                await stream.write(blob_protocol.encode_none("no lane here"))
+            else:
+                assert self.lane is not None
+                conversation.sending(blob_protocol.T_LANE)
+                await stream.write(blob_protocol.encode_lane(self.lane.port, grant.token, grant.key))
         else:
             for index in range(request.index, request.index + request.count):
                 chunk = await trio.to_thread.run_sync(self.store.read_chunk, request.blob, index)
@@ -260,12 +294,14 @@ class BlobService:
     # -- fetcher side ------------------------------------------------------------------------------------
 
     async def _request(self, peer: str, request: Request, on_answer: Callable[[str, dict[str, Any]], Any], *,
-                       wait_s: float = REQUEST_TIMEOUT_S) -> None:
-        """Send ``request`` to ``peer`` and hand each answer to ``on_answer`` until the provider closes."""
+                       wait_s: float = REQUEST_TIMEOUT_S) -> tuple[str, int] | None:
+        """Send ``request`` to ``peer`` and hand each answer to ``on_answer`` until the provider closes; returns
+        the address the stream came from (host, port), where known."""
         assert self.p2p.host is not None
         conversation = blob_protocol.fetcher_side()
         conversation.sending(request.kind)
         stream = await open_with_first_frame(self.p2p.host, ID.from_base58(peer), BLOB_PROTOCOL, request.encode())
+        remote: tuple[str, int] | None = getattr(stream, "get_remote_address", lambda: None)()
         reader = FrameReader(MAX_ANSWER_BYTES)
         try:
             while not conversation.done:
@@ -277,6 +313,7 @@ class BlobService:
                     break
         finally:
             await reset_quietly(stream)
+        return remote
 
     async def find(self, peer: str, runtime: str, item: str) -> dict[str, Any] | None:
         """Which blob ``peer`` serves for ``runtime/item``: {blob, name, size}, or None."""
@@ -333,14 +370,56 @@ class BlobService:
                               hint="run the same command again to go on from the verified chunks")
 
     async def _worker(self, job: _Fetch, peer: str) -> None:
+        lane = await self._open_lane(job, peer)
+        try:
+            await self._fetch_runs(job, peer, lane)
+        finally:
+            if lane is not None:
+                await lane.aclose()
+
+    async def _open_lane(self, job: _Fetch, peer: str) -> Lane | None:
+        """A lane to ``peer`` for this fetch (``blobs/lane.py``), or None: then chunks come over the stream."""
+        if not self.settings.lane or peer in job.no_lane:
+            return None
+        granted: dict[str, Any] = {}
+
+        async def take(kind: str, body: dict[str, Any]) -> None:
+            if kind == blob_protocol.T_LANE:
+                granted.update(body)
+
+        try:
+            remote = await self._request(peer, Request(blob_protocol.T_LANE, blob=job.partial.address), take)
+            if not granted or remote is None:
+                raise LaneBroken("no lane offered")
+            lane = await Lane.open(remote[0], granted["port"], granted["token"], granted["key"],
+                                   job.partial.manifest)
+        except LANE_ERRORS as exc:
+            job.no_lane.add(peer)
+            log.info("blob_lane_not_used", peer=peer, why=str(exc) or type(exc).__name__)
+            return None
+        if job.pull is not None and peer not in job.pull.lanes:
+            job.pull.lanes.append(peer)
+        return lane
+
+    async def _fetch_runs(self, job: _Fetch, peer: str, lane: Lane | None) -> None:
         while job.queue and peer in job.providers:
             run = [job.queue.popleft()]
             while job.queue and len(run) < MAX_RUN and job.queue[0] == run[-1] + 1:
                 run.append(job.queue.popleft())
             taker = _RunTaker(self, job, run)
+            lane_broke = False
             try:
-                await self._request(peer, Request(blob_protocol.T_GET, blob=job.partial.address, index=run[0],
-                                                  count=len(run)), taker.take)
+                if lane is not None:
+                    try:
+                        await lane.fetch(job.partial, run, taker.took, wait_s=REQUEST_TIMEOUT_S)
+                    except LaneBroken as exc:  # the rest of this fetch from this provider goes over the stream
+                        log.info("blob_lane_broken", peer=peer, why=str(exc))
+                        job.no_lane.add(peer)
+                        await lane.aclose()
+                        lane, lane_broke = None, True
+                else:
+                    await self._request(peer, Request(blob_protocol.T_GET, blob=job.partial.address, index=run[0],
+                                                      count=len(run)), taker.take)
             except BadManifest:
                 if job.pull is not None:
                     job.pull.refused_chunks += 1
@@ -354,7 +433,7 @@ class BlobService:
                 if job.failures[peer] >= FAILURES_TO_DROP:
                     self._drop(job, peer, f"failed {job.failures[peer]} times ({type(exc).__name__})")
             missed = [i for i in run if i not in taker.received]
-            if missed and peer in job.providers and not job.failures[peer]:
+            if missed and peer in job.providers and not job.failures[peer] and not lane_broke:
                 self._drop(job, peer, "does not have the blob")
             job.queue.extendleft(reversed(missed))
 
@@ -365,6 +444,11 @@ class BlobService:
             if job.pull is not None:
                 job.pull.dropped[peer] = why
             log.info("blob_provider_dropped", peer=peer, why=why, left=len(job.providers))
+
+    def _refuse_lane(self, reason: str) -> None:
+        """A lane connection refused before it showed a grant: no peer to score, only the count."""
+        self.stats[f"refused:{reason}"] += 1
+        self.p2p.stats.reject("blob", reason)
 
     def _misbehaved(self, peer: str, reason: str) -> None:
         self.stats[f"refused:{reason}"] += 1
@@ -410,20 +494,19 @@ class BlobService:
             self._misbehaved(peer, "input_size_mismatch")
             raise FetchFailed(f"input {address[:16]} is {manifest.size} bytes, the task says {size}")
         partial = await trio.to_thread.run_sync(self.store.partial, manifest)
-        try:
-            await self.fetch(partial, [peer], lambda n: self.stats.update(fetched_bytes=n))
-        finally:
-            await trio.to_thread.run_sync(partial.close)
         target = self.store.cache_dir / address
 
         def finish() -> None:
-            self.store.partial(manifest).finish(target)
+            partial.finish(target)
             self.store.evict(self.settings.cache_mib * 1024 * 1024, address)
 
         try:
+            await self.fetch(partial, [peer], lambda n: self.stats.update(fetched_bytes=n))
             await trio.to_thread.run_sync(finish)
         except BadManifest as exc:
             raise FetchFailed(f"input {address[:16]} does not match its manifest ({exc})") from exc
+        finally:
+            await trio.to_thread.run_sync(partial.close)
         self.stats["inputs_fetched"] += 1
         return target
 
@@ -511,26 +594,34 @@ class BlobService:
 
         try:
             await self.fetch(partial, providers, progress, pull=pull)
+            pull.state = "verifying"
+            await trio.to_thread.run_sync(self._finish_model, partial, target)
         finally:
             await trio.to_thread.run_sync(partial.close)
-        pull.state = "verifying"
-        await trio.to_thread.run_sync(self._finish_model, manifest, target)
         pull.path = str(target)
         self._files.setdefault(("inference", pull.model), target)  # a provider for the next puller at once
 
-    def _finish_model(self, manifest: Manifest, target: Path) -> None:
-        """Whole-file hash, then the GGUF header, then the file is moved into the models folder."""
-        from runtimes.inference.registry import read_gguf_info
-
-        partial = self.store.partial(manifest)
+    def _finish_model(self, partial: Partial, target: Path) -> None:
+        """Whole-file hash (what the fetch did not feed it) and the GGUF header, read side by side, then the
+        file is moved into the models folder."""
         try:
-            read_gguf_info(partial.data_path)
-        except (OSError, ValueError) as exc:
-            partial.discard()
+            partial.finish(target, check=_gguf_header)
+        except _NotAModel as exc:
             raise FetchFailed(f"the fetched file is not a readable GGUF model ({exc})",
                               hint="the providers serve a broken file; pull from another peer with --from") from exc
-        try:
-            partial.finish(target)
         except BadManifest as exc:
             raise FetchFailed(f"the fetched file does not match its manifest ({exc})",
                               hint="run the pull again: the file was discarded") from exc
+
+
+class _NotAModel(Exception):
+    """A fetched model file whose GGUF header does not read."""
+
+
+def _gguf_header(path: Path) -> None:
+    from runtimes.inference.registry import read_gguf_info
+
+    try:
+        read_gguf_info(path)
+    except (OSError, ValueError) as exc:
+        raise _NotAModel(str(exc)) from exc

@@ -19,6 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,8 @@ from hyperion_node.blobs.manifest import (
     manifest_of_file,
 )
 from hyperion_node.errors import UserError
+
+AHEAD_BYTES = 64 * 1024 * 1024  # chunks past a gap held for the whole-file hash (several providers interleave)
 
 BLOBS_DIR = "blobs"
 
@@ -64,6 +69,14 @@ class Partial:
         if len(saved) == len(self.have):
             self.have[:] = saved
         self._unflushed = 0
+        self._lock = threading.Lock()  # writes come from several worker threads at once
+        self._hashing = threading.Lock()  # held by the thread feeding the whole-file hash
+        # The whole-file hash, fed chunk by chunk in order as they are written (a chunk past a gap waits in
+        # _ahead, bounded), so that the check at the end reads back only what it did not see.
+        self._whole = hashlib.sha256()
+        self._hashed = 0
+        self._ahead: dict[int, bytes] = {}
+        self._ahead_bytes = 0
 
     def has(self, index: int) -> bool:
         return bool(self.have[index // 8] & (1 << (index % 8)))
@@ -78,30 +91,71 @@ class Partial:
     def write(self, index: int, data: bytes) -> None:
         """Write a chunk already checked against its hash; recorded in ``.have`` at the next flush."""
         os.pwrite(self._fd, data, index * self.manifest.chunk_size)
-        self.have[index // 8] |= 1 << (index % 8)
-        self._unflushed += 1
+        with self._lock:
+            self.have[index // 8] |= 1 << (index % 8)
+            self._unflushed += 1
+            if index >= self._hashed and self._ahead_bytes + len(data) <= AHEAD_BYTES:
+                self._ahead[index] = data
+                self._ahead_bytes += len(data)
+            # else: read back from the file at the end (a resumed download's earlier chunks, a long gap)
+        if self._hashing.acquire(blocking=False):  # one thread at a time feeds the hash; the others go on
+            try:
+                self._feed_whole()
+            finally:
+                self._hashing.release()
+
+    def _feed_whole(self) -> None:
+        """Hash the chunks that come next in order, outside the lock (SHA-256 leaves the GIL)."""
+        while True:
+            with self._lock:
+                data = self._ahead.pop(self._hashed, None)
+                if data is None:
+                    return
+                self._ahead_bytes -= len(data)
+            self._whole.update(data)
+            with self._lock:
+                self._hashed += 1
+
+    def whole_digest(self) -> bytes:
+        """SHA-256 of the file: what was fed in order, then the rest read back from the file."""
+        with self._hashing:
+            self._feed_whole()
+            whole, start = self._whole.copy(), self._hashed
+        with self.data_path.open("rb") as f:
+            f.seek(start * self.manifest.chunk_size)
+            while chunk := f.read(4 * 1024 * 1024):
+                whole.update(chunk)
+        return whole.digest()
 
     def flush(self) -> None:
         """Data to disk first, then the bitmap that says it is there (replaced atomically)."""
-        if not self._unflushed:
-            return
-        os.fsync(self._fd)
+        with self._lock:
+            if not self._unflushed:
+                return
+            have, self._unflushed = bytes(self.have), 0
+        os.fsync(self._fd)  # every chunk in ``have`` was written before it was marked
         tmp = self.have_path.with_suffix(".have.tmp")
         with tmp.open("wb") as f:
-            f.write(self.have)
+            f.write(have)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.have_path)
-        self._unflushed = 0
 
-    def finish(self, target: Path) -> Path:
-        """Check the whole file against the manifest's hash, then move it to ``target`` atomically."""
+    def finish(self, target: Path, check: Callable[[Path], object] | None = None) -> Path:
+        """Check the whole file against the manifest's hash, then move it to ``target`` atomically. ``check``
+        (a model's header, say) reads the file in a second thread while it is hashed (SHA-256 leaves the GIL);
+        what it raises discards the file and comes through."""
         self.flush()
-        whole = hashlib.sha256()
-        with self.data_path.open("rb") as f:
-            while chunk := f.read(4 * 1024 * 1024):
-                whole.update(chunk)
-        if whole.digest() != self.manifest.sha256:
+        with ThreadPoolExecutor(1, thread_name_prefix="blob-check") as pool:
+            checked = pool.submit(check, self.data_path) if check is not None else None
+            digest = self.whole_digest()
+            try:
+                if checked is not None:
+                    checked.result()
+            except BaseException:
+                self.discard()
+                raise
+        if digest != self.manifest.sha256:
             self.discard()
             raise BadManifest("wrong_file_hash", "the assembled file does not match its manifest's hash")
         target.parent.mkdir(parents=True, exist_ok=True)

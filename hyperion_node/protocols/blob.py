@@ -6,12 +6,17 @@ One request per stream, answered by one or more frames, then the answerer closes
     FIND {runtime, item} ────────────────────▶ FOUND {blob, name, size} | NONE {why}
     MANIFEST {blob}      ────────────────────▶ MANIFEST {data} | NONE {why}
     GET {blob, index, count} ────────────────▶ CHUNK {index, data} × count | NONE {why}
+    LANE {blob}          ────────────────────▶ LANE {port, token, key} | NONE {why}
 
 ``blob`` is a content address (``hyperion_node/blobs/manifest.py``): the fetcher checks the manifest against
 it and every chunk against the manifest before writing it, so frames carry no signature (Noise authenticates
 the remote; the hashes authenticate the bytes). Frames are CBOR maps like ``/hyperion/task/1``'s. The provider
 bounds what one peer may ask: ``MAX_RUN`` chunks a request, a few streams at once per peer, and its upload
 rate (``[blobs]`` in the config).
+
+LANE asks for a grant to fetch the blob's chunks over a direct TCP connection beside libp2p, many times
+faster here than a py-libp2p stream (``hyperion_node/blobs/lane.py``); a fetcher that cannot reach the port
+uses GET.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ MAX_ANSWER_BYTES = max(MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES) + 1024
 T_FIND, T_FOUND = "find", "found"
 T_MANIFEST = "manifest"
 T_GET, T_CHUNK = "get", "chunk"
+T_LANE = "lane"
+LANE_SECRET_BYTES = 32  # a lane grant's token and key
 T_NONE = "none"
 
 BLOB = Protocol(
@@ -40,9 +47,10 @@ BLOB = Protocol(
     start="await_request",
     moves={
         "await_request": {(FETCHER, T_FIND): "finding", (FETCHER, T_MANIFEST): "describing",
-                          (FETCHER, T_GET): "sending"},
+                          (FETCHER, T_GET): "sending", (FETCHER, T_LANE): "granting"},
         "finding": {(PROVIDER, T_FOUND): "answered", (PROVIDER, T_NONE): "answered"},
         "describing": {(PROVIDER, T_MANIFEST): "answered", (PROVIDER, T_NONE): "answered"},
+        "granting": {(PROVIDER, T_LANE): "answered", (PROVIDER, T_NONE): "answered"},
         "sending": {(PROVIDER, T_CHUNK): "sending", (PROVIDER, T_NONE): "answered"},
         "answered": {},
     },
@@ -60,7 +68,7 @@ def provider_side() -> Conversation:
 
 @dataclass(frozen=True)
 class Request:
-    kind: str  # T_FIND, T_MANIFEST or T_GET
+    kind: str  # T_FIND, T_MANIFEST, T_GET or T_LANE
     runtime: str = ""
     item: str = ""
     blob: str = ""
@@ -70,8 +78,8 @@ class Request:
     def encode(self) -> bytes:
         if self.kind == T_FIND:
             return encode_map(T_FIND, {"runtime": self.runtime, "item": self.item}, VERSION)
-        if self.kind == T_MANIFEST:
-            return encode_map(T_MANIFEST, {"blob": self.blob}, VERSION)
+        if self.kind in (T_MANIFEST, T_LANE):
+            return encode_map(self.kind, {"blob": self.blob}, VERSION)
         return encode_map(T_GET, {"blob": self.blob, "index": self.index, "count": self.count}, VERSION)
 
     @classmethod
@@ -82,8 +90,8 @@ class Request:
         blob = body.get("blob")
         if not is_address(blob):
             raise MalformedFrame("bad_schema", "blob must be a SHA-256 address in lower-case hex")
-        if kind == T_MANIFEST:
-            return cls(T_MANIFEST, blob=str(blob))
+        if kind in (T_MANIFEST, T_LANE):
+            return cls(kind, blob=str(blob))
         if kind == T_GET:
             index, count = body.get("index"), body.get("count")
             if type(index) is not int or index < 0 or type(count) is not int or not 1 <= count <= MAX_RUN:
@@ -104,13 +112,17 @@ def encode_chunk(index: int, data: bytes) -> bytes:
     return encode_map(T_CHUNK, {"index": index, "data": data}, VERSION)
 
 
+def encode_lane(port: int, token: bytes, key: bytes) -> bytes:
+    return encode_map(T_LANE, {"port": port, "token": token, "key": key}, VERSION)
+
+
 def encode_none(why: str) -> bytes:
     return encode_map(T_NONE, {"why": why[:200]}, VERSION)
 
 
 def decode_answer(data: bytes) -> tuple[str, dict[str, Any]]:
     """An answer's type and checked fields: FOUND {blob, name, size}, MANIFEST {data}, CHUNK {index, data},
-    NONE {why}."""
+    LANE {port, token, key}, NONE {why}."""
     kind, body = decode_map(data, MAX_ANSWER_BYTES, VERSION)
     if kind == T_FOUND:
         blob, size = body.get("blob"), body.get("size")
@@ -126,6 +138,12 @@ def decode_answer(data: bytes) -> tuple[str, dict[str, Any]]:
         if type(index) is not int or index < 0 or not isinstance(chunk, bytes):
             raise MalformedFrame("bad_schema", "chunk: index and bytes")
         return kind, {"index": index, "data": chunk}
+    if kind == T_LANE:
+        port, token, key = body.get("port"), body.get("token"), body.get("key")
+        if type(port) is not int or not 1 <= port <= 65535 or not all(
+                isinstance(v, bytes) and len(v) == LANE_SECRET_BYTES for v in (token, key)):
+            raise MalformedFrame("bad_schema", "lane: a port and a 32-byte token and key")
+        return kind, {"port": port, "token": token, "key": key}
     if kind == T_NONE:
         return kind, {"why": _text(body, "why", optional=True)}
     raise MalformedFrame("wrong_type", f"{kind[:32]!r} is not an answer of {PROTOCOL_ID}")
