@@ -5,7 +5,9 @@ Measures, side by side in one run (rounds alternate, medians reported):
     side, ``recv_into`` and a file write on the other, each in its own process), no hashing;
   * the transport's ceiling: the same over one raw py-libp2p stream (Noise, yamux) between two processes;
   * one provider: B's `models pull` of the packaged model from daemon A, upload uncapped, from the request to
-    the model in B's models folder (find, manifest, every chunk checked and written, the whole-file hash);
+    the model in B's models folder (find, manifest, every chunk checked and written, the whole-file hash),
+    over A's lane (``hyperion_node/blobs/lane.py``), and the same by a puller with the lane off (``blobs.lane
+    = false``: every chunk over the libp2p stream);
   * three providers ÷ one, twice: uncapped (bound by this machine's CPU: four daemons on its cores), and each
     provider capped at ``--cap`` MiB/s (what a fetch from home connections is bound by: their upload).
 
@@ -124,9 +126,10 @@ def providers_found(node: NodeProcess) -> bool:
     return len(node.get(f"/api/providers/inference/{MODEL}")) >= 3
 
 
-def pull_seconds(puller: NodeProcess, providers: list[NodeProcess]) -> float:
-    """One pull of the packaged model into ``puller``'s models folder, from ``providers``; the file is removed
-    after, so that the next round pulls it again."""
+def pull_seconds(puller: NodeProcess, providers: list[NodeProcess], *, lane: bool = True) -> float:
+    """One pull of the packaged model into ``puller``'s models folder, from ``providers`` (over their lanes,
+    or over the stream with ``lane`` False); the file is removed after, so that the next round pulls it
+    again."""
     started = time.perf_counter()
     answer = httpx.post(puller.api_url + "/api/models/pull", timeout=30,
                         json={"model": MODEL, "from": [p.peer_id for p in providers]},
@@ -141,6 +144,7 @@ def pull_seconds(puller: NodeProcess, providers: list[NodeProcess]) -> float:
     seconds = time.perf_counter() - started
     assert pull["state"] == "done", pull
     assert len(pull["providers"]) == len(providers), pull
+    assert len(pull["lanes"]) == (len(providers) if lane else 0), pull
     Path(pull["path"]).unlink()
     return seconds
 
@@ -155,8 +159,8 @@ def main() -> None:
         root = Path(tmp)
         model = ensure_packaged_model(root / "models", ModelHashes(root / "hashes.json")).path
         size = model.stat().st_size
-        results: dict[str, list[float]] = {k: [] for k in ("tcp", "libp2p", "one", "three", "one_capped",
-                                                           "three_capped")}
+        results: dict[str, list[float]] = {k: [] for k in ("tcp", "libp2p", "one", "one_stream", "three",
+                                                           "one_capped", "three_capped")}
         for capped in (False, True):
             cap = f"blobs.max_upload_mib_s={args.cap if capped else 0}"
             nodes: list[NodeProcess] = []
@@ -168,6 +172,10 @@ def main() -> None:
                 puller = NodeProcess(root / f"b{capped}", sets=[*FAST, boot,
                                                                 "runtimes.inference.include_packaged_model=false"])
                 nodes.append(puller.start())
+                streamer = NodeProcess(root / f"s{capped}", sets=[*FAST, boot, "blobs.lane=false",
+                                                                  "runtimes.inference.include_packaged_model=false"])
+                if not capped:
+                    nodes.append(streamer.start())
                 wait_until(functools.partial(providers_found, puller), timeout=120,
                            what="the puller finds the three providers")
                 for provider in providers:  # each hashes the model once, before the timing
@@ -177,6 +185,7 @@ def main() -> None:
                     if not capped:
                         results["tcp"].append(tcp_copy_seconds(model, root / "tcp.copy"))
                         results["libp2p"].append(libp2p_copy_seconds(model, root / "libp2p.copy"))
+                        results["one_stream"].append(pull_seconds(streamer, providers[:1], lane=False))
                     results["one" + suffix].append(pull_seconds(puller, providers[:1]))
                     results["three" + suffix].append(pull_seconds(puller, providers))
             finally:
@@ -188,6 +197,7 @@ def main() -> None:
     print(f"packaged model: {mib:.1f} MiB; medians of {args.rounds} rounds")
     for key, label in (("tcp", "plain TCP copy"), ("libp2p", "raw py-libp2p stream"),
                        ("one", "blob, 1 provider, uncapped"),
+                       ("one_stream", "blob, 1 provider, stream (lane off)"),
                        ("three", "blob, 3 providers, uncapped"),
                        ("one_capped", f"blob, 1 provider at {args.cap:g} MiB/s"),
                        ("three_capped", f"blob, 3 providers at {args.cap:g} MiB/s each")):
@@ -195,6 +205,8 @@ def main() -> None:
               + ", ".join(f"{s:.2f}" for s in results[key]))
     print(f"blob (1 provider) ÷ TCP copy, throughput: {med['tcp'] / med['one']:.2f}  (goal >= 0.5)")
     print(f"blob (1 provider) ÷ raw py-libp2p stream, throughput: {med['libp2p'] / med['one']:.2f}")
+    print(f"blob over the lane ÷ over the stream (lane off), 1 provider: {med['one_stream'] / med['one']:.2f}x")
+    print(f"blob over the stream (lane off) ÷ TCP copy: {med['tcp'] / med['one_stream']:.2f}")
     print(f"3 providers ÷ 1, uncapped: {med['one'] / med['three']:.2f}x")
     print(f"3 providers ÷ 1, each at {args.cap:g} MiB/s: {med['one_capped'] / med['three_capped']:.2f}x")
 

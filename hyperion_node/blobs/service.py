@@ -92,7 +92,7 @@ class Pull:
     done_bytes: int = 0
     resumed_bytes: int = 0  # verified before this pull started (an earlier, interrupted one)
     providers: list[str] = field(default_factory=list)
-    lanes: list[str] = field(default_factory=list)  # providers that sent chunks over their lane (blobs/lane.py)
+    lanes: list[str] = field(default_factory=list)  # providers that sent a run of chunks over their lane
     refused_chunks: int = 0
     dropped: dict[str, str] = field(default_factory=dict)  # provider -> why it was left out
     path: str | None = None
@@ -397,8 +397,6 @@ class BlobService:
             job.no_lane.add(peer)
             log.info("blob_lane_not_used", peer=peer, why=str(exc) or type(exc).__name__)
             return None
-        if job.pull is not None and peer not in job.pull.lanes:
-            job.pull.lanes.append(peer)
         return lane
 
     async def _fetch_runs(self, job: _Fetch, peer: str, lane: Lane | None) -> None:
@@ -412,6 +410,8 @@ class BlobService:
                 if lane is not None:
                     try:
                         await lane.fetch(job.partial, run, taker.took, wait_s=REQUEST_TIMEOUT_S)
+                        if job.pull is not None and peer not in job.pull.lanes:
+                            job.pull.lanes.append(peer)
                     except LaneBroken as exc:  # the rest of this fetch from this provider goes over the stream
                         log.info("blob_lane_broken", peer=peer, why=str(exc))
                         job.no_lane.add(peer)

@@ -75,6 +75,7 @@ class Partial:
         # _ahead, bounded), so that the check at the end reads back only what it did not see.
         self._whole = hashlib.sha256()
         self._hashed = 0
+        self._feeding = not any(self.have)  # a resumed download's earlier chunks are read back at the end
         self._ahead: dict[int, bytes] = {}
         self._ahead_bytes = 0
 
@@ -94,7 +95,7 @@ class Partial:
         with self._lock:
             self.have[index // 8] |= 1 << (index % 8)
             self._unflushed += 1
-            if index >= self._hashed and self._ahead_bytes + len(data) <= AHEAD_BYTES:
+            if self._feeding and index >= self._hashed and self._ahead_bytes + len(data) <= AHEAD_BYTES:
                 self._ahead[index] = data
                 self._ahead_bytes += len(data)
             # else: read back from the file at the end (a resumed download's earlier chunks, a long gap)

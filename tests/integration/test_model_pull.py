@@ -1,18 +1,21 @@
 """`hyperion-node models pull` between real daemons on loopback, over /hyperion/blob/1.
 
-A serves the packaged model; B starts with none. B pulls it from A (A's upload capped so that the pull takes
-seconds), is killed half-way, starts again, goes on from the chunks it had verified, and once restarted
-serves the model. C pulls from a hostile provider (a real libp2p host that corrupts every chunk it sends)
-and A together: the corrupted chunks are refused, the hostile host is scored down and dropped, and the
-chunks come from A.
+A serves the packaged model; B starts with none. B pulls it from A over A's lane (A's upload capped so that
+the pull takes seconds), is killed half-way, starts again, goes on from the chunks it had verified, and once
+restarted serves the model. C pulls from a hostile provider (a real libp2p host that corrupts every chunk it
+sends, over the stream or over a lane of its own) and A together: the corrupted chunks are refused, the
+hostile host is scored down and dropped, and the chunks come from A. While strangers hold every place at
+A's lane, a pull goes on over the stream.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,10 @@ import httpx
 import pytest
 import trio
 
+from hyperion_node.blobs.lane import LaneServer
 from hyperion_node.blobs.manifest import manifest_of_file
+from hyperion_node.blobs.store import BlobStore
+from hyperion_node.p2p.limits import PeerSlots
 from hyperion_node.protocols import blob as blob_protocol
 from hyperion_node.protocols.blob import Request
 from hyperion_node.tasks.messages import FrameReader
@@ -80,6 +86,7 @@ def test_b_pulls_the_model_is_killed_half_way_resumes_and_then_serves_it(
                           and p, timeout=120, what="B's pull is 40 % done")
         assert half["state"] == "fetching", half
         assert half["providers"] == [provider.peer_id]
+        assert half["lanes"] == [provider.peer_id], "B fetched over A's lane (at A's upload rate)"
         b.signal(signal.SIGKILL)
         b.wait()
         partial = list((tmp_path / "b" / "blobs" / "partial").glob("*.have"))
@@ -94,6 +101,7 @@ def test_b_pulls_the_model_is_killed_half_way_resumes_and_then_serves_it(
         done = json.loads(cli.stdout)
         assert done["state"] == "done", done
         assert done["resumed_bytes"] > 0, f"B fetched everything again: {done}"
+        assert done["lanes"] == [provider.peer_id], done
         assert done["done_bytes"] == done["size"] == packaged.stat().st_size
         pulled = Path(done["path"])
         assert pulled.parent == tmp_path / "b" / "models"
@@ -115,14 +123,37 @@ def test_b_pulls_the_model_is_killed_half_way_resumes_and_then_serves_it(
         b.stop()
 
 
-async def serve_corrupted(packaged: Path, stream: Any, corrupted: list[int]) -> None:
-    """A provider that knows the real manifest but flips a byte in every chunk it sends."""
+class CorruptingStore(BlobStore):
+    """Shares the real model and flips a byte in every chunk it reads: what a lying provider's lane sends."""
+
+    def __init__(self, root: Path, packaged: Path, corrupted: list[int]) -> None:
+        super().__init__(root)
+        self.share(packaged)
+        self.corrupted = corrupted
+
+    def read_chunk(self, address: str, index: int) -> bytes | None:
+        chunk = super().read_chunk(address, index)
+        if chunk is None:
+            return None
+        flipped = bytearray(chunk)
+        flipped[len(flipped) // 2] ^= 0xFF
+        self.corrupted.append(index)
+        return bytes(flipped)
+
+
+async def serve_corrupted(packaged: Path, stream: Any, corrupted: list[int], lane: LaneServer | None) -> None:
+    """A provider that knows the real manifest but flips a byte in every chunk it sends; with ``lane``, it
+    grants lanes too, and its lane sends the flipped chunks, sealed with the grant's key."""
     manifest = manifest_of_file(packaged)
     request = Request.decode(await read_frame(stream, FrameReader(blob_protocol.MAX_REQUEST_BYTES)))
     if request.kind == blob_protocol.T_FIND:
         await stream.write(blob_protocol.encode_found(manifest.address, packaged.name, manifest.size))
     elif request.kind == blob_protocol.T_MANIFEST:
         await stream.write(blob_protocol.encode_manifest(manifest.encode()))
+    elif request.kind == blob_protocol.T_LANE:
+        grant = lane.grant(str(stream.muxed_conn.peer_id), request.blob) if lane is not None else None
+        if grant is not None and lane is not None:
+            await stream.write(blob_protocol.encode_lane(lane.port, grant.token, grant.key))
     else:
         with packaged.open("rb") as f:
             for index in range(request.index, request.index + request.count):
@@ -134,15 +165,27 @@ async def serve_corrupted(packaged: Path, stream: Any, corrupted: list[int]) -> 
     await stream.close()
 
 
+@pytest.mark.parametrize("over", ["stream", "lane"])
 async def test_a_corrupted_chunk_is_refused_and_fetched_from_another_provider(
-        provider: NodeProcess, packaged: Path, tmp_path: Path) -> None:
+        provider: NodeProcess, packaged: Path, tmp_path: Path, over: str, nursery: trio.Nursery) -> None:
     boot = f'p2p.bootstrap=["{provider.p2p_addr()}"]'
     c = await trio.to_thread.run_sync(lambda: NodeProcess(tmp_path / "c", sets=[*NO_MODEL, boot]).start())
-    corrupted: list[int] = []
+    corrupted: list[int] = []  # chunks the hostile host sent flipped over the stream
+    corrupted_on_lane: list[int] = []  # and over its lane
+    lane = None
+    if over == "lane":
+        async def pace(n: int) -> None:
+            await trio.lowlevel.checkpoint()
+
+        slots = PeerSlots(per_peer=4, total=8)
+        lane = LaneServer(CorruptingStore(tmp_path / "hostile", packaged, corrupted_on_lane), host="127.0.0.1", port=0,
+                          take_place=slots.take, give_place=slots.give, pace=pace, refuse=lambda why: None,
+                          penalize=lambda peer, why: None, stats=Counter())
+        await nursery.start(lane.run)
     try:
         async with hostile_host() as attacker:
             async def handler(stream: Any) -> None:
-                await serve_corrupted(packaged, stream, corrupted)
+                await serve_corrupted(packaged, stream, corrupted, lane)
 
             attacker.host.set_stream_handler(blob_protocol.PROTOCOL_ID, handler)
             await attacker.connect(c.p2p_addr())
@@ -152,9 +195,10 @@ async def test_a_corrupted_chunk_is_refused_and_fetched_from_another_provider(
                 lambda: (p := pulls(c).get(MODEL)) and p["state"] in ("done", "failed") and p,
                 timeout=240, what="C's pull ends"))
         assert done["state"] == "done", done
-        assert corrupted, "the hostile provider was asked for chunks"
+        assert corrupted_on_lane if over == "lane" else corrupted, "the hostile provider was asked for chunks"
         assert done["refused_chunks"] >= 1, done
         assert attacker.peer_id in done["dropped"], done
+        assert attacker.peer_id not in done["lanes"], "a lane counts once it delivered a run of good chunks"
         assert provider.peer_id not in done["dropped"], done
         assert sha256(Path(done["path"])) == sha256(packaged)
         them = next(p for p in c.get("/api/peers") if p["peer_id"] == attacker.peer_id)
@@ -162,6 +206,48 @@ async def test_a_corrupted_chunk_is_refused_and_fetched_from_another_provider(
         assert c.get("/api/p2p")["stats"]["rejected"].get("blob:bad_chunk", 0) >= 1
     finally:
         c.stop()
+
+
+async def test_strangers_at_a_lane_are_refused_and_counted_and_a_pull_still_ends(
+        provider: NodeProcess, packaged: Path, tmp_path: Path) -> None:
+    """Strangers keep taking every place for new connections at A's lane from this address (they send no
+    token; A closes each after HANDSHAKE_S and they come straight back), and one sends a token A never
+    granted. B's pull ends with the model, over the stream when it is refused the lane (or over the lane
+    when its connection comes in between two strangers'), and A counts what it refused."""
+    from hyperion_node.blobs import lane as lane_module
+
+    port = provider.get("/api/status")["blobs"]["lane"]["port"]
+    boot = f'p2p.bootstrap=["{provider.p2p_addr()}"]'
+    b = await trio.to_thread.run_sync(lambda: NodeProcess(tmp_path / "b", sets=[*NO_MODEL, boot]).start())
+    try:
+        async with trio.open_nursery() as strangers:
+            async def hold_a_place() -> None:
+                while True:
+                    try:
+                        stream = await trio.open_tcp_stream("127.0.0.1", port)
+                        async with stream:
+                            await stream.receive_some()  # until A closes it
+                    except (OSError, trio.BrokenResourceError):
+                        await trio.sleep(0.01)
+
+            for _ in range(2 * lane_module.MAX_HANDSHAKES_PER_IP):
+                strangers.start_soon(hold_a_place)
+            await trio.sleep(0.5)
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            async with stream:  # a forged token: refused, as a stranger or for want of a place
+                await stream.send_all(os.urandom(lane_module.TOKEN_BYTES))
+            await trio.to_thread.run_sync(start_pull, b, {"model": MODEL, "from": [provider.peer_id]})
+            done = await trio.to_thread.run_sync(lambda: wait_until(
+                lambda: (p := pulls(b).get(MODEL)) and p["state"] in ("done", "failed") and p,
+                timeout=240, what="B's pull ends"))
+            strangers.cancel_scope.cancel()
+        assert done["state"] == "done", done
+        assert sha256(Path(done["path"])) == sha256(packaged)
+        rejected = provider.get("/api/p2p")["stats"]["rejected"]
+        assert rejected.get("blob:lane_busy", 0) >= lane_module.MAX_HANDSHAKES_PER_IP, rejected
+        assert provider.get("/api/status")["blobs"]["streams"] == 0, "every place came back"
+    finally:
+        b.stop()
 
 
 def test_a_pull_that_cannot_be_made_says_why_in_one_line(provider: NodeProcess, tmp_path: Path) -> None:

@@ -101,6 +101,36 @@ def test_an_assembled_file_that_does_not_match_the_whole_hash_is_discarded(tmp_p
     assert not part.data_path.exists()
 
 
+def test_the_whole_file_hash_is_fed_as_chunks_come_in_any_order(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from hyperion_node.blobs import store as store_module
+
+    source = a_file(tmp_path, 6 * CHUNK_SIZE + 5)
+    data = source.read_bytes()
+    manifest = manifest_of_file(source)
+
+    def chunk(index: int) -> bytes:
+        return data[index * CHUNK_SIZE:(index + 1) * CHUNK_SIZE]
+
+    # Out of order, as two providers interleave runs: the chunks past a gap wait, and the hash is whole at the
+    # end without the file being read back.
+    part = BlobStore(tmp_path / "b").partial(manifest)
+    for index in (1, 0, 3, 2, 6, 4, 5):
+        part.write(index, chunk(index))
+    with part.data_path.open("r+b") as f:  # the bytes on disk no longer matter: they were hashed as written
+        f.write(b"x")
+    assert part.whole_digest() == manifest.sha256
+    part.discard()
+
+    # A gap longer than the bound: what was not held is read back from the file at the end.
+    monkeypatch.setattr(store_module, "AHEAD_BYTES", 2 * CHUNK_SIZE)
+    part = BlobStore(tmp_path / "c").partial(manifest)
+    for index in (6, 5, 4, 3, 2, 1, 0):
+        part.write(index, chunk(index))
+    target = part.finish(tmp_path / "models" / "model.gguf")
+    assert target.read_bytes() == data
+
+
 def test_a_shared_file_is_hashed_once_and_served_by_chunk(tmp_path: Path) -> None:
     source = a_file(tmp_path, CHUNK_SIZE + 5)
     store = BlobStore(tmp_path / "a")
@@ -137,6 +167,20 @@ def test_the_provider_accepts_only_bounded_requests_for_addresses() -> None:
             Request.decode(_body(raw(bad)))
     with pytest.raises(MalformedFrame, match="wrong_type"):
         Request.decode(_body(encode_map("chunk", {"blob": address}, blob_protocol.VERSION)))
+    lane = Request(blob_protocol.T_LANE, blob=address)
+    assert Request.decode(_body(lane.encode())) == lane
+
+
+def test_a_lane_grant_is_a_port_and_two_32_byte_secrets() -> None:
+    secret = b"s" * blob_protocol.LANE_SECRET_BYTES
+    kind, body = blob_protocol.decode_answer(_body(blob_protocol.encode_lane(4002, secret, secret)))
+    assert (kind, body) == (blob_protocol.T_LANE, {"port": 4002, "token": secret, "key": secret})
+    raw = lambda body: encode_map(blob_protocol.T_LANE, body, blob_protocol.VERSION)  # noqa: E731
+    for bad in ({"port": 0, "token": secret, "key": secret}, {"port": 70000, "token": secret, "key": secret},
+                {"port": 4002, "token": secret[:8], "key": secret}, {"port": 4002, "token": secret, "key": "k" * 32},
+                {"port": "4002", "token": secret, "key": secret}):
+        with pytest.raises(MalformedFrame, match="bad_schema"):
+            blob_protocol.decode_answer(_body(raw(bad)))
 
 
 def _body(frame: bytes) -> bytes:
