@@ -207,8 +207,10 @@ def pull_model(
         fetched = pull["done_bytes"] - pull["resumed_bytes"]
         resumed = f", {format_bytes(pull['resumed_bytes'])} of it from an earlier pull" if pull["resumed_bytes"] else ""
         refused = f", {pull['refused_chunks']} bad chunk(s) refused" if pull.get("refused_chunks") else ""
+        lanes = len(pull.get("lanes") or [])
+        direct = f", {lanes} of them over its blob lane" if lanes else ""
         typer.echo(f"pulled {model_id} into {pull['path']} ({format_bytes(pull['size'])}{resumed}; "
-                   f"{format_bytes(fetched)} from {len(pull['providers'])} peer(s){refused}); "
+                   f"{format_bytes(fetched)} from {len(pull['providers'])} peer(s){direct}{refused}); "
                    "restart the node to serve it")
 
 
