@@ -119,9 +119,6 @@ class ProviderWalk:
                     nursery.start_soon(ask, peer)
                 if in_flight == 0 or len(found) >= enough:
                     break
-                if found and grace is None:
-                    grace = trio.current_time() + GRACE_S
-                    first_ms = (trio.current_time() - started) * 1000
                 with trio.move_on_at(trio.current_time() + HEDGE_S if grace is None else grace) as waited:
                     providers, closer = await answers_out.receive()
                 if waited.cancelled_caught:
@@ -134,6 +131,9 @@ class ProviderWalk:
                     if info.peer_id not in found:
                         found[info.peer_id] = info
                         self._remember(info)
+                if found and grace is None:  # set before the refill at the top: no new query starts from here
+                    grace = trio.current_time() + GRACE_S
+                    first_ms = (trio.current_time() - started) * 1000
                 fresh = [c.peer_id for c in closer
                          if c.peer_id != local_id and c.peer_id not in asked and c.peer_id not in candidates]
                 for info in closer:
