@@ -178,7 +178,7 @@ class BlobService:
         self.lane: LaneServer | None = None
         if settings.lane and p2p.host is not None:
             self.lane = LaneServer(store, host=lane_host, port=settings.lane_port, take_place=self._slots.take,
-                                   give_place=self._slots.give, pace=self._upload.take, refuse=self._refuse_lane,
+                                   give_place=self._slots.give, pace=self._upload.take, refuse=self._refused,
                                    penalize=p2p.table.penalize, stats=self.stats)
 
     # -- component ---------------------------------------------------------------------------------------
@@ -445,14 +445,13 @@ class BlobService:
                 job.pull.dropped[peer] = why
             log.info("blob_provider_dropped", peer=peer, why=why, left=len(job.providers))
 
-    def _refuse_lane(self, reason: str) -> None:
-        """A lane connection refused before it showed a grant: no peer to score, only the count."""
+    def _refused(self, reason: str) -> None:
+        """Counted (a lane connection refused before it showed a grant has no peer to score)."""
         self.stats[f"refused:{reason}"] += 1
         self.p2p.stats.reject("blob", reason)
 
     def _misbehaved(self, peer: str, reason: str) -> None:
-        self.stats[f"refused:{reason}"] += 1
-        self.p2p.stats.reject("blob", reason)
+        self._refused(reason)
         self.p2p.table.penalize(peer, reason)
 
     # -- task inputs by address (hyperion_node/tasks/inputs.py) -------------------------------------------

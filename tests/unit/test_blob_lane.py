@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hyperion_node.blobs import lane as lane_module
@@ -53,7 +54,6 @@ class Provider:
 @pytest.fixture
 async def provider(tmp_path: Path, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> Provider:
     monkeypatch.setattr(lane_module, "HANDSHAKE_S", 0.3)
-    monkeypatch.setattr(lane_module, "GRANT_S", 1.0)
     made = Provider(tmp_path)
     await nursery.start(made.server.run)
     return made
@@ -108,9 +108,10 @@ async def test_strangers_expired_grants_and_runs_out_of_bounds_get_nothing(provi
     port = provider.server.port
     assert await raw_connection(port, os.urandom(32) + b"\0" * 8) == b""  # a token nobody granted
     assert await raw_connection(port, b"GET / HTTP/1.1\r\n\r\n") == b""  # no token within HANDSHAKE_S
-    expired = provider.server.grant(PEER, provider.shared.address)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lane_module, "GRANT_S", 0.0)  # void as it is made
+        expired = provider.server.grant(PEER, provider.shared.address)
     assert expired is not None
-    await trio.sleep(lane_module.GRANT_S + 1)
     assert await raw_connection(port, expired.token + b"\0" * 8) == b""
     assert provider.refused["lane_bad_token"] == 3
 
@@ -130,12 +131,12 @@ async def test_silent_strangers_take_a_bounded_number_of_places(provider: Provid
     port = provider.server.port
     silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(lane_module.MAX_HANDSHAKES_PER_IP + 2)]
     try:
-        await trio.sleep(0.3)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # every connection accepted and waited on
         assert provider.refused["lane_busy"] == 2  # one address holds MAX_HANDSHAKES_PER_IP places, no more
     finally:
         for stream in silent:
             await stream.aclose()
-    await trio.sleep(0.3)
+    await trio.testing.wait_all_tasks_blocked(cushion=0.05)  # the handlers saw them close
     grant = provider.server.grant(PEER, provider.shared.address)
     assert grant is not None  # the places came back: a granted fetcher is served
     reply = await raw_connection(port, grant.token + (0).to_bytes(4, "big") + (1).to_bytes(4, "big"))
