@@ -18,6 +18,7 @@ in-memory fabric under the same interfaces instead), and what we change in how p
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -352,6 +353,8 @@ async def libp2p_stack(identity: Identity, settings: P2PSettings, validator: Val
     namespaces = NamespacedValidator({"hyperion": validator}, strict_validation=True)
     dht = KadDHT(raw, DHTMode.SERVER, enable_random_walk=settings.dht_random_walk, validator=namespaces,
                  validator_changed=True, strict_validation=True)
+    if dht.rt_refresh_manager is not None:  # the random walk (p2p.dht_refresh_s says why not py-libp2p's 120 s)
+        dht.rt_refresh_manager.refresh_interval = settings.dht_refresh_s * random.uniform(0.8, 1.2)
     guard_dht_streams(raw, dht, lambda peer: stats.reject("stream", "dht_streams"))
     bound_value_store(dht)
     raw.set_stream_handler(PING_PROTOCOL_ID, PingAnswerer(lambda: stats.received.update(("pings_in",))).handle)

@@ -24,6 +24,7 @@ class P2PSettings(Section):
     quic_port: int = setting(4001, PORT)
     mdns: bool = True
     dht_random_walk: bool = True
+    dht_refresh_s: float = setting(600.0, POSITIVE)
     heartbeat_interval_s: float = setting(5.0, POSITIVE)
     suspect_after_s: float = 15.0
     dead_after_s: float = 30.0
