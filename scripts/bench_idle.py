@@ -23,9 +23,9 @@ from typing import Any
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_p2p import PROVIDERS, base_sets, counts
+from bench_p2p import start_network
 
-from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
+from hyperion_node.testing.process import NodeProcess, stop_all
 
 
 def received(status: dict[str, Any]) -> Counter[str]:
@@ -43,14 +43,7 @@ def main() -> None:
     nodes: list[NodeProcess] = []
     try:
         started = time.monotonic()
-        seed = NodeProcess(root / "n0", sets=base_sets(False), quiet=True).start()
-        nodes.append(seed)
-        boot = f'p2p.bootstrap=["{seed.p2p_addr()}"]'
-        for i in range(1, args.nodes):
-            nodes.append(NodeProcess(root / f"n{i}", sets=[*base_sets(i <= PROVIDERS), boot], quiet=True).launch())
-        for node in nodes[1:]:
-            node.wait_ready(timeout=600)
-        wait_until(lambda: all(counts(node)[1] >= 1 for node in nodes), timeout=120, what="every node connected")
+        nodes = start_network(root, args.nodes)
         print(f"N = {args.nodes}: every node connected {time.monotonic() - started:.0f} s after the first started")
         procs = [psutil.Process(node.proc.pid) for node in nodes if node.proc is not None]
         for _ in range(args.windows):

@@ -22,9 +22,9 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_p2p import MODEL, PROVIDERS, base_sets, counts, pct
+from bench_p2p import MODEL, pct, start_network
 
-from hyperion_node.testing.process import NodeProcess, stop_all, wait_until
+from hyperion_node.testing.process import NodeProcess, stop_all
 
 WALK_EVENTS = ("provider_query", "provider_query_failed", "provider_walk", "provider_records", "record_query_failed")
 
@@ -62,16 +62,8 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="bench-lookups"))
     nodes: list[NodeProcess] = []
     try:
-        seed = NodeProcess(root / "n0", sets=base_sets(False), quiet=True).start()
-        nodes.append(seed)
-        boot = f'p2p.bootstrap=["{seed.p2p_addr()}"]'
-        for i in range(1, args.nodes):
-            debug = ['logging.level="debug"'] if i >= args.nodes - args.askers else []
-            nodes.append(NodeProcess(root / f"n{i}", sets=[*base_sets(i <= PROVIDERS), boot, *debug],
-                                     quiet=True).launch())
-        for node in nodes[1:]:
-            node.wait_ready(timeout=600)
-        wait_until(lambda: all(counts(node)[1] >= 1 for node in nodes), timeout=120, what="every node connected")
+        nodes = start_network(root, args.nodes,
+                              lambda i: ['logging.level="debug"'] if i >= args.nodes - args.askers else [])
         time.sleep(args.settle)
         askers = nodes[-args.askers:]
         done = []

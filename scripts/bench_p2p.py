@@ -26,6 +26,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,25 @@ def base_sets(serve: bool) -> list[str]:
     if serve:
         sets.append("runtimes.inference.n_ctx=512")
     return sets
+
+
+def start_network(root: Path, n: int, extra: Callable[[int], list[str]] = lambda i: []) -> list[NodeProcess]:
+    """N daemons as this bench starts them: node 0 the only bootstrap peer, nodes 1 to PROVIDERS serving the
+    model, ``extra(i)`` added to node i's settings; returned once every node is connected. The caller stops
+    them (``stop_all``)."""
+    nodes = [NodeProcess(root / "n0", sets=[*base_sets(False), *extra(0)], quiet=True).start()]
+    boot = f'p2p.bootstrap=["{nodes[0].p2p_addr()}"]'
+    try:
+        for i in range(1, n):
+            nodes.append(NodeProcess(root / f"n{i}", sets=[*base_sets(i <= PROVIDERS), boot, *extra(i)],
+                                     quiet=True).launch())
+        for node in nodes[1:]:
+            node.wait_ready(timeout=600)
+        wait_until(lambda: all(counts(node)[1] >= 1 for node in nodes), timeout=120, what="every node connected")
+    except BaseException:
+        stop_all(nodes)
+        raise
+    return nodes
 
 
 def complete(node: NodeProcess, prompt: str, max_tokens: int = 1) -> httpx.Response:
